@@ -1,0 +1,28 @@
+# `make demo` and `make test` each create .venv and install what they need on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first and pinned: an unpinned torch pulls the newest CUDA build (gigabytes).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/neuron-catalog run jobs/demo.toml
+	$(VENV)/bin/neuron-catalog query catalogs/demo --layer conv3 --sort act_max --limit 10
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m pytest -q tests/benchmarks -p no:cacheprovider -s
+
+clean:
+	rm -rf catalogs data

@@ -1,0 +1,34 @@
+"""The Zarr v3 layout of a catalog: array names, dtypes and chunks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+STORE = "arrays.zarr"
+TARGET_CHUNK_BYTES = 4 << 20  # zarr guidance: chunks of at least ~1 MB
+
+
+@dataclass(frozen=True)
+class ArrayKind:
+    group: str
+    dtype: str
+    doc: str
+
+    def path(self, layer: str) -> str:
+        return f"{self.group}/{layer}"
+
+    def chunks(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Whole units per chunk, as many as fit the target size: a writer owns whole chunks by owning whole units."""
+        per_unit = max(1, math.prod(shape[1:]) * np.dtype(self.dtype).itemsize)
+        return (max(1, min(shape[0], TARGET_CHUNK_BYTES // per_unit)), *shape[1:])
+
+
+EXAMPLES = ArrayKind("examples", "uint8", "[units, 2k, P, P, 3] receptive-field crops, top k then bottom k")
+HEATMAPS = ArrayKind("heatmaps", "uint8", "[units, 2k, P, P] activation over each crop; 255 = the unit's max (top) or min (bottom)")
+FEATVIS = ArrayKind("featvis", "uint8", "[units, V, S, S, 3] feature visualizations")
+MEAN_MAPS = ArrayKind("mean_maps", "float32", "[units, H, W] mean activation map over the data set (for ablation)")
+
+ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, FEATVIS, MEAN_MAPS)}

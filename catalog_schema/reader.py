@@ -1,0 +1,85 @@
+"""Reading a catalog from Python: tables as pandas DataFrames, arrays as numpy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from catalog_schema.arrays import EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS, STORE, ArrayKind
+from catalog_schema.manifest import CatalogError, read_manifest
+from catalog_schema.tables import TABLES, table_file
+
+
+class Catalog:
+    """A finished catalog directory. Open with `Catalog.open(path)`."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = path
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, path: str | Path) -> Catalog:
+        path = Path(path)
+        if not path.is_dir():
+            raise CatalogError(f"catalog {path} does not exist: run a job to write it, or check the path.")
+        return cls(path, read_manifest(path))
+
+    @property
+    def layers(self) -> list[str]:
+        return [layer["name"] for layer in self.manifest["layers"]]
+
+    def table(self, name: str) -> pd.DataFrame:
+        """Any table by name; an empty frame with the schema's columns when the stage did not run."""
+        file = self.path / table_file(name)
+        if not file.exists():
+            return TABLES[name].empty_table().to_pandas()
+        return pd.read_parquet(file)
+
+    def units(self) -> pd.DataFrame:
+        return self.table("units")
+
+    def images(self) -> pd.DataFrame:
+        return self.table("images")
+
+    def examples(self, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
+        """Top and bottom examples, ordered top ranks first; optionally of one layer / unit."""
+        filters = [("layer", "==", layer)] if layer is not None else []
+        if unit is not None:
+            filters.append(("unit", "==", int(unit)))
+        file = self.path / table_file("examples")
+        if not file.exists():
+            return TABLES["examples"].empty_table().to_pandas()
+        return pd.read_parquet(file, filters=filters or None).reset_index(drop=True)
+
+    def dissection(self) -> pd.DataFrame:
+        return self.table("dissection")
+
+    def shapley(self) -> pd.DataFrame:
+        return self.table("shapley")
+
+    def _array(self, kind: ArrayKind, layer: str) -> zarr.Array:
+        self._check_layer(layer)
+        try:
+            return zarr.open_array(self.path / STORE / kind.group / layer, mode="r")
+        except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+            raise CatalogError(f"catalog {self.path} has no {kind.group} array for layer {layer!r} (was its stage run?).") from None
+
+    def example_images(self, layer: str, unit: int) -> tuple[np.ndarray, np.ndarray]:
+        """(crops uint8 [2k, P, P, 3], heat maps uint8 [2k, P, P]) of one unit: top k then bottom k."""
+        return self._array(EXAMPLES, layer)[int(unit)], self._array(HEATMAPS, layer)[int(unit)]
+
+    def featvis(self, layer: str, unit: int) -> np.ndarray:
+        """Feature visualizations uint8 [V, S, S, 3] of one unit."""
+        return self._array(FEATVIS, layer)[int(unit)]
+
+    def mean_map(self, layer: str) -> np.ndarray:
+        """Mean activation map float32 [units, H, W] of a layer."""
+        return self._array(MEAN_MAPS, layer)[...]
+
+    def _check_layer(self, layer: str) -> None:
+        if layer not in self.layers:
+            raise CatalogError(f"catalog {self.path} has no layer {layer!r}; its layers: {', '.join(self.layers)}.")

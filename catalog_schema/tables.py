@@ -1,0 +1,92 @@
+"""Table schemas of the catalog (Parquet). New columns are nullable so older files still read."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+UNITS = pa.schema([
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("unit", pa.int32(), nullable=False),
+    pa.field("act_mean", pa.float32()),
+    pa.field("act_std", pa.float32()),
+    pa.field("act_max", pa.float32()),
+    pa.field("act_min", pa.float32()),
+    pa.field("frac_active", pa.float32()),
+    pa.field("dead", pa.bool_()),
+    pa.field("label", pa.string()),
+    pa.field("category", pa.string()),
+    pa.field("iou", pa.float32()),
+    pa.field("interpretable", pa.bool_()),
+    pa.field("shapley", pa.float32()),
+    pa.field("shapley_ci_low", pa.float32()),
+    pa.field("shapley_ci_high", pa.float32()),
+    pa.field("featvis_activation", pa.float32()),
+])
+
+EXAMPLES = pa.schema([
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("unit", pa.int32(), nullable=False),
+    pa.field("sign", pa.string(), nullable=False),  # 'top' | 'bottom'
+    pa.field("rank", pa.int32(), nullable=False),
+    pa.field("image_id", pa.int64(), nullable=False),
+    pa.field("activation", pa.float32()),
+    pa.field("y", pa.int32()),  # arg-max / arg-min position in the layer's feature map
+    pa.field("x", pa.int32()),
+    pa.field("box_y0", pa.int32()),  # receptive field in input pixels, half-open, clipped
+    pa.field("box_x0", pa.int32()),
+    pa.field("box_y1", pa.int32()),
+    pa.field("box_x1", pa.int32()),
+])
+
+IMAGES = pa.schema([
+    pa.field("image_id", pa.int64(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),  # relative to the data root
+    pa.field("label", pa.string()),  # class sub-folder; null for a flat folder
+    pa.field("label_index", pa.int32()),
+    pa.field("skipped", pa.bool_()),
+    pa.field("skip_reason", pa.string()),
+])
+
+DISSECTION = pa.schema([
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("unit", pa.int32(), nullable=False),
+    pa.field("concept", pa.string()),
+    pa.field("category", pa.string()),
+    pa.field("iou", pa.float32()),
+    pa.field("threshold", pa.float32()),
+])
+
+SHAPLEY = pa.schema([
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("unit", pa.int32(), nullable=False),
+    pa.field("metric", pa.string()),
+    pa.field("target_class", pa.int32()),
+    pa.field("value", pa.float32()),
+    pa.field("ci_low", pa.float32()),
+    pa.field("ci_high", pa.float32()),
+    pa.field("samples", pa.int64()),
+])
+
+TABLES: dict[str, pa.Schema] = {
+    "units": UNITS,
+    "examples": EXAMPLES,
+    "images": IMAGES,
+    "dissection": DISSECTION,
+    "shapley": SHAPLEY,
+}
+
+
+def table_file(name: str) -> str:
+    """File name of a table inside a catalog."""
+    return f"{name}.parquet"
+
+
+def to_table(name: str, columns: dict) -> pa.Table:
+    """Build a table of the named schema; missing nullable columns become nulls."""
+    schema = TABLES[name]
+    n = len(next(iter(columns.values()))) if columns else 0
+    arrays = [pa.array(columns[f.name], type=f.type) if f.name in columns else pa.nulls(n, f.type) for f in schema]
+    unknown = set(columns) - set(schema.names)
+    if unknown:
+        raise KeyError(f"columns not in the {name} schema: {sorted(unknown)}")
+    return pa.Table.from_arrays(arrays, schema=schema)

@@ -1,0 +1,108 @@
+"""Writing a finished run into the catalog directory; the manifest goes last."""
+
+from __future__ import annotations
+
+import platform
+import socket
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+import catalog_schema as cs
+from catalog_schema.storage import write_array, write_manifest, write_table
+from pipeline.plan import RunPlan, activations_config
+from pipeline.stages.activations import LayerResult
+from pipeline.stages.example_crops import CropBatch, CropRequest
+
+
+def crop_requests(plan: RunPlan, results: dict[str, LayerResult]) -> list[CropRequest]:
+    """One request per example row: where to cut it and which activation counts as full heat."""
+    k = activations_config(plan.job).k
+    requests = []
+    for info in plan.layers:
+        res = results[info.name]
+        ex = res.examples
+        vmax, vmin = res.units["act_max"], res.units["act_min"]
+        for i in range(len(ex["unit"])):
+            unit, top = int(ex["unit"][i]), ex["sign"][i] == "top"
+            box = (int(ex["box_y0"][i]), int(ex["box_x0"][i]), int(ex["box_y1"][i]), int(ex["box_x1"][i]))
+            requests.append(CropRequest(info.name, unit, int(ex["rank"][i]) + (0 if top else k), int(ex["image_id"][i]),
+                                        box, float(vmax[unit] if top else vmin[unit])))
+    return requests
+
+
+def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[str, list[CropBatch]],
+                  skipped: list[tuple[int, str]], times: dict[str, str], run_id: str) -> dict[str, Any]:
+    """Tables, arrays, then the manifest; parts of stages not run now are removed so nothing stale remains."""
+    catalog = plan.catalog
+    catalog.mkdir(parents=True, exist_ok=True)
+    k, patch = activations_config(plan.job).k, activations_config(plan.job).patch_size
+    names = [info.name for info in plan.layers]
+    units = {c: np.concatenate([results[n].units[c] for n in names]) for c in results[names[0]].units}
+    examples = {c: np.concatenate([results[n].examples[c] for n in names]) for c in results[names[0]].examples}
+    write_table(catalog, "units", cs.to_table("units", units))
+    write_table(catalog, "examples", cs.to_table("examples", examples))
+    write_table(catalog, "images", cs.to_table("images", _image_columns(plan, skipped)))
+    for info in plan.layers:
+        pics = np.zeros((info.units, 2 * k, patch, patch, 3), np.uint8)
+        heat = np.zeros((info.units, 2 * k, patch, patch), np.uint8)
+        for batch in crops.get(info.name, []):
+            pics[batch.unit, batch.slot] = batch.crops if batch.crops.shape[-1] == 3 else batch.crops.repeat(3, axis=-1)
+            heat[batch.unit, batch.slot] = batch.heat
+        write_array(catalog, cs.EXAMPLES, info.name, pics)
+        write_array(catalog, cs.HEATMAPS, info.name, heat)
+        write_array(catalog, cs.MEAN_MAPS, info.name, results[info.name].mean_map)
+    for stale in ("dissection", "shapley"):
+        if stale not in plan.stages:
+            (catalog / f"{stale}.parquet").unlink(missing_ok=True)
+    manifest = _manifest(plan, units, skipped, times, run_id)
+    write_manifest(catalog, manifest)
+    return manifest
+
+
+def _image_columns(plan: RunPlan, skipped: list[tuple[int, str]]) -> dict[str, list]:
+    reasons = dict(skipped)
+    recs = plan.images.records
+    return {
+        "image_id": [r.image_id for r in recs], "path": [r.path for r in recs], "label": [r.label for r in recs],
+        "label_index": [r.label_index for r in recs], "skipped": [r.image_id in reasons for r in recs],
+        "skip_reason": [reasons.get(r.image_id) for r in recs],
+    }
+
+
+def _manifest(plan: RunPlan, units: dict[str, np.ndarray], skipped: list[tuple[int, str]],
+              times: dict[str, str], run_id: str) -> dict[str, Any]:
+    paths = {r.image_id: r.path for r in plan.images.records}
+    dead = units["dead"].astype(bool)
+    layers = []
+    for info in plan.layers:
+        rf = plan.fields[info.name]
+        in_layer = units["layer"] == info.name
+        layers.append({
+            "name": info.name, "units": info.units, "shape": list(info.shape), "dead_units": int(dead[in_layer].sum()),
+            "receptive_field": {"jump": list(rf.jump), "offset": list(rf.offset), "size": list(rf.size),
+                                "whole_image": rf.whole_image, "exact": rf.exact},
+        })
+    return {
+        "schema_version": cs.SCHEMA_VERSION,
+        "run_id": run_id,
+        **times,
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "job": plan.job.to_dict(),
+        "job_file": str(plan.job.path),
+        "fingerprints": plan.fingerprints,
+        "stages_done": list(plan.stages),
+        "layers": layers,
+        "model": {"kind": plan.recipe.kind, "name": plan.recipe.name, "input_size": plan.prep.input_size,
+                  "channels": plan.prep.channels},
+        "data": {
+            "root": str(plan.images.root), "classes": list(plan.images.classes),
+            "images": len(plan.images.records), "used": len(plan.images.records) - len(skipped),
+            "skipped": [{"image_id": i, "path": paths[i], "reason": why} for i, why in skipped],
+        },
+        "settings": {"activations": asdict(activations_config(plan.job)), "preprocess": asdict(plan.prep)},
+        "summary": {"layers": len(plan.layers), "units": int(len(dead)), "dead_units": int(dead.sum())},
+        "errors": [],
+    }

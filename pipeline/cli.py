@@ -1,0 +1,106 @@
+"""The `neuron-catalog` command line: run, query, describe, make-concepts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.config import STAGES
+from pipeline.errors import UserError
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuron-catalog", description="Catalog every unit of a vision model.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    run = verbs.add_parser("run", help="run a job file and write its catalog")
+    run.add_argument("job", type=Path, help="job file (TOML)")
+    run.add_argument("--address", default=None, help="Ray cluster address (default: [ray] address, RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--out", type=Path, default=None, help="catalog directory (default: [output] catalog)")
+    run.add_argument("--stages", default=None, help=f"comma-separated subset of {','.join(STAGES)}")
+    run.add_argument("--previous", type=Path, default=None, help="a previous catalog to reuse unchanged results from")
+
+    query = verbs.add_parser("query", help="print units of a catalog")
+    query.add_argument("catalog", type=Path)
+    query.add_argument("--layer")
+    query.add_argument("--label", help="substring of the unit's concept label (case-insensitive)")
+    query.add_argument("--min-iou", type=float)
+    query.add_argument("--sort", help="column to sort by, largest first")
+    query.add_argument("--ascending", action="store_true", help="sort smallest first")
+    query.add_argument("--limit", type=int)
+    query.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    describe = verbs.add_parser("describe", help="summarize a catalog")
+    describe.add_argument("catalog", type=Path)
+
+    concepts = verbs.add_parser("make-concepts", help="write the procedural concept world in Broden format")
+    concepts.add_argument("out", type=Path)
+    concepts.add_argument("--images", type=int, default=600)
+    concepts.add_argument("--size", type=int, default=64)
+    concepts.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return {"run": _run, "query": _query, "describe": _describe, "make-concepts": _make_concepts}[args.verb](args)
+    except UserError as exc:
+        print(f"neuron-catalog: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_job
+    from pipeline.run import run_job
+
+    if args.previous is not None:
+        raise UserError("--previous (reuse of an earlier catalog) is not available in this version; run without it.")
+    stages = None
+    if args.stages:
+        stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+        bad = [s for s in stages if s not in STAGES]
+        if bad:
+            raise UserError(f"--stages: unknown stage(s) {', '.join(bad)}; stages are {', '.join(STAGES)}.")
+    job = load_job(args.job)
+    result = run_job(job, address=args.address, out=args.out, stages=stages)
+    s, data = result.manifest["summary"], result.manifest["data"]
+    print(f"catalog written: {result.catalog}")
+    print(f"  layers {s['layers']}, units {s['units']}, dead units {s['dead_units']}")
+    print(f"  images used {data['used']} of {data['images']}, skipped {len(data['skipped'])}")
+    if result.shards_reused:
+        print(f"  resumed: {result.shards_reused} shard(s) reused from the interrupted run, {result.shards_computed} computed")
+    print(f"  try: neuron-catalog describe {result.catalog}")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from pipeline.query import format_units, open_catalog, query_units
+
+    catalog = open_catalog(args.catalog)
+    units = query_units(catalog, args.layer, args.label, args.min_iou, args.sort, args.ascending, args.limit)
+    print(format_units(units, args.format))
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from pipeline.query import describe, open_catalog
+
+    print(describe(open_catalog(args.catalog)))
+    return 0
+
+
+def _make_concepts(args: argparse.Namespace) -> int:
+    from pipeline.concepts import make_concept_world
+
+    for name in ("images", "size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    summary = make_concept_world(args.out, images=args.images, size=args.size, seed=args.seed)
+    print(f"concept world written: {args.out} ({summary.images} images, {summary.size}px)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

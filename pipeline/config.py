@@ -1,0 +1,264 @@
+"""Job files (TOML) turned into typed, validated configuration.
+
+Every key of DESIGN.md's job file maps to a dataclass field below; the field's
+type is the validation rule. Paths are relative to the job file's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+
+STAGES = ("activations", "featvis", "dissection", "shapley")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    torchvision: str = ""
+    factory: str = ""
+    torchscript: Path | None = None
+    weights: Path | None = None
+    trust_weights: bool = False  # true: unpickle arbitrary objects from `weights` (runs code: trusted files only)
+    num_classes: int = 0  # 0: the torchvision architecture's default
+    layers: tuple[str, ...] = ()  # module paths or globs; empty: every Conv2d and Linear
+    input_size: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    images: Path | None = None
+    limit: int = 0  # 0 = all; else a seeded sample of this many files
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class ConceptsConfig:
+    broden: Path | None = None
+    categories: tuple[str, ...] = ("object", "part", "scene", "material", "texture", "color")
+
+
+@dataclass(frozen=True)
+class ActivationsConfig:
+    k: int = 16
+    patch_size: int = 64  # pixels of the stored receptive-field crops
+
+
+@dataclass(frozen=True)
+class FeatvisConfig:
+    steps: int = 512
+    size: int = 128
+    negative: bool = True
+    diversity: int = 0
+
+
+@dataclass(frozen=True)
+class DissectionConfig:
+    quantile: float = 0.005
+    iou_threshold: float = 0.04
+
+
+@dataclass(frozen=True)
+class ShapleyConfig:
+    metric: str = "accuracy"
+    eval_images: int = 256
+    target_class: int = -1
+
+
+@dataclass(frozen=True)
+class StagesConfig:
+    activations: ActivationsConfig | None = None
+    featvis: FeatvisConfig | None = None
+    dissection: DissectionConfig | None = None
+    shapley: ShapleyConfig | None = None
+
+    def requested(self) -> tuple[str, ...]:
+        """Stage names whose table is present in the job, in pipeline order."""
+        return tuple(name for name in STAGES if getattr(self, name) is not None)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = ""
+    workers: int = 0  # 0: one per GPU, else one per `cpus_per_worker` CPUs
+    gpus_per_worker: float = 1.0
+    cpus_per_worker: int = 2
+    shard_images: int = 256
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    catalog: Path | None = None
+
+
+@dataclass(frozen=True)
+class ConceptWorldRecipe:
+    """Generate the concept world at [concepts] broden when it is missing."""
+
+    images: int = 800
+    size: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DemoModelRecipe:
+    """Train the demo model into [model] weights when missing or trained from another recipe."""
+
+    epochs: int = 6
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    concept_world: ConceptWorldRecipe | None = None
+    demo_model: DemoModelRecipe | None = None
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    path: Path
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    concepts: ConceptsConfig = field(default_factory=ConceptsConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (paths as strings) for the manifest and fingerprints."""
+        return _plain(dataclasses.asdict(self))
+
+
+def load_job(path: str | Path) -> JobConfig:
+    """Read and validate a job file; every problem is a UserError naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"job file {path} does not exist: pass the path of a TOML job file (see jobs/demo.toml).")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"job file {path} is not valid TOML: {exc}. Fix the syntax at that line.") from None
+    job = _build(JobConfig, raw, "", path.resolve().parent, extra={"path": path.resolve()})
+    _check_values(job)
+    target, _, fn = job.model.factory.rpartition(":")
+    if target.endswith(".py"):  # a factory file is relative to the job file, like every other path
+        job = dataclasses.replace(job, model=dataclasses.replace(job.model, factory=f"{(job.path.parent / target).resolve()}:{fn}"))
+    return job
+
+
+def _build(cls: type, table: Any, where: str, base: Path, extra: dict[str, Any] | None = None) -> Any:
+    if not isinstance(table, dict):
+        raise UserError(f"job key [{where}] must be a table, got {table!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in (extra or {})]
+    values: dict[str, Any] = dict(extra or {})
+    for key, value in table.items():
+        full = f"{where}.{key}" if where else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"unknown job key '{full}'.{hint} Valid keys here: {', '.join(names)}.")
+        values[key] = _convert(hints[key], value, full, base)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key: str, base: Path) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None: the X part decides
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key, base)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise UserError(f"job key '{key}' must be a list of {_name(item)}s, got {value!r}.")
+        return tuple(_convert(item, v, f"{key}[{i}]", base) for i, v in enumerate(value))
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise UserError(f"job key '{key}' must be a non-empty path string, got {value!r}.")
+        return (base / value).resolve()
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool, float):
+        if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+            return value
+        raise UserError(f"job key '{key}' must be {_name(hint)}, got {value!r} ({type(value).__name__}).")
+    raise TypeError(f"unsupported type {hint} for {key}")  # a bug in this module, not user input
+
+
+def _name(t: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
+
+
+def _check_values(job: JobConfig) -> None:
+    m = job.model
+    sources = [n for n in ("torchvision", "factory", "torchscript") if getattr(m, n)]
+    if len(sources) != 1:
+        raise UserError(
+            f"job file {job.path}: [model] needs exactly one of torchvision = NAME, factory = \"module:function\" "
+            f"or torchscript = FILE; found {sources or 'none'}."
+        )
+    if m.factory and ":" not in m.factory:
+        raise UserError(f"job key 'model.factory' = {m.factory!r} must look like \"pkg.module:function\" or \"file.py:function\".")
+    if len(m.mean) != len(m.std) or len(m.mean) not in (1, 3):
+        raise UserError("job keys 'model.mean' and 'model.std' must both list 1 (grayscale) or 3 (RGB) numbers.")
+    if any(s <= 0 for s in m.std):
+        raise UserError(f"job key 'model.std' must be positive, got {list(m.std)}.")
+    positive = {
+        "model.input_size": m.input_size, "data.batch_size": job.data.batch_size,
+        "ray.shard_images": job.ray.shard_images, "ray.cpus_per_worker": job.ray.cpus_per_worker,
+    }
+    if job.stages.activations:
+        positive["stages.activations.k"] = job.stages.activations.k
+        positive["stages.activations.patch_size"] = job.stages.activations.patch_size
+    for key, value in positive.items():
+        if value < 1:
+            raise UserError(f"job key '{key}' must be at least 1, got {value}.")
+    for key, value in {"data.limit": job.data.limit, "ray.workers": job.ray.workers}.items():
+        if value < 0:
+            raise UserError(f"job key '{key}' must be 0 or more, got {value}.")
+    if job.ray.gpus_per_worker < 0:
+        raise UserError(f"job key 'ray.gpus_per_worker' must be 0 or more, got {job.ray.gpus_per_worker}.")
+    if job.data.images is None:
+        raise UserError(f"job file {job.path}: [data] images is missing: set it to an image folder.")
+    if job.output.catalog is None:
+        raise UserError(f"job file {job.path}: [output] catalog is missing: set it to the catalog directory to write.")
+
+
+def check_inputs_exist(job: JobConfig, stages: tuple[str, ...]) -> None:
+    """The files the run will read must exist; called after [prepare] had its chance to make them."""
+    m = job.model
+    needed = {"model.weights": m.weights, "model.torchscript": m.torchscript, "data.images": job.data.images}
+    if "dissection" in stages:
+        needed["concepts.broden"] = job.concepts.broden
+        if job.concepts.broden is None:
+            raise UserError("stage 'dissection' needs [concepts] broden = a Broden-format directory.")
+    if m.factory.rpartition(":")[0].endswith(".py"):
+        needed["model.factory"] = Path(m.factory.rpartition(":")[0])
+    for key, p in needed.items():
+        if p is not None and not p.exists():
+            raise UserError(f"job key '{key}' points to {p}, which does not exist. Fix the path (relative to {job.path.parent}).")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

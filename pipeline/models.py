@@ -1,0 +1,176 @@
+"""Building the user's model from a job, and choosing the layers whose units we catalog.
+
+A `ModelRecipe` carries everything a Ray worker needs to rebuild the model
+(factory source text, weight bytes), so workers need no access to the job's
+files or Python path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import io
+import sys
+import types
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """How to rebuild the model anywhere: kind is 'torchvision', 'factory' or 'torchscript'."""
+
+    kind: str
+    name: str
+    num_classes: int = 0
+    factory_source: str | None = None  # the text of a "file.py:fn" factory
+    weights: bytes | None = None
+    weights_name: str = ""
+    trust_weights: bool = False
+    torchscript: bytes | None = None
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One selected layer: its module path, output shape for one image, and how often forward calls it."""
+
+    name: str
+    shape: tuple[int, ...]  # (C, H, W) or (C,)
+    calls: int
+
+    @property
+    def units(self) -> int:
+        return self.shape[0]
+
+    @property
+    def spatial(self) -> tuple[int, int]:
+        return (self.shape[1], self.shape[2]) if len(self.shape) == 3 else (1, 1)
+
+
+def recipe_from_config(cfg: ModelConfig) -> ModelRecipe:
+    """Read the files a model needs once, on the driver."""
+    common = {"weights": cfg.weights.read_bytes() if cfg.weights else None,
+              "weights_name": str(cfg.weights or ""), "trust_weights": cfg.trust_weights}
+    if cfg.torchscript:
+        return ModelRecipe("torchscript", str(cfg.torchscript), torchscript=cfg.torchscript.read_bytes(), **common)
+    if cfg.torchvision:
+        return ModelRecipe("torchvision", cfg.torchvision, cfg.num_classes, **common)
+    target = cfg.factory.rpartition(":")[0]
+    source = Path(target).read_text(encoding="utf-8") if target.endswith(".py") else None  # made absolute by load_job
+    return ModelRecipe("factory", cfg.factory, cfg.num_classes, factory_source=source, **common)
+
+
+def build_model(recipe: ModelRecipe) -> nn.Module:
+    """The model in eval mode on the CPU, weights loaded; UserError when they do not fit."""
+    if recipe.kind == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            try:
+                model = torch.jit.load(io.BytesIO(recipe.torchscript), map_location="cpu")
+            except Exception as exc:
+                raise UserError(f"model.torchscript {recipe.name} could not be loaded as TorchScript: {exc}") from None
+    elif recipe.kind == "torchvision":
+        model = _torchvision_model(recipe)
+    else:
+        model = _factory_model(recipe)
+    if recipe.weights is not None:
+        _load_weights(model, recipe)
+    return model.eval()
+
+
+def _torchvision_model(recipe: ModelRecipe) -> nn.Module:
+    import torchvision
+
+    names = torchvision.models.list_models()
+    if recipe.name not in names:
+        close = difflib.get_close_matches(recipe.name, names, n=3)
+        raise UserError(f"model.torchvision = {recipe.name!r} is not a torchvision model. Closest: {', '.join(close) or 'none'}.")
+    kwargs = {"num_classes": recipe.num_classes} if recipe.num_classes else {}
+    return torchvision.models.get_model(recipe.name, weights=None, **kwargs)
+
+
+def _factory_model(recipe: ModelRecipe) -> nn.Module:
+    target, _, fn = recipe.name.rpartition(":")
+    if recipe.factory_source is not None:
+        module = types.ModuleType(f"neuron_catalog_factory_{abs(hash(target))}")
+        module.__file__ = target
+        sys.modules[module.__name__] = module  # classes defined there must pickle/unpickle on this process
+        try:
+            exec(compile(recipe.factory_source, target, "exec"), module.__dict__)
+        except Exception as exc:
+            raise UserError(f"model.factory file {target} failed to import: {type(exc).__name__}: {exc}") from None
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise UserError(f"model.factory module {target!r} cannot be imported ({exc}). Install it or use \"file.py:function\".") from None
+    factory = getattr(module, fn, None)
+    if not callable(factory):
+        raise UserError(f"model.factory {recipe.name!r}: {target} has no function {fn!r}.")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model.factory {recipe.name!r} returned {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+def _load_weights(model: nn.Module, recipe: ModelRecipe) -> None:
+    try:
+        state = torch.load(io.BytesIO(recipe.weights), map_location="cpu", weights_only=not recipe.trust_weights)
+    except Exception as exc:
+        reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise UserError(
+            f"model.weights {recipe.weights_name} could not be read as a state_dict with torch.load(weights_only=True): "
+            f"{reason}. Save it with torch.save(model.state_dict(), path), or, only if you trust the file "
+            "(unpickling runs its code), set [model] trust_weights = true."
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"model.weights {recipe.weights_name} holds a {type(state).__name__}, not a state_dict.")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False) if _shapes_fit(model, state, recipe) else None
+    if result and (result.missing_keys or result.unexpected_keys):
+        raise UserError(
+            f"model.weights {recipe.weights_name} does not fit the model: missing keys {result.missing_keys[:5]}, "
+            f"unexpected keys {result.unexpected_keys[:5]}. Is it a checkpoint of another architecture?"
+        )
+
+
+def _shapes_fit(model: nn.Module, state: dict, recipe: ModelRecipe) -> bool:
+    own = model.state_dict()
+    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in state.items() if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
+    if wrong:
+        hint = " Set [model] num_classes to the checkpoint's number of classes." if recipe.kind != "torchscript" else ""
+        raise UserError(f"model.weights {recipe.weights_name} has tensors of other shapes than the model: {'; '.join(wrong[:4])}.{hint}")
+    return True
+
+
+def resolve_layers(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """Module paths selected by names or globs, in model order; default every Conv2d and Linear."""
+    names = [n for n, _ in model.named_modules() if n]
+    if not patterns:
+        kinds = ("Conv2d", "Linear")
+        return [n for n, m in model.named_modules() if n and (isinstance(m, (nn.Conv2d, nn.Linear)) or getattr(m, "original_name", "") in kinds)]
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)] if any(c in pattern for c in "*?[") else [n for n in names if n == pattern]
+        if not hits:
+            close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
+            raise UserError(
+                f"model.layers: no module named {pattern!r}. Closest names: {', '.join(close) or '(none)'}. "
+                f"Layers are module paths as in model.named_modules(), e.g. {', '.join(names[:4])}."
+            )
+        chosen.extend(h for h in hits if h not in chosen)
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(chosen, key=order.__getitem__)

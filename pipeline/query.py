@@ -1,0 +1,92 @@
+"""Reading a catalog for people: filtered unit tables (`query`) and a manifest summary (`describe`)."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import pandas as pd
+
+from catalog_schema import Catalog
+from pipeline.errors import UserError
+
+SHOWN = ["layer", "unit", "act_mean", "act_max", "frac_active", "dead", "label", "category", "iou",
+         "interpretable", "shapley", "shapley_ci_low", "shapley_ci_high", "featvis_activation"]
+
+
+def query_units(catalog: Catalog, layer: str | None = None, label: str | None = None, min_iou: float | None = None,
+                sort: str | None = None, ascending: bool = False, limit: int | None = None) -> pd.DataFrame:
+    """Units filtered by layer, label text (case-insensitive substring) and IoU, sorted (descending by default)."""
+    units = catalog.units()
+    if layer is not None:
+        if layer not in catalog.layers:
+            close = difflib.get_close_matches(layer, catalog.layers, n=3, cutoff=0.3)
+            raise UserError(f"--layer {layer!r} is not in catalog {catalog.path}; closest: {', '.join(close) or 'none'} "
+                            f"(all: {', '.join(catalog.layers)}).")
+        units = units[units["layer"] == layer]
+    if label is not None:
+        units = units[units["label"].fillna("").str.contains(label, case=False, regex=False)]
+    if min_iou is not None:
+        units = units[units["iou"].fillna(-1.0) >= min_iou]
+    if sort is not None:
+        if sort not in units.columns:
+            raise UserError(f"--sort {sort!r} is not a column of units.parquet; columns: {', '.join(units.columns)}.")
+        units = units.sort_values([sort, "layer", "unit"], ascending=[ascending, True, True], na_position="last", kind="stable")
+    if limit is not None:
+        units = units.head(limit)
+    return units.reset_index(drop=True)
+
+
+def format_units(units: pd.DataFrame, fmt: str) -> str:
+    if fmt == "csv":
+        return units.to_csv(index=False)
+    if fmt == "json":
+        return units.to_json(orient="records", indent=1)
+    shown = [c for c in SHOWN if c in units.columns and units[c].notna().any()]
+    if units.empty:
+        return "(no units match)"
+    return units[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def describe(catalog: Catalog) -> str:
+    """A few lines a person reads to know what a catalog holds."""
+    m = catalog.manifest
+    units = catalog.units()
+    data = m["data"]
+    lines = [
+        f"catalog      {catalog.path}",
+        f"schema       v{m['schema_version']}, run {m['run_id'][:12]}, {m['started']} -> {m['finished']}",
+        f"model        {m.get('model', {}).get('kind', '?')} {m.get('model', {}).get('name', '?')}"
+        f" (input {m.get('model', {}).get('input_size', '?')}px), fingerprint {m['fingerprints']['model'][:12]}",
+        f"data         {data['root']}: {data['images']} files, {data['used']} used, {len(data['skipped'])} skipped"
+        + (f", {len(data['classes'])} classes" if data.get("classes") else ""),
+        f"stages done  {', '.join(m['stages_done'])}",
+        "",
+    ]
+    table = []
+    for layer in m["layers"]:
+        rows = units[units["layer"] == layer["name"]]
+        row = {"layer": layer["name"], "units": layer["units"], "shape": "x".join(map(str, layer["shape"])),
+               "dead": int(rows["dead"].sum()), "act_max(median)": float(rows["act_max"].median()) if len(rows) else float("nan"),
+               "rf": "whole image" if layer["receptive_field"]["whole_image"] else f"{layer['receptive_field']['size'][0]}px"}
+        if rows["interpretable"].notna().any():
+            row["interpretable"] = int(rows["interpretable"].fillna(False).sum())
+            row["concepts"] = int(rows.loc[rows["interpretable"].fillna(False), "label"].nunique())
+        table.append(row)
+    lines.append(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    lines.append("")
+    lines.append(f"total        {len(units)} units in {len(m['layers'])} layers, {int(units['dead'].sum())} dead")
+    for item in data["skipped"][:5]:
+        lines.append(f"skipped      {item['path']}: {item['reason']}")
+    if len(data["skipped"]) > 5:
+        lines.append(f"skipped      ... and {len(data['skipped']) - 5} more (see manifest.json)")
+    return "\n".join(lines)
+
+
+def open_catalog(path: Path) -> Catalog:
+    from catalog_schema import CatalogError
+
+    try:
+        return Catalog.open(path)
+    except CatalogError as exc:
+        raise UserError(str(exc)) from None

@@ -1,0 +1,50 @@
+"""One cataloging run, from job file to catalog: plan on the driver, distribute, finalize, write."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline import runner
+from pipeline.catalog_writer import crop_requests, write_catalog
+from pipeline.config import JobConfig
+from pipeline.errors import UserError
+from pipeline.plan import make_plan
+from pipeline.stages import activations
+
+
+@dataclass(frozen=True)
+class RunResult:
+    catalog: Path
+    manifest: dict[str, Any]
+    shards_computed: int
+    shards_reused: int
+
+
+def run_job(job: JobConfig, *, address: str | None = None, out: Path | None = None,
+            stages: tuple[str, ...] | None = None) -> RunResult:
+    """Catalog every unit of the job's layers; resumes from shard checkpoints of an interrupted run."""
+    started = _now()
+    plan = make_plan(job, out, stages)
+    address = address or job.ray.address or os.environ.get("RAY_ADDRESS", "")
+    work = plan.work_dir("activations")
+    reused = sum((work / f"shard-{s.index:06d}.pkl").exists() for s in plan.shards) if work.exists() else 0
+    with runner.ray_session(address):
+        workers = runner.start_workers(plan)
+        partial = runner.run_activations(plan, workers)
+        if partial.images == 0:
+            raise UserError(f"data.images {plan.images.root}: none of its {len(plan.images.records)} files could be read "
+                            f"as an image (first: {partial.skipped[0][1] if partial.skipped else '?'}). Point it at image files.")
+        results = {info.name: activations.finalize(partial, info, plan.fields[info.name], plan.input_hw) for info in plan.layers}
+        crops = runner.run_crops(plan, workers, crop_requests(plan, results))
+    manifest = write_catalog(plan, results, crops, partial.skipped, {"started": started, "finished": _now()}, uuid.uuid4().hex)
+    runner.clear_work(plan)
+    return RunResult(plan.catalog, manifest, len(plan.shards) - reused, reused)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

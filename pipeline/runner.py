@@ -1,0 +1,144 @@
+"""The only module that knows Ray: model actors, shard fan-out, completion-order merging, checkpoints.
+
+Workers keep the model loaded (one actor per GPU, or per `cpus_per_worker`
+CPUs); each finished shard's partial is saved under the catalog's work
+directory, so running the same command after an interruption skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+import torch
+from ray.util import ActorPool
+from tqdm import tqdm
+
+from pipeline.batches import Preprocess, global_batches, iter_batches
+from pipeline.images import ImageRecord
+from pipeline.models import LayerInfo, ModelRecipe, build_model
+from pipeline.plan import RunPlan, Shard, activations_config
+from pipeline.stages import activations, example_crops
+from pipeline.stages.example_crops import CropBatch, CropRequest
+
+
+class ModelWorker:
+    """Holds one copy of the model; runs stage code on shards sent to it."""
+
+    def __init__(self, recipe: ModelRecipe, layers: list[LayerInfo], root: str, prep: Preprocess, threads: int):
+        torch.set_num_threads(max(1, threads))  # Ray sets OMP_NUM_THREADS; torch must match the actor's CPUs
+        self.device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+        self.model = build_model(recipe).to(self.device)
+        self.layers, self.root, self.prep = layers, Path(root), prep
+
+    def activations(self, shard: Shard, k: int) -> tuple[int, activations.ActivationsPartial]:
+        skipped: list[tuple[int, str]] = []
+        groups = global_batches(shard.records, self.prep.batch_size)
+        batches = iter_batches(self.root, groups, self.prep, skipped, self.device)
+        partial = activations.compute(self.model, self.layers, batches, k)
+        partial.skipped = sorted(skipped)
+        return shard.index, partial
+
+    def crops(self, records: list[ImageRecord], requests: list[CropRequest], patch: int) -> dict[str, CropBatch]:
+        batches = iter_batches(self.root, [records], self.prep, [], self.device)
+        return example_crops.render(self.model, self.layers, batches, requests, patch)
+
+
+@contextmanager
+def ray_session(address: str) -> Iterator[None]:
+    """Connect to `address` (a cluster), else start an embedded local Ray; reuse one already started."""
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        ray.init(address=address, logging_level="ERROR")
+    else:
+        ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def start_workers(plan: RunPlan) -> list:
+    """Model actors: one per GPU when the cluster has GPUs, else one per `cpus_per_worker` CPUs."""
+    cfg = plan.job.ray
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0.0)
+    use_gpu = gpus > 0 and cfg.gpus_per_worker > 0
+    cpus = max(1.0, resources.get("CPU", 1.0))
+    count = cfg.workers or (int(gpus // cfg.gpus_per_worker) if use_gpu else max(1, int(cpus) // cfg.cpus_per_worker))
+    count = max(1, min(count, len(plan.shards)))
+    share = min(float(cfg.cpus_per_worker), cpus / count)  # never ask for more CPUs than exist: actors would wait forever
+    threads = max(1, int(share))
+    actor = ray.remote(ModelWorker).options(
+        num_cpus=share, num_gpus=cfg.gpus_per_worker if use_gpu else 0, max_restarts=2, max_task_retries=2,
+    )
+    root = str(plan.images.root)
+    return [actor.remote(plan.recipe, plan.layers, root, plan.prep, threads) for _ in range(count)]
+
+
+def run_activations(plan: RunPlan, workers: list) -> activations.ActivationsPartial:
+    """Every shard through the activations stage, resuming from checkpointed shards."""
+    k = activations_config(plan.job).k
+    work = plan.work_dir("activations")
+    work.mkdir(parents=True, exist_ok=True)
+    total = activations.empty(plan.layers, k)
+    todo = []
+    for shard in plan.shards:
+        saved = work / f"shard-{shard.index:06d}.pkl"
+        if saved.exists():
+            total = activations.merge(total, pickle.loads(saved.read_bytes()))
+        else:
+            todo.append(shard)
+    done_before = len(plan.shards) - len(todo)
+    pool = ActorPool(workers)
+    for shard in todo:
+        pool.submit(lambda actor, s: actor.activations.remote(s, k), shard)
+    with tqdm(total=len(plan.shards), initial=done_before, unit="shard", desc="activations", file=sys.stderr, disable=None) as bar:
+        while pool.has_next():
+            index, partial = pool.get_next_unordered()
+            _atomic_write(work / f"shard-{index:06d}.pkl", pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL))
+            total = activations.merge(total, partial)
+            bar.update(1)
+    return total
+
+
+def run_crops(plan: RunPlan, workers: list, requests: list[CropRequest]) -> dict[str, list[CropBatch]]:
+    """Render the example crops; images are chunked by sorted id so the work split is always the same."""
+    patch = activations_config(plan.job).patch_size
+    by_id = {rec.image_id: rec for rec in plan.images.records}
+    wanted: dict[int, list[CropRequest]] = {}
+    for req in requests:
+        wanted.setdefault(req.image_id, []).append(req)
+    ids = sorted(wanted)
+    chunk = plan.prep.batch_size
+    pool = ActorPool(workers)
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        reqs = [r for i in part for r in wanted[i]]
+        pool.submit(lambda actor, args: actor.crops.remote(*args), ([by_id[i] for i in part], reqs, patch))
+    out: dict[str, list[CropBatch]] = {}
+    with tqdm(total=(len(ids) + chunk - 1) // chunk, unit="chunk", desc="example crops", file=sys.stderr, disable=None) as bar:
+        while pool.has_next():
+            for layer, batch in pool.get_next_unordered().items():
+                out.setdefault(layer, []).append(batch)
+            bar.update(1)
+    return out
+
+
+def clear_work(plan: RunPlan) -> None:
+    """Drop shard checkpoints once the catalog holds their result."""
+    shutil.rmtree(plan.catalog / ".work", ignore_errors=True)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

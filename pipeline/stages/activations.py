@@ -1,0 +1,189 @@
+"""The activations stage: per-unit statistics and top/bottom dataset examples, as mergeable partials.
+
+`compute` reduces one batch (every selected layer from one forward pass),
+`merge` combines partials associatively, `finalize` turns the merged partial
+into table rows and per-layer mean maps. Ties are broken by image id, so the
+result does not depend on how images were split into shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.batches import Batch
+from pipeline.layer_taps import tapped
+from pipeline.models import LayerInfo
+from pipeline.receptive_field import ReceptiveField
+
+PAD_ID = np.iinfo(np.int64).max  # empty top-k slot; sorts after every real image id
+
+
+@dataclass
+class Ranked:
+    """The k best (value, image, position) per unit, best first: [units, k] each."""
+
+    value: np.ndarray  # float32
+    image_id: np.ndarray  # int64, PAD_ID where empty
+    position: np.ndarray  # int64 flat index into the layer's H*W map
+
+    @classmethod
+    def empty(cls, units: int, k: int, largest: bool) -> Ranked:
+        fill = -np.inf if largest else np.inf
+        return cls(np.full((units, k), fill, np.float32), np.full((units, k), PAD_ID, np.int64), np.zeros((units, k), np.int64))
+
+    def merged(self, other: Ranked, largest: bool) -> Ranked:
+        """The k best of both; ties go to the smaller image id."""
+        k = self.value.shape[1]
+        value = np.concatenate([self.value, other.value], axis=1)
+        image_id = np.concatenate([self.image_id, other.image_id], axis=1)
+        position = np.concatenate([self.position, other.position], axis=1)
+        order = np.lexsort((image_id, -value if largest else value), axis=1)[:, :k]
+        return Ranked(*(np.take_along_axis(a, order, axis=1) for a in (value, image_id, position)))
+
+
+@dataclass
+class LayerPartial:
+    """Sufficient statistics of one layer over some images."""
+
+    images: int
+    total: np.ndarray  # float64 [C] sum of activations over images and positions
+    total_sq: np.ndarray  # float64 [C]
+    positive: np.ndarray  # int64 [C] count of positions > 0
+    vmax: np.ndarray  # float32 [C]
+    vmin: np.ndarray  # float32 [C]
+    map_sum: np.ndarray  # float64 [C, H, W]
+    top: Ranked
+    bottom: Ranked
+
+    @classmethod
+    def empty(cls, info: LayerInfo, k: int) -> LayerPartial:
+        c, (h, w) = info.units, info.spatial
+        return cls(0, np.zeros(c), np.zeros(c), np.zeros(c, np.int64), np.full(c, -np.inf, np.float32),
+                   np.full(c, np.inf, np.float32), np.zeros((c, h, w)), Ranked.empty(c, k, True), Ranked.empty(c, k, False))
+
+    def merged(self, o: LayerPartial) -> LayerPartial:
+        return LayerPartial(
+            self.images + o.images, self.total + o.total, self.total_sq + o.total_sq, self.positive + o.positive,
+            np.maximum(self.vmax, o.vmax), np.minimum(self.vmin, o.vmin), self.map_sum + o.map_sum,
+            self.top.merged(o.top, True), self.bottom.merged(o.bottom, False),
+        )
+
+
+@dataclass
+class ActivationsPartial:
+    """Everything the stage knows about a set of images; `skipped` lists (image_id, reason)."""
+
+    layers: dict[str, LayerPartial]
+    images: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+
+def empty(layers: list[LayerInfo], k: int) -> ActivationsPartial:
+    return ActivationsPartial({info.name: LayerPartial.empty(info, k) for info in layers})
+
+
+def merge(a: ActivationsPartial, b: ActivationsPartial) -> ActivationsPartial:
+    """Associative and commutative (up to float64 rounding of the sums)."""
+    return ActivationsPartial(
+        {name: a.layers[name].merged(b.layers[name]) for name in a.layers},
+        a.images + b.images,
+        sorted(a.skipped + b.skipped),
+    )
+
+
+def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int) -> LayerPartial:
+    """One layer's output for a batch ([N, C, H, W]) reduced to a partial."""
+    n, c = out.shape[:2]
+    flat = out.detach().reshape(n, c, -1).float()
+    vmax, argmax = flat.max(dim=2)
+    vmin, argmin = flat.min(dim=2)
+    ids = np.broadcast_to(image_ids[None, :], (c, n))
+
+    def ranked(v: torch.Tensor, pos: torch.Tensor, largest: bool) -> Ranked:
+        batch = Ranked(v.T.cpu().numpy(), ids, pos.T.cpu().numpy().astype(np.int64))
+        return Ranked.empty(c, k, largest).merged(batch, largest)
+
+    return LayerPartial(
+        images=n,
+        total=flat.sum(dim=(0, 2), dtype=torch.float64).cpu().numpy(),
+        total_sq=flat.square().sum(dim=(0, 2), dtype=torch.float64).cpu().numpy(),
+        positive=(flat > 0).sum(dim=(0, 2)).cpu().numpy().astype(np.int64),
+        vmax=vmax.max(dim=0).values.cpu().numpy(),
+        vmin=vmin.min(dim=0).values.cpu().numpy(),
+        map_sum=out.detach().sum(dim=0, dtype=torch.float64).cpu().numpy(),
+        top=ranked(vmax, argmax, True),
+        bottom=ranked(vmin, argmin, False),
+    )
+
+
+def compute(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch], k: int) -> ActivationsPartial:
+    """Reduce batches to one partial; every layer is read from a single forward pass per batch."""
+    acc = empty(layers, k)
+    current: dict[str, LayerPartial] = {}
+    ids_now: list[np.ndarray] = []
+    with tapped(model, layers, lambda name, out: current.__setitem__(name, reduce_batch(out, ids_now[0], k))) as run:
+        with torch.inference_mode():
+            for batch in batches:
+                ids_now[:] = [batch.image_ids]
+                current.clear()
+                run(batch.inputs)
+                acc = merge(acc, ActivationsPartial(dict(current), len(batch.image_ids)))
+    return acc
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """Finalized statistics of one layer: column arrays for the units and examples tables."""
+
+    units: dict[str, np.ndarray]
+    examples: dict[str, np.ndarray]
+    mean_map: np.ndarray  # float32 [C, H, W]
+
+
+def finalize(partial: ActivationsPartial, info: LayerInfo, rf: ReceptiveField, input_hw: tuple[int, int]) -> LayerResult:
+    """Per-unit statistics and the ranked examples of one layer."""
+    p = partial.layers[info.name]
+    c, (h, w) = info.units, info.spatial
+    count = max(p.images * h * w, 1)
+    mean = p.total / count
+    std = np.sqrt(np.maximum(p.total_sq / count - mean**2, 0.0))
+    vmax = np.where(p.images > 0, p.vmax, np.nan).astype(np.float32)
+    vmin = np.where(p.images > 0, p.vmin, np.nan).astype(np.float32)
+    units = {
+        "layer": np.full(c, info.name, dtype=object),
+        "unit": np.arange(c, dtype=np.int32),
+        "act_mean": mean.astype(np.float32),
+        "act_std": std.astype(np.float32),
+        "act_max": vmax,
+        "act_min": vmin,
+        "frac_active": (p.positive / count).astype(np.float32),
+        # never positive anywhere (a ReLU after it always outputs 0) or constant over the data set
+        "dead": ~(vmax > 0) | (vmax == vmin),
+    }
+    cols: dict[str, list[np.ndarray]] = {}
+    for sign, ranked in (("top", p.top), ("bottom", p.bottom)):
+        real = ranked.image_id != PAD_ID
+        unit_idx, rank = np.nonzero(real)
+        pos = ranked.position[real]
+        y, x = pos // w, pos % w
+        boxes = rf.boxes(y, x, *input_hw)
+        part = {
+            "layer": np.full(len(unit_idx), info.name, dtype=object), "unit": unit_idx.astype(np.int32),
+            "sign": np.full(len(unit_idx), sign, dtype=object), "rank": rank.astype(np.int32),
+            "image_id": ranked.image_id[real], "activation": ranked.value[real].astype(np.float32),
+            "y": y.astype(np.int32), "x": x.astype(np.int32),
+            "box_y0": boxes[:, 0].astype(np.int32), "box_x0": boxes[:, 1].astype(np.int32),
+            "box_y1": boxes[:, 2].astype(np.int32), "box_x1": boxes[:, 3].astype(np.int32),
+        }
+        for key, arr in part.items():
+            cols.setdefault(key, []).append(arr)
+    examples = {key: np.concatenate(parts) for key, parts in cols.items()}
+    order = np.lexsort((examples["rank"], examples["sign"] == "bottom", examples["unit"]))
+    examples = {key: arr[order] for key, arr in examples.items()}
+    mean_map = (p.map_sum / max(p.images, 1)).astype(np.float32)
+    return LayerResult(units, examples, mean_map)

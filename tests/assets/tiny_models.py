@@ -1,0 +1,33 @@
+"""Tiny models for the tests, loaded by jobs as factory = "tiny_models.py:NAME" (a file next to the job)."""
+
+import torch
+from torch import nn
+
+
+class Planted(nn.Module):
+    """conv1 unit 0 is a red detector: with mean 0 / std 1 input it is 0.5 on a pure red pixel and
+    negative on everything else that is not strongly red. Other units are random but fixed by seed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.avg = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 3)
+        with torch.no_grad():
+            self.conv1.weight[0].zero_()
+            self.conv1.weight[0, :, 1, 1] = torch.tensor([1.0, -1.0, -1.0])
+            self.conv1.bias[0] = -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu1(self.conv1(x)))
+        x = self.relu2(self.conv2(x))
+        return self.fc(torch.flatten(self.avg(x), 1))
+
+
+def planted() -> nn.Module:
+    return Planted()

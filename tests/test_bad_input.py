@@ -1,0 +1,126 @@
+"""User mistakes end with exit code 2 and a message naming the key or file; unreadable images are skipped and recorded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import PLANTED_JOB, make_images, planted_job, write_job
+from pipeline.cli import main
+
+
+def _run(job, capsys) -> tuple[int, str]:
+    code = main(["run", str(job)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.replace("[data]", "[data]\nimagez = 'x'"), "unknown job key 'data.imagez'. Did you mean 'images'?"),
+    (lambda t: t.replace("batch_size = 4", "batch_size = 'four'"), "'data.batch_size' must be an integer, got 'four'"),
+    (lambda t: t.replace("k = 4", "k = 0"), "'stages.activations.k' must be at least 1"),
+    (lambda t: t.replace('images = "images"', 'images = "nowhere"'), "'data.images' points to"),
+    (lambda t: t.replace('"conv1", "conv2"', '"conv9", "conv2"'), "no module named 'conv9'. Closest names: conv1, conv2"),
+    (lambda t: t.replace("tiny_models.py:planted", "missing.py:planted"), "'model.factory' points to"),
+    (lambda t: t.replace("tiny_models.py:planted", "tiny_models.py:nothing"), "has no function 'nothing'"),
+    (lambda t: t.replace("[ray]", "[ray]\n[ray]"), "is not valid TOML"),
+    (lambda t: t.replace("[stages.activations]", "[stages.featvis]\n[stages.activations]"), "featvis are not available"),
+    (lambda t: t.replace('factory = "tiny_models.py:planted"', 'torchvision = "resnet81"'), "Closest: resnet18"),
+])
+def test_bad_job_files_exit_2_naming_the_key(tmp_path, capsys, edit, expected):
+    job = planted_job(tmp_path)
+    job.write_text(edit(job.read_text()))
+    code, err = _run(job, capsys)
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "catalog" / "manifest.json").exists()
+
+
+def test_command_line_prints_no_traceback(tmp_path):
+    job = planted_job(tmp_path)
+    job.write_text(job.read_text().replace('"conv1"', '"conv1x"'))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(job)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "conv1x" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path, capsys):
+    job = planted_job(tmp_path)
+    torch.save({"conv1.weight": torch.zeros(4, 3, 5, 5), "extra.bias": torch.zeros(2)}, tmp_path / "w.pt")
+    job.write_text(job.read_text().replace('layers =', 'weights = "w.pt"\nlayers ='))
+    code, err = _run(job, capsys)
+    assert code == 2 and "conv1.weight: file (4, 3, 5, 5) vs model (4, 3, 3, 3)" in err
+
+
+def test_pickled_checkpoint_needing_code_is_refused(tmp_path, capsys):
+    job = planted_job(tmp_path)
+    torch.save({"conv1.weight": np.zeros(3)}, tmp_path / "w.pt")  # a numpy array needs pickle's code execution
+    job.write_text(job.read_text().replace('layers =', 'weights = "w.pt"\nlayers ='))
+    code, err = _run(job, capsys)
+    assert code == 2 and "weights_only=True" in err
+
+
+def test_no_files_at_all_is_an_error(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    job = write_job(tmp_path, PLANTED_JOB.format(batch=4, workers=1, shard=8))
+    code, err = _run(job, capsys)
+    assert code == 2 and "holds no files" in err
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_unreadable_files_are_skipped_and_recorded_and_odd_modes_are_used(tmp_path, capsys):
+    images = tmp_path / "images"
+    make_images(images, count=6, classes=())
+    (images / "empty.png").write_bytes(b"")
+    (images / "notes.txt").write_text("not an image")
+    good = (images / "img_000.png").read_bytes()
+    (images / "truncated.png").write_bytes(good[: len(good) // 2])
+    gray = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60
+    Image.fromarray(gray).save(images / "gray16.png")  # 16-bit grayscale
+    Image.fromarray(np.full((32, 32, 4), 200, np.uint8)).save(images / "rgba.png")
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).convert("P").save(images / "palette.png")
+    Image.fromarray(np.full((32, 32), 30, np.uint8)).save(images / "gray8.jpg")
+    job = write_job(tmp_path, PLANTED_JOB.format(batch=4, workers=1, shard=8))
+    assert main(["run", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 3" in out
+    manifest = json.loads((tmp_path / "catalog" / "manifest.json").read_text())
+    assert sorted(s["path"] for s in manifest["data"]["skipped"]) == ["empty.png", "notes.txt", "truncated.png"]
+    assert manifest["data"]["used"] == 10
+    table = pd.read_parquet(tmp_path / "catalog" / "images.parquet")
+    assert table["skipped"].sum() == 3 and table.loc[table["skipped"], "skip_reason"].notna().all()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_only_unreadable_files_is_an_error(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(b"garbage")
+    job = write_job(tmp_path, PLANTED_JOB.format(batch=4, workers=1, shard=8))
+    code, err = _run(job, capsys)
+    assert code == 2 and "none of its 1 files could be read" in err
+
+
+def test_a_newer_catalog_schema_is_refused(tmp_path, capsys):
+    from catalog_schema import SCHEMA_VERSION
+
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1}))
+    assert main(["describe", str(tmp_path / "cat")]) == 2
+    assert "newer than this neuron-catalog understands" in capsys.readouterr().err
+
+
+def test_writing_into_a_foreign_directory_is_refused(tmp_path, capsys):
+    job = planted_job(tmp_path)
+    (tmp_path / "catalog").mkdir()
+    (tmp_path / "catalog" / "thesis.tex").write_text("precious")
+    code, err = _run(job, capsys)
+    assert code == 2 and "not a catalog" in err
+    assert (tmp_path / "catalog" / "thesis.tex").read_text() == "precious"

@@ -1,0 +1,108 @@
+"""Whole runs through the command line on a real local Ray, checked against planted ground truth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from catalog_schema import Catalog
+from conftest import RED_IMAGE, RED_YX, planted_job
+from pipeline.cli import main
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+@pytest.fixture(scope="module")
+def planted_catalog(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("planted")
+    assert main(["run", str(planted_job(folder))]) == 0
+    return folder / "catalog"
+
+
+def test_planted_red_detector_finds_the_red_pixel(planted_catalog):
+    cat = Catalog.open(planted_catalog)
+    top = cat.examples("conv1", 0)
+    best = top[(top["sign"] == "top") & (top["rank"] == 0)].iloc[0]
+    assert best["image_id"] == RED_IMAGE
+    assert (best["y"], best["x"]) == RED_YX
+    assert best["activation"] == pytest.approx(0.5, abs=1e-6)
+    # conv1 is 3x3 with padding 1: the field of (9, 13) is rows 8..10, columns 12..14
+    assert (best["box_y0"], best["box_x0"], best["box_y1"], best["box_x1"]) == (8, 12, 11, 15)
+    units = cat.units().set_index(["layer", "unit"])
+    assert units.loc[("conv1", 0), "act_max"] == pytest.approx(0.5, abs=1e-6)
+    assert units.loc[("conv1", 0), "frac_active"] == pytest.approx(1 / (24 * 32 * 32))
+    crops, heat = cat.example_images("conv1", 0)
+    center = crops[0, 6:10, 6:10]  # the red pixel fills the middle third of the 16px crop
+    assert center[..., 0].min() > 200 and center[..., 1].max() < 60
+    assert heat[0].max() == 255 and heat[0, 8, 8] > heat[0, 0, 0]
+
+
+def test_catalog_contents_follow_the_contract(planted_catalog):
+    units = pd.read_parquet(planted_catalog / "units.parquet")
+    assert units.groupby("layer").size().to_dict() == {"conv1": 4, "conv2": 6, "fc": 3}
+    for col in ["layer", "unit", "act_mean", "act_max", "frac_active", "dead", "label", "category", "iou",
+                "interpretable", "shapley", "shapley_ci_low", "shapley_ci_high", "featvis_activation"]:
+        assert col in units.columns
+    examples = pd.read_parquet(planted_catalog / "examples.parquet")
+    fc = examples[examples["layer"] == "fc"]
+    assert (fc[["box_y0", "box_x0", "box_y1", "box_x1"]] == [0, 0, 32, 32]).all().all()  # a Linear unit sees everything
+    assert len(examples) == (4 + 6 + 3) * 2 * 4
+    images = pd.read_parquet(planted_catalog / "images.parquet")
+    assert len(images) == 24 and images["path"].iloc[0] == "a/img_000.png" and set(images["label"]) == {"a", "b"}
+    store = zarr.open_group(planted_catalog / "arrays.zarr", mode="r")
+    assert store["examples/conv2"].shape == (6, 8, 16, 16, 3)
+    assert store["heatmaps/conv2"].shape == (6, 8, 16, 16)
+    assert store["mean_maps/conv2"].shape == (6, 16, 16)
+    manifest = json.loads((planted_catalog / "manifest.json").read_text())
+    assert manifest["stages_done"] == ["activations"]
+    assert set(manifest["fingerprints"]["layers"]) == {"conv1", "conv2", "fc"}
+    assert not (planted_catalog / ".work").exists()
+
+
+def _catalog_contents(path: Path) -> dict:
+    out = {name: pd.read_parquet(path / f"{name}.parquet") for name in ("units", "examples", "images")}
+    store = zarr.open_group(path / "arrays.zarr", mode="r")
+    for group in ("examples", "heatmaps", "mean_maps"):
+        for layer in ("conv1", "conv2", "fc"):
+            out[f"{group}/{layer}"] = store[f"{group}/{layer}"][...]
+    return out
+
+
+def test_same_catalog_whatever_the_shards_and_workers(tmp_path, planted_catalog):
+    one = tmp_path / "one"
+    shutil.copytree(planted_catalog.parent / "images", one / "images")
+    assert main(["run", str(planted_job(one, shard=1000, workers=1))]) == 0
+    many = tmp_path / "many"
+    shutil.copytree(planted_catalog.parent / "images", many / "images")
+    assert main(["run", str(planted_job(many, shard=3, workers=2))]) == 0  # 3 rounds up to whole batches of 4
+    a, b = _catalog_contents(one / "catalog"), _catalog_contents(many / "catalog")
+    for key in a:
+        if isinstance(a[key], pd.DataFrame):
+            pd.testing.assert_frame_equal(a[key], b[key], check_exact=True)
+        else:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_query_and_describe(planted_catalog, capsys):
+    assert main(["query", str(planted_catalog), "--layer", "conv1", "--sort", "act_max", "--limit", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:3] == ["layer", "unit", "act_mean"] and len(lines) == 3
+    assert main(["query", str(planted_catalog), "--format", "json", "--sort", "act_max", "--ascending"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 13 and rows[0]["act_max"] <= rows[-1]["act_max"]
+    assert main(["describe", str(planted_catalog)]) == 0
+    text = capsys.readouterr().out
+    assert "conv2" in text and "24 files, 24 used, 0 skipped" in text and "13 units in 3 layers" in text
+
+
+def test_query_errors_name_the_problem(planted_catalog, capsys):
+    assert main(["query", str(planted_catalog), "--layer", "conv"]) == 2
+    assert "closest: conv1, conv2" in capsys.readouterr().err
+    assert main(["query", str(planted_catalog), "--sort", "nope"]) == 2
+    assert "act_max" in capsys.readouterr().err
