@@ -29,7 +29,8 @@ def probe_layers(model: nn.Module, layers: list[str], input_shape: tuple[int, in
     if isinstance(model, torch.jit.ScriptModule):
         raise UserError(
             "model.torchscript: TorchScript modules do not support forward hooks, so their inner layers cannot be read. "
-            "Use factory = \"file.py:function\" with the model's Python code and a state_dict instead."
+            "Save the model with torch.export (torch.export.save(torch.export.export(model, (example,)), 'model.pt2')) "
+            "and point model.torchscript at that file, or use factory = \"file.py:function\" with a state_dict."
         )
     seen: dict[str, list[tuple[int, ...]]] = {name: [] for name in layers}
     handles = []

@@ -71,12 +71,7 @@ def recipe_from_config(cfg: ModelConfig) -> ModelRecipe:
 def build_model(recipe: ModelRecipe) -> nn.Module:
     """The model in eval mode on the CPU, weights loaded; UserError when they do not fit."""
     if recipe.kind == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            try:
-                model = torch.jit.load(io.BytesIO(recipe.torchscript), map_location="cpu")
-            except Exception as exc:
-                raise UserError(f"model.torchscript {recipe.name} could not be loaded as TorchScript: {exc}") from None
+        model = _serialized_model(recipe)
     elif recipe.kind == "torchvision":
         model = _torchvision_model(recipe)
     else:
@@ -84,6 +79,21 @@ def build_model(recipe: ModelRecipe) -> nn.Module:
     if recipe.weights is not None:
         _load_weights(model, recipe)
     return model.eval()
+
+
+def _serialized_model(recipe: ModelRecipe) -> nn.Module:
+    """A torch.export archive (.pt2), unflattened back into hookable submodules, or a TorchScript file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return torch.export.unflatten(torch.export.load(io.BytesIO(recipe.torchscript)))
+        except Exception:
+            pass  # not an exported program: try TorchScript
+        try:
+            return torch.jit.load(io.BytesIO(recipe.torchscript), map_location="cpu")
+        except Exception as exc:
+            reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise UserError(f"model.torchscript {recipe.name} is neither a torch.export archive nor TorchScript: {reason}") from None
 
 
 def _torchvision_model(recipe: ModelRecipe) -> nn.Module:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,7 +19,9 @@ from torch import nn
 from pipeline.batches import Batch
 from pipeline.layer_taps import tapped
 from pipeline.models import LayerInfo
-from pipeline.receptive_field import ReceptiveField
+
+if TYPE_CHECKING:
+    from pipeline.receptive_field import ReceptiveField
 
 PAD_ID = np.iinfo(np.int64).max  # empty top-k slot; sorts after every real image id
 
@@ -97,28 +100,36 @@ def merge(a: ActivationsPartial, b: ActivationsPartial) -> ActivationsPartial:
 
 
 def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int) -> LayerPartial:
-    """One layer's output for a batch ([N, C, H, W]) reduced to a partial."""
+    """One layer's output for a batch ([N, C, H, W]) reduced to a partial.
+
+    Per-image reductions run in float32 (exact enough over one map, and cheap); sums across
+    images accumulate in float64. Arg-max positions are found only for the images that make
+    a unit's top (or bottom) k within the batch.
+    """
     n, c = out.shape[:2]
     flat = out.detach().reshape(n, c, -1).float()
-    vmax, argmax = flat.max(dim=2)
-    vmin, argmin = flat.min(dim=2)
-    ids = np.broadcast_to(image_ids[None, :], (c, n))
-
-    def ranked(v: torch.Tensor, pos: torch.Tensor, largest: bool) -> Ranked:
-        batch = Ranked(v.T.cpu().numpy(), ids, pos.T.cpu().numpy().astype(np.int64))
-        return Ranked.empty(c, k, largest).merged(batch, largest)
-
+    vmax, vmin = flat.amax(dim=2), flat.amin(dim=2)
     return LayerPartial(
         images=n,
-        total=flat.sum(dim=(0, 2), dtype=torch.float64).cpu().numpy(),
-        total_sq=flat.square().sum(dim=(0, 2), dtype=torch.float64).cpu().numpy(),
-        positive=(flat > 0).sum(dim=(0, 2)).cpu().numpy().astype(np.int64),
-        vmax=vmax.max(dim=0).values.cpu().numpy(),
-        vmin=vmin.min(dim=0).values.cpu().numpy(),
-        map_sum=out.detach().sum(dim=0, dtype=torch.float64).cpu().numpy(),
-        top=ranked(vmax, argmax, True),
-        bottom=ranked(vmin, argmin, False),
+        total=flat.sum(dim=2).double().sum(dim=0).cpu().numpy(),
+        total_sq=torch.linalg.vector_norm(flat, dim=2).double().square().sum(dim=0).cpu().numpy(),
+        positive=flat.sign().clamp_(min=0).sum(dim=2).sum(dim=0, dtype=torch.float64).cpu().numpy().astype(np.int64),
+        vmax=vmax.amax(dim=0).cpu().numpy(),
+        vmin=vmin.amin(dim=0).cpu().numpy(),
+        map_sum=out.detach().float().sum(dim=0).double().cpu().numpy(),
+        top=_batch_ranked(flat, vmax, image_ids, k, largest=True),
+        bottom=_batch_ranked(flat, vmin, image_ids, k, largest=False),
     )
+
+
+def _batch_ranked(flat: torch.Tensor, extreme: torch.Tensor, image_ids: np.ndarray, k: int, largest: bool) -> Ranked:
+    """The batch's k best images per unit; a stable sort keeps ties in (ascending) image-id order."""
+    n, c = extreme.shape
+    order = torch.sort(extreme.T, dim=1, descending=largest, stable=True).indices[:, :k]  # [C, k'] batch rows
+    rows = flat[order, torch.arange(c, device=flat.device)[:, None]]  # [C, k', H*W]
+    position = rows.argmax(dim=2) if largest else rows.argmin(dim=2)  # first occurrence
+    value = torch.gather(extreme.T, 1, order)
+    return Ranked(value.cpu().numpy(), image_ids[order.cpu().numpy()], position.cpu().numpy().astype(np.int64))
 
 
 def compute(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch], k: int) -> ActivationsPartial:

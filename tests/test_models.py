@@ -1,0 +1,85 @@
+"""Model sources, weights and layer selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from pipeline.config import ModelConfig, load_job
+from pipeline.errors import UserError
+from pipeline.layer_taps import probe_layers, tapped
+from pipeline.models import build_model, recipe_from_config, resolve_layers
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+
+
+@pytest.mark.parametrize("job", sorted(JOBS.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_job_files_validate(job):
+    cfg = load_job(job)
+    assert cfg.output.catalog is not None and cfg.data.images is not None
+
+
+def test_torchvision_with_a_local_state_dict(tmp_path):
+    source = torchvision.models.resnet18(num_classes=5)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "w.pth")
+    cfg = ModelConfig(torchvision="resnet18", weights=tmp_path / "w.pth", num_classes=5)
+    model = build_model(recipe_from_config(cfg))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), source.eval()(x))
+    with pytest.raises(UserError, match="num_classes"):
+        build_model(recipe_from_config(ModelConfig(torchvision="resnet18", weights=tmp_path / "w.pth")))
+
+
+def test_layers_by_path_glob_and_default():
+    model = torchvision.models.resnet18()
+    assert resolve_layers(model, ("layer1.*.conv1", "fc")) == ["layer1.0.conv1", "layer1.1.conv1", "fc"]
+    default = resolve_layers(model, ())
+    assert len(default) == 21 and default[0] == "conv1" and default[-1] == "fc"
+    with pytest.raises(UserError, match="layer1.0.conv1"):
+        resolve_layers(model, ("layer1.0.cnv1",))
+
+
+def test_a_module_called_twice_is_read_on_its_last_call():
+    model = torchvision.models.resnet18().eval()
+    infos = probe_layers(model, ["layer1.0.relu", "layer1.0"], (3, 32, 32))
+    assert infos[0].calls == 2 and infos[1].calls == 1
+    seen = {}
+    with tapped(model, infos, lambda name, out: seen.__setitem__(name, out.clone())) as run:
+        with torch.inference_mode():
+            run(torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(seen["layer1.0.relu"], seen["layer1.0"])  # the block's output is its relu's 2nd call
+
+
+def test_torchscript_files_are_refused_with_a_reason(tmp_path):
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3)))
+    torch.jit.save(scripted, tmp_path / "m.pt")
+    model = build_model(recipe_from_config(ModelConfig(torchscript=tmp_path / "m.pt")))
+    with pytest.raises(UserError, match="do not support forward hooks"):
+        probe_layers(model, ["0"], (3, 8, 8))
+
+
+def test_a_layer_without_channel_output_is_refused():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(0))
+    with pytest.raises(UserError, match="outputs shape"):
+        probe_layers(model, ["1"], (3, 8, 8))
+
+
+def test_torch_export_archives_are_read_layer_by_layer(tmp_path):
+    source = torchvision.models.resnet18(num_classes=4).eval()
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(source, (torch.randn(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / "r18.pt2")
+    model = build_model(recipe_from_config(ModelConfig(torchscript=tmp_path / "r18.pt2")))
+    infos = probe_layers(model, resolve_layers(model, ("layer2", "fc")), (3, 32, 32))
+    assert [(i.name, i.shape) for i in infos] == [("layer2", (128, 4, 4)), ("fc", (4,))]
+    x = torch.randn(3, 3, 32, 32)
+    seen = {}
+    with tapped(model, infos, lambda name, out: seen.__setitem__(name, out.clone())) as run:
+        with torch.inference_mode():
+            run(x)
+            expected = source(x)
+    torch.testing.assert_close(seen["fc"][:, :, 0, 0], expected)
