@@ -103,6 +103,7 @@ def _manifest(plan: RunPlan, units: dict[str, np.ndarray], skipped: list[tuple[i
             "skipped": [{"image_id": i, "path": paths[i], "reason": why} for i, why in skipped],
         },
         "settings": {"activations": asdict(activations_config(plan.job)), "preprocess": asdict(plan.prep)},
+        "prepared": plan.prepared,
         "summary": {"layers": len(plan.layers), "units": int(len(dead)), "dead_units": int(dead.sum())},
         "errors": [],
     }

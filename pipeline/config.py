@@ -115,7 +115,7 @@ class ConceptWorldRecipe:
 class DemoModelRecipe:
     """Train the demo model into [model] weights when missing or trained from another recipe."""
 
-    epochs: int = 6
+    epochs: int = 20
     seed: int = 0
 
 

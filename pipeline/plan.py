@@ -39,6 +39,7 @@ class RunPlan:
     prep: Preprocess
     shards: list[Shard]
     fingerprints: dict
+    prepared: dict  # what [prepare] made (demo inputs), recorded in the manifest
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -59,7 +60,7 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
                         f"available: {', '.join(IMPLEMENTED_STAGES)}. Remove their [stages.*] tables or pass --stages.")
     catalog = (out or job.output.catalog).resolve()
     _check_catalog_target(catalog)
-    prepare_inputs(job)
+    prepared = prepare_inputs(job)
     check_inputs_exist(job, stages)
     images = list_images(job.data.images, job.data.limit, job.seed)
     recipe = recipe_from_config(job.model)
@@ -82,7 +83,7 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
         "config": json_fingerprint(job.to_dict()),
         "settings": json_fingerprint(settings),
     }
-    return RunPlan(job, catalog, stages, recipe, layers, receptive_fields(model, names, input_shape), images, prep, shards, fingerprints)
+    return RunPlan(job, catalog, stages, recipe, layers, receptive_fields(model, names, input_shape), images, prep, shards, fingerprints, prepared)
 
 
 def activations_config(job: JobConfig) -> ActivationsConfig:
