@@ -26,7 +26,7 @@ def _run(job, capsys) -> tuple[int, str]:
     (lambda t: t.replace("batch_size = 4", "batch_size = 'four'"), "'data.batch_size' must be an integer, got 'four'"),
     (lambda t: t.replace("k = 4", "k = 0"), "'stages.activations.k' must be at least 1"),
     (lambda t: t.replace('images = "images"', 'images = "nowhere"'), "'data.images' points to"),
-    (lambda t: t.replace('"conv1", "conv2"', '"conv9", "conv2"'), "no module named 'conv9'. Closest names: conv1, conv2"),
+    (lambda t: t.replace('"conv1", "conv2"', '"conv9", "conv2"'), "no module named 'conv9'. Closest names: conv2, conv1"),
     (lambda t: t.replace("tiny_models.py:planted", "missing.py:planted"), "'model.factory' points to"),
     (lambda t: t.replace("tiny_models.py:planted", "tiny_models.py:nothing"), "has no function 'nothing'"),
     (lambda t: t.replace("[ray]", "[ray]\n[ray]"), "is not valid TOML"),

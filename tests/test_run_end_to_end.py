@@ -38,9 +38,10 @@ def test_planted_red_detector_finds_the_red_pixel(planted_catalog):
     assert units.loc[("conv1", 0), "act_max"] == pytest.approx(0.5, abs=1e-6)
     assert units.loc[("conv1", 0), "frac_active"] == pytest.approx(1 / (24 * 32 * 32))
     crops, heat = cat.example_images("conv1", 0)
-    center = crops[0, 6:10, 6:10]  # the red pixel fills the middle third of the 16px crop
-    assert center[..., 0].min() > 200 and center[..., 1].max() < 60
-    assert heat[0].max() == 255 and heat[0, 8, 8] > heat[0, 0, 0]
+    # the 3x3 field is enlarged to 16px by repeating pixels: the red pixel fills the middle block
+    assert (crops[0, 6:10, 6:10] == [255, 0, 0]).all()
+    assert (crops[0, :5, :5] != [255, 0, 0]).any(axis=-1).all()
+    assert (heat[0, 6:10, 6:10] == 255).all() and heat[0, 0, 0] == 0
 
 
 def test_catalog_contents_follow_the_contract(planted_catalog):
@@ -103,6 +104,7 @@ def test_query_and_describe(planted_catalog, capsys):
 
 def test_query_errors_name_the_problem(planted_catalog, capsys):
     assert main(["query", str(planted_catalog), "--layer", "conv"]) == 2
-    assert "closest: conv1, conv2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'conv' is not in catalog" in err and "closest: conv2, conv1" in err
     assert main(["query", str(planted_catalog), "--sort", "nope"]) == 2
     assert "act_max" in capsys.readouterr().err
