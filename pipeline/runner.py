@@ -13,6 +13,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from pipeline.batches import Preprocess, global_batches, iter_batches
 from pipeline.images import ImageRecord
-from pipeline.models import LayerInfo, ModelRecipe, build_model
+from pipeline.models import LayerInfo, build_model
 from pipeline.plan import RunPlan, Shard, activations_config
 from pipeline.stages import activations, example_crops
 from pipeline.stages.example_crops import CropBatch, CropRequest
@@ -31,10 +32,11 @@ from pipeline.stages.example_crops import CropBatch, CropRequest
 class ModelWorker:
     """Holds one copy of the model; runs stage code on shards sent to it."""
 
-    def __init__(self, recipe: ModelRecipe, layers: list[LayerInfo], root: str, prep: Preprocess, threads: int):
+    def __init__(self, recipe: list[ray.ObjectRef], layers: list[LayerInfo], root: str, prep: Preprocess, threads: int):
         torch.set_num_threads(max(1, threads))  # Ray sets OMP_NUM_THREADS; torch must match the actor's CPUs
         self.device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        self.model = build_model(recipe).to(self.device)
+        # the recipe (weights included) comes by a reference the driver keeps alive, so a restarted actor can fetch it again
+        self.model = build_model(ray.get(recipe[0])).to(self.device)
         self.layers, self.root, self.prep = layers, Path(root), prep
 
     def activations(self, shard: Shard, k: int) -> tuple[int, activations.ActivationsPartial]:
@@ -66,7 +68,15 @@ def ray_session(address: str) -> Iterator[None]:
         ray.shutdown()
 
 
-def start_workers(plan: RunPlan) -> list:
+@dataclass
+class Workers:
+    """The model actors, and the object they load the model from (held so that restarts find it)."""
+
+    actors: list
+    recipe: list
+
+
+def start_workers(plan: RunPlan) -> Workers:
     """Model actors: one per GPU when the cluster has GPUs, else one per `cpus_per_worker` CPUs."""
     cfg = plan.job.ray
     resources = ray.cluster_resources()
@@ -80,11 +90,12 @@ def start_workers(plan: RunPlan) -> list:
     actor = ray.remote(ModelWorker).options(
         num_cpus=share, num_gpus=cfg.gpus_per_worker if use_gpu else 0, max_restarts=2, max_task_retries=2,
     )
-    root = str(plan.images.root)
-    return [actor.remote(plan.recipe, plan.layers, root, plan.prep, threads) for _ in range(count)]
+    recipe = [ray.put(plan.recipe)]
+    workers = [actor.remote(recipe, plan.layers, str(plan.images.root), plan.prep, threads) for _ in range(count)]
+    return Workers(workers, recipe)
 
 
-def run_activations(plan: RunPlan, workers: list) -> activations.ActivationsPartial:
+def run_activations(plan: RunPlan, workers: Workers) -> activations.ActivationsPartial:
     """Every shard through the activations stage, resuming from checkpointed shards."""
     k = activations_config(plan.job).k
     work = plan.work_dir("activations")
@@ -98,7 +109,7 @@ def run_activations(plan: RunPlan, workers: list) -> activations.ActivationsPart
         else:
             todo.append(shard)
     done_before = len(plan.shards) - len(todo)
-    pool = ActorPool(workers)
+    pool = ActorPool(workers.actors)
     for shard in todo:
         pool.submit(lambda actor, s: actor.activations.remote(s, k), shard)
     with tqdm(total=len(plan.shards), initial=done_before, unit="shard", desc="activations", file=sys.stderr, disable=None) as bar:
@@ -110,7 +121,7 @@ def run_activations(plan: RunPlan, workers: list) -> activations.ActivationsPart
     return total
 
 
-def run_crops(plan: RunPlan, workers: list, requests: list[CropRequest]) -> dict[str, list[CropBatch]]:
+def run_crops(plan: RunPlan, workers: Workers, requests: list[CropRequest]) -> dict[str, list[CropBatch]]:
     """Render the example crops; images are chunked by sorted id so the work split is always the same."""
     patch = activations_config(plan.job).patch_size
     by_id = {rec.image_id: rec for rec in plan.images.records}
@@ -119,7 +130,7 @@ def run_crops(plan: RunPlan, workers: list, requests: list[CropRequest]) -> dict
         wanted.setdefault(req.image_id, []).append(req)
     ids = sorted(wanted)
     chunk = plan.prep.batch_size
-    pool = ActorPool(workers)
+    pool = ActorPool(workers.actors)
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
         reqs = [r for i in part for r in wanted[i]]

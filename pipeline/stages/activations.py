@@ -99,21 +99,27 @@ def merge(a: ActivationsPartial, b: ActivationsPartial) -> ActivationsPartial:
     )
 
 
-def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int) -> LayerPartial:
+_TINY = 2.0**-100  # a power of two: summing up to 2**24 of them per map is exact in float32
+
+
+def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int, scratch: torch.Tensor | None = None) -> LayerPartial:
     """One layer's output for a batch ([N, C, H, W]) reduced to a partial.
 
     Per-image reductions run in float32 (exact enough over one map, and cheap); sums across
     images accumulate in float64. Arg-max positions are found only for the images that make
-    a unit's top (or bottom) k within the batch.
+    a unit's top (or bottom) k within the batch. `scratch`, a reusable tensor of the output's
+    shape, saves allocating (and page-faulting) a large temporary on every batch.
     """
     n, c = out.shape[:2]
     flat = out.detach().reshape(n, c, -1).float()
     vmax, vmin = flat.amax(dim=2), flat.amin(dim=2)
+    # positives counted as a sum of clamp(x, 0, TINY) / TINY: one pass, no bool-to-int conversion
+    marks = torch.clamp(flat, 0.0, _TINY, out=scratch.view(flat.shape) if scratch is not None else None)
     return LayerPartial(
         images=n,
         total=flat.sum(dim=2).double().sum(dim=0).cpu().numpy(),
         total_sq=torch.linalg.vector_norm(flat, dim=2).double().square().sum(dim=0).cpu().numpy(),
-        positive=flat.sign().clamp_(min=0).sum(dim=2).sum(dim=0, dtype=torch.float64).cpu().numpy().astype(np.int64),
+        positive=np.rint(marks.sum(dim=2).double().sum(dim=0).cpu().numpy() / _TINY).astype(np.int64),
         vmax=vmax.amax(dim=0).cpu().numpy(),
         vmin=vmin.amin(dim=0).cpu().numpy(),
         map_sum=out.detach().float().sum(dim=0).double().cpu().numpy(),
@@ -137,7 +143,14 @@ def compute(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch],
     acc = empty(layers, k)
     current: dict[str, LayerPartial] = {}
     ids_now: list[np.ndarray] = []
-    with tapped(model, layers, lambda name, out: current.__setitem__(name, reduce_batch(out, ids_now[0], k))) as run:
+    scratch: list[torch.Tensor] = [torch.empty(0)]  # one buffer, as large as the largest layer output
+
+    def reduce(name: str, out: torch.Tensor) -> None:
+        if scratch[0].numel() < out.numel() or scratch[0].device != out.device:
+            scratch[0] = torch.empty(out.numel(), dtype=torch.float32, device=out.device)
+        current[name] = reduce_batch(out, ids_now[0], k, scratch[0][: out.numel()])
+
+    with tapped(model, layers, reduce) as run:
         with torch.inference_mode():
             for batch in batches:
                 ids_now[:] = [batch.image_ids]
