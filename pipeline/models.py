@@ -148,22 +148,13 @@ def _load_weights(model: nn.Module, recipe: ModelRecipe) -> None:
         raise UserError(f"model.weights {recipe.weights_name} holds a {type(state).__name__}, not a state_dict.")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    result = model.load_state_dict(state, strict=False) if _shapes_fit(model, state, recipe) else None
-    if result and (result.missing_keys or result.unexpected_keys):
-        raise UserError(
-            f"model.weights {recipe.weights_name} does not fit the model: missing keys {result.missing_keys[:5]}, "
-            f"unexpected keys {result.unexpected_keys[:5]}. Is it a checkpoint of another architecture?"
-        )
-
-
-def _shapes_fit(model: nn.Module, state: dict, recipe: ModelRecipe) -> bool:
-    own = model.state_dict()
-    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-             for k, v in state.items() if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
-    if wrong:
-        hint = " Set [model] num_classes to the checkpoint's number of classes." if recipe.kind != "torchscript" else ""
-        raise UserError(f"model.weights {recipe.weights_name} has tensors of other shapes than the model: {'; '.join(wrong[:4])}.{hint}")
-    return True
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # torch lists missing keys, unexpected keys and size mismatches
+        detail = " ".join(str(exc).split())
+        hint = " If only the classifier differs, set [model] num_classes." if "size mismatch" in detail else ""
+        raise UserError(f"model.weights {recipe.weights_name} does not fit the model (a checkpoint of another "
+                        f"architecture?): {detail[:600]}.{hint}") from None
 
 
 def resolve_layers(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:

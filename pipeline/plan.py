@@ -47,7 +47,9 @@ class RunPlan:
 
     def work_dir(self, stage: str) -> Path:
         """Where finished shards of a stage are checkpointed; keyed by everything they depend on."""
-        key = json_fingerprint({"stage": stage, "fp": self.fingerprints, "shard": len(self.shards[0].records) if self.shards else 0})
+        fp = self.fingerprints
+        key = json_fingerprint({"stage": stage, "model": fp["model"], "data": fp["data"], "settings": fp["settings"],
+                                "shard": len(self.shards[0].records) if self.shards else 0})
         return self.catalog / ".work" / f"{stage}-{key[:16]}"
 
 
@@ -83,7 +85,8 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
         "config": json_fingerprint(job.to_dict()),
         "settings": json_fingerprint(settings),
     }
-    return RunPlan(job, catalog, stages, recipe, layers, receptive_fields(model, names, input_shape), images, prep, shards, fingerprints, prepared)
+    fields = receptive_fields(model, names, input_shape)
+    return RunPlan(job, catalog, stages, recipe, layers, fields, images, prep, shards, fingerprints, prepared)
 
 
 def activations_config(job: JobConfig) -> ActivationsConfig:

@@ -30,26 +30,37 @@ from pipeline.stages.example_crops import CropBatch, CropRequest
 
 
 class ModelWorker:
-    """Holds one copy of the model; runs stage code on shards sent to it."""
+    """Holds one copy of the model; runs stage code on shards sent to it.
 
-    def __init__(self, recipe: list[ray.ObjectRef], layers: list[LayerInfo], root: str, prep: Preprocess, threads: int):
+    The model is built on the first call from the recipe reference every call carries (the
+    driver keeps it alive), so an actor Ray restarts after a crash rebuilds it the same way.
+    """
+
+    def __init__(self, layers: list[LayerInfo], root: str, prep: Preprocess, threads: int):
         torch.set_num_threads(max(1, threads))  # Ray sets OMP_NUM_THREADS; torch must match the actor's CPUs
         self.device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        # the recipe (weights included) comes by a reference the driver keeps alive, so a restarted actor can fetch it again
-        self.model = build_model(ray.get(recipe[0])).to(self.device)
         self.layers, self.root, self.prep = layers, Path(root), prep
+        self.model: torch.nn.Module | None = None
 
-    def activations(self, shard: Shard, k: int) -> tuple[int, activations.ActivationsPartial]:
+    def _loaded(self, recipe: list[ray.ObjectRef]) -> torch.nn.Module:
+        if self.model is None:
+            self.model = build_model(ray.get(recipe[0])).to(self.device)
+        return self.model
+
+    def activations(self, recipe: list[ray.ObjectRef], shard: Shard, k: int) -> tuple[int, activations.ActivationsPartial]:
+        model = self._loaded(recipe)
         skipped: list[tuple[int, str]] = []
         groups = global_batches(shard.records, self.prep.batch_size)
         batches = iter_batches(self.root, groups, self.prep, skipped, self.device)
-        partial = activations.compute(self.model, self.layers, batches, k)
+        partial = activations.compute(model, self.layers, batches, k)
         partial.skipped = sorted(skipped)
         return shard.index, partial
 
-    def crops(self, records: list[ImageRecord], requests: list[CropRequest], patch: int) -> dict[str, CropBatch]:
+    def crops(self, recipe: list[ray.ObjectRef], records: list[ImageRecord], requests: list[CropRequest],
+              patch: int) -> dict[str, CropBatch]:
+        model = self._loaded(recipe)
         batches = iter_batches(self.root, [records], self.prep, [], self.device)
-        return example_crops.render(self.model, self.layers, batches, requests, patch)
+        return example_crops.render(model, self.layers, batches, requests, patch)
 
 
 @contextmanager
@@ -70,7 +81,7 @@ def ray_session(address: str) -> Iterator[None]:
 
 @dataclass
 class Workers:
-    """The model actors, and the object they load the model from (held so that restarts find it)."""
+    """The model actors, and a reference to the recipe they build the model from (held alive by the driver)."""
 
     actors: list
     recipe: list
@@ -90,9 +101,8 @@ def start_workers(plan: RunPlan) -> Workers:
     actor = ray.remote(ModelWorker).options(
         num_cpus=share, num_gpus=cfg.gpus_per_worker if use_gpu else 0, max_restarts=2, max_task_retries=2,
     )
-    recipe = [ray.put(plan.recipe)]
-    workers = [actor.remote(recipe, plan.layers, str(plan.images.root), plan.prep, threads) for _ in range(count)]
-    return Workers(workers, recipe)
+    workers = [actor.remote(plan.layers, str(plan.images.root), plan.prep, threads) for _ in range(count)]
+    return Workers(workers, [ray.put(plan.recipe)])  # a list: Ray passes a nested reference as is, unresolved
 
 
 def run_activations(plan: RunPlan, workers: Workers) -> activations.ActivationsPartial:
@@ -111,7 +121,7 @@ def run_activations(plan: RunPlan, workers: Workers) -> activations.ActivationsP
     done_before = len(plan.shards) - len(todo)
     pool = ActorPool(workers.actors)
     for shard in todo:
-        pool.submit(lambda actor, s: actor.activations.remote(s, k), shard)
+        pool.submit(lambda actor, s: actor.activations.remote(workers.recipe, s, k), shard)
     with tqdm(total=len(plan.shards), initial=done_before, unit="shard", desc="activations", file=sys.stderr, disable=None) as bar:
         while pool.has_next():
             index, partial = pool.get_next_unordered()
@@ -134,7 +144,7 @@ def run_crops(plan: RunPlan, workers: Workers, requests: list[CropRequest]) -> d
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
         reqs = [r for i in part for r in wanted[i]]
-        pool.submit(lambda actor, args: actor.crops.remote(*args), ([by_id[i] for i in part], reqs, patch))
+        pool.submit(lambda actor, args: actor.crops.remote(workers.recipe, *args), ([by_id[i] for i in part], reqs, patch))
     out: dict[str, list[CropBatch]] = {}
     with tqdm(total=(len(ids) + chunk - 1) // chunk, unit="chunk", desc="example crops", file=sys.stderr, disable=None) as bar:
         while pool.has_next():

@@ -56,7 +56,9 @@ def test_weights_of_another_architecture_are_refused(tmp_path, capsys):
     torch.save({"conv1.weight": torch.zeros(4, 3, 5, 5), "extra.bias": torch.zeros(2)}, tmp_path / "w.pt")
     job.write_text(job.read_text().replace('layers =', 'weights = "w.pt"\nlayers ='))
     code, err = _run(job, capsys)
-    assert code == 2 and "conv1.weight: file (4, 3, 5, 5) vs model (4, 3, 3, 3)" in err
+    assert code == 2 and "does not fit the model" in err
+    assert 'Unexpected key(s) in state_dict: "extra.bias"' in err and 'Missing key(s) in state_dict: "conv1.bias"' in err
+    assert "size mismatch for conv1.weight" in err
 
 
 def test_pickled_checkpoint_needing_code_is_refused(tmp_path, capsys):

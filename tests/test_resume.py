@@ -27,14 +27,14 @@ def test_killed_run_resumes_from_finished_shards(tmp_path, capsys):
     work = tmp_path / "catalog" / ".work"
     deadline = time.time() + 120
     try:
-        while time.time() < deadline and len(list(work.glob("*/shard-*.pkl"))) < 5:
+        while time.time() < deadline and len(list(work.glob("*/shard-*.pkl"))) < 2:
             assert proc.poll() is None, "the run ended before it could be interrupted"
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finished = len(list(work.glob("*/shard-*.pkl")))
-    assert 5 <= finished < 80
+    assert 2 <= finished < 80
     assert not (tmp_path / "catalog" / "manifest.json").exists()
 
     assert main(["run", str(job)]) == 0

@@ -1,0 +1,39 @@
+"""The demo's path through [prepare]: concept world and model made on first run, reused on the second."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo.toml"
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    text = DEMO.read_text().replace("images = 1000", "images = 60").replace("epochs = 20", "epochs = 2")
+    (jobs / "demo.toml").write_text(text)
+    assert main(["run", str(jobs / "demo.toml")]) == 0
+    first = capsys.readouterr().out
+    assert "concept world: 60 images of 64px" in first and "demo model: trained in" in first
+    manifest = json.loads((tmp_path / "catalogs" / "demo" / "manifest.json").read_text())
+    model = manifest["prepared"]["demo_model"]
+    assert not model["cached"] and 0.0 <= model["heldout_accuracy"] <= 1.0
+    assert manifest["data"]["classes"] == sorted(manifest["data"]["classes"]) and len(manifest["data"]["classes"]) == 6
+    assert [layer["name"] for layer in manifest["layers"]] == ["conv1", "conv2", "conv3", "conv4", "fc"]
+
+    assert main(["run", str(jobs / "demo.toml")]) == 0
+    assert "demo model: cached" in capsys.readouterr().out
+
+
+def test_make_concepts_command(tmp_path, capsys):
+    assert main(["make-concepts", str(tmp_path / "world"), "--images", "6", "--size", "32", "--seed", "3"]) == 0
+    rows = (tmp_path / "world" / "index.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("image,split,ih,iw,sh,sw,color,object,part,material,scene,texture") and len(rows) == 7
+    assert main(["make-concepts", str(tmp_path / "other"), "--images", "0"]) == 2
+    assert "--images must be at least 1" in capsys.readouterr().err
