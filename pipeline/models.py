@@ -8,6 +8,7 @@ files or Python path.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import fnmatch
 import importlib
 import io
@@ -110,7 +111,7 @@ def _torchvision_model(recipe: ModelRecipe) -> nn.Module:
 def _factory_model(recipe: ModelRecipe) -> nn.Module:
     target, _, fn = recipe.name.rpartition(":")
     if recipe.factory_source is not None:
-        module = types.ModuleType(f"neuron_catalog_factory_{abs(hash(target))}")
+        module = types.ModuleType(f"neuron_catalog_factory_{hashlib.sha256(target.encode()).hexdigest()[:12]}")
         module.__file__ = target
         sys.modules[module.__name__] = module  # classes defined there must pickle/unpickle on this process
         try:

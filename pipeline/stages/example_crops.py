@@ -51,7 +51,7 @@ def render(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch],
         by_image[req.image_id].append(req)
     outputs: dict[str, torch.Tensor] = {}
     filled: dict[str, list[tuple[int, int, np.ndarray, np.ndarray]]] = defaultdict(list)
-    with tapped(model, layers, lambda name, out: outputs.__setitem__(name, out.detach().float().clone())) as run:
+    with tapped(model, layers, lambda name, out: outputs.__setitem__(name, out.detach().float().cpu().clone())) as run:
         with torch.inference_mode():
             for batch in batches:
                 run(batch.inputs)
