@@ -80,8 +80,12 @@ def _files_under(folder: Path) -> list[Path]:
     return found
 
 
-def load_image(path: Path, size: int, channels: int = 3) -> np.ndarray:
-    """Decode, orient, convert to RGB (or gray), resize the short side to `size` and center-crop: uint8 [size, size, channels]."""
+def load_image(path: Path, size: int, channels: int = 3, crop: bool = True) -> np.ndarray:
+    """Decode, orient, convert to RGB (or gray), resize: uint8 [size, size, channels].
+
+    With `crop` the short side becomes `size` and the center is cut out; without it the whole
+    image is squeezed to size x size (concept images, whose masks cover the whole image).
+    """
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
@@ -91,7 +95,11 @@ def load_image(path: Path, size: int, channels: int = 3) -> np.ndarray:
     except Exception as exc:  # corrupt, truncated, empty, not an image, decompression bomb
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SkippedImage(f"{type(exc).__name__}: {reason}") from None
-    img = TF.center_crop(TF.resize(img, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True), [size, size])
+    bilinear = TF.InterpolationMode.BILINEAR
+    if crop:
+        img = TF.center_crop(TF.resize(img, size, interpolation=bilinear, antialias=True), [size, size])
+    else:
+        img = TF.resize(img, [size, size], interpolation=bilinear, antialias=True)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 

@@ -11,10 +11,11 @@ import os
 import pickle
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import ray
 import torch
@@ -27,6 +28,9 @@ from pipeline.models import LayerInfo, build_model
 from pipeline.plan import RunPlan, Shard, activations_config
 from pipeline.stages import activations, example_crops
 from pipeline.stages.example_crops import CropBatch, CropRequest
+
+
+T = TypeVar("T")
 
 
 class ModelWorker:
@@ -108,25 +112,34 @@ def start_workers(plan: RunPlan) -> Workers:
 def run_activations(plan: RunPlan, workers: Workers) -> activations.ActivationsPartial:
     """Every shard through the activations stage, resuming from checkpointed shards."""
     k = activations_config(plan.job).k
-    work = plan.work_dir("activations")
+    call = lambda actor, shard: actor.activations.remote(workers.recipe, shard, k)  # noqa: E731
+    return fan_out(plan.work_dir("activations"), "activations", plan.shards, workers, call,
+                   activations.merge, activations.empty(plan.layers, k))
+
+
+def fan_out(work: Path, desc: str, shards: list, workers: Workers, call: Callable,
+            merge: Callable[[T, T], T], total: T) -> T:
+    """Send every shard not checkpointed in `work` to the actors, merging partials as they complete.
+
+    `call(actor, shard)` returns a remote (shard index, partial); each finished partial is saved
+    before it is merged, so an interrupted run resumes from what finished.
+    """
     work.mkdir(parents=True, exist_ok=True)
-    total = activations.empty(plan.layers, k)
     todo = []
-    for shard in plan.shards:
+    for shard in shards:
         saved = work / f"shard-{shard.index:06d}.pkl"
         if saved.exists():
-            total = activations.merge(total, pickle.loads(saved.read_bytes()))
+            total = merge(total, pickle.loads(saved.read_bytes()))
         else:
             todo.append(shard)
-    done_before = len(plan.shards) - len(todo)
     pool = ActorPool(workers.actors)
     for shard in todo:
-        pool.submit(lambda actor, s: actor.activations.remote(workers.recipe, s, k), shard)
-    with tqdm(total=len(plan.shards), initial=done_before, unit="shard", desc="activations", file=sys.stderr, disable=None) as bar:
+        pool.submit(call, shard)
+    with tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard", desc=desc, file=sys.stderr, disable=None) as bar:
         while pool.has_next():
             index, partial = pool.get_next_unordered()
             _atomic_write(work / f"shard-{index:06d}.pkl", pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL))
-            total = activations.merge(total, partial)
+            total = merge(total, partial)
             bar.update(1)
     return total
 
