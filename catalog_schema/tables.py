@@ -47,13 +47,17 @@ IMAGES = pa.schema([
     pa.field("skip_reason", pa.string()),
 ])
 
-DISSECTION = pa.schema([
+DISSECTION = pa.schema([  # the top concepts of every category for every unit
     pa.field("layer", pa.string(), nullable=False),
     pa.field("unit", pa.int32(), nullable=False),
-    pa.field("concept", pa.string()),
     pa.field("category", pa.string()),
+    pa.field("rank", pa.int32()),  # 0 = the unit's best concept in this category
+    pa.field("concept", pa.string()),
+    pa.field("concept_number", pa.int32()),  # the label's number in the concept data set's label.csv
     pa.field("iou", pa.float32()),
-    pa.field("threshold", pa.float32()),
+    pa.field("intersection", pa.int64()),  # activated pixels on the concept
+    pa.field("union", pa.int64()),  # activated pixels (in images of the category) + concept pixels - intersection
+    pa.field("threshold", pa.float32()),  # the unit's activation threshold (top-quantile)
 ])
 
 SHAPLEY = pa.schema([

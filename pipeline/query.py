@@ -75,12 +75,28 @@ def describe(catalog: Catalog) -> str:
         table.append(row)
     lines.append(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     lines.append("")
+    by_category = interpretable_by_category(units)
+    if not by_category.empty:
+        lines.append("interpretable units (unique concepts) per layer and category:")
+        lines.append(by_category.to_string())
+        lines.append("")
     lines.append(f"total        {len(units)} units in {len(m['layers'])} layers, {int(units['dead'].sum())} dead")
     for item in data["skipped"][:5]:
         lines.append(f"skipped      {item['path']}: {item['reason']}")
     if len(data["skipped"]) > 5:
         lines.append(f"skipped      ... and {len(data['skipped']) - 5} more (see manifest.json)")
     return "\n".join(lines)
+
+
+def interpretable_by_category(units: pd.DataFrame) -> pd.DataFrame:
+    """Layers x categories: 'N (M)' = N interpretable units labelled with M distinct concepts."""
+    hits = units[units["interpretable"].fillna(False).astype(bool)]
+    if hits.empty:
+        return pd.DataFrame()
+    grouped = hits.groupby(["layer", "category"], sort=False).agg(units=("unit", "size"), concepts=("label", "nunique"))
+    cells = grouped["units"].astype(str) + " (" + grouped["concepts"].astype(str) + ")"
+    order = list(dict.fromkeys(units["layer"]))
+    return cells.unstack("category", fill_value="0 (0)").reindex([l for l in order if l in set(hits["layer"])])
 
 
 def open_catalog(path: Path) -> Catalog:
