@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import platform
 import socket
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 import catalog_schema as cs
 from catalog_schema.storage import write_array, write_manifest, write_table
-from pipeline.plan import RunPlan, activations_config
+from pipeline.plan import RunPlan, activations_config, dissection_config
 from pipeline.stages.activations import LayerResult
+from pipeline.stages.dissection import DissectionResult
 from pipeline.stages.example_crops import CropBatch, CropRequest
+
+
+@dataclass(frozen=True)
+class DissectionOutput:
+    """The dissection stage's results per layer and the concept images it used or skipped."""
+
+    layers: dict[str, DissectionResult]
+    images_used: int
+    skipped: list[tuple[int, str]]
 
 
 def crop_requests(plan: RunPlan, results: dict[str, LayerResult]) -> list[CropRequest]:
@@ -33,7 +43,8 @@ def crop_requests(plan: RunPlan, results: dict[str, LayerResult]) -> list[CropRe
 
 
 def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[str, list[CropBatch]],
-                  skipped: list[tuple[int, str]], times: dict[str, str], run_id: str) -> dict[str, Any]:
+                  skipped: list[tuple[int, str]], times: dict[str, str], run_id: str,
+                  dissection: DissectionOutput | None = None) -> dict[str, Any]:
     """Tables, arrays, then the manifest; parts of stages not run now are removed so nothing stale remains."""
     catalog = plan.catalog
     catalog.mkdir(parents=True, exist_ok=True)
@@ -41,6 +52,14 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
     names = [info.name for info in plan.layers]
     units = {c: np.concatenate([results[n].units[c] for n in names]) for c in results[names[0]].units}
     examples = {c: np.concatenate([results[n].examples[c] for n in names]) for c in results[names[0]].examples}
+    if dissection is not None:
+        best = [dissection.layers[n].units for n in names]
+        for column in ("label", "category", "iou", "interpretable"):
+            units[column] = np.concatenate([b[column] for b in best])
+        # a unit that never fires on the data set passes nothing on, whatever its top quantile matches
+        units["interpretable"] = units["interpretable"] & ~units["dead"].astype(bool)
+        rows = [dissection.layers[n].concepts for n in names]
+        write_table(catalog, "dissection", cs.to_table("dissection", {c: np.concatenate([r[c] for r in rows]) for c in rows[0]}))
     write_table(catalog, "units", cs.to_table("units", units))
     write_table(catalog, "examples", cs.to_table("examples", examples))
     write_table(catalog, "images", cs.to_table("images", _image_columns(plan, skipped)))
@@ -57,6 +76,8 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
         if stale not in plan.stages:
             (catalog / f"{stale}.parquet").unlink(missing_ok=True)
     manifest = _manifest(plan, units, skipped, times, run_id)
+    if dissection is not None:
+        _add_dissection(manifest, plan, units, dissection)
     write_manifest(catalog, manifest)
     return manifest
 
@@ -106,4 +127,22 @@ def _manifest(plan: RunPlan, units: dict[str, np.ndarray], skipped: list[tuple[i
         "prepared": plan.prepared,
         "summary": {"layers": len(plan.layers), "units": int(len(dead)), "dead_units": int(dead.sum())},
         "errors": [],
+    }
+
+
+def _add_dissection(manifest: dict[str, Any], plan: RunPlan, units: dict[str, np.ndarray], out: DissectionOutput) -> None:
+    """Per layer the interpretable units and distinct concepts; the concept data set as used."""
+    broden = plan.broden
+    interpretable = units["interpretable"].astype(bool)
+    for layer in manifest["layers"]:
+        hit = interpretable & (units["layer"] == layer["name"])
+        layer["interpretable_units"] = int(hit.sum())
+        layer["unique_concepts"] = len(set(units["label"][hit]))
+    manifest["summary"]["interpretable_units"] = int(interpretable.sum())
+    manifest["summary"]["unique_concepts"] = len(set(units["label"][interpretable]))
+    manifest["settings"]["dissection"] = asdict(dissection_config(plan.job))
+    manifest["concepts"] = {
+        "root": str(broden.root), "categories": list(broden.categories), "labels": len(broden.labels),
+        "images": len(broden.images), "used": out.images_used,
+        "skipped": [{"index": i, "image": broden.images[i].image, "reason": why} for i, why in out.skipped],
     }

@@ -46,7 +46,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ConceptsConfig:
     broden: Path | None = None
-    categories: tuple[str, ...] = ("object", "part", "scene", "material", "texture", "color")
+    categories: tuple[str, ...] | None = None  # None: every category column of index.csv
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ class FeatvisConfig:
 
 @dataclass(frozen=True)
 class DissectionConfig:
-    quantile: float = 0.005
-    iou_threshold: float = 0.04
+    quantile: float = 0.005  # per-unit threshold: the top fraction of all raw activations
+    iou_threshold: float = 0.04  # best IoU at or above this: interpretable
+    top: int = 5  # concepts kept per unit and category in dissection.parquet
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,15 @@ def _check_values(job: JobConfig) -> None:
     if job.stages.activations:
         positive["stages.activations.k"] = job.stages.activations.k
         positive["stages.activations.patch_size"] = job.stages.activations.patch_size
+    if job.stages.dissection:
+        d = job.stages.dissection
+        positive["stages.dissection.top"] = d.top
+        if not 0 < d.quantile < 1:
+            raise UserError(f"job key 'stages.dissection.quantile' must be between 0 and 1 (exclusive), got {d.quantile}; "
+                            "NetDissect uses 0.005.")
+        if not 0 <= d.iou_threshold <= 1:
+            raise UserError(f"job key 'stages.dissection.iou_threshold' must be between 0 and 1, got {d.iou_threshold}; "
+                            "NetDissect uses 0.04.")
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"job key '{key}' must be at least 1, got {value}.")

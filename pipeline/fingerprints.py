@@ -59,3 +59,17 @@ def layer_fingerprints(model: nn.Module, layers: list[str], input_shape: tuple[i
             _hash_tensors(h, [(f"{mod}.{k}", v) for k, v in modules[mod].state_dict().items()])
         out[name] = h.hexdigest()
     return out
+
+
+def concepts_fingerprint(broden: Any) -> str:
+    """The concept data set as the run reads it: index and label tables, kept categories, and each
+    listed file's size (content hashes of every mask would cost a full read of the data set)."""
+    h = hashlib.sha256()
+    for table in ("index.csv", "label.csv"):
+        h.update((broden.root / table).read_bytes())
+    h.update(json.dumps(list(broden.categories)).encode())
+    for image in broden.images:
+        for rel in (image.image, *(p for paths in image.masks.values() for p in paths)):
+            path = broden.root / "images" / rel
+            h.update(f"{rel}\0{path.stat().st_size if path.exists() else -1}\n".encode())
+    return h.hexdigest()

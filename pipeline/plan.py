@@ -9,22 +9,31 @@ from pathlib import Path
 
 from catalog_schema import MANIFEST
 from pipeline.batches import Preprocess
-from pipeline.config import ActivationsConfig, JobConfig, check_inputs_exist
+from pipeline.broden import Broden, open_broden
+from pipeline.config import ActivationsConfig, DissectionConfig, JobConfig, check_inputs_exist
 from pipeline.errors import UserError
-from pipeline.fingerprints import json_fingerprint, layer_fingerprints, model_fingerprint
+from pipeline.fingerprints import concepts_fingerprint, json_fingerprint, layer_fingerprints, model_fingerprint
 from pipeline.images import ImageRecord, ImageSet, list_images
 from pipeline.layer_taps import probe_layers
 from pipeline.models import LayerInfo, ModelRecipe, build_model, recipe_from_config, resolve_layers
 from pipeline.prepare import prepare_inputs
 from pipeline.receptive_field import ReceptiveField, receptive_fields
 
-IMPLEMENTED_STAGES = ("activations",)
+IMPLEMENTED_STAGES = ("activations", "dissection")
 
 
 @dataclass(frozen=True)
 class Shard:
     index: int
     records: tuple[ImageRecord, ...]
+
+
+@dataclass(frozen=True)
+class ConceptShard:
+    """Whole global batches of concept images (positions in the Broden index)."""
+
+    index: int
+    ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,8 @@ class RunPlan:
     shards: list[Shard]
     fingerprints: dict
     prepared: dict  # what [prepare] made (demo inputs), recorded in the manifest
+    broden: Broden | None = None  # the concept data set, when dissection runs
+    concept_shards: list[ConceptShard] = ()
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -49,13 +60,13 @@ class RunPlan:
         """Where finished shards of a stage are checkpointed; keyed by everything they depend on."""
         fp = self.fingerprints
         key = json_fingerprint({"stage": stage, "model": fp["model"], "data": fp["data"], "settings": fp["settings"],
-                                "shard": len(self.shards[0].records) if self.shards else 0})
+                                "concepts": fp.get("concepts"), "shard": len(self.shards[0].records) if self.shards else 0})
         return self.catalog / ".work" / f"{stage}-{key[:16]}"
 
 
 def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] | None = None) -> RunPlan:
     """Validate inputs, load the model once to choose layers, and cut the data set into shards."""
-    stages = stages or job.stages.requested() or ("activations",)
+    stages = tuple(dict.fromkeys(("activations", *(stages or job.stages.requested()))))  # every stage builds on it
     unknown = [s for s in stages if s not in IMPLEMENTED_STAGES]
     if unknown:
         raise UserError(f"stage(s) {', '.join(unknown)} are not available in this version of neuron-catalog; "
@@ -78,6 +89,12 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
     shards = [Shard(i, images.records[s:s + per_shard]) for i, s in enumerate(range(0, len(images.records), per_shard))]
     settings = {"activations": activations_config(job).__dict__, "prep": prep.__dict__,
                 "layers": [info.name for info in layers], "seed": job.seed, "limit": job.data.limit}
+    broden, concept_shards = None, []
+    if "dissection" in stages:
+        broden = open_broden(job.concepts.broden, job.concepts.categories)
+        ids = list(range(len(broden.images)))
+        concept_shards = [ConceptShard(i, tuple(ids[s:s + per_shard])) for i, s in enumerate(range(0, len(ids), per_shard))]
+        settings["dissection"] = dissection_config(job).__dict__
     fingerprints = {
         "model": model_fingerprint(model),
         "layers": layer_fingerprints(model, names, input_shape),
@@ -85,13 +102,21 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
         "config": json_fingerprint(job.to_dict()),
         "settings": json_fingerprint(settings),
     }
+    if broden is not None:
+        fingerprints["concepts"] = concepts_fingerprint(broden)
     fields = receptive_fields(model, names, input_shape)
-    return RunPlan(job, catalog, stages, recipe, layers, fields, images, prep, shards, fingerprints, prepared)
+    return RunPlan(job, catalog, stages, recipe, layers, fields, images, prep, shards, fingerprints, prepared,
+                   broden, concept_shards)
 
 
 def activations_config(job: JobConfig) -> ActivationsConfig:
     """The stage's settings; defaults when the job has no [stages.activations] table."""
     return job.stages.activations or ActivationsConfig()
+
+
+def dissection_config(job: JobConfig) -> DissectionConfig:
+    """The stage's settings; defaults when the job has no [stages.dissection] table."""
+    return job.stages.dissection or DissectionConfig()
 
 
 def _check_catalog_target(catalog: Path) -> None:

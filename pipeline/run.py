@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import runner
-from pipeline.catalog_writer import crop_requests, write_catalog
+from pipeline.catalog_writer import DissectionOutput, crop_requests, write_catalog
 from pipeline.config import JobConfig
 from pipeline.errors import UserError
-from pipeline.plan import make_plan
-from pipeline.stages import activations
+from pipeline.plan import RunPlan, dissection_config, make_plan
+from pipeline.stages import activations, dissection_passes
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,19 @@ def run_job(job: JobConfig, *, address: str | None = None, out: Path | None = No
                             f"as an image (first: {partial.skipped[0][1] if partial.skipped else '?'}). Point it at image files.")
         results = {info.name: activations.finalize(partial, info, plan.fields[info.name], plan.input_hw) for info in plan.layers}
         crops = runner.run_crops(plan, workers, crop_requests(plan, results))
-    manifest = write_catalog(plan, results, crops, partial.skipped, {"started": started, "finished": _now()}, uuid.uuid4().hex)
+        dissection = _dissect(plan, workers) if "dissection" in plan.stages else None
+    manifest = write_catalog(plan, results, crops, partial.skipped, {"started": started, "finished": _now()},
+                             uuid.uuid4().hex, dissection)
     runner.clear_work(plan)
     return RunResult(plan.catalog, manifest, len(plan.shards) - reused, reused)
+
+
+def _dissect(plan: RunPlan, workers: runner.Workers) -> DissectionOutput:
+    cfg = dissection_config(plan.job)
+    space = dissection_passes.label_space(plan.broden)
+    passes = runner.run_dissection(plan, workers, plan.broden, space)
+    layers = dissection_passes.layer_results(plan.layers, passes.thresholds, passes.tally, space, cfg.top, cfg.iou_threshold)
+    return DissectionOutput(layers, passes.tally.images, passes.tally.skipped)
 
 
 def _now() -> str:

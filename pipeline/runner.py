@@ -23,10 +23,14 @@ from ray.util import ActorPool
 from tqdm import tqdm
 
 from pipeline.batches import Preprocess, global_batches, iter_batches
+from pipeline.broden import Broden
+from pipeline.concept_batches import iter_concept_batches
+from pipeline.errors import UserError
 from pipeline.images import ImageRecord
 from pipeline.models import LayerInfo, build_model
-from pipeline.plan import RunPlan, Shard, activations_config
-from pipeline.stages import activations, example_crops
+from pipeline.plan import ConceptShard, RunPlan, Shard, activations_config, dissection_config
+from pipeline.stages import activations, dissection_passes, example_crops
+from pipeline.stages.dissection import LabelSpace, finalize_thresholds
 from pipeline.stages.example_crops import CropBatch, CropRequest
 
 
@@ -45,6 +49,7 @@ class ModelWorker:
         self.device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         self.layers, self.root, self.prep = layers, Path(root), prep
         self.model: torch.nn.Module | None = None
+        self.broden: tuple[str, Broden] | None = None  # (object id, the concept data set) of the last call
 
     def _loaded(self, recipe: list[ray.ObjectRef]) -> torch.nn.Module:
         if self.model is None:
@@ -57,6 +62,29 @@ class ModelWorker:
         groups = global_batches(shard.records, self.prep.batch_size)
         batches = iter_batches(self.root, groups, self.prep, skipped, self.device)
         partial = activations.compute(model, self.layers, batches, k)
+        partial.skipped = sorted(skipped)
+        return shard.index, partial
+
+    def _concepts(self, ref: list[ray.ObjectRef]) -> Broden:
+        if self.broden is None or self.broden[0] != ref[0].hex():
+            self.broden = (ref[0].hex(), ray.get(ref[0]))
+        return self.broden[1]
+
+    def thresholds(self, recipe: list[ray.ObjectRef], broden: list[ray.ObjectRef], shard: ConceptShard, quantile: float,
+                   totals: dict[str, int], floor: dict) -> tuple[int, dissection_passes.ConceptPartial]:
+        model, concepts = self._loaded(recipe), self._concepts(broden)
+        skipped: list[tuple[int, str]] = []
+        batches = iter_concept_batches(concepts, shard.ids, self.prep, skipped, self.device)
+        partial = dissection_passes.threshold_pass(model, self.layers, batches, quantile, totals, floor)
+        partial.skipped = sorted(skipped)
+        return shard.index, partial
+
+    def tally(self, recipe: list[ray.ObjectRef], broden: list[ray.ObjectRef], shard: ConceptShard,
+              thresholds: dict, space: LabelSpace) -> tuple[int, dissection_passes.ConceptPartial]:
+        model, concepts = self._loaded(recipe), self._concepts(broden)
+        skipped: list[tuple[int, str]] = []
+        batches = iter_concept_batches(concepts, shard.ids, self.prep, skipped, self.device)
+        partial = dissection_passes.tally_pass(model, self.layers, batches, thresholds, space)
         partial.skipped = sorted(skipped)
         return shard.index, partial
 
@@ -112,7 +140,7 @@ def start_workers(plan: RunPlan) -> Workers:
 def run_activations(plan: RunPlan, workers: Workers) -> activations.ActivationsPartial:
     """Every shard through the activations stage, resuming from checkpointed shards."""
     k = activations_config(plan.job).k
-    call = lambda actor, shard: actor.activations.remote(workers.recipe, shard, k)  # noqa: E731
+    call = lambda actor, shard, _total: actor.activations.remote(workers.recipe, shard, k)  # noqa: E731
     return fan_out(plan.work_dir("activations"), "activations", plan.shards, workers, call,
                    activations.merge, activations.empty(plan.layers, k))
 
@@ -121,8 +149,9 @@ def fan_out(work: Path, desc: str, shards: list, workers: Workers, call: Callabl
             merge: Callable[[T, T], T], total: T) -> T:
     """Send every shard not checkpointed in `work` to the actors, merging partials as they complete.
 
-    `call(actor, shard)` returns a remote (shard index, partial); each finished partial is saved
-    before it is merged, so an interrupted run resumes from what finished.
+    `call(actor, shard, total)` returns a remote (shard index, partial); it runs when an actor is
+    free, with what is merged so far. Each finished partial is saved before it is merged, so an
+    interrupted run resumes from what finished.
     """
     work.mkdir(parents=True, exist_ok=True)
     todo = []
@@ -132,16 +161,44 @@ def fan_out(work: Path, desc: str, shards: list, workers: Workers, call: Callabl
             total = merge(total, pickle.loads(saved.read_bytes()))
         else:
             todo.append(shard)
+    merged = [total]
     pool = ActorPool(workers.actors)
     for shard in todo:
-        pool.submit(call, shard)
+        pool.submit(lambda actor, shard: call(actor, shard, merged[0]), shard)
     with tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard", desc=desc, file=sys.stderr, disable=None) as bar:
         while pool.has_next():
             index, partial = pool.get_next_unordered()
             _atomic_write(work / f"shard-{index:06d}.pkl", pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL))
-            total = merge(total, partial)
+            merged[0] = merge(merged[0], partial)
             bar.update(1)
-    return total
+    return merged[0]
+
+
+@dataclass
+class DissectionPasses:
+    """What the two passes over the concept data set produced."""
+
+    thresholds: dict  # layer -> float32 [units]
+    tally: dissection_passes.ConceptPartial
+
+
+def run_dissection(plan: RunPlan, workers: Workers, broden: Broden, space: LabelSpace) -> DissectionPasses:
+    """Thresholds (pass 1), then the tally (pass 2), each sharded, merged exactly and checkpointed."""
+    cfg = dissection_config(plan.job)
+    ref = [ray.put(broden)]
+    totals = dissection_passes.activation_counts(plan.layers, len(broden.images))
+    first = lambda actor, shard, total: actor.thresholds.remote(  # noqa: E731
+        workers.recipe, ref, shard, cfg.quantile, totals, dissection_passes.floors(total))
+    partial = fan_out(plan.work_dir("dissection-thresholds"), "dissection thresholds", plan.concept_shards, workers,
+                      first, dissection_passes.merge, dissection_passes.empty_thresholds(plan.layers, cfg.quantile, totals))
+    if partial.images == 0:
+        raise UserError(f"concepts.broden {broden.root}: none of its {len(broden.images)} images could be read "
+                        f"(first: {partial.skipped[0][1] if partial.skipped else '?'}). Fix the images or their masks.")
+    thresholds = {name: finalize_thresholds(part) for name, part in partial.layers.items()}
+    second = lambda actor, shard, _total: actor.tally.remote(workers.recipe, ref, shard, thresholds, space)  # noqa: E731
+    tally = fan_out(plan.work_dir("dissection-tally"), "dissection tally", plan.concept_shards, workers, second,
+                    dissection_passes.merge, dissection_passes.empty_tally(plan.layers, space))
+    return DissectionPasses(thresholds, tally)
 
 
 def run_crops(plan: RunPlan, workers: Workers, requests: list[CropRequest]) -> dict[str, list[CropBatch]]:

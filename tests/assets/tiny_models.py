@@ -31,3 +31,25 @@ class Planted(nn.Module):
 
 def planted() -> nn.Module:
     return Planted()
+
+
+class ColorDetectors(nn.Module):
+    """With mean 0.5 / std 0.5 input (pixels in [-1, 1]), `relu` unit c is exactly 1 on pixels of pure
+    color c (red, blue, green) and exactly 0 elsewhere: a 1x1 convolution computing
+    x_c - (other two channels) - 2, then ReLU. Planted detectors for Network Dissection tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]])[:, :, None, None])
+            self.conv.bias.fill_(-2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.relu(self.conv(x))), 1)
+
+
+def color_detectors() -> nn.Module:
+    return ColorDetectors()

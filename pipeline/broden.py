@@ -1,0 +1,371 @@
+"""Reading a Broden-format directory (DESIGN.md, "Broden format"), as NetDissect-Lite reads broden1_224.
+
+`open_broden` reads and validates index.csv and label.csv (category.csv and c_<cat>.csv are checked
+for consistency when present); `load_masks` decodes one image's mask PNGs (label = R + 256*G).
+
+Choices (where the format leaves room):
+- Categories are index.csv's columns after image,split,ih,iw,sh,sw, in file order. Only the cells
+  of kept categories are parsed and validated.
+- A cell is a `;`-joined list; empty items are ignored (as NetDissect does). An item of ASCII
+  digits is an image-level label number, an item ending in `.png` (any case) a mask path relative
+  to images/; anything else is a UserError. The image-level number 0 means "unlabeled" and is
+  dropped (NetDissect treats it as no data).
+- Each label has one primary category, whichever categories are kept (so it does not depend on
+  the filter): as NetDissect-Lite, the category whose c_<cat>.csv gives the label the largest
+  coverage (ties -> the first category column of index.csv); a label in no c_<cat>.csv (or a
+  Broden without them) takes the largest count of label.csv's `category` cell
+  (`object(3);part(10)` -> part, ties -> the first listed). A label is counted only in its primary
+  category: its pixels in another category's planes are set to 0 there, and `ConceptImage.labels`
+  lists only image-level labels whose primary category is that column's category.
+- Images with no item (mask or nonzero label) in any kept category are left out, as
+  NetDissect-Lite's `index_has_any_data` filter does; `ConceptImage.row` keeps the index.csv row.
+- label.csv must have number,name,category,frequency,coverage (syns is optional); an empty
+  frequency / coverage reads as 0. Numbers are unique and >= 1 (0 is unlabeled, never a row).
+- category.csv, when present, must list exactly index.csv's categories. c_<cat>.csv, when present
+  for a kept category, must name only label numbers of label.csv (number 0 rows are allowed).
+- A mask pixel whose label number is not in label.csv makes the image a SkippedImage naming the
+  value(s): one bad mask must not stop a run, and the skip is recorded, never silent.
+- Masks of mode RGB, RGBA and P decode as R + 256*G; a grayscale (L) mask as its value; other
+  modes are a SkippedImage.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.errors import UserError
+from pipeline.images import SkippedImage
+
+INDEX_META = ("image", "split", "ih", "iw", "sh", "sw")
+LABEL_COLUMNS = ("number", "name", "category", "frequency", "coverage")
+CATEGORY_COLUMNS = ("name", "first", "last", "count", "frequency")
+CODE_COLUMNS = ("code", "number", "name", "frequency", "coverage")
+MAX_MASK_LABEL = 255 + 256 * 255  # the largest number R + 256*G can encode
+_DIGITS = re.compile(r"^\d+$")
+_CATEGORY_ITEM = re.compile(r"^([^(]*)\(([^)]*)\)$")
+
+
+@dataclass(frozen=True)
+class Label:
+    number: int  # as in label.csv (1-based; 0 = unlabeled, never a Label)
+    name: str
+    category: str  # primary category (largest count in label.csv's `category` cell; ties -> first listed)
+    coverage: float
+    frequency: int
+
+
+@dataclass(frozen=True)
+class ConceptImage:
+    row: int  # 1-based data row of index.csv (for messages)
+    image: str  # path relative to images/
+    split: str
+    size: tuple[int, int]  # (ih, iw)
+    mask_size: tuple[int, int]  # (sh, sw)
+    masks: dict[str, tuple[str, ...]]  # category -> mask PNG paths (relative to images/), kept categories with masks
+    labels: dict[str, tuple[int, ...]]  # category -> image-level label numbers of that primary category
+
+
+@dataclass(frozen=True)
+class Broden:
+    root: Path
+    categories: tuple[str, ...]  # kept categories, in the order asked for
+    labels: dict[int, Label]  # every label of label.csv whose primary category is kept
+    images: tuple[ConceptImage, ...]
+    # per kept category: mask value -> itself (label of this primary category), 0 (unlabeled or
+    # another category's label), -1 (not in label.csv); values past the end are not in label.csv
+    luts: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def label_numbers(self) -> np.ndarray:
+        """Sorted label numbers (int64) of `labels`."""
+        return np.array(sorted(self.labels), dtype=np.int64)
+
+    def category_of(self) -> dict[int, str]:
+        """Label number -> primary category, for every label in `labels`."""
+        return {n: label.category for n, label in self.labels.items()}
+
+
+def _rows(path: Path, expected: Sequence[str], fix: str) -> tuple[list[str], Iterator[tuple[int, int, list[str]]]]:
+    """Header and (data row, line, cells) of a CSV; UserError when unreadable or a column is missing."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # universal newlines; a BOM is dropped
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing. {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({exc}). {fix}") from None
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip() for h in next(reader, [])]
+    missing = [c for c in expected if c not in header]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; the header must hold "
+                        f"{','.join(expected)} (found {','.join(header) or 'an empty file'}). {fix}")
+
+    def body() -> Iterator[tuple[int, int, list[str]]]:
+        row = 0
+        try:
+            for cells in reader:
+                if not cells:
+                    continue
+                row += 1
+                if len(cells) != len(header):
+                    raise UserError(f"{path}: row {row} (line {reader.line_num}) has {len(cells)} cells, the header "
+                                    f"{len(header)}: fix the row (quote cells that hold commas).")
+                yield row, reader.line_num, cells
+        except csv.Error as exc:
+            raise UserError(f"{path}: line {reader.line_num}: {exc}. Fix the CSV quoting.") from None
+
+    return header, body()
+
+
+def _where(path: Path, row: int, line: int, column: str) -> str:
+    return f"{path}: row {row} (line {line}), column '{column}'"
+
+
+def _read_labels(path: Path) -> dict[int, Label]:
+    """Every row of label.csv as a Label with its primary category."""
+    header, rows = _rows(path, LABEL_COLUMNS, "label.csv lists every label: number,name,category,frequency,coverage,syns.")
+    col = {c: header.index(c) for c in LABEL_COLUMNS}
+    labels: dict[int, Label] = {}
+    for row, line, cells in rows:
+        raw = cells[col["number"]].strip()
+        if not _DIGITS.match(raw) or int(raw) == 0:
+            raise UserError(f"{_where(path, row, line, 'number')}: {raw!r} is not a label number >= 1 "
+                            "(0 means unlabeled and has no row). Fix or remove the row.")
+        number = int(raw)
+        if number in labels:
+            raise UserError(f"{_where(path, row, line, 'number')}: label {number} is listed twice. Keep one row per label.")
+        cell, best, primary = cells[col["category"]].strip(), -1, ""
+        if not cell:
+            raise UserError(f"{_where(path, row, line, 'category')}: empty; write the label's categories as name(count), "
+                            "';'-joined, e.g. object(35);part(5).")
+        for item in cell.split(";"):
+            match = _CATEGORY_ITEM.match(item.strip())
+            try:
+                count = int(match.group(2)) if match else None
+            except ValueError:
+                count = None
+            if count is None:
+                raise UserError(f"{_where(path, row, line, 'category')}: {item!r} is not name(count) with an integer "
+                                "count; write e.g. object(35);part(5).")
+            if count > best:
+                best, primary = count, match.group(1).strip()
+        try:
+            frequency = int(cells[col["frequency"]].strip() or 0)
+            coverage = float(cells[col["coverage"]].strip() or 0.0)
+        except ValueError:
+            raise UserError(f"{path}: row {row} (line {line}): frequency {cells[col['frequency']]!r} must be an integer "
+                            f"and coverage {cells[col['coverage']]!r} a number. Fix the row.") from None
+        labels[number] = Label(number, cells[col["name"]], primary, coverage, frequency)
+    return labels
+
+
+def _read_codes(root: Path, available: list[str], all_labels: dict[int, Label]) -> dict[str, dict[int, float]]:
+    """Per category with a c_<cat>.csv: label number -> its coverage there (number 0 rows are skipped)."""
+    out = {}
+    for cat in available:
+        path = root / f"c_{cat}.csv"
+        if not path.exists():
+            continue
+        header, rows = _rows(path, CODE_COLUMNS, f"c_{cat}.csv maps category codes to labels: code,number,name,frequency,coverage.")
+        at, cov = header.index("number"), header.index("coverage")
+        coverage: dict[int, float] = {}
+        for row, line, cells in rows:
+            raw = cells[at].strip()
+            if not _DIGITS.match(raw) or (int(raw) and int(raw) not in all_labels):
+                raise UserError(f"{_where(path, row, line, 'number')}: {raw!r} is not a label number of label.csv. "
+                                "Fix the row or label.csv.")
+            try:
+                value = float(cells[cov].strip() or 0.0)
+            except ValueError:
+                raise UserError(f"{_where(path, row, line, 'coverage')}: {cells[cov]!r} is not a number. Fix the row.") from None
+            if int(raw):
+                coverage[int(raw)] = max(value, coverage.get(int(raw), 0.0))
+        out[cat] = coverage
+    return out
+
+
+def _primary_by_coverage(all_labels: dict[int, Label], codes: dict[str, dict[int, float]]) -> dict[int, Label]:
+    """Labels listed in some c_<cat>.csv take the category where their coverage is largest."""
+    out = {}
+    for number, label in all_labels.items():
+        listed = [(coverage[number], -k, cat) for k, (cat, coverage) in enumerate(codes.items()) if number in coverage]
+        out[number] = replace(label, category=max(listed)[2]) if listed else label
+    return out
+
+
+def _check_categories(root: Path, available: list[str]) -> None:
+    """category.csv, when present, lists exactly index.csv's categories."""
+    path = root / "category.csv"
+    if path.exists():
+        header, rows = _rows(path, CATEGORY_COLUMNS, "category.csv lists the categories: name,first,last,count,frequency.")
+        names = [cells[header.index("name")].strip() for _, _, cells in rows]
+        if set(names) != set(available):
+            raise UserError(f"{path} lists categories {', '.join(names)} but index.csv has columns for "
+                            f"{', '.join(available)}: make the two agree (or remove category.csv).")
+
+
+def _int_cell(path: Path, row: int, line: int, column: str, value: str) -> int:
+    value = value.strip()
+    if not _DIGITS.match(value) or int(value) == 0:
+        what = "image (ih, iw)" if column.startswith("i") else "mask (sh, sw)"
+        raise UserError(f"{_where(path, row, line, column)}: {value!r} is not a positive integer. "
+                        f"Write the {what} size in pixels.")
+    return int(value)
+
+
+def _read_index(path: Path, kept: tuple[str, ...], header: list[str], rows: Iterator[tuple[int, int, list[str]]],
+                all_labels: dict[int, Label]) -> list[ConceptImage]:
+    """The images of index.csv holding any item of a kept category."""
+    meta = {c: header.index(c) for c in INDEX_META}
+    columns = [(cat, header.index(cat)) for cat in kept]
+    images = []
+    for row, line, cells in rows:
+        image = cells[meta["image"]].strip()
+        if not image:
+            raise UserError(f"{_where(path, row, line, 'image')}: empty; write the image path relative to images/.")
+        ih, iw, sh, sw = (_int_cell(path, row, line, c, cells[meta[c]]) for c in ("ih", "iw", "sh", "sw"))
+        masks: dict[str, tuple[str, ...]] = {}
+        labels: dict[str, tuple[int, ...]] = {}
+        has_data = False
+        for cat, at in columns:
+            cell = cells[at]
+            if not cell:
+                continue
+            files, numbers = [], []
+            for item in cell.split(";"):
+                item = item.strip()
+                if not item:
+                    continue
+                if _DIGITS.match(item):
+                    number = int(item)
+                    if number and number not in all_labels:
+                        raise UserError(f"{_where(path, row, line, cat)}: image-level label {number} is not in "
+                                        "label.csv. Add it to label.csv or fix the cell.")
+                    if number:
+                        numbers.append(number)
+                elif item.lower().endswith(".png"):
+                    files.append(item)
+                else:
+                    raise UserError(f"{_where(path, row, line, cat)}: item {item!r} is neither a label number nor a "
+                                    ".png mask path; write ';'-joined integers or mask paths relative to images/.")
+            if files:
+                masks[cat] = tuple(files)
+            mine = tuple(n for n in numbers if all_labels[n].category == cat)
+            if mine:
+                labels[cat] = mine
+            has_data = has_data or bool(files or numbers)  # another category's label is data too, as in NetDissect
+        if has_data:
+            images.append(ConceptImage(row, image, cells[meta["split"]].strip(), (ih, iw), (sh, sw), masks, labels))
+    return images
+
+
+def _luts(kept: tuple[str, ...], all_labels: dict[int, Label]) -> dict[str, np.ndarray]:
+    known = [n for n in all_labels if n <= MAX_MASK_LABEL]
+    size = max(known, default=0) + 1
+    luts = {}
+    for cat in kept:
+        lut = np.full(size, -1, dtype=np.int32)
+        lut[0] = 0
+        for n in known:
+            lut[n] = n if all_labels[n].category == cat else 0
+        luts[cat] = lut
+    return luts
+
+
+def open_broden(root: Path, categories: Sequence[str] | None = None) -> Broden:
+    """Read and validate index.csv and label.csv (category.csv / c_<cat>.csv checked for consistency when present).
+
+    `categories`: the categories to keep, in this order (default: every category column of index.csv).
+    Raises UserError for anything the user must fix; mask files are not opened here (see load_masks).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"Broden directory {root} does not exist or is not a directory: point [concepts] broden "
+                        "at a folder holding index.csv, label.csv and images/ (or run `neuron-catalog make-concepts`).")
+    missing = [name for name, ok in (("index.csv", (root / "index.csv").is_file()),
+                                     ("images/", (root / "images").is_dir())) if not ok]
+    if missing:
+        raise UserError(f"{root} is not a Broden directory: {' and '.join(missing)} missing. A Broden directory "
+                        "holds index.csv, label.csv, images/ (and category.csv, c_<category>.csv).")
+    all_labels = _read_labels(root / "label.csv")
+    index = root / "index.csv"
+    header, rows = _rows(index, INDEX_META, f"index.csv lists the images: {','.join(INDEX_META)} then one column per category.")
+    available = [c for c in header if c not in INDEX_META]
+    if categories is None:
+        kept = tuple(available)
+    else:
+        kept = tuple(dict.fromkeys([categories] if isinstance(categories, str) else categories))
+        unknown = [c for c in kept if c not in available]
+        if unknown:
+            raise UserError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}: "
+                            f"{index} has columns for {', '.join(available) or 'no category'}. "
+                            "Fix [concepts] categories.")
+    _check_categories(root, available)
+    all_labels = _primary_by_coverage(all_labels, _read_codes(root, available, all_labels))
+    images = _read_index(index, kept, header, rows, all_labels)
+    if not images:
+        raise UserError(f"{index} lists no image with data in the categories {', '.join(kept) or '(none)'}: "
+                        "add rows (or keep other categories).")
+    labels = {n: label for n, label in sorted(all_labels.items()) if label.category in kept}
+    return Broden(root, kept, labels, tuple(images), _luts(kept, all_labels))
+
+
+def _decode(path: Path, where: str, mask_size: tuple[int, int]) -> np.ndarray:
+    """A mask PNG as int32 [sh, sw] label numbers R + 256*G."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode == "L":
+                values = np.asarray(img).astype(np.int32)
+            elif img.mode in ("RGB", "RGBA", "P", "PA"):
+                rgb = np.asarray(img if img.mode in ("RGB", "RGBA") else img.convert("RGB")).astype(np.int32)
+                values = rgb[..., 0] + 256 * rgb[..., 1]
+            else:
+                raise SkippedImage(f"{where}: PNG mode {img.mode} is not an RGB label mask (label = R + 256*G)")
+    except SkippedImage:
+        raise
+    except FileNotFoundError:
+        raise SkippedImage(f"{where}: the mask file does not exist") from None
+    except Exception as exc:  # corrupt, truncated, not an image, decompression bomb
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SkippedImage(f"{where}: unreadable mask ({type(exc).__name__}: {reason})") from None
+    if values.shape != tuple(mask_size):
+        raise SkippedImage(f"{where}: mask is {values.shape[0]}x{values.shape[1]}, index.csv says "
+                           f"sh x sw = {mask_size[0]}x{mask_size[1]}")
+    return values
+
+
+def load_masks(broden: Broden, image: ConceptImage) -> dict[str, np.ndarray]:
+    """Per kept category, int32 [planes, sh, sw] label numbers (planes = 0 when the image has no mask there).
+
+    Image-level labels are not included (they are in image.labels). Pixels of a label whose primary
+    category is another one, or that was filtered out, are 0. Raises SkippedImage naming the file and
+    index.csv row for a missing or unreadable PNG, a wrong mask size, or a label number not in label.csv.
+    """
+    sh, sw = image.mask_size
+    out = {}
+    for cat in broden.categories:
+        paths = image.masks.get(cat, ())
+        planes = np.zeros((len(paths), sh, sw), dtype=np.int32)
+        lut = broden.luts.get(cat)
+        if lut is None:  # a Broden built by hand: labels of other kept categories -> 0, the rest unknown
+            lut = _luts((cat,), broden.labels)[cat]
+        for k, rel in enumerate(paths):
+            where = f"mask {rel} ({cat}) of index.csv row {image.row}"
+            values = _decode(broden.root / "images" / rel, where, (sh, sw))
+            mapped = lut[np.minimum(values, len(lut) - 1)]
+            bad = (values >= len(lut)) | (mapped < 0)
+            if bad.any():
+                found = np.unique(values[bad])
+                shown = ", ".join(str(v) for v in found[:5]) + (", ..." if len(found) > 5 else "")
+                raise SkippedImage(f"{where}: label number(s) {shown} not in label.csv")
+            planes[k] = mapped
+        out[cat] = planes
+    return out

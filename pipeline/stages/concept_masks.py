@@ -1,0 +1,111 @@
+"""Concept labels in the form the dissection tally consumes: the label space, and a batch's masks
+encoded once per batch (shared by every layer).
+
+Label semantics. A label belongs to one category (`LabelSpace`). It is looked up only in its own
+category's masks and image-level labels; numbers unknown to the label space (or of another
+category) are ignored. A pixel carrying a label in several planes counts once; an image-level
+label covers the whole image (its area is sh*sw, and it subsumes the same label's pixels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class LabelSpace:
+    """The concept labels: sorted label numbers, each with one category and a name."""
+
+    numbers: np.ndarray  # int64 [L], ascending, > 0
+    category: np.ndarray  # int64 [L], index into category_names
+    category_names: tuple[str, ...]
+    names: tuple[str, ...]  # [L] concept names
+
+    @classmethod
+    def from_labels(cls, numbers: Sequence[int] | np.ndarray, categories_of_numbers: Sequence[int | str] | np.ndarray,
+                    category_names: Sequence[str], names: Sequence[str] | None = None) -> LabelSpace:
+        """Labels in any order; a category may be given by index or by name. Names default to str(number)."""
+        cats = tuple(category_names)
+        nums = np.asarray(numbers, dtype=np.int64).reshape(-1)
+        raw = list(categories_of_numbers)
+        cat = np.array([cats.index(c) if isinstance(c, str) else int(c) for c in raw], dtype=np.int64)
+        labels = [str(n) for n in nums] if names is None else list(names)
+        if not len(nums) == len(cat) == len(labels):
+            raise ValueError(f"{len(nums)} numbers, {len(cat)} categories and {len(labels)} names: lengths differ")
+        if len(nums) and (nums.min() <= 0 or np.unique(nums).size != nums.size):
+            raise ValueError("label numbers must be positive and unique (0 means unlabeled)")
+        if len(cat) and (cat.min() < 0 or cat.max() >= len(cats)):
+            raise ValueError(f"category index out of range for {len(cats)} categories")
+        order = np.argsort(nums, kind="stable")
+        return cls(nums[order], cat[order], cats, tuple(labels[i] for i in order))
+
+    @property
+    def size(self) -> int:
+        return len(self.numbers)
+
+    @cached_property
+    def lut(self) -> np.ndarray:
+        """int32 [C, max_number + 2]: label number -> label index if the label is of category c, else -1."""
+        top = int(self.numbers.max()) if self.size else 0
+        table = np.full((len(self.category_names), top + 2), -1, dtype=np.int32)
+        table[self.category, self.numbers] = np.arange(self.size)
+        return table
+
+    def indices(self, category: int, values: np.ndarray) -> np.ndarray:
+        """Label indices (-1: none, unknown or another category's) of label numbers found in `category`."""
+        return np.take(self.lut[category], values, mode="clip")  # 0, negative or too large: -1
+
+@dataclass(frozen=True)
+class EncodedMasks:
+    """A batch's concept labels as the tally reads them: per pixel and plane, a label index."""
+
+    size: tuple[int, int]
+    pixel: np.ndarray  # int32 [n, P, S]: label index per plane and pixel (-1: none; repeats removed)
+    image_level: np.ndarray  # float64 0/1 [n, L]
+    has_cat: np.ndarray  # float64 0/1 [n, C]: the image carries a label of the category
+    label_area: np.ndarray  # int64 [L]: label pixels (image-level labels: sh*sw per image)
+
+
+def encode_masks(masks: Sequence[Mapping[str, np.ndarray]], labels: Sequence[Mapping[str, Sequence[int]]],
+                 space: LabelSpace, size: tuple[int, int]) -> EncodedMasks:
+    """Per image, category -> int32 [planes, sh, sw] label numbers (0: none) and category -> image-level numbers."""
+    n, s, ncat = len(masks), size[0] * size[1], len(space.category_names)
+    image_level = np.zeros((n, space.size), bool)
+    triples = [(i, c, number) for i, per_image in enumerate(labels) for c, name in enumerate(space.category_names)
+               for number in per_image.get(name, ())]
+    if triples:
+        img, cat, number = np.array(triples, dtype=np.int64).T
+        idx = space.lut[cat, np.clip(number, 0, space.lut.shape[1] - 1)]
+        image_level[img[idx >= 0], idx[idx >= 0]] = True
+    has_cat = np.zeros((n, ncat), bool)
+    for c in range(ncat):
+        has_cat[:, c] = image_level[:, space.category == c].any(axis=1)
+    area = image_level.sum(axis=0).astype(np.int64) * s
+    found = {name: [(i, np.asarray(m[name])) for i, m in enumerate(masks) if m.get(name) is not None and np.size(m[name])]
+             for name in space.category_names}
+    depth = {name: max((p.size // s for _, p in f), default=0) for name, f in found.items()}
+    pixel = np.empty((n, sum(depth.values()), s), np.int32)
+    start = 0
+    for c, name in enumerate(space.category_names):
+        if not found[name]:
+            continue
+        stack = np.zeros((n, depth[name], s), np.int32)
+        for i, p in found[name]:
+            if p.shape[-2:] != tuple(size):
+                raise ValueError(f"image {i}: {name} mask of shape {p.shape[-2:]}, expected {tuple(size)}")
+            stack[i, :p.size // s] = p.reshape(-1, s)
+        idx = pixel[:, start:start + depth[name]]
+        lut = space.lut[c]
+        idx[:] = lut[np.clip(stack, 0, len(lut) - 1, out=stack)]  # -1: none (0, negative or too large numbers too)
+        start += depth[name]
+        for q in range(1, idx.shape[1]):  # a label in an earlier plane at the same pixel: count it once
+            idx[:, q][(idx[:, q:q + 1] == idx[:, :q]).any(axis=1)] = -1
+        if image_level[:, space.category == c].any():  # an image-level label covers the whole image already
+            idx[image_level[np.arange(n)[:, None, None], np.maximum(idx, 0)] & (idx >= 0)] = -1
+        has_cat[:, c] |= idx.max(axis=(1, 2)) >= 0
+        area += np.bincount(idx.ravel().astype(np.intp) + 1, minlength=space.size + 1)[1:]
+    return EncodedMasks(tuple(size), pixel, image_level.astype(np.float64), has_cat.astype(np.float64), area)

@@ -1,0 +1,139 @@
+"""Network Dissection's two passes over the concept data set, driven by the model, and the per-layer results.
+
+`dissection.py` holds the arithmetic (thresholds, tally, IoU); this module feeds it every selected
+layer's output for each concept batch, one forward pass per batch, and bundles the per-layer
+partials with the images it had to skip so that shards merge into one result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.broden import Broden
+from pipeline.concept_batches import ConceptBatch
+from pipeline.layer_taps import tapped
+from pipeline.models import LayerInfo
+from pipeline.stages import dissection as d
+
+
+@dataclass
+class ConceptPartial:
+    """One shard's (or several merged shards') partials per layer, and the concept images skipped."""
+
+    layers: dict[str, object]  # layer -> ThresholdPartial or TallyPartial
+    images: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+
+def label_space(broden: Broden) -> d.LabelSpace:
+    """The concept labels of the kept categories, each in its primary category."""
+    numbers = sorted(broden.labels)
+    return d.LabelSpace.from_labels(numbers, [broden.labels[n].category for n in numbers], broden.categories,
+                                    [broden.labels[n].name for n in numbers])
+
+
+def activation_counts(layers: list[LayerInfo], images: int) -> dict[str, int]:
+    """Raw activations per unit over `images` concept images (a [N, C] layer counts as a 1x1 map)."""
+    return {info.name: images * int(np.prod(info.shape[1:], dtype=np.int64)) for info in layers}
+
+
+def empty_thresholds(layers: list[LayerInfo], quantile: float, totals: dict[str, int]) -> ConceptPartial:
+    return ConceptPartial({i.name: d.ThresholdPartial.empty(i.units, quantile, totals[i.name]) for i in layers})
+
+
+def empty_tally(layers: list[LayerInfo], space: d.LabelSpace) -> ConceptPartial:
+    return ConceptPartial({i.name: d.TallyPartial.empty(i.units, space) for i in layers})
+
+
+def merge(a: ConceptPartial, b: ConceptPartial) -> ConceptPartial:
+    """Layer by layer; exact and order-independent for both passes."""
+    combine = d.merge_tally if isinstance(next(iter(a.layers.values()), None), d.TallyPartial) else d.merge_thresholds
+    return ConceptPartial({name: combine(part, b.layers[name]) for name, part in a.layers.items()},
+                          a.images + b.images, sorted(a.skipped + b.skipped))
+
+
+def floors(total: ConceptPartial) -> dict[str, np.ndarray]:
+    """Per layer, the values that other shards need not return (see `dissection.compute_thresholds`)."""
+    out = {}
+    for name, part in total.layers.items():
+        floor = d.pruning_floor(part)
+        if floor is not None:
+            out[name] = floor
+    return out
+
+
+def threshold_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[ConceptBatch], quantile: float,
+                   totals: dict[str, int], floor: dict[str, np.ndarray] | None = None) -> ConceptPartial:
+    """Pass 1: each unit's largest raw activations over the batches (those above `floor` only)."""
+    result = empty_thresholds(layers, quantile, totals)
+    floor = floor or {}
+
+    def reduce(name: str, out: torch.Tensor) -> None:
+        part = d.compute_thresholds(out, quantile, totals[name], floor.get(name))
+        result.layers[name] = d.merge_thresholds(result.layers[name], part)
+
+    with torch.inference_mode(), tapped(model, layers, reduce) as run:
+        for batch in batches:
+            run(batch.inputs)
+            result.images += len(batch.image_ids)
+    return result
+
+
+def tally_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[ConceptBatch],
+               thresholds: dict[str, np.ndarray], space: d.LabelSpace) -> ConceptPartial:
+    """Pass 2: per layer, the intersection and union counts of every unit with every label."""
+    result = empty_tally(layers, space)
+    current: list[ConceptBatch] = []
+
+    def reduce(name: str, out: torch.Tensor) -> None:
+        batch, encoded = current
+        with _one_thread(out.device):
+            for size, rows in _by_mask_size(batch.mask_sizes).items():
+                pick = torch.as_tensor(rows, device=out.device)
+                part = d.compute_tally(out.index_select(0, pick), thresholds[name], [batch.masks[r] for r in rows],
+                                       [batch.labels[r] for r in rows], space, encoded=encoded[size])
+                result.layers[name] = d.merge_tally(result.layers[name], part)
+
+    with torch.inference_mode(), tapped(model, layers, reduce) as run:
+        for batch in batches:
+            groups = _by_mask_size(batch.mask_sizes)
+            encoded = {size: d.encode_masks([batch.masks[r] for r in rows], [batch.labels[r] for r in rows], space, size)
+                       for size, rows in groups.items()}  # once per batch, shared by every layer
+            current[:] = [batch, encoded]
+            run(batch.inputs)
+            result.images += len(batch.image_ids)
+    return result
+
+
+@contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """The tally's many small gathers run about 3x faster on one CPU thread than on two (measured in
+    tests/benchmarks/bench_dissection.py); the forward pass keeps the worker's threads."""
+    before = torch.get_num_threads()
+    if device.type == "cpu" and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _by_mask_size(sizes: list[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for row, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(row)
+    return groups
+
+
+def layer_results(layers: list[LayerInfo], thresholds: dict[str, np.ndarray], tally: ConceptPartial,
+                  space: d.LabelSpace, top: int, iou_threshold: float) -> dict[str, d.DissectionResult]:
+    """IoU rankings per layer: dissection-table rows and each unit's best concept."""
+    return {info.name: d.finalize(tally.layers[info.name], thresholds[info.name], space, top, iou_threshold,
+                                  layer=info.name) for info in layers}

@@ -1,0 +1,166 @@
+"""The dissection stage through the command line on a real local Ray: planted color detectors on a
+tiny Broden directory, IoUs computed by hand from the planted masks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from catalog_schema import Catalog
+from conftest import write_job
+from mini_broden import write_mini_broden
+from pipeline.cli import main
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+JOB = """
+seed = 0
+[model]
+factory = "tiny_models.py:color_detectors"
+layers = ["relu"]
+input_size = 32
+mean = [0.5, 0.5, 0.5]
+std = [0.5, 0.5, 0.5]
+[data]
+images = "images"
+batch_size = {batch}
+[concepts]
+broden = "broden"
+[stages.activations]
+k = 2
+patch_size = 8
+[stages.dissection]
+quantile = 0.5
+[ray]
+workers = {workers}
+shard_images = {shard}
+[output]
+catalog = "catalog"
+"""
+
+
+def dissection_job(folder: Path, batch: int = 2, workers: int = 1, shard: int = 64, images: int = 12):
+    world = write_mini_broden(folder / "broden", images=images)
+    (folder / "images").mkdir(exist_ok=True)
+    for i in range(images):
+        shutil.copy(folder / "broden" / "images" / f"{i:03d}.png", folder / "images" / f"{i:03d}.png")
+    return write_job(folder, JOB.format(batch=batch, workers=workers, shard=shard)), world
+
+
+@pytest.fixture(scope="module")
+def dissected(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dissection")
+    job, world = dissection_job(folder)
+    assert main(["run", str(job)]) == 0
+    return folder / "catalog", world
+
+
+def test_planted_detectors_get_their_concepts(dissected):
+    catalog, world = dissected
+    units = pd.read_parquet(catalog / "units.parquet").set_index("unit")
+    # unit 0 fires exactly on red pixels: the object mask `redthing`
+    assert units.loc[0, ["label", "category"]].tolist() == ["redthing", "object"]
+    assert units.loc[0, "iou"] == pytest.approx(1.0, abs=1e-6) and units.loc[0, "interpretable"]
+    # unit 2 fires on the green background of `greenland` images, an image-level scene label:
+    # I = green pixels, union = all pixels of greenland images (green appears nowhere else)
+    green_images = int((world.scene == 4).sum())
+    expected = world.green.sum() / (green_images * world.green[0].size)
+    assert units.loc[2, ["label", "category"]].tolist() == ["greenland", "scene"]
+    assert units.loc[2, "iou"] == pytest.approx(expected, abs=1e-6)
+    # unit 1 fires on a few unlabeled blue pixels: not interpretable
+    assert units.loc[1, "iou"] < 0.04 and not units.loc[1, "interpretable"]
+
+
+def test_iou_of_a_label_on_a_second_plane_by_hand(dissected):
+    catalog, world = dissected
+    table = pd.read_parquet(catalog / "dissection.parquet")
+    red = table[table["unit"] == 0].set_index("concept")
+    # `redpart` is the red mask on plane 2 of the part cell of odd images; every image carries a part
+    # label (`wheel`), so the unit's red pixels of all images count toward the union
+    odd = world.red[1::2].sum()
+    assert red.loc["redpart", "intersection"] == odd
+    assert red.loc["redpart", "union"] == world.red.sum()
+    assert red.loc["redpart", "iou"] == pytest.approx(odd / world.red.sum(), abs=1e-6)
+    assert red.loc["redpart", "category"] == "part" and red.loc["redpart", "rank"] == 0
+    assert red.loc["wheel", "rank"] == 1
+    assert set(table["category"]) == {"object", "part", "scene"}
+    assert (table["threshold"] == 0).all()  # half of all activations are 0: the top half starts at 0
+    assert len(table) == 3 * (1 + 2 + 2)  # every label of every category, at most 5 per category
+
+
+def test_describe_and_query_show_concepts(dissected, capsys):
+    catalog, _ = dissected
+    assert main(["describe", str(catalog)]) == 0
+    out = capsys.readouterr().out
+    assert "interpretable units (unique concepts)" in out and "object" in out and "scene" in out
+    assert main(["query", str(catalog), "--label", "redthing", "--min-iou", "0.5", "--format", "csv"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("relu,0,")
+    manifest = json.loads((catalog / "manifest.json").read_text())
+    assert manifest["concepts"]["images"] == 12 and manifest["concepts"]["skipped"] == []
+    assert manifest["layers"][0]["interpretable_units"] == 2 and manifest["settings"]["dissection"]["quantile"] == 0.5
+    assert Catalog.open(catalog).dissection().shape[0] == 15
+
+
+def test_same_dissection_whatever_the_shards_and_workers(tmp_path, dissected):
+    catalog, _ = dissected
+    job, _ = dissection_job(tmp_path, shard=2, workers=2)  # 6 shards of one batch each
+    assert main(["run", str(job)]) == 0
+    for table in ("dissection", "units"):
+        pd.testing.assert_frame_equal(pd.read_parquet(catalog / f"{table}.parquet"),
+                                      pd.read_parquet(tmp_path / "catalog" / f"{table}.parquet"))
+
+
+def _broken(tmp_path: Path, edit) -> Path:
+    job, _ = dissection_job(tmp_path)
+    edit(tmp_path / "broden")
+    return job
+
+
+def _replace_in(path: Path, old: str, new: str) -> None:
+    path.write_text(path.read_text().replace(old, new, 1))
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda b: _replace_in(b / "index.csv", "image,split,ih,iw,sh,sw", "image,split,ih,iw,sh,sx"),
+     "index.csv: missing column(s) sw"),
+    (lambda b: _replace_in(b / "index.csv", "_part_1.png,4", "_part_1.png,9"), "image-level label 9 is not in label.csv"),
+    (lambda b: _replace_in(b / "label.csv", "redthing,object(12)", "redthing,object"), "label.csv: row 1"),
+    (lambda b: (b / "index.csv").unlink(), "is not a Broden directory: index.csv missing"),
+])
+def test_malformed_broden_exits_2_naming_the_file(tmp_path, capsys, edit, expected):
+    job = _broken(tmp_path, edit)
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "catalog" / "units.parquet").exists()
+
+
+def test_unknown_category_exits_2(tmp_path, capsys):
+    job, _ = dissection_job(tmp_path)
+    job.write_text(job.read_text().replace('broden = "broden"', 'broden = "broden"\ncategories = ["object", "colour"]'))
+    assert main(["run", str(job)]) == 2
+    assert "unknown category 'colour'" in capsys.readouterr().err
+
+
+def test_a_bad_mask_skips_its_image_and_is_recorded(tmp_path):
+    from PIL import Image
+
+    def edit(b: Path) -> None:
+        Image.new("RGB", (5, 5)).save(b / "images" / "003_object.png")  # wrong size
+        (b / "images" / "006_object.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # unreadable
+
+    job = _broken(tmp_path, edit)
+    assert main(["run", str(job)]) == 0
+    concepts = json.loads((tmp_path / "catalog" / "manifest.json").read_text())["concepts"]
+    assert concepts["used"] == 10 and [s["image"] for s in concepts["skipped"]] == ["003.png", "006.png"]
+    reasons = [s["reason"] for s in concepts["skipped"]]
+    assert "003_object.png" in reasons[0] and "row 4" in reasons[0] and "5x5" in reasons[0]
+    assert "006_object.png" in reasons[1] and "unreadable" in reasons[1]
+    units = pd.read_parquet(tmp_path / "catalog" / "units.parquet").set_index("unit")
+    assert units.loc[0, "label"] == "redthing" and units.loc[0, "iou"] == pytest.approx(1.0)
