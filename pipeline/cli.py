@@ -69,6 +69,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"catalog written: {result.catalog}")
     print(f"  layers {s['layers']}, units {s['units']}, dead units {s['dead_units']}")
     print(f"  images used {data['used']} of {data['images']}, skipped {len(data['skipped'])}")
+    if "concepts" in result.manifest:
+        c = result.manifest["concepts"]
+        print(f"  dissection: {s['interpretable_units']} interpretable units, {s['unique_concepts']} distinct concepts; "
+              f"concept images used {c['used']} of {c['images']}, skipped {len(c['skipped'])}")
     if result.shards_reused:
         print(f"  resumed: {result.shards_reused} shard(s) reused from the interrupted run, {result.shards_computed} computed")
     print(f"  try: neuron-catalog describe {result.catalog}")

@@ -81,6 +81,13 @@ def describe(catalog: Catalog) -> str:
         lines.append(by_category.to_string())
         lines.append("")
     lines.append(f"total        {len(units)} units in {len(m['layers'])} layers, {int(units['dead'].sum())} dead")
+    if "concepts" in m:
+        c, settings = m["concepts"], m["settings"]["dissection"]
+        lines.append(f"concepts     {c['root']}: {c['labels']} labels in {', '.join(c['categories'])}; "
+                     f"{c['used']} of {c['images']} images used; quantile {settings['quantile']}, "
+                     f"interpretable at IoU >= {settings['iou_threshold']}")
+        for item in c["skipped"][:5]:
+            lines.append(f"skipped      {item['image']}: {item['reason']}")
     for item in data["skipped"][:5]:
         lines.append(f"skipped      {item['path']}: {item['reason']}")
     if len(data["skipped"]) > 5:

@@ -31,8 +31,11 @@ def run_job(job: JobConfig, *, address: str | None = None, out: Path | None = No
     started = _now()
     plan = make_plan(job, out, stages)
     address = address or job.ray.address or os.environ.get("RAY_ADDRESS", "")
-    work = plan.work_dir("activations")
-    reused = sum((work / f"shard-{s.index:06d}.pkl").exists() for s in plan.shards) if work.exists() else 0
+    passes = [("activations", plan.shards)]
+    if "dissection" in plan.stages:
+        passes += [("dissection-thresholds", plan.concept_shards), ("dissection-tally", plan.concept_shards)]
+    reused = sum((plan.work_dir(name) / f"shard-{s.index:06d}.pkl").exists() for name, shards in passes for s in shards)
+    total = sum(len(shards) for _, shards in passes)
     with runner.ray_session(address):
         workers = runner.start_workers(plan)
         partial = runner.run_activations(plan, workers)
@@ -45,7 +48,7 @@ def run_job(job: JobConfig, *, address: str | None = None, out: Path | None = No
     manifest = write_catalog(plan, results, crops, partial.skipped, {"started": started, "finished": _now()},
                              uuid.uuid4().hex, dissection)
     runner.clear_work(plan)
-    return RunResult(plan.catalog, manifest, len(plan.shards) - reused, reused)
+    return RunResult(plan.catalog, manifest, total - reused, reused)
 
 
 def _dissect(plan: RunPlan, workers: runner.Workers) -> DissectionOutput:

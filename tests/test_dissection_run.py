@@ -4,12 +4,18 @@ tiny Broden directory, IoUs computed by hand from the planted masks."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from catalog_schema import Catalog
 from conftest import write_job
@@ -149,8 +155,6 @@ def test_unknown_category_exits_2(tmp_path, capsys):
 
 
 def test_a_bad_mask_skips_its_image_and_is_recorded(tmp_path):
-    from PIL import Image
-
     def edit(b: Path) -> None:
         Image.new("RGB", (5, 5)).save(b / "images" / "003_object.png")  # wrong size
         (b / "images" / "006_object.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # unreadable
@@ -164,3 +168,31 @@ def test_a_bad_mask_skips_its_image_and_is_recorded(tmp_path):
     assert "006_object.png" in reasons[1] and "unreadable" in reasons[1]
     units = pd.read_parquet(tmp_path / "catalog" / "units.parquet").set_index("unit")
     assert units.loc[0, "label"] == "redthing" and units.loc[0, "iou"] == pytest.approx(1.0)
+
+
+def test_killed_dissection_resumes_from_finished_shards(tmp_path, capsys):
+    job, _ = dissection_job(tmp_path, batch=2, shard=2, images=80)  # 40 shards per pass
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    work = tmp_path / "catalog" / ".work"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and len(list(work.glob("dissection-tally-*/shard-*.pkl"))) < 2:
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    tally = len(list(work.glob("dissection-tally-*/shard-*.pkl")))
+    assert 2 <= tally < 40 and len(list(work.glob("dissection-thresholds-*/shard-*.pkl"))) == 40
+    assert not (tmp_path / "catalog" / "manifest.json").exists()
+
+    assert main(["run", str(job)]) == 0
+    reused = 40 + 40 + tally  # activations, thresholds, the finished part of the tally
+    assert f"resumed: {reused} shard(s) reused from the interrupted run, {120 - reused} computed" in capsys.readouterr().out
+    fresh = tmp_path / "fresh"
+    assert main(["run", str(job), "--out", str(fresh)]) == 0
+    for name in ("dissection", "units"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "catalog" / f"{name}.parquet"),
+                                      pd.read_parquet(fresh / f"{name}.parquet"), check_exact=True)

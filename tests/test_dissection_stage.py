@@ -205,7 +205,7 @@ def test_thresholds_exact_and_shard_independent():
         a, b, c = (shards[i] for i in order)
         left = d.merge_thresholds(d.merge_thresholds(a, b), c)
         right = d.merge_thresholds(a, d.merge_thresholds(b, c))
-        np.testing.assert_array_equal(left.top, right.top)
+        np.testing.assert_array_equal(np.sort(left.top, axis=1), np.sort(right.top, axis=1))
         np.testing.assert_array_equal(d.finalize_thresholds(left), expected)
     empty = d.ThresholdPartial.empty(5, q, total)
     with_empty = d.merge_thresholds(empty, d.compute_thresholds(acts, q, total))
@@ -216,6 +216,50 @@ def test_thresholds_exact_and_shard_independent():
     np.testing.assert_array_equal(d.finalize_thresholds(fewer), seen[:, d.top_count(q, 22 * 12) - 1])
     with pytest.raises(ValueError):
         d.finalize_thresholds(empty)
+
+
+def test_pruning_floors_keep_thresholds_exact_and_partials_small():
+    # shards dispatched after others only return values above the merged partial's floor, as the runner does
+    torch.manual_seed(1)
+    acts = torch.relu(torch.randn(60, 4, 6, 6))
+    acts[:, 3] = torch.round(acts[:, 3] * 2) / 2  # ties at the threshold
+    total, q = 60 * 36, 0.01
+    everything = acts.transpose(0, 1).reshape(4, -1).numpy()
+    expected = -np.sort(-everything, axis=1)[:, d.top_count(q, total) - 1]
+    merged, kept = d.ThresholdPartial.empty(4, q, total), []
+    for start in range(0, 60, 6):
+        part = d.compute_thresholds(acts[start:start + 6], q, total, d.pruning_floor(merged))
+        kept.append(part.top.shape[1])
+        merged = d.merge_thresholds(merged, part)
+    np.testing.assert_array_equal(d.finalize_thresholds(merged), expected)
+    assert merged.count == total
+    capacity = d.top_count(q, total)  # 22 values per unit, what an unpruned shard sends
+    assert kept[0] == capacity and sum(kept[1:]) < 9 * capacity / 2  # later shards send much less
+    # a floor above the true threshold would be wrong; one at it is fine (ties are kept by earlier shards)
+    floor = d.pruning_floor(d.compute_thresholds(acts, q, total))
+    assert (floor <= expected).all()
+
+
+@pytest.mark.parametrize("q", [0.01, 0.3])
+def test_streaming_top_values_equal_the_exact_quantile(q):
+    # TopValues (what a worker runs over its batches) vs sorting everything, with ties and an outside floor
+    torch.manual_seed(2)
+    acts = torch.relu(torch.randn(40, 5, 4, 4))
+    acts[:, 0] = 0.0  # a dead unit: its threshold is 0
+    acts[:, 4] = torch.round(acts[:, 4] * 2) / 2
+    total = 40 * 16
+    everything = acts.transpose(0, 1).reshape(5, -1).numpy()
+    expected = -np.sort(-everything, axis=1)[:, d.top_count(q, total) - 1]
+    for floor in (None, d.pruning_floor(d.compute_thresholds(acts[30:], q, total))):
+        top = d.TopValues(5, q, total, floor)
+        for start in range(0, 40 if floor is None else 30, 3):  # uneven batches
+            top.add(acts[start:min(start + 3, 40 if floor is None else 30)])
+        part = top.result()
+        if floor is not None:  # the images that gave the floor are merged in, as the runner merges shards
+            part = d.merge_thresholds(part, d.compute_thresholds(acts[30:], q, total))
+            part.count = total
+        assert part.top.shape[1] <= part.capacity
+        np.testing.assert_array_equal(d.finalize_thresholds(part), expected)
 
 
 @pytest.mark.parametrize("source, size", [((5, 5), (12, 12)), ((4, 3), (16, 12)), ((9, 8), (6, 7))])

@@ -64,7 +64,7 @@ class EncodedMasks:
     """A batch's concept labels as the tally reads them: per pixel and plane, a label index."""
 
     size: tuple[int, int]
-    pixel: np.ndarray  # int32 [n, P, S]: label index per plane and pixel (-1: none; repeats removed)
+    pixel: np.ndarray  # int64 [n, S, P]: label index + 1 per pixel and plane (0: none; repeats removed)
     image_level: np.ndarray  # float64 0/1 [n, L]
     has_cat: np.ndarray  # float64 0/1 [n, C]: the image carries a label of the category
     label_area: np.ndarray  # int64 [L]: label pixels (image-level labels: sh*sw per image)
@@ -85,27 +85,35 @@ def encode_masks(masks: Sequence[Mapping[str, np.ndarray]], labels: Sequence[Map
     for c in range(ncat):
         has_cat[:, c] = image_level[:, space.category == c].any(axis=1)
     area = image_level.sum(axis=0).astype(np.int64) * s
-    found = {name: [(i, np.asarray(m[name])) for i, m in enumerate(masks) if m.get(name) is not None and np.size(m[name])]
-             for name in space.category_names}
-    depth = {name: max((p.size // s for _, p in f), default=0) for name, f in found.items()}
-    pixel = np.empty((n, sum(depth.values()), s), np.int32)
+    found = {name: [(i, _planes(m[name], size, f"image {i}: {name} mask")) for i, m in enumerate(masks)
+                    if m.get(name) is not None and np.size(m[name])] for name in space.category_names}
+    depth = {name: max((len(p) for _, p in f), default=0) for name, f in found.items()}
+    pixel = np.zeros((n, s, sum(depth.values())), np.int64)  # planes last: the tally reads a pixel's labels at once
     start = 0
     for c, name in enumerate(space.category_names):
         if not found[name]:
             continue
-        stack = np.zeros((n, depth[name], s), np.int32)
-        for i, p in found[name]:
-            if p.shape[-2:] != tuple(size):
-                raise ValueError(f"image {i}: {name} mask of shape {p.shape[-2:]}, expected {tuple(size)}")
-            stack[i, :p.size // s] = p.reshape(-1, s)
-        idx = pixel[:, start:start + depth[name]]
-        lut = space.lut[c]
-        idx[:] = lut[np.clip(stack, 0, len(lut) - 1, out=stack)]  # -1: none (0, negative or too large numbers too)
+        lut = space.lut[c].astype(np.int64) + 1
+        idx = pixel[:, :, start:start + depth[name]]
         start += depth[name]
-        for q in range(1, idx.shape[1]):  # a label in an earlier plane at the same pixel: count it once
-            idx[:, q][(idx[:, q:q + 1] == idx[:, :q]).any(axis=1)] = -1
+        for i, planes in found[name]:
+            if planes.min() < 0 or planes.max() >= len(lut):
+                planes = np.clip(planes, 0, len(lut) - 1)  # 0, negative or too large numbers: none
+            mapped = lut[planes]
+            idx[i, :, :len(planes)] = mapped.T
+            has_cat[i, c] |= mapped.max() > 0
+        for q in range(1, idx.shape[2]):  # a label in an earlier plane at the same pixel: count it once
+            idx[:, :, q][(idx[:, :, q:q + 1] == idx[:, :, :q]).any(axis=2)] = 0
         if image_level[:, space.category == c].any():  # an image-level label covers the whole image already
-            idx[image_level[np.arange(n)[:, None, None], np.maximum(idx, 0)] & (idx >= 0)] = -1
-        has_cat[:, c] |= idx.max(axis=(1, 2)) >= 0
-        area += np.bincount(idx.ravel().astype(np.intp) + 1, minlength=space.size + 1)[1:]
+            covered = np.concatenate([np.zeros((n, 1), bool), image_level], axis=1)  # column 0: no label
+            idx[covered[np.arange(n)[:, None, None], idx]] = 0
+    area += np.bincount(pixel.reshape(-1), minlength=space.size + 1)[1:]
     return EncodedMasks(tuple(size), pixel, image_level.astype(np.float64), has_cat.astype(np.float64), area)
+
+
+def _planes(mask: np.ndarray, size: tuple[int, int], what: str) -> np.ndarray:
+    """[planes, sh*sw] view of a [sh, sw] or [planes, sh, sw] mask."""
+    mask = np.asarray(mask)
+    if mask.shape[-2:] != tuple(size):
+        raise ValueError(f"{what} of shape {mask.shape[-2:]}, expected {tuple(size)}")
+    return mask.reshape(-1, size[0] * size[1])

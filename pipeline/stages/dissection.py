@@ -40,7 +40,7 @@ def top_count(quantile: float, total_count: int) -> int:
 
 @dataclass
 class ThresholdPartial:
-    """Per unit, the largest values seen (sorted descending): float32 [U, <= capacity].
+    """Per unit, the largest values seen, in no particular order (-inf: no value): float32 [U, <= capacity].
 
     Memory: U * capacity float32, capacity = ceil(quantile * total_count); e.g. 512 units at 7x7
     over Broden's 63,305 images keep 512 * 15,510 values (32 MB); 64 units at 56x56, 254 MB.
@@ -56,12 +56,29 @@ class ThresholdPartial:
         return cls(np.zeros((units, 0), np.float32), 0, top_count(quantile, total_count), quantile)
 
 
-def _keep_top(values: torch.Tensor, capacity: int) -> np.ndarray:
-    """Each row's `capacity` largest values, descending; trailing columns that only hold -inf are dropped."""
-    k = min(capacity, values.shape[1])
-    top = torch.topk(values, k, dim=1, largest=True, sorted=True).values
-    width = int(torch.isfinite(top).sum(dim=1).max()) if top.numel() else 0  # pruned values are -inf
-    return top[:, :width].cpu().numpy().astype(np.float32, copy=False)
+def _keep_top(values: np.ndarray, capacity: int) -> np.ndarray:
+    """Each row's `capacity` largest values, unordered; columns that would only hold -inf are dropped.
+
+    np.partition (introselect) is linear; torch.topk sorts, about 4x slower for a large `capacity`."""
+    values = np.asarray(values, dtype=np.float32)
+    finite = int(np.isfinite(values).sum(axis=1).max()) if values.size else 0  # pruned values are -inf
+    keep = min(capacity, finite)
+    if keep == values.shape[1]:
+        return values
+    return np.ascontiguousarray(np.partition(values, values.shape[1] - keep, axis=1)[:, values.shape[1] - keep:])
+
+
+def _flat(acts: torch.Tensor) -> torch.Tensor:
+    n, units = acts.shape[:2]
+    return acts.detach().float().reshape(n, units, -1).transpose(0, 1).reshape(units, -1)
+
+
+def _above(values: torch.Tensor, floor: np.ndarray | None) -> torch.Tensor:
+    """`values` with entries at or below `floor` [U] set to -inf (unchanged without a floor)."""
+    if floor is None:
+        return values
+    low = torch.tensor(np.asarray(floor, np.float32), device=values.device)[:, None]
+    return values.masked_fill(values <= low, float("-inf"))
 
 
 def compute_thresholds(acts: torch.Tensor, quantile: float, total_count: int,
@@ -72,23 +89,71 @@ def compute_thresholds(acts: torch.Tensor, quantile: float, total_count: int,
     threshold, e.g. the `capacity`-th largest value of a merged partial of other images: such values
     can never be among the top m, so the result stays exact while the partials stay small.
     """
-    n, units = acts.shape[:2]
-    flat = acts.detach().float().reshape(n, units, -1).transpose(0, 1).reshape(units, -1)
-    if floor is not None:
-        low = torch.tensor(np.asarray(floor, np.float32), device=flat.device)[:, None]
-        flat = flat.masked_fill(flat <= low, float("-inf"))
-    partial = ThresholdPartial.empty(units, quantile, total_count)
-    partial.top, partial.count = _keep_top(flat, partial.capacity), flat.shape[1]
+    flat = _flat(acts)
+    partial = ThresholdPartial.empty(flat.shape[0], quantile, total_count)
+    partial.top, partial.count = _keep_top(_above(flat, floor).cpu().numpy(), partial.capacity), flat.shape[1]
     return partial
+
+
+def _values_above(x: torch.Tensor, floor: np.ndarray) -> np.ndarray:
+    """float32 [U, most kept]: each unit's values of `x` [N, U, hw] above its floor, padded with -inf.
+    Only maps whose maximum passes the floor are looked at."""
+    units = x.shape[1]
+    low = torch.tensor(np.asarray(floor, np.float32), device=x.device)
+    img, unit = torch.nonzero(x.amax(dim=2) > low, as_tuple=True)
+    maps = x[img, unit]
+    keep = maps > low[unit][:, None]
+    rows = unit.repeat_interleave(keep.sum(dim=1))  # the unit of each kept value, in map order
+    vals = maps[keep]
+    order = torch.argsort(rows, stable=True)
+    rows, vals = rows[order], vals[order]
+    counts = torch.bincount(rows, minlength=units)
+    starts = torch.cumsum(counts, 0) - counts
+    out = torch.full((units, int(counts.max()) if len(rows) else 0), float("-inf"), device=x.device)
+    out[rows, torch.arange(len(rows), device=x.device) - starts[rows]] = vals
+    return out.cpu().numpy()
+
+
+class TopValues:
+    """Pass 1 over many batches of one layer: values are buffered unsorted and the top `capacity`
+    selected only when the buffer outgrows it; from then on, values at or below the selection's
+    `capacity`-th largest (or an outside `floor`) are dropped as they arrive. Same result as merging
+    `compute_thresholds` of every batch, without sorting the kept values once per batch."""
+
+    def __init__(self, units: int, quantile: float, total_count: int, floor: np.ndarray | None = None):
+        self.partial = ThresholdPartial.empty(units, quantile, total_count)
+        self.floor, self.count, self.buffer, self.width = floor, 0, [], 0
+
+    def add(self, acts: torch.Tensor) -> None:
+        n, units = acts.shape[:2]
+        x = acts.detach().float().reshape(n, units, -1)
+        self.count += n * x.shape[2]
+        floors = [f for f in (self.floor, pruning_floor(self.partial)) if f is not None]
+        if floors:
+            values = _values_above(x, np.maximum.reduce(floors))
+        else:
+            values = x.transpose(0, 1).reshape(units, -1).cpu().numpy()
+        self.buffer.append(values)
+        self.width += values.shape[1]
+        if self.width > self.partial.capacity:
+            self._select()
+
+    def _select(self) -> None:
+        if self.buffer:
+            self.partial.top = _keep_top(np.concatenate([self.partial.top, *self.buffer], axis=1), self.partial.capacity)
+            self.buffer, self.width = [], 0
+
+    def result(self) -> ThresholdPartial:
+        self._select()
+        self.partial.count = self.count
+        return self.partial
 
 
 def merge_thresholds(a: ThresholdPartial, b: ThresholdPartial) -> ThresholdPartial:
     """Top `capacity` of both; associative and commutative (the kept multiset is unique)."""
     if (a.capacity, a.quantile) != (b.capacity, b.quantile) or a.top.shape[0] != b.top.shape[0]:
         raise ValueError("threshold partials of different units, quantile or total count")
-    width = max(a.top.shape[1], b.top.shape[1])
-    pad = lambda t: np.pad(t, ((0, 0), (0, width - t.shape[1])), constant_values=-np.inf)  # noqa: E731
-    both = torch.from_numpy(np.concatenate([pad(a.top), pad(b.top)], axis=1))
+    both = np.concatenate([a.top, b.top], axis=1)
     return ThresholdPartial(_keep_top(both, a.capacity), a.count + b.count, a.capacity, a.quantile)
 
 
@@ -97,7 +162,7 @@ def pruning_floor(partial: ThresholdPartial) -> np.ndarray | None:
     fewer are known), or None while no unit has that many."""
     if partial.top.shape[1] < partial.capacity:
         return None
-    return partial.top[:, partial.capacity - 1].copy()
+    return partial.top.min(axis=1)
 
 
 def finalize_thresholds(partial: ThresholdPartial) -> np.ndarray:
@@ -107,10 +172,13 @@ def finalize_thresholds(partial: ThresholdPartial) -> np.ndarray:
     """
     if partial.count == 0:
         raise ValueError("no activations seen: cannot compute thresholds")
-    m = top_count(partial.quantile, partial.count)
-    if m > partial.top.shape[1] or not np.isfinite(partial.top[:, m - 1]).all():
+    m, width = top_count(partial.quantile, partial.count), partial.top.shape[1]
+    if m > width:
         raise ValueError(f"{partial.count} activations seen per unit, more than the total count the partial was sized for")
-    return partial.top[:, m - 1].copy()
+    threshold = np.partition(partial.top, width - m, axis=1)[:, width - m].copy()
+    if not np.isfinite(threshold).all():
+        raise ValueError("fewer values kept than the quantile needs: a pruning floor was above the threshold")
+    return threshold
 
 
 # ---------------------------------------------------------------- pass 2: tally
@@ -151,7 +219,7 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
     convex combination of four inputs; the margin covers rounding). `resize="cells"` evaluates
     `Bilinear` only in the cells with a corner near the threshold; `resize="torch"` upsamples those
     maps whole with `upsample` (F.interpolate). Maps go `chunk_elements // (sh*sw)` at a time.
-    The activated pixels are looked up in the batch's label map [N, planes, S] and counted per
+    The activated pixels are looked up in the batch's label map [N, S, planes] and counted per
     (unit, label) with one bincount; image-level labels and Ucat are (units x images) @
     (images x labels / categories) products of the activated pixel counts.
     """
@@ -165,8 +233,8 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
         size = tuple(mask_size) if mask_size is not None else _mask_size(masks_per_image)
         encoded = encode_masks(masks_per_image, image_labels_per_image, label_space, size)
     size, s, nlab, dev = encoded.size, encoded.size[0] * encoded.size[1], label_space.size, acts.device
-    planes = encoded.pixel.shape[1]
-    pixel = torch.from_numpy(np.ascontiguousarray(encoded.pixel.transpose(0, 2, 1))).to(dev).view(n * s, planes)  # [n*S, P]
+    planes = encoded.pixel.shape[2]
+    pixel = torch.from_numpy(encoded.pixel).to(dev).view(n * s, planes)
     x = acts.detach().float()
     bilinear = Bilinear.build(tuple(x.shape[2:]), size, dev)
     thr = torch.tensor(np.asarray(thresholds, dtype=np.float32), device=dev)
@@ -183,8 +251,8 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
             row, pos = torch.nonzero(upsample(x[im, un], size).reshape(len(im), s) > thr[un][:, None], as_tuple=True)
         counts[im, un] = torch.bincount(row, minlength=len(im))
         if planes and nlab:
-            labs = pixel.index_select(0, im.index_select(0, row) * s + pos).long()  # [activated pixels, planes]
-            keys = torch.where(labs >= 0, un.index_select(0, row)[:, None] * nlab + labs, units * nlab)
+            labs = pixel.index_select(0, im.index_select(0, row) * s + pos)  # [activated pixels, planes], 0: none
+            keys = torch.where(labs > 0, un.index_select(0, row)[:, None] * nlab + labs - 1, units * nlab)
             both += torch.bincount(keys.view(-1), minlength=units * nlab + 1)[:-1]  # the last bin: no label
     by_image = counts.cpu().numpy().T.astype(np.float64)  # [U, n]; float64 products are exact below 2^53
     exact = lambda a: np.rint(a).astype(np.int64)  # noqa: E731

@@ -71,18 +71,14 @@ def floors(total: ConceptPartial) -> dict[str, np.ndarray]:
 def threshold_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[ConceptBatch], quantile: float,
                    totals: dict[str, int], floor: dict[str, np.ndarray] | None = None) -> ConceptPartial:
     """Pass 1: each unit's largest raw activations over the batches (those above `floor` only)."""
-    result = empty_thresholds(layers, quantile, totals)
     floor = floor or {}
-
-    def reduce(name: str, out: torch.Tensor) -> None:
-        part = d.compute_thresholds(out, quantile, totals[name], floor.get(name))
-        result.layers[name] = d.merge_thresholds(result.layers[name], part)
-
-    with torch.inference_mode(), tapped(model, layers, reduce) as run:
+    tops = {i.name: d.TopValues(i.units, quantile, totals[i.name], floor.get(i.name)) for i in layers}
+    images = 0
+    with torch.inference_mode(), tapped(model, layers, lambda name, out: tops[name].add(out)) as run:
         for batch in batches:
             run(batch.inputs)
-            result.images += len(batch.image_ids)
-    return result
+            images += len(batch.image_ids)
+    return ConceptPartial({name: top.result() for name, top in tops.items()}, images)
 
 
 def tally_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[ConceptBatch],

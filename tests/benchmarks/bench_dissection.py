@@ -4,6 +4,10 @@ Run by hand (not collected by pytest):
 
     .venv/bin/python tests/benchmarks/bench_dissection.py [--units 256] [--size 7] [--mask 56] [--images 200]
         [--labels 100] [--batch 50] [--baseline bincount|per-label] [--repeat 3] [--threads N]
+    .venv/bin/python tests/benchmarks/bench_dissection.py --stage jobs/demo.toml [--threads N]
+
+`--stage JOB`: the whole stage in one process on the job's concept data set (decoding, forward,
+both passes), in images per second, against a bare forward pass over the same batches.
 
 Synthetic data: post-ReLU Gaussian feature maps [images, units, size, size]; masks of size
 `--mask` with ~`--labels` labels over 4 categories: object (1 plane), part (2 planes, in half
@@ -16,7 +20,7 @@ a map's maximum by an ulp), else upsample the map, binarize it and count interse
 either by `bincount` of the label maps at the activated pixels (as tally_job does) or `per-label`
 (`count_nonzero(on & mask)` for each label in the image). Both use this stage's label semantics
 (category-restricted, a pixel counted once per label), so tallies must agree exactly when the
-upsampling is the same. Three comparisons:
+upsampling is the same. Four comparisons:
   torch: compute_tally(resize="torch") vs the loop with F.interpolate per map;
   cells: compute_tally(resize="cells", the default) vs the loop with `Bilinear.resize` per map;
   cells vs the F.interpolate loop: the fastest of each (values differ by a few ulps, so a few
@@ -125,12 +129,70 @@ def loop_tally(feats: torch.Tensor, thr: np.ndarray, masks, labels, space: Label
     return t
 
 
+def pil_resize(size: tuple[int, int]):
+    """NetDissect-Lite's resize: scipy's imresize(mode='F'), i.e. PIL's bilinear filter on a float image."""
+    from PIL import Image
+
+    def resize(maps: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.stack([np.asarray(Image.fromarray(m, mode="F").resize(size[::-1], Image.BILINEAR))
+                                          for m in maps.numpy().astype(np.float32)]))
+    return resize
+
+
 def vectorized(feats, thr, masks, labels, space, batch: int, resize: str) -> TallyPartial:
     total = TallyPartial.empty(feats.shape[1], space)
     for s in range(0, len(feats), batch):
         part = d.compute_tally(feats[s:s + batch], thr, masks[s:s + batch], labels[s:s + batch], space, resize=resize)
         total = d.merge_tally(total, part)
     return total
+
+
+def bench_stage(job_path: str, threads: int) -> None:
+    """Both passes of the stage over the job's concept data set vs a bare forward of the same batches."""
+    from pipeline.batches import Preprocess
+    from pipeline.broden import open_broden
+    from pipeline.concept_batches import iter_concept_batches
+    from pipeline.config import load_job
+    from pipeline.layer_taps import probe_layers
+    from pipeline.models import build_model, recipe_from_config, resolve_layers
+    from pipeline.prepare import prepare_inputs
+    from pipeline.stages import dissection_passes as passes
+
+    torch.set_num_threads(threads)
+    job = load_job(job_path)
+    prepare_inputs(job)
+    cfg = job.stages.dissection
+    model = build_model(recipe_from_config(job.model)).eval()
+    shape = (len(job.model.mean), job.model.input_size, job.model.input_size)
+    layers = probe_layers(model, resolve_layers(model, job.model.layers), shape)
+    broden = open_broden(job.concepts.broden, job.concepts.categories)
+    prep = Preprocess(job.model.input_size, job.model.mean, job.model.std, job.data.batch_size)
+    ids = list(range(len(broden.images)))
+    batches = list(iter_concept_batches(broden, ids, prep, []))  # decoded once, outside the timings
+    space = passes.label_space(broden)
+    totals = passes.activation_counts(layers, len(ids))
+
+    def forward() -> None:
+        with torch.inference_mode():
+            for batch in batches:
+                model(batch.inputs)
+
+    forward()
+    t0 = time.perf_counter()
+    forward()
+    bare = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    first = passes.threshold_pass(model, layers, batches, cfg.quantile, totals)
+    t1 = time.perf_counter()
+    thresholds = {name: d.finalize_thresholds(part) for name, part in first.layers.items()}
+    passes.tally_pass(model, layers, batches, thresholds, space)
+    t2 = time.perf_counter()
+    n, units = len(ids), sum(info.units for info in layers)
+    print(f"{n} concept images, {len(layers)} layers, {units} units, {space.size} labels, {torch.get_num_threads()} threads")
+    print(f"  bare forward       {bare:6.2f}s ({n / bare:6.0f} images/s)")
+    print(f"  pass 1 thresholds  {t1 - t0:6.2f}s ({n / (t1 - t0):6.0f} images/s)  {(t1 - t0) / bare:4.1f}x the forward")
+    print(f"  pass 2 tally       {t2 - t1:6.2f}s ({n / (t2 - t1):6.0f} images/s)  {(t2 - t1) / bare:4.1f}x the forward")
+    print(f"  both passes        {t2 - t0:6.2f}s ({n / (t2 - t0):6.0f} images/s)")
 
 
 def main() -> None:
@@ -143,8 +205,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50, help="images per compute_tally call")
     ap.add_argument("--baseline", choices=("bincount", "per-label"), default="bincount")
     ap.add_argument("--repeat", type=int, default=3, help="timed repeats of the vectorized tally (median)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the stage tallies on one)")
+    ap.add_argument("--stage", metavar="JOB", help="time the whole stage on this job's concept data set instead")
     args = ap.parse_args()
+    if args.stage:
+        bench_stage(args.stage, args.threads)
+        return
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
     space, masks, labels, feats = make_data(args)
@@ -156,7 +222,7 @@ def main() -> None:
           f"{active:.1%} of maps reach their threshold; loop: {args.baseline}")
     size = (args.mask, args.mask)
     bilinear = d.Bilinear.build((args.size, args.size), size)
-    resizes = {"torch": lambda maps: d.upsample(maps, size), "cells": bilinear.resize}
+    resizes = {"torch": lambda maps: d.upsample(maps, size), "cells": bilinear.resize, "pil": pil_resize(size)}
     fast, slow = {}, {}
     for mode in ("torch", "cells"):
         vectorized(feats[:args.batch], thr, masks[:args.batch], labels[:args.batch], space, args.batch, mode)  # warm-up
@@ -169,6 +235,9 @@ def main() -> None:
         t0 = time.perf_counter()
         tally = loop_tally(feats, thr, masks, labels, space, args.baseline == "per-label", resizes[mode])
         slow[mode] = (time.perf_counter() - t0, tally)
+    t0 = time.perf_counter()
+    tally = loop_tally(feats, thr, masks, labels, space, args.baseline == "per-label", resizes["pil"])
+    slow["pil"] = (time.perf_counter() - t0, tally)
 
     def line(name: str, stage: str, loop: str) -> None:
         (fs, ft), (ss, st) = fast[stage], slow[loop]
@@ -183,6 +252,7 @@ def main() -> None:
     line("torch (F.interpolate both)", "torch", "torch")
     line("cells (Bilinear both)", "cells", "cells")
     line("cells stage vs F.interpolate loop", "cells", "torch")
+    line("cells stage vs PIL loop (NetDissect)", "cells", "pil")
 
 
 if __name__ == "__main__":
