@@ -61,6 +61,9 @@ class Catalog:
     def shapley(self) -> pd.DataFrame:
         return self.table("shapley")
 
+    def shapley_ablation(self) -> pd.DataFrame:
+        return self.table("shapley_ablation")
+
     def _array(self, kind: ArrayKind, layer: str) -> zarr.Array:
         self._check_layer(layer)
         try:

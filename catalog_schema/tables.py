@@ -71,12 +71,23 @@ SHAPLEY = pa.schema([
     pa.field("samples", pa.int64()),
 ])
 
+SHAPLEY_ABLATION = pa.schema([  # the paper's check: the metric after removing N units chosen three ways
+    pa.field("metric", pa.string()),
+    pa.field("target_class", pa.int32()),
+    pa.field("n", pa.int32()),  # units removed
+    pa.field("method", pa.string()),  # 'shapley' (top-N values) | 'single_ablation' (top-N alone) | 'random'
+    pa.field("value", pa.float32()),  # the metric after removal (random: mean over the draws)
+    pa.field("drop", pa.float32()),  # V(all units) - value
+    pa.field("units", pa.string()),  # the removed units, "layer:unit" in layer, unit order, joined by ';' (random: the first draw)
+])
+
 TABLES: dict[str, pa.Schema] = {
     "units": UNITS,
     "examples": EXAMPLES,
     "images": IMAGES,
     "dissection": DISSECTION,
     "shapley": SHAPLEY,
+    "shapley_ablation": SHAPLEY_ABLATION,
 }
 
 

@@ -11,7 +11,8 @@ import numpy as np
 
 import catalog_schema as cs
 from catalog_schema.storage import write_array, write_manifest, write_table
-from pipeline.plan import RunPlan, activations_config, dissection_config
+from pipeline.plan import RunPlan, activations_config, dissection_config, shapley_config
+from pipeline.stages.shapley import ShapleyOutput
 from pipeline.stages.activations import LayerResult
 from pipeline.stages.dissection import DissectionResult
 from pipeline.stages.example_crops import CropBatch, CropRequest
@@ -44,7 +45,7 @@ def crop_requests(plan: RunPlan, results: dict[str, LayerResult]) -> list[CropRe
 
 def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[str, list[CropBatch]],
                   skipped: list[tuple[int, str]], times: dict[str, str], run_id: str,
-                  dissection: DissectionOutput | None = None) -> dict[str, Any]:
+                  dissection: DissectionOutput | None = None, shapley: ShapleyOutput | None = None) -> dict[str, Any]:
     """Tables, arrays, then the manifest; parts of stages not run now are removed so nothing stale remains."""
     catalog = plan.catalog
     catalog.mkdir(parents=True, exist_ok=True)
@@ -60,6 +61,8 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
         units["interpretable"] = units["interpretable"] & ~units["dead"].astype(bool)
         rows = [dissection.layers[n].concepts for n in names]
         write_table(catalog, "dissection", cs.to_table("dissection", {c: np.concatenate([r[c] for r in rows]) for c in rows[0]}))
+    if shapley is not None:
+        _shapley_tables(plan, units, shapley)
     write_table(catalog, "units", cs.to_table("units", units))
     write_table(catalog, "examples", cs.to_table("examples", examples))
     write_table(catalog, "images", cs.to_table("images", _image_columns(plan, skipped)))
@@ -72,12 +75,15 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
         write_array(catalog, cs.EXAMPLES, info.name, pics)
         write_array(catalog, cs.HEATMAPS, info.name, heat)
         write_array(catalog, cs.MEAN_MAPS, info.name, results[info.name].mean_map)
-    for stale in ("dissection", "shapley"):
+    for stale, tables in (("dissection", ("dissection",)), ("shapley", ("shapley", "shapley_ablation"))):
         if stale not in plan.stages:
-            (catalog / f"{stale}.parquet").unlink(missing_ok=True)
+            for table in tables:
+                (catalog / f"{table}.parquet").unlink(missing_ok=True)
     manifest = _manifest(plan, units, skipped, times, run_id)
     if dissection is not None:
         _add_dissection(manifest, plan, units, dissection)
+    if shapley is not None:
+        _add_shapley(manifest, plan, shapley)
     write_manifest(catalog, manifest)
     return manifest
 
@@ -145,4 +151,36 @@ def _add_dissection(manifest: dict[str, Any], plan: RunPlan, units: dict[str, np
         "root": str(broden.root), "categories": list(broden.categories), "labels": len(broden.labels),
         "images": len(broden.images), "used": out.images_used,
         "skipped": [{"index": i, "image": broden.images[i].image, "reason": why} for i, why in out.skipped],
+    }
+
+
+def _shapley_tables(plan: RunPlan, units: dict[str, np.ndarray], out: ShapleyOutput) -> None:
+    """shapley.parquet, shapley_ablation.parquet, and the value columns of the units table."""
+    cfg, res = shapley_config(plan.job), out.result
+    names = [name for name, n in plan.shapley_layers for _ in range(n)]
+    unit_ids = [u for _, n in plan.shapley_layers for u in range(n)]
+    players = len(names)
+    write_table(plan.catalog, "shapley", cs.to_table("shapley", {
+        "layer": names, "unit": unit_ids, "metric": [cfg.metric] * players, "target_class": [cfg.target_class] * players,
+        "value": res.value, "ci_low": res.ci_low, "ci_high": res.ci_high, "samples": res.samples}))
+    label = [f"{n}:{u}" for n, u in zip(names, unit_ids)]
+    write_table(plan.catalog, "shapley_ablation", cs.to_table("shapley_ablation", {
+        "metric": [cfg.metric] * len(out.ablation), "target_class": [cfg.target_class] * len(out.ablation),
+        "n": [row[0] for row in out.ablation], "method": [row[1] for row in out.ablation],
+        "value": [row[2] for row in out.ablation], "drop": [row[3] for row in out.ablation],
+        "units": [";".join(label[i] for i in np.flatnonzero(row[4])) for row in out.ablation]}))
+    where = {key: i for i, key in enumerate(zip(names, unit_ids))}
+    rows = [where.get((layer, int(unit))) for layer, unit in zip(units["layer"], units["unit"])]
+    for column, values in (("shapley", res.value), ("shapley_ci_low", res.ci_low), ("shapley_ci_high", res.ci_high)):
+        units[column] = np.array([values[r] if r is not None else np.nan for r in rows], np.float64)
+
+
+def _add_shapley(manifest: dict[str, Any], plan: RunPlan, out: ShapleyOutput) -> None:
+    res = out.result
+    manifest["settings"]["shapley"] = asdict(shapley_config(plan.job))
+    manifest["shapley"] = {
+        "players": int(len(res.value)), "layers": [name for name, _ in plan.shapley_layers],
+        "eval_images": out.eval_images, "v_all": res.v_full, "v_none": res.v_none, "rounds": res.rounds,
+        "permutations": res.permutations, "evaluations": res.evaluations,
+        "unsettled_per_round": [int(u) for _, u in res.history],
     }

@@ -72,9 +72,18 @@ class DissectionConfig:
 
 @dataclass(frozen=True)
 class ShapleyConfig:
-    metric: str = "accuracy"
-    eval_images: int = 256
-    target_class: int = -1
+    metric: str = "accuracy"  # or "cross_entropy" (V = minus the mean cross-entropy)
+    eval_images: int = 256  # a seeded subset of the labelled images
+    target_class: int = -1  # -1: the whole metric; N: the metric on class N's images
+    layers: tuple[str, ...] = ()  # player layers (paths or globs among model.layers); empty: all of them
+    top_k: int = 10  # the bandit settles membership in the top k
+    rounds: int = 30  # at most this many rounds of permutations
+    permutations_per_round: int = 8
+    bandit: bool = True  # false: plain truncated Monte-Carlo (every player sampled in every walk)
+    tolerance: float = 0.01  # truncate a walk once V stays within this of V(all units removed)...
+    patience: int = 6  # ... for this many evaluations in a row (tolerance 0: never truncate)
+    delta: float = 0.2  # the bandit's confidence parameter (the paper's)
+    ci_delta: float = 0.05  # reported intervals hold with probability 1 - ci_delta
 
 
 @dataclass(frozen=True)
@@ -226,6 +235,17 @@ def _check_values(job: JobConfig) -> None:
     if job.stages.activations:
         positive["stages.activations.k"] = job.stages.activations.k
         positive["stages.activations.patch_size"] = job.stages.activations.patch_size
+    if job.stages.shapley:
+        sh = job.stages.shapley
+        for key in ("eval_images", "top_k", "rounds", "permutations_per_round", "patience"):
+            positive[f"stages.shapley.{key}"] = getattr(sh, key)
+        if sh.metric not in ("accuracy", "cross_entropy"):
+            raise UserError(f"job key 'stages.shapley.metric' must be \"accuracy\" or \"cross_entropy\", got {sh.metric!r}.")
+        for key in ("delta", "ci_delta"):
+            if not 0 < getattr(sh, key) < 1:
+                raise UserError(f"job key 'stages.shapley.{key}' must be between 0 and 1, got {getattr(sh, key)}.")
+        if sh.tolerance < 0:
+            raise UserError(f"job key 'stages.shapley.tolerance' must be 0 or more, got {sh.tolerance}.")
     if job.stages.dissection:
         d = job.stages.dissection
         positive["stages.dissection.top"] = d.top

@@ -7,10 +7,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from catalog_schema import MANIFEST
 from pipeline.batches import Preprocess
 from pipeline.broden import Broden, open_broden
-from pipeline.config import ActivationsConfig, DissectionConfig, JobConfig, check_inputs_exist
+from pipeline.config import ActivationsConfig, DissectionConfig, JobConfig, ShapleyConfig, check_inputs_exist
 from pipeline.errors import UserError
 from pipeline.fingerprints import concepts_fingerprint, json_fingerprint, layer_fingerprints, model_fingerprint
 from pipeline.images import ImageRecord, ImageSet, list_images
@@ -19,7 +22,7 @@ from pipeline.models import LayerInfo, ModelRecipe, build_model, recipe_from_con
 from pipeline.prepare import prepare_inputs
 from pipeline.receptive_field import ReceptiveField, receptive_fields
 
-IMPLEMENTED_STAGES = ("activations", "dissection")
+IMPLEMENTED_STAGES = ("activations", "dissection", "shapley")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class RunPlan:
     prepared: dict  # what [prepare] made (demo inputs), recorded in the manifest
     broden: Broden | None = None  # the concept data set, when dissection runs
     concept_shards: list[ConceptShard] = ()
+    shapley_layers: tuple[tuple[str, int], ...] = ()  # player layers (path, units), when shapley runs
+    shapley_eval: tuple[ImageRecord, ...] = ()  # the evaluation images
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -95,6 +100,8 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
         ids = list(range(len(broden.images)))
         concept_shards = [ConceptShard(i, tuple(ids[s:s + per_shard])) for i, s in enumerate(range(0, len(ids), per_shard))]
         settings["dissection"] = dissection_config(job).__dict__
+    if "shapley" in stages:
+        settings["shapley"] = shapley_config(job).__dict__
     fingerprints = {
         "model": model_fingerprint(model),
         "layers": layer_fingerprints(model, names, input_shape),
@@ -104,9 +111,14 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
     }
     if broden is not None:
         fingerprints["concepts"] = concepts_fingerprint(broden)
+    shapley_layers, shapley_eval = (), ()
+    if "shapley" in stages:
+        shapley_layers = _player_layers(job, model, layers)
+        shapley_eval = _eval_records(images, shapley_config(job), job.seed)
+        _check_outputs(model, input_shape, images)
     fields = receptive_fields(model, names, input_shape)
     return RunPlan(job, catalog, stages, recipe, layers, fields, images, prep, shards, fingerprints, prepared,
-                   broden, concept_shards)
+                   broden, concept_shards, shapley_layers, shapley_eval)
 
 
 def activations_config(job: JobConfig) -> ActivationsConfig:
@@ -117,6 +129,52 @@ def activations_config(job: JobConfig) -> ActivationsConfig:
 def dissection_config(job: JobConfig) -> DissectionConfig:
     """The stage's settings; defaults when the job has no [stages.dissection] table."""
     return job.stages.dissection or DissectionConfig()
+
+
+def shapley_config(job: JobConfig) -> ShapleyConfig:
+    """The stage's settings; defaults when the job has no [stages.shapley] table."""
+    return job.stages.shapley or ShapleyConfig()
+
+
+def _player_layers(job: JobConfig, model: torch.nn.Module, layers: list[LayerInfo]) -> tuple[tuple[str, int], ...]:
+    """The selected layers whose units are Shapley players (all of them unless [stages.shapley] layers)."""
+    wanted = shapley_config(job).layers
+    names = [info.name for info in layers]
+    if wanted:
+        chosen = set(resolve_layers(model, wanted))
+        outside = sorted(chosen - set(names))
+        if outside:
+            raise UserError(f"stages.shapley.layers selects {', '.join(outside)}, which model.layers does not: "
+                            f"players must be among {', '.join(names)}.")
+        names = [n for n in names if n in chosen]
+    return tuple((info.name, info.units) for info in layers if info.name in names)
+
+
+def _eval_records(images: ImageSet, cfg: ShapleyConfig, seed: int) -> tuple[ImageRecord, ...]:
+    """A seeded subset of the labelled images (of `target_class` only, when set), in id order."""
+    labelled = [r for r in images.records if r.label_index >= 0]
+    if not labelled:
+        raise UserError(f"stage 'shapley' needs labelled images: data.images {images.root} is a flat folder; "
+                        "put the images in one sub-folder per class (ImageFolder), in the model's class order.")
+    if cfg.target_class >= 0:
+        if cfg.target_class >= len(images.classes):
+            raise UserError(f"stages.shapley.target_class = {cfg.target_class}, but data.images has "
+                            f"{len(images.classes)} classes (0..{len(images.classes) - 1}: {', '.join(images.classes)}).")
+        labelled = [r for r in labelled if r.label_index == cfg.target_class]
+    rng = np.random.default_rng([seed, 11])
+    pick = np.sort(rng.choice(len(labelled), min(cfg.eval_images, len(labelled)), replace=False))
+    return tuple(labelled[i] for i in pick)
+
+
+def _check_outputs(model: torch.nn.Module, input_shape: tuple[int, int, int], images: ImageSet) -> None:
+    """Shapley's metric reads [N, classes] logits indexed like the sorted class folders."""
+    with torch.inference_mode():
+        out = model(torch.zeros((2, *input_shape)))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < len(images.classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"stage 'shapley' scores the model's class outputs, but the model returns {shape} for "
+                        f"{len(images.classes)} classes in data.images ({', '.join(images.classes)}): it needs "
+                        "[N, classes] logits in the sorted order of the class folders.")
 
 
 def _check_catalog_target(catalog: Path) -> None:

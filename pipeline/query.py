@@ -88,11 +88,34 @@ def describe(catalog: Catalog) -> str:
                      f"interpretable at IoU >= {settings['iou_threshold']}")
         for item in c["skipped"][:5]:
             lines.append(f"skipped      {item['image']}: {item['reason']}")
+    if "shapley" in m:
+        lines += ["", *_shapley_lines(catalog, m["shapley"], m["settings"]["shapley"])]
     for item in data["skipped"][:5]:
         lines.append(f"skipped      {item['path']}: {item['reason']}")
     if len(data["skipped"]) > 5:
         lines.append(f"skipped      ... and {len(data['skipped']) - 5} more (see manifest.json)")
     return "\n".join(lines)
+
+
+def _shapley_lines(catalog: Catalog, info: dict, settings: dict) -> list[str]:
+    """The players, the top units by Shapley value, and the ablation check."""
+    target = f", class {settings['target_class']}" if settings["target_class"] >= 0 else ""
+    lines = [f"shapley      {settings['metric']}{target} on {info['eval_images']} images: {info['players']} players in "
+             f"{', '.join(info['layers'])}; V(all) {info['v_all']:.4g}, V(none) {info['v_none']:.4g}; "
+             f"{info['permutations']} permutations in {info['rounds']} rounds, {info['evaluations']} evaluations",
+             "top units by Shapley value (interval at "
+             f"{1 - settings['ci_delta']:.0%}):"]
+    top = catalog.shapley().sort_values(["value", "layer", "unit"], ascending=[False, True, True]).head(10)
+    lines.append(top[["layer", "unit", "value", "ci_low", "ci_high", "samples"]].to_string(
+        index=False, float_format=lambda v: f"{v:.4g}"))
+    ablation = catalog.shapley_ablation()
+    if not ablation.empty:
+        lines.append("metric after removing N units (the paper's check):")
+        lines.append(ablation.pivot(index="n", columns="method", values="value").to_string(float_format=lambda v: f"{v:.4g}"))
+        chosen = ablation[(ablation["method"] != "random") & (ablation["n"] <= 5)].sort_values("n").groupby("method").last()
+        for method, row in chosen.iterrows():
+            lines.append(f"  {method}, N = {row['n']}: {row['units']}")
+    return lines
 
 
 def interpretable_by_category(units: pd.DataFrame) -> pd.DataFrame:

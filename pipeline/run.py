@@ -45,8 +45,11 @@ def run_job(job: JobConfig, *, address: str | None = None, out: Path | None = No
         results = {info.name: activations.finalize(partial, info, plan.fields[info.name], plan.input_hw) for info in plan.layers}
         crops = runner.run_crops(plan, workers, crop_requests(plan, results))
         dissection = _dissect(plan, workers) if "dissection" in plan.stages else None
+        values = None
+        if "shapley" in plan.stages:
+            values = runner.run_shapley(plan, workers, {name: results[name].mean_map for name, _ in plan.shapley_layers})
     manifest = write_catalog(plan, results, crops, partial.skipped, {"started": started, "finished": _now()},
-                             uuid.uuid4().hex, dissection)
+                             uuid.uuid4().hex, dissection, values)
     runner.clear_work(plan)
     return RunResult(plan.catalog, manifest, total - reused, reused)
 

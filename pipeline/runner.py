@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import ray
 import torch
 from ray.util import ActorPool
@@ -28,8 +29,9 @@ from pipeline.concept_batches import iter_concept_batches
 from pipeline.errors import UserError
 from pipeline.images import ImageRecord
 from pipeline.models import LayerInfo, build_model
-from pipeline.plan import ConceptShard, RunPlan, Shard, activations_config, dissection_config
-from pipeline.stages import activations, dissection_passes, example_crops
+from pipeline.plan import ConceptShard, RunPlan, Shard, activations_config, dissection_config, shapley_config
+from pipeline.stages import activations, dissection_passes, example_crops, shapley
+from pipeline.stages.shapley_model import Ablator, cache_eval_set, split_model
 from pipeline.stages.dissection import LabelSpace, finalize_thresholds
 from pipeline.stages.example_crops import CropBatch, CropRequest
 
@@ -50,6 +52,7 @@ class ModelWorker:
         self.layers, self.root, self.prep = layers, Path(root), prep
         self.model: torch.nn.Module | None = None
         self.broden: tuple[str, Broden] | None = None  # (object id, the concept data set) of the last call
+        self.ablator: tuple[str, Ablator] | None = None  # (object id of its settings, the Shapley evaluator)
 
     def _loaded(self, recipe: list[ray.ObjectRef]) -> torch.nn.Module:
         if self.model is None:
@@ -87,6 +90,31 @@ class ModelWorker:
         partial = dissection_passes.tally_pass(model, self.layers, batches, thresholds, space)
         partial.skipped = sorted(skipped)
         return shard.index, partial
+
+    def _shapley(self, recipe: list[ray.ObjectRef], setup: list[ray.ObjectRef]) -> Ablator:
+        """The evaluator, built on first use from the setup every call carries (survives actor restarts)."""
+        if self.ablator is None or self.ablator[0] != setup[0].hex():
+            records, layers, mean_maps, metric = ray.get(setup[0])
+            split = split_model(self._loaded(recipe), [name for name, _ in layers])
+            batches = iter_batches(self.root, [records[s:s + self.prep.batch_size]
+                                               for s in range(0, len(records), self.prep.batch_size)], self.prep, [], self.device)
+            labels = {r.image_id: r.label_index for r in records}
+            pairs = [(b.inputs, torch.as_tensor([labels[int(i)] for i in b.image_ids])) for b in batches]
+            self.ablator = (setup[0].hex(), Ablator(split, layers, mean_maps, cache_eval_set(split, pairs), metric, self.device))
+        return self.ablator[1]
+
+    def shapley_evaluate(self, recipe: list[ray.ObjectRef], setup: list[ray.ObjectRef], removed) -> tuple:
+        """The metric for each row of `removed`, and the number of evaluation images used."""
+        ablator = self._shapley(recipe, setup)
+        return ablator.evaluate(removed), ablator.eval_set.images
+
+    def shapley_walk(self, recipe: list[ray.ObjectRef], setup: list[ray.ObjectRef], order, chosen, v_full: float,
+                     v_none: float, settings: shapley.WalkSettings) -> tuple:
+        """One permutation's marginals and the evaluations it took."""
+        ablator = self._shapley(recipe, setup)
+        before = ablator.evaluations
+        samples = shapley.walk(ablator.evaluate, order, chosen, v_full, v_none, settings)
+        return samples, ablator.evaluations - before
 
     def crops(self, recipe: list[ray.ObjectRef], records: list[ImageRecord], requests: list[CropRequest],
               patch: int) -> dict[str, CropBatch]:
@@ -233,3 +261,53 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def run_shapley(plan: RunPlan, workers: Workers, mean_maps: dict[str, np.ndarray]) -> shapley.ShapleyOutput:
+    """Rounds of permutations on the actors, the bandit on the driver, then the ablation check."""
+    cfg = shapley_config(plan.job)
+    layers = list(plan.shapley_layers)
+    setup = [ray.put((list(plan.shapley_eval), layers, [mean_maps[name] for name, _ in layers], cfg.metric))]
+    call = lambda actor, removed: actor.shapley_evaluate.remote(workers.recipe, setup, removed)  # noqa: E731
+    players = sum(units for _, units in layers)
+    (ends, eval_images), = ActorPool(workers.actors[:1]).map(call, [np.stack([np.zeros(players, bool), np.ones(players, bool)])])
+    if eval_images == 0:
+        raise UserError("stage 'shapley': none of the evaluation images could be read; check data.images.")
+    v_full, v_none = float(ends[0]), float(ends[1])
+    settings = shapley.WalkSettings(cfg.tolerance, cfg.patience)
+    stats, history, rounds = shapley.SampleStats.empty(players), [], 0
+    pool = ActorPool(workers.actors)
+    with tqdm(total=cfg.rounds, unit="round", desc="shapley", file=sys.stderr, disable=None) as bar:
+        for rounds in range(1, cfg.rounds + 1):
+            chosen = shapley.unsettled(stats, cfg.top_k, cfg.delta) if cfg.bandit else np.ones(players, bool)
+            if not chosen.any():
+                rounds -= 1
+                break
+            orders = [np.random.default_rng([plan.job.seed, rounds, i]).permutation(players)
+                      for i in range(cfg.permutations_per_round)]
+            walk = lambda actor, order: actor.shapley_walk.remote(  # noqa: E731
+                workers.recipe, setup, order, chosen, v_full, v_none, settings)
+            for samples, evaluations in pool.map(walk, orders):  # in submission order: deterministic
+                stats.add(samples)
+                stats.evaluations += evaluations
+            history.append((stats.evaluations, int(chosen.sum())))
+            bar.update(1)
+    result = shapley.summarize(stats, v_full, v_none, rounds, cfg.ci_delta, history)
+    return shapley.ShapleyOutput(result, _ablation_check(pool, call, result, v_full, players, plan.job.seed), eval_images)
+
+
+def _ablation_check(pool: ActorPool, call: Callable, result: shapley.ShapleyResult, v_full: float, players: int,
+                    seed: int) -> list[tuple[int, str, float, float, np.ndarray]]:
+    """The metric after removing the top-N Shapley units, N random units, and the N largest single-unit effects."""
+    singles = np.eye(players, dtype=bool)
+    single_values = np.concatenate([v for v, _ in pool.map(call, [singles[s:s + 8] for s in range(0, players, 8)])])
+    coalitions = shapley.ablation_coalitions(result.value, v_full - single_values, seed)
+    values = np.concatenate([v for v, _ in pool.map(call, [np.stack([c for _, _, c in coalitions[s:s + 8]])
+                                                            for s in range(0, len(coalitions), 8)])])
+    rows, seen = [], {}
+    for (n, method, removed), value in zip(coalitions, values):
+        seen.setdefault((n, method), []).append((value, removed))
+    for (n, method), draws in seen.items():
+        value = float(np.mean([v for v, _ in draws]))
+        rows.append((n, method, value, v_full - value, draws[0][1]))
+    return rows

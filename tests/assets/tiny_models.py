@@ -53,3 +53,31 @@ class ColorDetectors(nn.Module):
 
 def color_detectors() -> nn.Module:
     return ColorDetectors()
+
+
+class ShapleyPlanted(nn.Module):
+    """Neuron Shapley with closed-form values. With mean 0.5 / std 0.5 input, `relu` units 0, 1 and 3
+    are exactly 1 on pure red, green and blue pixels (0 elsewhere); unit 2 never fires. From the
+    global average, class 0 has logit 0, class 1 2*(red + blue) - 1.5, class 2 2*green - 1.5: a red
+    or blue image is class 1 only while its detector is kept, a green one class 2 only while the
+    green detector is, a gray one always class 0 (while mean ablation adds less than 0.75)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            w = [[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, -1.0], [-1.0, -1.0, 1.0]]
+            self.conv.weight.copy_(torch.tensor(w)[:, :, None, None])
+            self.conv.bias.copy_(torch.tensor([-2.0, -2.0, -10.0, -2.0]))
+            self.fc.weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 2.0], [0.0, 2.0, 0.0, 0.0]]))
+            self.fc.bias.copy_(torch.tensor([0.0, -1.5, -1.5]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.conv(x))), 1))
+
+
+def shapley_planted() -> nn.Module:
+    return ShapleyPlanted()

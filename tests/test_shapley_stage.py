@@ -1,0 +1,177 @@
+"""Neuron Shapley in-process: closed-form values of a planted model, exact enumeration, the model split."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from pipeline.stages import shapley as sh
+from pipeline.stages.shapley_model import Ablator, cache_eval_set, split_model
+
+sys.path.insert(0, str(Path(__file__).parent / "assets"))
+from tiny_models import ShapleyPlanted  # noqa: E402
+
+COLORS = {"gray": (0.0, 0.0, 0.0), "red": (1.0, -1.0, -1.0), "green": (-1.0, 1.0, -1.0), "blue": (-1.0, -1.0, 1.0)}
+LABELS = {"gray": 0, "red": 1, "blue": 1, "green": 2}
+COUNTS = {"gray": 8, "red": 6, "blue": 2, "green": 8}  # 24 images, already normalized to [-1, 1]
+
+
+def _planted_data():
+    colors = [c for c, n in COUNTS.items() for _ in range(n)]
+    x = torch.stack([torch.tensor(COLORS[c])[:, None, None].expand(3, 8, 8) for c in colors])
+    y = torch.tensor([LABELS[c] for c in colors])
+    return colors, x, y
+
+
+def _ablator(model, layer, units, x, y, metric="accuracy", batch=5, mean_maps=None):
+    split = split_model(model, [layer])
+    if mean_maps is None:
+        outs = []
+        handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: outs.append(o.detach()))
+        with torch.no_grad():
+            model(x)
+        handle.remove()
+        mean_maps = [torch.cat(outs).mean(0).numpy()]
+    pairs = [(x[s:s + batch], y[s:s + batch]) for s in range(0, len(x), batch)]
+    return Ablator(split, [(layer, units)], mean_maps, cache_eval_set(split, pairs), metric)
+
+
+def _estimate(ablator, permutations, seed=0, settings=sh.WalkSettings(), bandit_k=None):
+    players = ablator.players
+    stats = sh.SampleStats.empty(players)
+    v_full, v_none = ablator.evaluate(np.stack([np.zeros(players, bool), np.ones(players, bool)]))
+    for i in range(permutations):
+        chosen = sh.unsettled(stats, bandit_k, 0.2) if bandit_k else np.ones(players, bool)
+        order = np.random.default_rng([seed, i]).permutation(players)
+        stats.add(sh.walk(ablator.evaluate, order, chosen, v_full, v_none, settings))
+    return sh.summarize(stats, v_full, v_none, 1, 0.05, []), v_full, v_none
+
+
+def test_planted_additive_model_gets_its_closed_form_values():
+    _, x, y = _planted_data()
+    ablator = _ablator(ShapleyPlanted(), "relu", 4, x, y)
+    res, v_full, v_none = _estimate(ablator, 12)
+    n = sum(COUNTS.values())
+    assert v_full == 1.0 and v_none == pytest.approx(COUNTS["gray"] / n)
+    expected = [COUNTS["red"] / n, COUNTS["green"] / n, 0.0, COUNTS["blue"] / n]
+    np.testing.assert_allclose(res.value, expected, atol=1e-12)
+    assert res.value[2] == 0.0  # the dead unit: its mean is its output, removing it changes nothing
+    np.testing.assert_allclose(res.ci_high - res.ci_low, 0, atol=1e-12)  # every sample was the same
+    assert res.value.sum() == pytest.approx(v_full - v_none)  # efficiency
+
+
+def test_class_specific_values_matter_for_their_class_only():
+    _, x, y = _planted_data()
+    keep = y == 1  # class 1: the red and the blue images
+    means = [m.numpy() for m in _ablator(ShapleyPlanted(), "relu", 4, x, y).means]  # over every image, as in a run
+    res, _, _ = _estimate(_ablator(ShapleyPlanted(), "relu", 4, x[keep], y[keep], mean_maps=means), 12)
+    np.testing.assert_allclose(res.value, [6 / 8, 0.0, 0.0, 2 / 8], atol=1e-12)  # green matters for class 2 only
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 5, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3))
+
+
+def _exact_shapley(model, layer, x, y, mean_map) -> np.ndarray:
+    """Enumeration over every coalition, with a plain hook: V(K) = minus the mean cross-entropy with
+    the units outside K replaced by their mean map."""
+    module = dict(model.named_modules())[layer]
+    players = mean_map.shape[0]
+    values = {}
+    for kept in itertools.product([False, True], repeat=players):
+        keep = torch.tensor(kept)
+
+        def hook(_m, _i, out):
+            return torch.where(keep[None, :, None, None], out, torch.as_tensor(mean_map)[None])
+        handle = module.register_forward_hook(hook)
+        with torch.no_grad():
+            values[kept] = -nn.functional.cross_entropy(model(x), y).item()
+        handle.remove()
+    phi = np.zeros(players)
+    for i in range(players):
+        for kept, v in values.items():
+            if kept[i]:
+                continue
+            with_i = tuple(True if j == i else k for j, k in enumerate(kept))
+            size = sum(kept)
+            weight = math.factorial(size) * math.factorial(players - size - 1) / math.factorial(players)
+            phi[i] += weight * (values[with_i] - v)
+    return phi
+
+
+def test_estimates_match_exact_enumeration_within_their_intervals():
+    model = _small_cnn().eval()
+    torch.manual_seed(4)
+    x, y = torch.randn(30, 3, 8, 8), torch.randint(0, 3, (30,))
+    ablator = _ablator(model, "0", 6, x, y, metric="cross_entropy", batch=7)
+    exact = _exact_shapley(model, "0", x, y, ablator.means[0].numpy())
+    res, v_full, v_none = _estimate(ablator, 300, settings=sh.WalkSettings(tolerance=0.0))
+    assert ((res.ci_low <= exact) & (exact <= res.ci_high)).all()
+    np.testing.assert_allclose(res.value, exact, atol=0.02 * np.abs(exact).max())
+    assert res.value.sum() == pytest.approx(v_full - v_none, abs=1e-9)  # efficiency: every walk telescopes
+    assert exact.sum() == pytest.approx(v_full - v_none, abs=1e-5)
+
+
+def test_truncation_and_bandit_save_evaluations_and_keep_the_top():
+    _, x, y = _planted_data()
+    ablator = _ablator(ShapleyPlanted(), "relu", 4, x, y)
+    before = ablator.evaluations
+    res, _, _ = _estimate(ablator, 10, bandit_k=1)
+    assert np.argmax(res.value) == 1  # green: 8 of 24 images
+    # after the first walks every marginal is constant, so every unit settles and walks stop early
+    assert ablator.evaluations - before < 10 * 4 + 2
+    stats = sh.SampleStats.empty(3)
+    for _ in range(5):
+        stats.add(np.array([1.0, 0.0, np.nan]))
+    assert sh.unsettled(stats, 1, 0.2).tolist() == [False, False, True]  # never sampled: unsettled
+
+
+def test_walk_truncates_near_the_empty_value():
+    calls = []
+
+    def evaluate(masks):
+        calls.append(len(masks))
+        return 1.0 - masks[:, :2].sum(axis=1) / 2  # only players 0 and 1 matter
+    order = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    out = sh.walk(evaluate, order, np.ones(10, bool), 1.0, 0.0, sh.WalkSettings(tolerance=0.01, patience=2, chunk=1))
+    assert out.tolist() == [0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] and sum(calls) == 3
+
+
+@pytest.mark.parametrize("layers, cut", [(["layer2.0.conv2"], 2), (["layer3"], 1), (["conv1"], 1)])
+def test_split_suffix_reproduces_the_model(layers, cut):
+    model = torchvision.models.resnet18(num_classes=7).eval()
+    x = torch.randn(2, 3, 64, 64)
+    split = split_model(model, layers)
+    assert split.traced
+    with torch.no_grad():
+        values = split.prefix(x)
+        assert len(values) == cut  # layer2.0.conv2 also needs the block input for the residual
+        torch.testing.assert_close(split.suffix(*values), model(x), rtol=0, atol=1e-5)
+
+
+def test_untraceable_model_runs_whole():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                x = -x
+            return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+    split = split_model(Branchy(), ["conv"])
+    assert not split.traced
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(split.suffix(*split.prefix(x)), Branchy.forward(split.suffix, x))
