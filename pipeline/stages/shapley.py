@@ -5,7 +5,7 @@ One permutation is walked from the full network, removing players in its order; 
 sample is V(before) - V(after its removal). The walk is truncated once V stays within `tolerance`
 of V(every player removed) for `patience` evaluations: the players not reached get 0 (counted as
 a sample). The bandit keeps sampling only players whose membership in the top k is unsettled
-(empirical Bernstein bounds); a walk stops after the last of them.
+(empirical Bernstein bounds); a walk then evaluates V only around those players' positions.
 """
 
 from __future__ import annotations
@@ -27,32 +27,34 @@ class WalkSettings:
 
 def walk(evaluate: Evaluate, order: np.ndarray, chosen: np.ndarray, v_full: float, v_none: float,
          settings: WalkSettings) -> np.ndarray:
-    """float64 [players]: each sampled player's marginal contribution in this permutation, NaN for
-    the players after the last chosen one (not sampled)."""
+    """float64 [players]: the chosen players' marginal contributions in this permutation (NaN for the
+    others: not sampled).
+
+    V is needed only just before and just after each chosen player's removal: with every player
+    chosen that is the whole walk; with a few, a few evaluations of the permutation's prefixes."""
     players = len(order)
     out = np.full(players, np.nan)
-    positions = np.flatnonzero(chosen[order])
-    if not len(positions):
+    at = np.flatnonzero(chosen[order])  # positions of the chosen players in the permutation
+    if not len(at):
         return out
-    last = int(positions[-1])
-    removed = np.zeros(players, bool)
-    before, near = v_full, 0
-    j = 0
-    while j <= last:
-        steps = order[j:min(j + settings.chunk, last + 1)]
-        masks = np.zeros((len(steps), players), bool)
-        for t, p in enumerate(steps):
-            removed[p] = True
-            masks[t] = removed
-        values = evaluate(masks)
-        for t, p in enumerate(steps):
-            out[p] = before - values[t]
-            before = values[t]
-            near = near + 1 if abs(values[t] - v_none) < settings.tolerance else 0
-            if near >= settings.patience:
-                out[order[j + t + 1:]] = 0.0  # truncated: the rest contribute nothing
+    needed = np.union1d(at, at + 1)  # prefix lengths k: V with order[:k] removed
+    needed = needed[needed > 0]
+    value = {0: v_full}
+    near = 0
+    for start in range(0, len(needed), settings.chunk):
+        ks = needed[start:start + settings.chunk]
+        masks = np.zeros((len(ks), players), bool)
+        for t, k in enumerate(ks):
+            masks[t, order[:k]] = True
+        for k, v in zip(ks, evaluate(masks)):
+            value[int(k)] = float(v)
+            near = near + 1 if abs(v - v_none) < settings.tolerance else 0
+            if near >= settings.patience:  # truncated: whatever comes after contributes nothing
+                for j in at:
+                    out[order[j]] = value[j] - value[j + 1] if j + 1 <= k else 0.0
                 return out
-        j += len(steps)
+    for j in at:
+        out[order[j]] = value[j] - value[j + 1]
     return out
 
 
