@@ -12,10 +12,10 @@ import numpy as np
 import catalog_schema as cs
 from catalog_schema.storage import write_array, write_manifest, write_table
 from pipeline.plan import RunPlan, activations_config, dissection_config, shapley_config
-from pipeline.stages.shapley import ShapleyOutput
 from pipeline.stages.activations import LayerResult
 from pipeline.stages.dissection import DissectionResult
 from pipeline.stages.example_crops import CropBatch, CropRequest
+from pipeline.stages.shapley import ShapleyOutput
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def _shapley_tables(plan: RunPlan, units: dict[str, np.ndarray], out: ShapleyOut
     where = {key: i for i, key in enumerate(zip(names, unit_ids))}
     rows = [where.get((layer, int(unit))) for layer, unit in zip(units["layer"], units["unit"])]
     for column, values in (("shapley", res.value), ("shapley_ci_low", res.ci_low), ("shapley_ci_high", res.ci_high)):
-        units[column] = np.array([values[r] if r is not None else np.nan for r in rows], np.float64)
+        units[column] = [float(values[r]) if r is not None else None for r in rows]  # null: not a player
 
 
 def _add_shapley(manifest: dict[str, Any], plan: RunPlan, out: ShapleyOutput) -> None:

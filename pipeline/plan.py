@@ -113,8 +113,8 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
         fingerprints["concepts"] = concepts_fingerprint(broden)
     shapley_layers, shapley_eval = (), ()
     if "shapley" in stages:
-        shapley_layers = _player_layers(job, model, layers)
-        shapley_eval = _eval_records(images, shapley_config(job), job.seed)
+        shapley_layers = player_layers(job, model, layers)
+        shapley_eval = eval_records(images, shapley_config(job), job.seed)
         _check_outputs(model, input_shape, images)
     fields = receptive_fields(model, names, input_shape)
     return RunPlan(job, catalog, stages, recipe, layers, fields, images, prep, shards, fingerprints, prepared,
@@ -136,7 +136,7 @@ def shapley_config(job: JobConfig) -> ShapleyConfig:
     return job.stages.shapley or ShapleyConfig()
 
 
-def _player_layers(job: JobConfig, model: torch.nn.Module, layers: list[LayerInfo]) -> tuple[tuple[str, int], ...]:
+def player_layers(job: JobConfig, model: torch.nn.Module, layers: list[LayerInfo]) -> tuple[tuple[str, int], ...]:
     """The selected layers whose units are Shapley players (all of them unless [stages.shapley] layers)."""
     wanted = shapley_config(job).layers
     names = [info.name for info in layers]
@@ -150,7 +150,7 @@ def _player_layers(job: JobConfig, model: torch.nn.Module, layers: list[LayerInf
     return tuple((info.name, info.units) for info in layers if info.name in names)
 
 
-def _eval_records(images: ImageSet, cfg: ShapleyConfig, seed: int) -> tuple[ImageRecord, ...]:
+def eval_records(images: ImageSet, cfg: ShapleyConfig, seed: int) -> tuple[ImageRecord, ...]:
     """A seeded subset of the labelled images (of `target_class` only, when set), in id order."""
     labelled = [r for r in images.records if r.label_index >= 0]
     if not labelled:

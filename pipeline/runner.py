@@ -31,9 +31,9 @@ from pipeline.images import ImageRecord
 from pipeline.models import LayerInfo, build_model
 from pipeline.plan import ConceptShard, RunPlan, Shard, activations_config, dissection_config, shapley_config
 from pipeline.stages import activations, dissection_passes, example_crops, shapley
-from pipeline.stages.shapley_model import Ablator, cache_eval_set, split_model
 from pipeline.stages.dissection import LabelSpace, finalize_thresholds
 from pipeline.stages.example_crops import CropBatch, CropRequest
+from pipeline.stages.shapley_model import Ablator, cache_eval_set, split_model
 
 
 T = TypeVar("T")

@@ -45,17 +45,22 @@ class _Whole(nn.Module):
         return (x,)
 
 
+def whole_model(model: nn.Module) -> Split:
+    """No cut: every evaluation runs the whole model (the fallback, and the benchmark's baseline)."""
+    return Split(_Whole(), model, False)
+
+
 def split_model(model: nn.Module, players: Sequence[str]) -> Split:
     """Cut the forward just before the first call of any player layer."""
     try:
         tracer = _PlayersAsLeaves(players)
         graph = tracer.trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure means: run the whole model
-        return Split(_Whole(), model, False)
+        return whole_model(model)
     nodes = list(graph.nodes)
     first = next((i for i, n in enumerate(nodes) if n.op == "call_module" and n.target in set(players)), None)
     if first is None:
-        return Split(_Whole(), model, False)
+        return whole_model(model)
     later = set(nodes[first:])
     cut = [n for n in nodes[:first] if n.op != "get_attr" and any(u in later for u in n.users)]
     pre, env = fx.Graph(), {}

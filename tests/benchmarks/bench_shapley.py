@@ -25,13 +25,12 @@ import torch
 from pipeline.batches import Preprocess, iter_batches
 from pipeline.config import load_job
 from pipeline.images import list_images
-from pipeline.models import build_model, recipe_from_config
-from pipeline.plan import _eval_records, _player_layers, shapley_config
 from pipeline.layer_taps import probe_layers
-from pipeline.models import resolve_layers
+from pipeline.models import build_model, recipe_from_config, resolve_layers
+from pipeline.plan import eval_records, player_layers, shapley_config
 from pipeline.prepare import prepare_inputs
 from pipeline.stages import shapley as sh
-from pipeline.stages.shapley_model import Ablator, Split, _Whole, cache_eval_set, split_model
+from pipeline.stages.shapley_model import Ablator, cache_eval_set, split_model, whole_model
 
 
 def setup(job_path: str):
@@ -41,7 +40,7 @@ def setup(job_path: str):
     model = build_model(recipe_from_config(job.model)).eval()
     shape = (len(job.model.mean), job.model.input_size, job.model.input_size)
     layers = probe_layers(model, resolve_layers(model, job.model.layers), shape)
-    players = list(_player_layers(job, model, layers))
+    players = list(player_layers(job, model, layers))
     images = list_images(job.data.images, job.data.limit, job.seed)
     prep = Preprocess(job.model.input_size, job.model.mean, job.model.std, job.data.batch_size)
     groups = [list(images.records[s:s + prep.batch_size]) for s in range(0, len(images.records), prep.batch_size)]
@@ -55,7 +54,7 @@ def setup(job_path: str):
     for h in hooks:
         h.remove()
     means = [(sums[name] / len(images.records)).numpy() for name, _ in players]
-    records = list(_eval_records(images, cfg, job.seed))
+    records = list(eval_records(images, cfg, job.seed))
     eval_groups = [records[s:s + prep.batch_size] for s in range(0, len(records), prep.batch_size)]
     labels = {r.image_id: r.label_index for r in records}
     pairs = [(b.inputs, torch.as_tensor([labels[int(i)] for i in b.image_ids]))
@@ -64,7 +63,7 @@ def setup(job_path: str):
 
 
 def ablator(model, players, means, pairs, metric: str, suffix: bool) -> Ablator:
-    split = split_model(model, [name for name, _ in players]) if suffix else Split(_Whole(), model, False)
+    split = split_model(model, [name for name, _ in players]) if suffix else whole_model(model)
     return Ablator(split, players, means, cache_eval_set(split, pairs), metric)
 
 
