@@ -71,13 +71,19 @@ class Catalog:
         except (FileNotFoundError, zarr.errors.NodeNotFoundError):
             raise CatalogError(f"catalog {self.path} has no {kind.group} array for layer {layer!r} (was its stage run?).") from None
 
-    def example_images(self, layer: str, unit: int) -> tuple[np.ndarray, np.ndarray]:
-        """(crops uint8 [2k, P, P, 3], heat maps uint8 [2k, P, P]) of one unit: top k then bottom k."""
-        return self._array(EXAMPLES, layer)[int(unit)], self._array(HEATMAPS, layer)[int(unit)]
+    def example_images(self, layer: str, unit: int | slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(crops uint8 [2k, P, P, 3], heat maps uint8 [2k, P, P]) of one unit: top k then bottom k.
+        A slice of units (or None: the whole layer) gives [units, 2k, ...]."""
+        pick = _units(unit)
+        return self._array(EXAMPLES, layer)[pick], self._array(HEATMAPS, layer)[pick]
 
-    def featvis(self, layer: str, unit: int) -> np.ndarray:
-        """Feature visualizations uint8 [V, S, S, 3] of one unit."""
-        return self._array(FEATVIS, layer)[int(unit)]
+    def has_array(self, group: str, layer: str) -> bool:
+        """Whether the catalog holds that array (e.g. 'featvis') for the layer."""
+        return (self.path / STORE / group / layer / "zarr.json").exists()
+
+    def featvis(self, layer: str, unit: int | slice | None) -> np.ndarray:
+        """Feature visualizations uint8 [V, S, S, 3] of one unit ([units, V, ...] for a slice or None)."""
+        return self._array(FEATVIS, layer)[_units(unit)]
 
     def mean_map(self, layer: str) -> np.ndarray:
         """Mean activation map float32 [units, H, W] of a layer."""
@@ -86,3 +92,7 @@ class Catalog:
     def _check_layer(self, layer: str) -> None:
         if layer not in self.layers:
             raise CatalogError(f"catalog {self.path} has no layer {layer!r}; its layers: {', '.join(self.layers)}.")
+
+
+def _units(unit: int | slice | None) -> int | slice:
+    return slice(None) if unit is None else unit if isinstance(unit, slice) else int(unit)

@@ -1,4 +1,4 @@
-"""The `neuron-catalog` command line: run, query, describe, make-concepts."""
+"""The `neuron-catalog` command line: run, query, render, describe, make-concepts."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     query.add_argument("--limit", type=int)
     query.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
+    render = verbs.add_parser("render", help="write a catalog as an offline static site")
+    render.add_argument("catalog", type=Path)
+    render.add_argument("--out", type=Path, required=True, help="site directory (a site already there is replaced)")
+    render.add_argument("--workers", type=int, default=0, help="processes writing pictures (default: one per CPU)")
+
     describe = verbs.add_parser("describe", help="summarize a catalog")
     describe.add_argument("catalog", type=Path)
 
@@ -45,7 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        return {"run": _run, "query": _query, "describe": _describe, "make-concepts": _make_concepts}[args.verb](args)
+        return {"run": _run, "query": _query, "render": _render, "describe": _describe,
+                "make-concepts": _make_concepts}[args.verb](args)
     except UserError as exc:
         print(f"neuron-catalog: error: {exc}", file=sys.stderr)
         return 2
@@ -85,6 +91,16 @@ def _query(args: argparse.Namespace) -> int:
     catalog = open_catalog(args.catalog)
     units = query_units(catalog, args.layer, args.label, args.min_iou, args.sort, args.ascending, args.limit)
     print(format_units(units, args.format))
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from pipeline.query import open_catalog
+    from pipeline.render import render_site
+
+    summary = render_site(open_catalog(args.catalog), args.out, args.workers or None)
+    print(f"site written: {summary.out} ({summary.pages} pages, {summary.images} images, "
+          f"{summary.bytes / 2**20:.1f} MiB, {summary.seconds:.1f} s); open {summary.out / 'index.html'}")
     return 0
 
 

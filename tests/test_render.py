@@ -1,0 +1,122 @@
+"""The rendered site in a real headless Chromium (Debian's chromium, driven by Playwright)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import planted_job
+from pipeline.cli import main
+from test_dissection_run import dissection_job
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+SCRIPT_NAME = "<script>window.__pwned = 1</script>redthing"
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no Chromium on this machine: `apt-get install chromium` (.ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is installed by `pip install -e .[test]`")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--allow-file-access-from-files"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def activations_site(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("render-activations")
+    assert main(["run", str(planted_job(folder))]) == 0
+    assert main(["render", str(folder / "catalog"), "--out", str(folder / "site")]) == 0
+    return folder / "site"
+
+
+@pytest.fixture(scope="module")
+def full_site(tmp_path_factory) -> Path:
+    """Dissection and Shapley on the planted color detectors; one concept's name holds a script tag."""
+    folder = tmp_path_factory.mktemp("render-full")
+    job, world = dissection_job(folder)
+    labels = folder / "broden" / "label.csv"
+    labels.write_text(labels.read_text().replace(",redthing,", f',"{SCRIPT_NAME}",'))
+    for i, scene in enumerate(world.scene):  # the images in class folders, for Shapley's labels
+        target = folder / "images" / ("greenland" if scene == 4 else "grayland")
+        target.mkdir(exist_ok=True)
+        (folder / "images" / f"{i:03d}.png").rename(target / f"{i:03d}.png")
+    job.write_text(job.read_text().replace("[ray]", "[stages.shapley]\nlayers = [\"relu\"]\nrounds = 2\n"
+                                                    "permutations_per_round = 2\n[ray]"))
+    assert main(["run", str(job)]) == 0
+    assert main(["render", str(folder / "catalog"), "--out", str(folder / "site")]) == 0
+    return folder / "site"
+
+
+def _check_page(browser, url: str) -> tuple[list[str], list[str]]:
+    """(console errors and page errors, images that did not load) of one page."""
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url, wait_until="load")
+    broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
+    page.close()
+    return errors, broken
+
+
+@pytest.mark.parametrize("site_name", ["activations_site", "full_site"])
+def test_every_page_loads_without_errors_and_every_image_shows(browser, request, site_name):
+    site = request.getfixturevalue(site_name)
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) >= 3
+    for page in pages:
+        errors, broken = _check_page(browser, page.as_uri())
+        assert errors == [] and broken == [], page
+    assert sorted(p.name for p in (site / "contact").iterdir())  # a contact sheet per layer
+    for html in pages:  # offline: no scheme, no absolute path, in any link or source
+        text = html.read_text()
+        assert not re.search(r"""(src|href)=["'](https?:|//|/)""", text), html
+
+
+def test_filter_and_sort_change_what_is_shown(browser, full_site):
+    page = browser.new_page()
+    page.goto((full_site / "layers" / "relu.html").as_uri())
+    cards = "Array.from(document.querySelectorAll('.card')).filter(c => !c.hidden).map(c => c.dataset.unit)"
+    assert page.evaluate(cards) == ["0", "1", "2"]
+    page.fill("#filter", "REDTHING")  # case-insensitive; only unit 0's label holds it
+    assert page.evaluate(cards) == ["0"] and page.inner_text("#shown") == "1 shown"
+    page.fill("#filter", "")
+    page.select_option("#sort", "iou")
+    units = pd.read_parquet(full_site.parent / "catalog" / "units.parquet")
+    expected = units[units["layer"] == "relu"].sort_values(["iou", "unit"], ascending=[False, True])["unit"].astype(str)
+    assert page.evaluate(cards) == expected.tolist() != ["0", "1", "2"]
+    page.select_option("#sort", "shapley")
+    assert len(page.evaluate(cards)) == 3
+    page.close()
+
+
+def test_a_concept_name_with_a_script_tag_shows_as_text(browser, full_site):
+    page = browser.new_page()
+    for url in ("units/relu/0.html", "layers/relu.html", "index.html"):
+        page.goto((full_site / url).as_uri())
+        assert page.evaluate("typeof window.__pwned") == "undefined"
+        assert SCRIPT_NAME in page.inner_text("body"), url
+    page.close()
+
+
+def test_render_refuses_a_folder_that_is_not_a_site(tmp_path, activations_site, capsys):
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert main(["render", str(activations_site.parent / "catalog"), "--out", str(other)]) == 2
+    assert "is not a site written by" in capsys.readouterr().err and (other / "notes.txt").exists()
+    assert main(["render", str(activations_site.parent / "catalog"), "--out", str(activations_site)]) == 0  # a site: replaced
