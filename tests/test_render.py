@@ -6,9 +6,12 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+import catalog_schema as cs
+from catalog_schema.storage import write_array
 from conftest import planted_job
 from pipeline.cli import main
 from test_dissection_run import dissection_job
@@ -120,3 +123,23 @@ def test_render_refuses_a_folder_that_is_not_a_site(tmp_path, activations_site, 
     assert main(["render", str(activations_site.parent / "catalog"), "--out", str(other)]) == 2
     assert "is not a site written by" in capsys.readouterr().err and (other / "notes.txt").exists()
     assert main(["render", str(activations_site.parent / "catalog"), "--out", str(activations_site)]) == 0  # a site: replaced
+
+
+def test_feature_visualizations_show_when_the_catalog_has_them(browser, tmp_path, activations_site):
+    catalog = tmp_path / "catalog"
+    shutil.copytree(activations_site.parent / "catalog", catalog)
+    views = np.zeros((4, 3, 16, 16, 3), np.uint8)
+    views[:, 0, :, :, 0] = 255  # positive: red, negative: black, diverse: green
+    views[:, 2, :, :, 1] = 255
+    write_array(catalog, cs.FEATVIS, "conv1", views)
+    assert main(["render", str(catalog), "--out", str(tmp_path / "site")]) == 0
+    page = browser.new_page()
+    page.goto((tmp_path / "site" / "units" / "conv1" / "0.html").as_uri())
+    captions = page.eval_on_selector_all("figcaption", "els => els.map(e => e.textContent)")
+    assert captions == ["positive", "negative", "diverse"]
+    assert page.evaluate("Array.from(document.images).every(i => i.naturalWidth > 0)")
+    page.goto((tmp_path / "site" / "layers" / "conv1.html").as_uri())
+    assert page.evaluate("document.querySelectorAll('.card img[alt^=\"feature visualization\"]').length") == 4
+    page.goto((tmp_path / "site" / "layers" / "conv2.html").as_uri())  # a layer without: examples only
+    assert page.evaluate("document.querySelectorAll('.card img[alt^=\"feature visualization\"]').length") == 0
+    page.close()
