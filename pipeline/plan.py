@@ -77,7 +77,7 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
         raise UserError(f"stage(s) {', '.join(unknown)} are not available in this version of neuron-catalog; "
                         f"available: {', '.join(IMPLEMENTED_STAGES)}. Remove their [stages.*] tables or pass --stages.")
     catalog = (out or job.output.catalog).resolve()
-    _check_catalog_target(catalog)
+    check_catalog_target(catalog)
     prepared = prepare_inputs(job)
     check_inputs_exist(job, stages)
     images = list_images(job.data.images, job.data.limit, job.seed)
@@ -177,12 +177,12 @@ def _check_outputs(model: torch.nn.Module, input_shape: tuple[int, int, int], im
                         "[N, classes] logits in the sorted order of the class folders.")
 
 
-def _check_catalog_target(catalog: Path) -> None:
+def check_catalog_target(catalog: Path) -> None:
     """Refuse to write a catalog into a directory that holds something else."""
     if catalog.exists() and not catalog.is_dir():
         raise UserError(f"output catalog {catalog} is a file; choose a directory path with --out or [output] catalog.")
     if catalog.is_dir() and not (catalog / MANIFEST).exists():
-        others = [p for p in os.listdir(catalog) if p != ".work"]
+        others = [p for p in os.listdir(catalog) if p not in (".work", ".lock")]
         if others:
             raise UserError(f"output catalog {catalog} is a non-empty directory that is not a catalog "
                             f"(it holds {', '.join(sorted(others)[:3])}...); choose an empty or new directory.")

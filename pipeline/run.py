@@ -13,7 +13,8 @@ from pipeline import runner
 from pipeline.catalog_writer import DissectionOutput, crop_requests, write_catalog
 from pipeline.config import JobConfig
 from pipeline.errors import UserError
-from pipeline.plan import RunPlan, dissection_config, make_plan
+from pipeline.plan import RunPlan, check_catalog_target, dissection_config, make_plan
+from pipeline.run_lock import catalog_lock
 from pipeline.stages import activations, dissection_passes
 
 
@@ -28,6 +29,13 @@ class RunResult:
 def run_job(job: JobConfig, *, address: str | None = None, out: Path | None = None,
             stages: tuple[str, ...] | None = None) -> RunResult:
     """Catalog every unit of the job's layers; resumes from shard checkpoints of an interrupted run."""
+    catalog = (out or job.output.catalog).resolve()
+    check_catalog_target(catalog)
+    with catalog_lock(catalog):
+        return _run(job, address, out, stages)
+
+
+def _run(job: JobConfig, address: str | None, out: Path | None, stages: tuple[str, ...] | None) -> RunResult:
     started = _now()
     plan = make_plan(job, out, stages)
     address = address or job.ray.address or os.environ.get("RAY_ADDRESS", "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -126,3 +127,32 @@ def test_writing_into_a_foreign_directory_is_refused(tmp_path, capsys):
     code, err = _run(job, capsys)
     assert code == 2 and "not a catalog" in err
     assert (tmp_path / "catalog" / "thesis.tex").read_text() == "precious"
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_second_run_on_the_same_catalog_is_refused_naming_the_holder(tmp_path, capsys):
+    job = planted_job(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "catalog").mkdir()
+        lock = {"host": socket.gethostname(), "pid": holder.pid, "started": "2026-11-23T10:00:00+00:00",
+                "command": "neuron-catalog run job.toml"}
+        (tmp_path / "catalog" / ".lock").write_text(json.dumps(lock))
+        code, err = _run(job, capsys)
+        assert code == 2 and f"pid {holder.pid} on {socket.gethostname()}, started 2026-11-23T10:00:00" in err
+        assert "delete" in err and (tmp_path / "catalog" / ".lock").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and taken over; the run succeeds and releases it
+    code, _ = _run(job, capsys)
+    assert code == 0 and not (tmp_path / "catalog" / ".lock").exists()
+    assert (tmp_path / "catalog" / "manifest.json").exists()
+
+
+def test_a_lock_from_another_host_is_never_broken(tmp_path, capsys):
+    job = planted_job(tmp_path)
+    (tmp_path / "catalog").mkdir()
+    (tmp_path / "catalog" / ".lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "x", "command": "y"}))
+    code, err = _run(job, capsys)
+    assert code == 2 and "another run on another host: pid 1 on elsewhere" in err
