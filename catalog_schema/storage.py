@@ -66,3 +66,8 @@ def replace_dir(new: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, final)
+
+
+def remove_array(catalog: Path, kind: ArrayKind, layer: str) -> None:
+    """Drop a stale array (a stage that did not run this time); nothing when there is none."""
+    shutil.rmtree(Path(catalog) / STORE / kind.group / layer, ignore_errors=True)

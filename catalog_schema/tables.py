@@ -20,7 +20,9 @@ UNITS = pa.schema([
     pa.field("shapley", pa.float32()),
     pa.field("shapley_ci_low", pa.float32()),
     pa.field("shapley_ci_high", pa.float32()),
-    pa.field("featvis_activation", pa.float32()),
+    pa.field("featvis_activation", pa.float32()),  # the objective on the stored visualization, no transform
+    pa.field("featvis_ratio", pa.float32()),  # the unit's max on it / its max over the data set (act_max)
+    pa.field("featvis_flat", pa.bool_()),  # the visualization stayed (nearly) uniform
 ])
 
 EXAMPLES = pa.schema([

@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 
 import catalog_schema as cs
-from catalog_schema.storage import write_array, write_manifest, write_table
+from catalog_schema.storage import remove_array, write_array, write_manifest, write_table
 from pipeline.plan import RunPlan, activations_config, dissection_config, shapley_config
 from pipeline.stages.activations import LayerResult
 from pipeline.stages.dissection import DissectionResult
 from pipeline.stages.example_crops import CropBatch, CropRequest
+from pipeline.stages.featvis import FeatvisChunk
 from pipeline.stages.shapley import ShapleyOutput
 
 
@@ -45,7 +46,8 @@ def crop_requests(plan: RunPlan, results: dict[str, LayerResult]) -> list[CropRe
 
 def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[str, list[CropBatch]],
                   skipped: list[tuple[int, str]], times: dict[str, str], run_id: str,
-                  dissection: DissectionOutput | None = None, shapley: ShapleyOutput | None = None) -> dict[str, Any]:
+                  dissection: DissectionOutput | None = None, shapley: ShapleyOutput | None = None,
+                  rendered: dict[int, FeatvisChunk] | None = None) -> dict[str, Any]:
     """Tables, arrays, then the manifest; parts of stages not run now are removed so nothing stale remains."""
     catalog = plan.catalog
     catalog.mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,8 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
         write_table(catalog, "dissection", cs.to_table("dissection", {c: np.concatenate([r[c] for r in rows]) for c in rows[0]}))
     if shapley is not None:
         _shapley_tables(plan, units, shapley)
+    if rendered is not None:
+        _featvis_arrays(plan, units, rendered)
     write_table(catalog, "units", cs.to_table("units", units))
     write_table(catalog, "examples", cs.to_table("examples", examples))
     write_table(catalog, "images", cs.to_table("images", _image_columns(plan, skipped)))
@@ -75,6 +79,9 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
         write_array(catalog, cs.EXAMPLES, info.name, pics)
         write_array(catalog, cs.HEATMAPS, info.name, heat)
         write_array(catalog, cs.MEAN_MAPS, info.name, results[info.name].mean_map)
+    if "featvis" not in plan.stages:
+        for info in plan.layers:
+            remove_array(catalog, cs.FEATVIS, info.name)
     for stale, tables in (("dissection", ("dissection",)), ("shapley", ("shapley", "shapley_ablation"))):
         if stale not in plan.stages:
             for table in tables:
@@ -84,6 +91,11 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
         _add_dissection(manifest, plan, units, dissection)
     if shapley is not None:
         _add_shapley(manifest, plan, shapley)
+    if rendered is not None:
+        manifest["settings"]["featvis"] = asdict(plan.featvis)
+        manifest["featvis"] = {"views": [kind for kind, _ in plan.featvis.views()], "size": plan.featvis.size,
+                               "layers": sorted({task.layer for task in plan.featvis_tasks}, key=[i.name for i in plan.layers].index),
+                               "flat_units": int(np.nansum(np.asarray(units["featvis_flat"], dtype=float)))}
     write_manifest(catalog, manifest)
     return manifest
 
@@ -184,3 +196,23 @@ def _add_shapley(manifest: dict[str, Any], plan: RunPlan, out: ShapleyOutput) ->
         "permutations": res.permutations, "evaluations": res.evaluations,
         "unsettled_per_round": [int(u) for _, u in res.history],
     }
+
+
+def _featvis_arrays(plan: RunPlan, units: dict[str, np.ndarray], rendered: dict[int, FeatvisChunk]) -> None:
+    """featvis/<layer> arrays, and per unit the reached objective, the ratio of its peak to act_max, the flat flag."""
+    by_layer: dict[str, list[FeatvisChunk]] = {}
+    for index in sorted(rendered):
+        by_layer.setdefault(rendered[index].layer, []).append(rendered[index])
+    n = len(units["layer"])
+    objective, ratio, flat = [None] * n, [None] * n, [None] * n
+    row = {(layer, int(unit)): i for i, (layer, unit) in enumerate(zip(units["layer"], units["unit"]))}
+    for layer, chunks in by_layer.items():
+        write_array(plan.catalog, cs.FEATVIS, layer, np.concatenate([c.images for c in chunks]))
+        for chunk in chunks:
+            for j, unit in enumerate(chunk.units):
+                i = row[(layer, int(unit))]
+                best = float(units["act_max"][i])
+                objective[i] = float(chunk.objective[j])
+                ratio[i] = float(chunk.peak[j]) / best if best > 0 else None
+                flat[i] = bool(chunk.flat[j])
+    units["featvis_activation"], units["featvis_ratio"], units["featvis_flat"] = objective, ratio, flat

@@ -58,9 +58,15 @@ class ActivationsConfig:
 @dataclass(frozen=True)
 class FeatvisConfig:
     steps: int = 512
-    size: int = 128
-    negative: bool = True
-    diversity: int = 0
+    size: int = 0  # 0: 128 px, or the model's input size when that is smaller
+    lr: float = 0.05
+    param: str = "fourier"  # or "pixel"
+    transforms: str = "standard"  # or "none"
+    objective: str = "channel"  # neuron | layer | class_logit | class_prob
+    negative: bool = True  # also render an image that inhibits the unit
+    diversity: int = 0  # also render a diverse set of this many images per unit
+    batch_units: int = 32  # images optimized together
+    layers: tuple[str, ...] = ()  # layers to render (paths or globs among model.layers); empty: all of them
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,17 @@ def _check_values(job: JobConfig) -> None:
     if job.stages.activations:
         positive["stages.activations.k"] = job.stages.activations.k
         positive["stages.activations.patch_size"] = job.stages.activations.patch_size
+    if job.stages.featvis:
+        fv = job.stages.featvis
+        for key in ("steps", "batch_units"):
+            positive[f"stages.featvis.{key}"] = getattr(fv, key)
+        for key, allowed in (("param", ("fourier", "pixel")), ("transforms", ("standard", "none")),
+                             ("objective", ("channel", "neuron", "layer", "class_logit", "class_prob"))):
+            if getattr(fv, key) not in allowed:
+                raise UserError(f"job key 'stages.featvis.{key}' must be one of {', '.join(allowed)}, got {getattr(fv, key)!r}.")
+        if fv.size < 0 or fv.diversity < 0 or fv.diversity == 1 or fv.lr <= 0:
+            raise UserError("job keys 'stages.featvis.size' (0: automatic), 'diversity' (0, or 2 and more) and 'lr' "
+                            f"(positive) got {fv.size}, {fv.diversity}, {fv.lr}.")
     if job.stages.shapley:
         sh = job.stages.shapley
         for key in ("eval_images", "top_k", "rounds", "permutations_per_round", "patience"):

@@ -13,7 +13,7 @@ import torch
 from catalog_schema import MANIFEST
 from pipeline.batches import Preprocess
 from pipeline.broden import Broden, open_broden
-from pipeline.config import ActivationsConfig, DissectionConfig, JobConfig, ShapleyConfig, check_inputs_exist
+from pipeline.config import ActivationsConfig, DissectionConfig, FeatvisConfig, JobConfig, ShapleyConfig, check_inputs_exist
 from pipeline.errors import UserError
 from pipeline.fingerprints import concepts_fingerprint, json_fingerprint, layer_fingerprints, model_fingerprint
 from pipeline.images import ImageRecord, ImageSet, list_images
@@ -21,8 +21,9 @@ from pipeline.layer_taps import probe_layers
 from pipeline.models import LayerInfo, ModelRecipe, build_model, recipe_from_config, resolve_layers
 from pipeline.prepare import prepare_inputs
 from pipeline.receptive_field import ReceptiveField, receptive_fields
+from pipeline.stages.featvis import FeatvisSettings
 
-IMPLEMENTED_STAGES = ("activations", "dissection", "shapley")
+IMPLEMENTED_STAGES = ("activations", "featvis", "dissection", "shapley")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,16 @@ class ConceptShard:
 
     index: int
     ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FeatvisTask:
+    """Units of one layer rendered together (whole optimization batches)."""
+
+    index: int
+    layer: str
+    layer_index: int  # position among the job's layers: part of each image's seed
+    units: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,8 @@ class RunPlan:
     concept_shards: list[ConceptShard] = ()
     shapley_layers: tuple[tuple[str, int], ...] = ()  # player layers (path, units), when shapley runs
     shapley_eval: tuple[ImageRecord, ...] = ()  # the evaluation images
+    featvis: FeatvisSettings | None = None
+    featvis_tasks: tuple[FeatvisTask, ...] = ()
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -102,6 +115,8 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
         settings["dissection"] = dissection_config(job).__dict__
     if "shapley" in stages:
         settings["shapley"] = shapley_config(job).__dict__
+    if "featvis" in stages:
+        settings["featvis"] = featvis_config(job).__dict__
     fingerprints = {
         "model": model_fingerprint(model),
         "layers": layer_fingerprints(model, names, input_shape),
@@ -117,8 +132,11 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
         shapley_eval = eval_records(images, shapley_config(job), job.seed)
         _check_outputs(model, input_shape, images)
     fields = receptive_fields(model, names, input_shape)
+    featvis, featvis_tasks = None, ()
+    if "featvis" in stages:
+        featvis, featvis_tasks = _featvis_plan(job, model, layers)
     return RunPlan(job, catalog, stages, recipe, layers, fields, images, prep, shards, fingerprints, prepared,
-                   broden, concept_shards, shapley_layers, shapley_eval)
+                   broden, concept_shards, shapley_layers, shapley_eval, featvis, featvis_tasks)
 
 
 def activations_config(job: JobConfig) -> ActivationsConfig:
@@ -129,6 +147,35 @@ def activations_config(job: JobConfig) -> ActivationsConfig:
 def dissection_config(job: JobConfig) -> DissectionConfig:
     """The stage's settings; defaults when the job has no [stages.dissection] table."""
     return job.stages.dissection or DissectionConfig()
+
+
+def featvis_config(job: JobConfig) -> FeatvisConfig:
+    """The stage's settings; defaults when the job has no [stages.featvis] table."""
+    return job.stages.featvis or FeatvisConfig()
+
+
+def _featvis_plan(job: JobConfig, model: torch.nn.Module, layers: list[LayerInfo]) -> tuple[FeatvisSettings, tuple]:
+    """The render settings and the tasks: each task a whole optimization batch of one layer's units."""
+    cfg = featvis_config(job)
+    size = cfg.size or min(128, job.model.input_size)
+    settings = FeatvisSettings(steps=cfg.steps, size=size, lr=cfg.lr, param=cfg.param, transforms=cfg.transforms,
+                               objective=cfg.objective, negative=cfg.negative, diversity=cfg.diversity,
+                               batch_units=cfg.batch_units, mean=tuple(job.model.mean), std=tuple(job.model.std))
+    names = [info.name for info in layers]
+    if cfg.layers:
+        chosen = set(resolve_layers(model, cfg.layers))
+        outside = sorted(chosen - set(names))
+        if outside:
+            raise UserError(f"stages.featvis.layers selects {', '.join(outside)}, which model.layers does not: "
+                            f"choose among {', '.join(names)}.")
+        names = [n for n in names if n in chosen]
+    per_task = max(1, cfg.batch_units // len(settings.views()))
+    tasks = []
+    for layer_index, info in enumerate(layers):
+        if info.name in names:
+            for start in range(0, info.units, per_task):
+                tasks.append(FeatvisTask(len(tasks), info.name, layer_index, tuple(range(start, min(start + per_task, info.units)))))
+    return settings, tuple(tasks)
 
 
 def shapley_config(job: JobConfig) -> ShapleyConfig:

@@ -40,6 +40,8 @@ def _run(job: JobConfig, address: str | None, out: Path | None, stages: tuple[st
     plan = make_plan(job, out, stages)
     address = address or job.ray.address or os.environ.get("RAY_ADDRESS", "")
     passes = [("activations", plan.shards)]
+    if "featvis" in plan.stages:
+        passes.append(("featvis", list(plan.featvis_tasks)))
     if "dissection" in plan.stages:
         passes += [("dissection-thresholds", plan.concept_shards), ("dissection-tally", plan.concept_shards)]
     reused = sum((plan.work_dir(name) / f"shard-{s.index:06d}.pkl").exists() for name, shards in passes for s in shards)
@@ -52,12 +54,13 @@ def _run(job: JobConfig, address: str | None, out: Path | None, stages: tuple[st
                             f"as an image (first: {partial.skipped[0][1] if partial.skipped else '?'}). Point it at image files.")
         results = {info.name: activations.finalize(partial, info, plan.fields[info.name], plan.input_hw) for info in plan.layers}
         crops = runner.run_crops(plan, workers, crop_requests(plan, results))
+        rendered = runner.run_featvis(plan, workers) if "featvis" in plan.stages else None
         dissection = _dissect(plan, workers) if "dissection" in plan.stages else None
         values = None
         if "shapley" in plan.stages:
             values = runner.run_shapley(plan, workers, {name: results[name].mean_map for name, _ in plan.shapley_layers})
     manifest = write_catalog(plan, results, crops, partial.skipped, {"started": started, "finished": _now()},
-                             uuid.uuid4().hex, dissection, values)
+                             uuid.uuid4().hex, dissection, values, rendered)
     runner.clear_work(plan)
     return RunResult(plan.catalog, manifest, total - reused, reused)
 

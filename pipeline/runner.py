@@ -29,8 +29,9 @@ from pipeline.concept_batches import iter_concept_batches
 from pipeline.errors import UserError
 from pipeline.images import ImageRecord
 from pipeline.models import LayerInfo, build_model
-from pipeline.plan import ConceptShard, RunPlan, Shard, activations_config, dissection_config, shapley_config
-from pipeline.stages import activations, dissection_passes, example_crops, shapley
+from pipeline.plan import ConceptShard, FeatvisTask, RunPlan, Shard, activations_config, dissection_config, shapley_config
+from pipeline.stages import activations, dissection_passes, example_crops, featvis, shapley
+from pipeline.stages.featvis import FeatvisSettings
 from pipeline.stages.dissection import LabelSpace, finalize_thresholds
 from pipeline.stages.example_crops import CropBatch, CropRequest
 from pipeline.stages.shapley_model import Ablator, cache_eval_set, split_model
@@ -116,6 +117,11 @@ class ModelWorker:
         samples = shapley.walk(ablator.evaluate, order, chosen, v_full, v_none, settings)
         return samples, ablator.evaluations - before
 
+    def featvis(self, recipe: list[ray.ObjectRef], task: FeatvisTask, settings: FeatvisSettings, seed: int) -> tuple:
+        """One task's units rendered; keyed by the task's index."""
+        chunk = featvis.render(self._loaded(recipe), task.layer, task.layer_index, list(task.units), settings, seed, self.device)
+        return task.index, {task.index: chunk}
+
     def crops(self, recipe: list[ray.ObjectRef], records: list[ImageRecord], requests: list[CropRequest],
               patch: int) -> dict[str, CropBatch]:
         model = self._loaded(recipe)
@@ -200,6 +206,13 @@ def fan_out(work: Path, desc: str, shards: list, workers: Workers, call: Callabl
             merged[0] = merge(merged[0], partial)
             bar.update(1)
     return merged[0]
+
+
+def run_featvis(plan: RunPlan, workers: Workers) -> dict[int, featvis.FeatvisChunk]:
+    """Every task's units rendered on the actors, checkpointed per task (task index -> chunk)."""
+    call = lambda actor, task, _total: actor.featvis.remote(workers.recipe, task, plan.featvis, plan.job.seed)  # noqa: E731
+    return fan_out(plan.work_dir("featvis"), "feature visualization", list(plan.featvis_tasks), workers, call,
+                   lambda a, b: {**a, **b}, {})
 
 
 @dataclass

@@ -81,3 +81,31 @@ class ShapleyPlanted(nn.Module):
 
 def shapley_planted() -> nn.Module:
     return ShapleyPlanted()
+
+
+class PatternDetectors(nn.Module):
+    """Units with known preferred patterns (input: mean 0.5 / std 0.5): `relu` unit 0 likes red,
+    1 blue, 2 vertical stripes of period 4 pixels (varying along x), 3 horizontal ones; `conv` is
+    the same before the ReLU (for negative visualizations)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 7, padding=3, bias=False)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 2)
+        with torch.no_grad():
+            w = torch.zeros(4, 3, 7, 7)
+            w[0, :, 3, 3] = torch.tensor([1.0, -0.5, -0.5])
+            w[1, :, 3, 3] = torch.tensor([-0.5, -0.5, 1.0])
+            wave = torch.cos(2 * torch.pi * torch.arange(7.0) / 4) / 20
+            w[2] = wave[None, None, :].expand(3, 7, 7)
+            w[3] = wave[None, :, None].expand(3, 7, 7)
+            self.conv.weight.copy_(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.conv(x))), 1))
+
+
+def pattern_detectors() -> nn.Module:
+    return PatternDetectors()

@@ -1,0 +1,181 @@
+"""The featvis stage: activation maximization for many units of one layer in one batch.
+
+Each image renders one unit (positive, negative, or one of its diverse set), with parameters and
+random transforms drawn from its own generator seeded by (seed, layer, unit, view). The model runs
+only up to the target layer, the batch always has the same size (padded with spare copies), and
+every per-image computation is independent of the others, so a unit's images do not depend on
+which units share its batch. For the first steps ReLUs pass a redirected gradient (as Lucid), so
+that units which never fire still get one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.stages import featvis_objectives as obj
+from pipeline.stages.featvis_param import init_params, to_images
+from pipeline.stages.featvis_transforms import Transforms
+
+
+@dataclass(frozen=True)
+class FeatvisSettings:
+    steps: int = 512
+    size: int = 128
+    lr: float = 0.05
+    param: str = "fourier"
+    transforms: str = "standard"
+    objective: str = "channel"
+    negative: bool = True
+    diversity: int = 0  # images in each unit's diverse set (0: none)
+    diversity_weight: float = 1.0
+    batch_units: int = 32  # images per optimization batch (fixed: results must not depend on it)
+    redirect_steps: int = 16
+    flat_std: float = 0.01  # a positive image whose pixels vary less than this (in [0, 1]) is flagged flat
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def views(self) -> list[tuple[str, int]]:
+        """(kind, copy) of each stored image of a unit: positive, negative, then the diverse set."""
+        return [("positive", 0)] + ([("negative", 0)] if self.negative else []) + \
+            [("diverse", i) for i in range(self.diversity)]
+
+
+@dataclass
+class FeatvisChunk:
+    """Rendered units of one layer: uint8 images [n, V, S, S, 3]; for the positive image, evaluated
+    as stored with no transform, the objective and the unit's largest value; whether it stayed flat."""
+
+    layer: str
+    units: np.ndarray
+    images: np.ndarray
+    objective: np.ndarray
+    peak: np.ndarray
+    flat: np.ndarray
+
+
+class _Stop(Exception):
+    pass
+
+
+class _RedirectedReLU(torch.autograd.Function):
+    """ReLU whose gradient, for an image where the true one is zero everywhere, still lets through
+    the components that would raise a negative input (Lucid's redirected ReLU)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        (x,) = ctx.saved_tensors
+        relu_grad = torch.where(x < 0, torch.zeros_like(grad), grad)
+        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)  # grad > 0 would push x lower
+        through = relu_grad.reshape(len(grad), -1).norm(dim=1) > 0
+        return torch.where(through.reshape(-1, *([1] * (grad.dim() - 1))), relu_grad, redirected)
+
+
+@contextmanager
+def redirected_relus(model: nn.Module, on: bool) -> Iterator[None]:
+    """Every nn.ReLU of the model computes with `_RedirectedReLU` while `on`."""
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)] if on else []
+    for m in relus:
+        m.forward = _RedirectedReLU.apply
+    try:
+        yield
+    finally:
+        for m in relus:
+            del m.forward
+
+
+def forward_to(model: nn.Module, layer: str, x: torch.Tensor, needs_output: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the layer's output, the model's output or None): without `needs_output` nothing after the layer runs."""
+    module = dict(model.named_modules())[layer]
+    seen: list[torch.Tensor] = []
+
+    def hook(_m, _i, out):
+        seen.append(out)
+        if not needs_output:
+            raise _Stop
+    handle = module.register_forward_hook(hook)
+    try:
+        out = model(x)
+    except _Stop:
+        out = None
+    finally:
+        handle.remove()
+    return seen[-1], out
+
+
+def _objective(settings: FeatvisSettings) -> obj.Objective:
+    return obj.NAMED[settings.objective]()
+
+
+def render(model: nn.Module, layer: str, layer_index: int, units: list[int], settings: FeatvisSettings, seed: int,
+           device: str = "cpu") -> FeatvisChunk:
+    """Every view of every unit in `units`, in batches of whole units of `batch_units` images."""
+    views = settings.views()
+    per_batch = max(1, settings.batch_units // len(views))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    parts = []
+    for start in range(0, len(units), per_batch):
+        real = list(units[start:start + per_batch])
+        padded = real + [real[-1]] * (per_batch - len(real))  # a fixed batch size keeps results batch-independent
+        parts.append([a[:len(real)] for a in _optimize(model, layer, layer_index, padded, views, settings, seed, device)])
+    return FeatvisChunk(layer, np.asarray(units), *(np.concatenate(column) for column in zip(*parts)))
+
+
+def _optimize(model: nn.Module, layer: str, layer_index: int, units: list[int], views: list[tuple[str, int]],
+              settings: FeatvisSettings, seed: int, device: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    channels, size = len(settings.mean), settings.size
+    jobs = [(u, v) for u in units for v in range(len(views))]
+    rngs = [np.random.default_rng([seed, layer_index, u, v]) for u, v in jobs]
+    params = torch.tensor(np.stack([init_params(settings.param, channels, size, r) for r in rngs]),
+                          device=device, requires_grad=True)
+    opt = torch.optim.Adam([params], lr=settings.lr)
+    transforms = Transforms.named(settings.transforms)
+    objective = _objective(settings)
+    kinds = [views[v][0] for _, v in jobs]
+    sign = torch.tensor([-1.0 if k == "negative" else 1.0 for k in kinds], device=device)
+    diverse = torch.tensor([k == "diverse" for k in kinds], device=device)
+    ctx_units = torch.tensor([u for u, _ in jobs], device=device)
+    groups = torch.tensor([i if k != "diverse" else -1 - units.index(u) for i, ((u, _), k) in enumerate(zip(jobs, kinds))],
+                          device=device)
+    mean = torch.tensor(settings.mean, device=device)[None, :, None, None]
+    std = torch.tensor(settings.std, device=device)[None, :, None, None]
+    decorrelate = settings.param == "fourier"
+    for step in range(settings.steps):
+        opt.zero_grad(set_to_none=True)
+        x = to_images(params, settings.param, size, decorrelate)
+        if transforms is not None:
+            x = transforms.apply(x, [transforms.draw(r) for r in rngs])
+        with redirected_relus(model, step < settings.redirect_steps):
+            acts, output = forward_to(model, layer, (x - mean) / std, objective.needs_output)
+        ctx = obj.Context(acts, ctx_units, groups, output)
+        value = sign * objective(ctx)
+        if settings.diversity > 1:
+            value = value + settings.diversity_weight * torch.where(diverse, obj.diversity()(ctx), torch.zeros_like(value))
+        (-value.sum()).backward()
+        opt.step()
+    with torch.no_grad():
+        final = to_images(params, settings.param, size, decorrelate)
+        pixels = (final * 255).round().clamp(0, 255).to(torch.uint8)
+        acts, output = forward_to(model, layer, (pixels.float() / 255 - mean) / std, objective.needs_output)
+        reached = objective(obj.Context(acts, ctx_units, groups, output)).reshape(len(units), len(views))[:, 0]
+        own = acts[torch.arange(len(jobs)), ctx_units].reshape(len(jobs), -1).amax(dim=1)
+    pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
+    if channels == 1:
+        pixels = pixels.repeat(3, axis=-1)
+    elif channels > 3:
+        pixels = pixels[..., :3]  # the first three input channels, shown as RGB
+    per_unit = pixels.reshape(len(units), len(views), size, size, 3)
+    positive = per_unit[:, 0].astype(np.float32) / 255
+    flat = positive.reshape(len(units), -1).std(axis=1) < settings.flat_std
+    return per_unit, reached.cpu().numpy(), own.reshape(len(units), len(views))[:, 0].cpu().numpy(), flat

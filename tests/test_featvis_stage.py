@@ -1,0 +1,122 @@
+"""Feature visualization in-process, on units with known preferred patterns."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.stages import featvis as fv
+from pipeline.stages import featvis_objectives as obj
+
+sys.path.insert(0, str(Path(__file__).parent / "assets"))
+from tiny_models import PatternDetectors  # noqa: E402
+
+SETTINGS = fv.FeatvisSettings(steps=256, size=32, batch_units=8)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> fv.FeatvisChunk:
+    return fv.render(PatternDetectors().eval(), "relu", 1, [0, 1, 2, 3], SETTINGS, seed=0)
+
+
+def _objective(model, layer, images_uint8, units) -> np.ndarray:
+    x = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 255
+    acts, _ = fv.forward_to(model, layer, (x - 0.5) / 0.5, False)
+    ctx = obj.Context(acts, torch.tensor(units), torch.arange(len(units)))
+    return obj.channel()(ctx).detach().numpy()
+
+
+def _orientation(image: np.ndarray) -> tuple[float, float]:
+    """Spectral energy of the gray image along x (variation across columns) and along y."""
+    gray = image.astype(float).mean(axis=-1)
+    power = np.abs(np.fft.fft2(gray - gray.mean())) ** 2
+    fy, fx = np.abs(np.fft.fftfreq(gray.shape[0]))[:, None], np.abs(np.fft.fftfreq(gray.shape[1]))[None, :]
+    return float(power[fx > fy].sum()), float(power[fy > fx].sum())
+
+
+def test_visualizations_show_the_planted_patterns(rendered):
+    red, blue = (rendered.images[u, 0].reshape(-1, 3).mean(axis=0) for u in (0, 1))
+    assert red[0] > red[1] + 30 and red[0] > red[2] + 30  # unit 0 likes red
+    assert blue[2] > blue[0] + 30 and blue[2] > blue[1] + 30  # unit 1 likes blue
+    ex, ey = _orientation(rendered.images[2, 0])
+    assert ex > 3 * ey  # vertical stripes: the image varies along x
+    ex, ey = _orientation(rendered.images[3, 0])
+    assert ey > 3 * ex
+    assert not rendered.flat.any()
+
+
+def test_reached_activation_far_exceeds_a_random_image(rendered):
+    model = PatternDetectors().eval()
+    noise = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    random_value = _objective(model, "relu", noise, [0, 1, 2, 3])
+    reached = _objective(model, "relu", rendered.images[:, 0], [0, 1, 2, 3])
+    np.testing.assert_allclose(reached, rendered.objective, rtol=1e-5)  # what the stage reports is what the image does
+    assert (reached > 2.5 * random_value).all() and (reached[2:] > 5 * random_value[2:]).all()
+
+
+def test_a_unit_renders_the_same_alone_or_in_any_batch(rendered):
+    alone = fv.render(PatternDetectors().eval(), "relu", 1, [2], SETTINGS, seed=0)
+    assert np.array_equal(alone.images[0], rendered.images[2])
+    moved = fv.render(PatternDetectors().eval(), "relu", 1, [3, 2], SETTINGS, seed=0)
+    assert np.array_equal(moved.images[1], rendered.images[2])
+    other_seed = fv.render(PatternDetectors().eval(), "relu", 1, [2], SETTINGS, seed=1)
+    assert not np.array_equal(other_seed.images[0], rendered.images[2])
+
+
+def test_negative_visualization_lowers_the_activation():
+    model = PatternDetectors().eval()
+    out = fv.render(model, "conv", 0, [0, 1], replace(SETTINGS, steps=96), seed=0)
+    positive = _objective(model, "conv", out.images[:, 0], [0, 1])
+    negative = _objective(model, "conv", out.images[:, 1], [0, 1])
+    gray = _objective(model, "conv", np.full((2, 32, 32, 3), 128, np.uint8), [0, 1])
+    assert (negative < gray - 0.3).all() and (positive > gray + 0.3).all()
+    cyan = out.images[0, 1].reshape(-1, 3).mean(axis=0)  # inhibiting "red" pushes towards cyan
+    assert cyan[1] > cyan[0] + 30 and cyan[2] > cyan[0] + 30
+
+
+class _Silent(nn.Module):
+    """Unit 0 never fires on any image (bias -20 before the ReLU)."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2, 3, padding=1)
+        self.relu = nn.ReLU()
+        with torch.no_grad():
+            self.conv.weight.fill_(0.1)
+            self.conv.bias.copy_(torch.tensor([-20.0, 0.0]))
+
+    def forward(self, x):
+        return self.relu(self.conv(x))
+
+
+def test_a_unit_that_never_fires_gets_a_gradient_through_redirected_relus():
+    blocked = fv.render(_Silent().eval(), "relu", 0, [0], replace(SETTINGS, steps=32, redirect_steps=0), seed=0)
+    assert blocked.flat[0]  # no gradient: the image stays at its gray start and is flagged
+    redirected = fv.render(_Silent().eval(), "relu", 0, [0], replace(SETTINGS, steps=32), seed=0)
+    assert redirected.images[0, 0].std() > 10 * blocked.images[0, 0].std()
+    assert not redirected.flat[0]
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_inputs_of_one_or_four_channels_render_as_rgb(channels):
+    settings = replace(SETTINGS, steps=8, mean=(0.5,) * channels, std=(0.5,) * channels)
+    out = fv.render(_Silent(channels).eval(), "relu", 0, [1], settings, seed=0)
+    assert out.images.shape == (1, 2, 32, 32, 3)
+    if channels == 1:
+        assert (out.images[..., 0] == out.images[..., 2]).all()
+
+
+def test_objectives_compose():
+    acts = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    ctx = obj.Context(acts, torch.tensor([0, 2]), torch.tensor([0, 0]))
+    channel = obj.channel()(ctx)
+    torch.testing.assert_close(channel, torch.tensor([1.5, 21.5]))  # image 0: unit 0 holds 0..3; image 1: unit 2 holds 20..23
+    torch.testing.assert_close((obj.channel() * 2 + -obj.neuron())(ctx), 2 * channel - obj.neuron()(ctx))
+    torch.testing.assert_close(obj.direction(torch.tensor([0.0, 0.0, 1.0]))(ctx), torch.tensor([9.5, 21.5]))
+    assert obj.diversity()(ctx).shape == (2,) and (obj.diversity()(ctx) <= 0).all()
