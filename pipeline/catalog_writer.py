@@ -79,9 +79,12 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
         write_array(catalog, cs.EXAMPLES, info.name, pics)
         write_array(catalog, cs.HEATMAPS, info.name, heat)
         write_array(catalog, cs.MEAN_MAPS, info.name, results[info.name].mean_map)
+    for name, images in (plan.filters or {}).items():
+        write_array(catalog, cs.WEIGHTS, name, images)
     if "featvis" not in plan.stages:
         for info in plan.layers:
             remove_array(catalog, cs.FEATVIS, info.name)
+            remove_array(catalog, cs.WEIGHTS, info.name)
     for stale, tables in (("dissection", ("dissection",)), ("shapley", ("shapley", "shapley_ablation"))):
         if stale not in plan.stages:
             for table in tables:

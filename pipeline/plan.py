@@ -22,6 +22,7 @@ from pipeline.models import LayerInfo, ModelRecipe, build_model, recipe_from_con
 from pipeline.prepare import prepare_inputs
 from pipeline.receptive_field import ReceptiveField, receptive_fields
 from pipeline.stages.featvis import FeatvisSettings
+from pipeline.stages.first_layer import filter_images, input_convolutions
 
 IMPLEMENTED_STAGES = ("activations", "featvis", "dissection", "shapley")
 
@@ -69,6 +70,7 @@ class RunPlan:
     shapley_eval: tuple[ImageRecord, ...] = ()  # the evaluation images
     featvis: FeatvisSettings | None = None
     featvis_tasks: tuple[FeatvisTask, ...] = ()
+    filters: dict | None = None  # layer -> uint8 [units, kh, kw, 3], for layers that convolve the input
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -132,11 +134,13 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
         shapley_eval = eval_records(images, shapley_config(job), job.seed)
         _check_outputs(model, input_shape, images)
     fields = receptive_fields(model, names, input_shape)
-    featvis, featvis_tasks = None, ()
+    featvis, featvis_tasks, filters = None, (), None
     if "featvis" in stages:
         featvis, featvis_tasks = _featvis_plan(job, model, layers)
+        modules = dict(model.named_modules())
+        filters = {name: filter_images(modules[name]) for name in input_convolutions(model, names, input_shape)}
     return RunPlan(job, catalog, stages, recipe, layers, fields, images, prep, shards, fingerprints, prepared,
-                   broden, concept_shards, shapley_layers, shapley_eval, featvis, featvis_tasks)
+                   broden, concept_shards, shapley_layers, shapley_eval, featvis, featvis_tasks, filters)
 
 
 def activations_config(job: JobConfig) -> ActivationsConfig:

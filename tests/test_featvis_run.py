@@ -68,6 +68,7 @@ def test_catalog_holds_the_visualizations(rendered):
     # the stripe detectors reach far more on their visualization than on any data set image
     assert (relu.loc[[2, 3], "featvis_ratio"] > 2).all()
     assert (relu["featvis_activation"] > 0).all() and not relu["featvis_flat"].any()
+    assert cat.filters("conv").shape == (4, 7, 7, 3) and not cat.has_array("weights", "relu")  # conv reads the input
 
 
 def test_same_visualizations_whatever_the_workers(tmp_path, rendered):

@@ -13,6 +13,7 @@ from torch import nn
 
 from pipeline.stages import featvis as fv
 from pipeline.stages import featvis_objectives as obj
+from pipeline.stages.first_layer import filter_images, input_convolutions
 
 sys.path.insert(0, str(Path(__file__).parent / "assets"))
 from tiny_models import PatternDetectors  # noqa: E402
@@ -120,3 +121,14 @@ def test_objectives_compose():
     torch.testing.assert_close((obj.channel() * 2 + -obj.neuron())(ctx), 2 * channel - obj.neuron()(ctx))
     torch.testing.assert_close(obj.direction(torch.tensor([0.0, 0.0, 1.0]))(ctx), torch.tensor([9.5, 21.5]))
     assert obj.diversity()(ctx).shape == (2,) and (obj.diversity()(ctx) <= 0).all()
+
+
+def test_first_layer_filters_as_images():
+    model = PatternDetectors().eval()
+    assert input_convolutions(model, ["conv", "relu", "fc"], (3, 32, 32)) == ["conv"]
+    images = filter_images(model.conv)
+    assert images.shape == (4, 7, 7, 3) and images.dtype == np.uint8
+    assert images[0, 3, 3].tolist() == [255, 64, 64] and images[0, 0, 0].tolist() == [128, 128, 128]  # red centre
+    assert (images[2, :, 0] == images[2, :, 4]).all() and not (images[2, :, 0] == images[2, :, 2]).all()  # stripes
+    deeper = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(), nn.Conv2d(2, 2, 1))
+    assert input_convolutions(deeper, ["0", "2"], (3, 8, 8)) == ["0"]

@@ -50,3 +50,9 @@ def contact_sheet(tiles: np.ndarray, labels_per_row: int | None = None) -> np.nd
     """uint8 [units, S, S, 3] as a near-square grid, one tile per unit in unit order."""
     columns = labels_per_row or max(1, math.ceil(math.sqrt(len(tiles))))
     return strip(tiles, columns=columns, gap=1)
+
+
+def enlarge(image: np.ndarray, size: int) -> np.ndarray:
+    """A small image (a filter) repeated pixel by pixel to about `size` pixels a side."""
+    factor = max(1, size // max(image.shape[:2]))
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)

@@ -141,6 +141,7 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
     concepts = {u: g.sort_values(["category", "rank"]) for u, g in dissection[dissection["layer"] == info["name"]].groupby("unit")}
     k = catalog.example_images(info["name"], 0)[0].shape[0] // 2
     views = catalog.featvis(info["name"], 0).shape[0] if featvis else 0
+    has_filters = catalog.has_array("weights", info["name"])
     records = rows.to_dict("records")
     for i, row in enumerate(records):
         u = int(row["unit"])
@@ -153,7 +154,7 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
             prev=int(records[i - 1]["unit"]) if i > 0 else None, next=int(records[i + 1]["unit"]) if i + 1 < len(records) else None,
             pictures={"top": f"img/{info['slug']}/{u}-top.jpg", "bottom": f"img/{info['slug']}/{u}-bottom.jpg"},
             visualizations=[(FEATVIS_VIEWS[v] if v < len(FEATVIS_VIEWS) else f"view {v}", f"img/{info['slug']}/{u}-fv{v}.png")
-                            for v in range(views)],
+                            for v in range(views)] + ([("filter", f"img/{info['slug']}/{u}-filter.png")] if has_filters else []),
             concepts=mine.to_dict("records") if mine is not None else [], stats=stats,
             threshold=float(mine["threshold"].iloc[0]) if mine is not None and len(mine) else 0.0)
         (folder / f"{u}.html").write_text(html)
@@ -227,11 +228,15 @@ def _unit_pictures(task: tuple[str, str, int, int, str]) -> tuple[int, np.ndarra
     crops, heat = catalog.example_images(layer, slice(start, stop))
     k = crops.shape[1] // 2
     featvis = catalog.featvis(layer, slice(start, stop)) if catalog.has_array("featvis", layer) else None
+    filters = catalog.filters(layer)[start:stop] if catalog.has_array("weights", layer) else None
     out, written, tiles = Path(folder), 0, []
     for i in range(stop - start):
         u = start + i
         for name, image in pictures.unit_pictures(crops[i], heat[i], k).items():
             pictures.save(image, out / f"{u}-{name}.jpg")
+            written += 1
+        if filters is not None:
+            pictures.save(pictures.enlarge(filters[i], 64), out / f"{u}-filter.png")
             written += 1
         if featvis is not None:
             for v in range(featvis.shape[1]):
