@@ -30,6 +30,8 @@ EXAMPLES = ArrayKind("examples", "uint8", "[units, 2k, P, P, 3] receptive-field 
 HEATMAPS = ArrayKind("heatmaps", "uint8", "[units, 2k, P, P] activation over each crop; 255 = the unit's max (top) or min (bottom)")
 FEATVIS = ArrayKind("featvis", "uint8", "[units, V, S, S, 3] feature visualizations")
 MEAN_MAPS = ArrayKind("mean_maps", "float32", "[units, H, W] mean activation map over the data set (for ablation)")
+PROJECTIONS = ArrayKind("projections", "uint8", "[units, k, 2, P, P, 3] deconvnet and guided-backprop projections of "
+                        "each top example's maximum, cropped like the examples; 128 = no influence")
 WEIGHTS = ArrayKind("weights", "uint8", "[units, kh, kw, 3] filters of a layer that convolves the input, 128 = 0")
 
-ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, FEATVIS, MEAN_MAPS, WEIGHTS)}
+ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, FEATVIS, MEAN_MAPS, PROJECTIONS, WEIGHTS)}

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from catalog_schema.arrays import EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS, STORE, WEIGHTS, ArrayKind
+from catalog_schema.arrays import EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS, PROJECTIONS, STORE, WEIGHTS, ArrayKind
 from catalog_schema.manifest import CatalogError, read_manifest
 from catalog_schema.tables import TABLES, table_file
 
@@ -84,6 +84,10 @@ class Catalog:
     def featvis(self, layer: str, unit: int | slice | None) -> np.ndarray:
         """Feature visualizations uint8 [V, S, S, 3] of one unit ([units, V, ...] for a slice or None)."""
         return self._array(FEATVIS, layer)[_units(unit)]
+
+    def projections(self, layer: str, unit: int | slice | None) -> np.ndarray:
+        """uint8 [k, 2, P, P, 3] of one unit: deconvnet and guided-backprop projections of its top examples."""
+        return self._array(PROJECTIONS, layer)[_units(unit)]
 
     def filters(self, layer: str) -> np.ndarray:
         """uint8 [units, kh, kw, 3]: the filters of a layer that convolves the input (128 = 0)."""

@@ -16,6 +16,7 @@ from pipeline.stages.activations import LayerResult
 from pipeline.stages.dissection import DissectionResult
 from pipeline.stages.example_crops import CropBatch, CropRequest
 from pipeline.stages.featvis import FeatvisChunk
+from pipeline.stages.projections import ProjectionBatch, ProjectionRequest
 from pipeline.stages.shapley import ShapleyOutput
 
 
@@ -44,10 +45,23 @@ def crop_requests(plan: RunPlan, results: dict[str, LayerResult]) -> list[CropRe
     return requests
 
 
+def projection_requests(plan: RunPlan, results: dict[str, LayerResult]) -> list[ProjectionRequest]:
+    """One request per top example: project the unit's maximum in that image back to its pixels."""
+    requests = []
+    for info in plan.layers:
+        ex = results[info.name].examples
+        for i in np.flatnonzero(ex["sign"] == "top"):
+            box = (int(ex["box_y0"][i]), int(ex["box_x0"][i]), int(ex["box_y1"][i]), int(ex["box_x1"][i]))
+            requests.append(ProjectionRequest(info.name, int(ex["unit"][i]), int(ex["rank"][i]), int(ex["image_id"][i]),
+                                              int(ex["y"][i]), int(ex["x"][i]), box))
+    return requests
+
+
 def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[str, list[CropBatch]],
                   skipped: list[tuple[int, str]], times: dict[str, str], run_id: str,
                   dissection: DissectionOutput | None = None, shapley: ShapleyOutput | None = None,
-                  rendered: dict[int, FeatvisChunk] | None = None) -> dict[str, Any]:
+                  rendered: dict[int, FeatvisChunk] | None = None,
+                  projected: dict[str, list[ProjectionBatch]] | None = None) -> dict[str, Any]:
     """Tables, arrays, then the manifest; parts of stages not run now are removed so nothing stale remains."""
     catalog = plan.catalog
     catalog.mkdir(parents=True, exist_ok=True)
@@ -81,10 +95,17 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
         write_array(catalog, cs.MEAN_MAPS, info.name, results[info.name].mean_map)
     for name, images in (plan.filters or {}).items():
         write_array(catalog, cs.WEIGHTS, name, images)
+    if projected is not None:
+        for info in plan.layers:
+            views = np.full((info.units, k, 2, patch, patch, 3), 128, np.uint8)
+            for batch in projected.get(info.name, []):
+                views[batch.unit, batch.rank] = batch.images
+            write_array(catalog, cs.PROJECTIONS, info.name, views)
     if "featvis" not in plan.stages:
         for info in plan.layers:
             remove_array(catalog, cs.FEATVIS, info.name)
             remove_array(catalog, cs.WEIGHTS, info.name)
+            remove_array(catalog, cs.PROJECTIONS, info.name)
     for stale, tables in (("dissection", ("dissection",)), ("shapley", ("shapley", "shapley_ablation"))):
         if stale not in plan.stages:
             for table in tables:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import runner
-from pipeline.catalog_writer import DissectionOutput, crop_requests, write_catalog
+from pipeline.catalog_writer import DissectionOutput, crop_requests, projection_requests, write_catalog
 from pipeline.config import JobConfig
 from pipeline.errors import UserError
 from pipeline.plan import RunPlan, check_catalog_target, dissection_config, make_plan
@@ -54,13 +54,16 @@ def _run(job: JobConfig, address: str | None, out: Path | None, stages: tuple[st
                             f"as an image (first: {partial.skipped[0][1] if partial.skipped else '?'}). Point it at image files.")
         results = {info.name: activations.finalize(partial, info, plan.fields[info.name], plan.input_hw) for info in plan.layers}
         crops = runner.run_crops(plan, workers, crop_requests(plan, results))
-        rendered = runner.run_featvis(plan, workers) if "featvis" in plan.stages else None
+        rendered = projected = None
+        if "featvis" in plan.stages:
+            rendered = runner.run_featvis(plan, workers)
+            projected = runner.run_projections(plan, workers, projection_requests(plan, results))
         dissection = _dissect(plan, workers) if "dissection" in plan.stages else None
         values = None
         if "shapley" in plan.stages:
             values = runner.run_shapley(plan, workers, {name: results[name].mean_map for name, _ in plan.shapley_layers})
     manifest = write_catalog(plan, results, crops, partial.skipped, {"started": started, "finished": _now()},
-                             uuid.uuid4().hex, dissection, values, rendered)
+                             uuid.uuid4().hex, dissection, values, rendered, projected)
     runner.clear_work(plan)
     return RunResult(plan.catalog, manifest, total - reused, reused)
 

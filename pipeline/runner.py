@@ -30,8 +30,9 @@ from pipeline.errors import UserError
 from pipeline.images import ImageRecord
 from pipeline.models import LayerInfo, build_model
 from pipeline.plan import ConceptShard, FeatvisTask, RunPlan, Shard, activations_config, dissection_config, shapley_config
-from pipeline.stages import activations, dissection_passes, example_crops, featvis, shapley
+from pipeline.stages import activations, dissection_passes, example_crops, featvis, projections, shapley
 from pipeline.stages.featvis import FeatvisSettings
+from pipeline.stages.projections import ProjectionBatch, ProjectionRequest
 from pipeline.stages.dissection import LabelSpace, finalize_thresholds
 from pipeline.stages.example_crops import CropBatch, CropRequest
 from pipeline.stages.shapley_model import Ablator, cache_eval_set, split_model
@@ -121,6 +122,12 @@ class ModelWorker:
         """One task's units rendered; keyed by the task's index."""
         chunk = featvis.render(self._loaded(recipe), task.layer, task.layer_index, list(task.units), settings, seed, self.device)
         return task.index, {task.index: chunk}
+
+    def projections(self, recipe: list[ray.ObjectRef], records: list[ImageRecord], requests: list[ProjectionRequest],
+                    patch: int) -> dict[str, ProjectionBatch]:
+        model = self._loaded(recipe)
+        batches = iter_batches(self.root, [records], self.prep, [], self.device)
+        return projections.project(model, self.layers, batches, requests, patch)
 
     def crops(self, recipe: list[ray.ObjectRef], records: list[ImageRecord], requests: list[CropRequest],
               patch: int) -> dict[str, CropBatch]:
@@ -244,9 +251,18 @@ def run_dissection(plan: RunPlan, workers: Workers, broden: Broden, space: Label
 
 def run_crops(plan: RunPlan, workers: Workers, requests: list[CropRequest]) -> dict[str, list[CropBatch]]:
     """Render the example crops; images are chunked by sorted id so the work split is always the same."""
+    return _by_image(plan, workers, requests, "crops", "example crops")
+
+
+def run_projections(plan: RunPlan, workers: Workers, requests: list[ProjectionRequest]) -> dict[str, list[ProjectionBatch]]:
+    """Deconvnet and guided-backprop projections of the top examples, chunked like the crops."""
+    return _by_image(plan, workers, requests, "projections", "projections")
+
+
+def _by_image(plan: RunPlan, workers: Workers, requests: list, method: str, desc: str) -> dict[str, list]:
     patch = activations_config(plan.job).patch_size
     by_id = {rec.image_id: rec for rec in plan.images.records}
-    wanted: dict[int, list[CropRequest]] = {}
+    wanted: dict[int, list] = {}
     for req in requests:
         wanted.setdefault(req.image_id, []).append(req)
     ids = sorted(wanted)
@@ -255,9 +271,9 @@ def run_crops(plan: RunPlan, workers: Workers, requests: list[CropRequest]) -> d
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
         reqs = [r for i in part for r in wanted[i]]
-        pool.submit(lambda actor, args: actor.crops.remote(workers.recipe, *args), ([by_id[i] for i in part], reqs, patch))
-    out: dict[str, list[CropBatch]] = {}
-    with tqdm(total=(len(ids) + chunk - 1) // chunk, unit="chunk", desc="example crops", file=sys.stderr, disable=None) as bar:
+        pool.submit(lambda actor, args: getattr(actor, method).remote(workers.recipe, *args), ([by_id[i] for i in part], reqs, patch))
+    out: dict[str, list] = {}
+    with tqdm(total=(len(ids) + chunk - 1) // chunk, unit="chunk", desc=desc, file=sys.stderr, disable=None) as bar:
         while pool.has_next():
             for layer, batch in pool.get_next_unordered().items():
                 out.setdefault(layer, []).append(batch)

@@ -69,6 +69,7 @@ def test_catalog_holds_the_visualizations(rendered):
     assert (relu.loc[[2, 3], "featvis_ratio"] > 2).all()
     assert (relu["featvis_activation"] > 0).all() and not relu["featvis_flat"].any()
     assert cat.filters("conv").shape == (4, 7, 7, 3) and not cat.has_array("weights", "relu")  # conv reads the input
+    assert cat.projections("relu", 2).shape == (2, 2, 8, 8, 3)  # k top examples x (deconvnet, guided)
 
 
 def test_same_visualizations_whatever_the_workers(tmp_path, rendered):

@@ -11,7 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.batches import Batch
+from pipeline.models import LayerInfo
 from pipeline.stages import featvis as fv
+from pipeline.stages.projections import ProjectionRequest, project
 from pipeline.stages import featvis_objectives as obj
 from pipeline.stages.first_layer import filter_images, input_convolutions
 
@@ -132,3 +135,27 @@ def test_first_layer_filters_as_images():
     assert (images[2, :, 0] == images[2, :, 4]).all() and not (images[2, :, 0] == images[2, :, 2]).all()  # stripes
     deeper = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(), nn.Conv2d(2, 2, 1))
     assert input_convolutions(deeper, ["0", "2"], (3, 8, 8)) == ["0"]
+
+
+def test_projections_highlight_the_pattern_pixels():
+    model = PatternDetectors().eval()
+    image = np.full((32, 32, 3), 128, np.uint8)
+    image[8:24, 8:24] = np.where((np.arange(16) % 4 < 2)[None, :, None], 230, 30)  # vertical stripes, period 4
+    image[4, 4] = (255, 0, 0)
+    inputs = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5
+    batch = Batch(image[None], inputs, np.array([0]))
+    layers = [LayerInfo("relu", (4, 32, 32), 1)]
+    whole = (0, 0, 32, 32)
+    requests = [ProjectionRequest("relu", 2, 0, 0, 16, 16, whole), ProjectionRequest("relu", 0, 0, 0, 4, 4, whole)]
+    out = project(model, layers, [batch], requests, patch=32)["relu"]
+    assert out.images.shape == (2, 2, 32, 32, 3)
+    stripes = out.images[list(out.unit).index(2)]
+    for view in stripes:  # deconvnet, guided: only the 7x7 field of position (16, 16) moves, in vertical stripes
+        moved = np.abs(view.astype(int) - 128).sum(axis=-1) > 0
+        rows, cols = np.nonzero(moved)
+        assert rows.min() >= 13 and rows.max() <= 19 and cols.min() >= 13 and cols.max() <= 19
+        ex, ey = _orientation(view[13:20, 13:20])
+        assert ex > 10 * ey
+    red = out.images[list(out.unit).index(0), 1]  # guided: the red detector's 1x1 tap sees the red pixel only
+    assert np.argwhere(np.abs(red.astype(int) - 128).sum(axis=-1) > 0).tolist() == [[4, 4]]
+    assert red[4, 4, 0] == 255 and red[4, 4, 1] < 128  # more red, less green: the pattern's colour

@@ -142,6 +142,7 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
     k = catalog.example_images(info["name"], 0)[0].shape[0] // 2
     views = catalog.featvis(info["name"], 0).shape[0] if featvis else 0
     has_filters = catalog.has_array("weights", info["name"])
+    has_projections = catalog.has_array("projections", info["name"])
     records = rows.to_dict("records")
     for i, row in enumerate(records):
         u = int(row["unit"])
@@ -156,6 +157,8 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
             visualizations=[(FEATVIS_VIEWS[v] if v < len(FEATVIS_VIEWS) else f"view {v}", f"img/{info['slug']}/{u}-fv{v}.png")
                             for v in range(views)] + ([("filter", f"img/{info['slug']}/{u}-filter.png")] if has_filters else []),
             concepts=mine.to_dict("records") if mine is not None else [], stats=stats,
+            projections=[(method, f"img/{info['slug']}/{u}-{method}.png") for method in ("deconvnet", "guided")]
+            if has_projections else [],
             threshold=float(mine["threshold"].iloc[0]) if mine is not None and len(mine) else 0.0)
         (folder / f"{u}.html").write_text(html)
     return len(records)
@@ -229,12 +232,17 @@ def _unit_pictures(task: tuple[str, str, int, int, str]) -> tuple[int, np.ndarra
     k = crops.shape[1] // 2
     featvis = catalog.featvis(layer, slice(start, stop)) if catalog.has_array("featvis", layer) else None
     filters = catalog.filters(layer)[start:stop] if catalog.has_array("weights", layer) else None
+    projected = catalog.projections(layer, slice(start, stop)) if catalog.has_array("projections", layer) else None
     out, written, tiles = Path(folder), 0, []
     for i in range(stop - start):
         u = start + i
         for name, image in pictures.unit_pictures(crops[i], heat[i], k).items():
             pictures.save(image, out / f"{u}-{name}.jpg")
             written += 1
+        if projected is not None:
+            for m, method in enumerate(("deconvnet", "guided")):
+                pictures.save(pictures.strip(projected[i, :, m]), out / f"{u}-{method}.png")
+                written += 1
         if filters is not None:
             pictures.save(pictures.enlarge(filters[i], 64), out / f"{u}-filter.png")
             written += 1

@@ -74,7 +74,7 @@ def _crop_one(image: torch.Tensor, unit_map: torch.Tensor, req: CropRequest, pat
     full = F.interpolate(unit_map.reshape(1, 1, *unit_map.shape[-2:]), size=(h, w), mode="bilinear", align_corners=False)
     heat = full[:, :, y0:y1, x0:x1]
     crop = image[None, :, y0:y1, x0:x1]
-    crop, heat = _resize(crop, patch), _resize(heat, patch)
+    crop, heat = resize_region(crop, patch), resize_region(heat, patch)
     scale = req.scale if req.scale not in (0.0,) and np.isfinite(req.scale) else 1.0
     heat = (heat / scale).clamp(0, 1) * 255.0
     crop_u8 = crop[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -82,7 +82,7 @@ def _crop_one(image: torch.Tensor, unit_map: torch.Tensor, req: CropRequest, pat
     return crop_u8, heat_u8
 
 
-def _resize(region: torch.Tensor, patch: int) -> torch.Tensor:
+def resize_region(region: torch.Tensor, patch: int) -> torch.Tensor:
     """Shrink with antialiasing; enlarge small fields by repeating pixels, so the pixels the unit saw stay visible."""
     if max(region.shape[-2:]) <= patch:
         return F.interpolate(region, size=(patch, patch), mode="nearest-exact")

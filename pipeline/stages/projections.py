@@ -1,0 +1,125 @@
+"""Gradient projections of a unit's maximal activation back to the pixels of its top examples:
+the deconvnet (Zeiler & Fergus 2014) and guided backpropagation (Springenberg et al. 2015).
+
+Both differ from the plain gradient only at ReLUs: the deconvnet passes the positive part of the
+gradient whatever the forward input, guided backpropagation only where the input was positive
+too. Every nn.ReLU of the model is swapped for that rule while projecting. Each projection is cut
+to the example's receptive-field box and resized like the example crops.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.batches import Batch
+from pipeline.layer_taps import tapped
+from pipeline.models import LayerInfo
+from pipeline.stages.example_crops import resize_region
+
+METHODS = ("deconvnet", "guided")
+
+
+@dataclass(frozen=True)
+class ProjectionRequest:
+    layer: str
+    unit: int
+    rank: int  # among the unit's top examples
+    image_id: int
+    y: int  # the maximum's position in the layer's map
+    x: int
+    box: tuple[int, int, int, int]  # y0, x0, y1, x1 in input pixels, half-open
+
+
+@dataclass
+class ProjectionBatch:
+    unit: np.ndarray  # int [M]
+    rank: np.ndarray  # int [M]
+    images: np.ndarray  # uint8 [M, 2, P, P, 3]: deconvnet, guided; 128 = no influence
+
+
+class _Rule:
+    method = "guided"
+
+
+class _ProjectionReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        (x,) = ctx.saved_tensors
+        positive = grad.clamp(min=0)
+        return positive if _Rule.method == "deconvnet" else positive * (x > 0)
+
+
+@contextmanager
+def projection_relus(model: nn.Module) -> Iterator[None]:
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    for m in relus:
+        m.forward = _ProjectionReLU.apply
+    try:
+        yield
+    finally:
+        for m in relus:
+            del m.forward
+
+
+def project(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch], requests: list[ProjectionRequest],
+            patch: int) -> dict[str, ProjectionBatch]:
+    """Both projections for every request whose image appears in `batches`.
+
+    In each round every image contributes at most one request, so one backward pass serves the whole
+    batch (the images do not interact); an image holding several units' maxima takes several rounds.
+    """
+    by_image: dict[int, list[ProjectionRequest]] = defaultdict(list)
+    for req in requests:
+        by_image[req.image_id].append(req)
+    filled: dict[str, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with projection_relus(model):
+        for batch in batches:
+            rows = {int(i): r for r, i in enumerate(batch.image_ids.tolist())}
+            rounds = max((len(by_image.get(i, ())) for i in rows), default=0)
+            for r in range(rounds):
+                picked = [(row, by_image[i][r]) for i, row in rows.items() if len(by_image.get(i, ())) > r]
+                for (row, req), images in zip(picked, _one_round(model, layers, batch.inputs, picked, patch)):
+                    filled[req.layer].append((req.unit, req.rank, images))
+    return {layer: ProjectionBatch(np.array([f[0] for f in rows]), np.array([f[1] for f in rows]),
+                                   np.stack([f[2] for f in rows])) for layer, rows in filled.items()}
+
+
+def _one_round(model: nn.Module, layers: list[LayerInfo], inputs: torch.Tensor,
+               picked: list[tuple[int, ProjectionRequest]], patch: int) -> list[np.ndarray]:
+    x = inputs.detach().clone().requires_grad_(True)
+    outputs: dict[str, torch.Tensor] = {}
+    with torch.enable_grad(), tapped(model, layers, lambda name, out: outputs.__setitem__(name, out)) as run:
+        run(x)
+        target = sum(outputs[req.layer][row, req.unit, min(req.y, outputs[req.layer].shape[2] - 1),
+                                         min(req.x, outputs[req.layer].shape[3] - 1)] for row, req in picked)
+        grads = []
+        for method in METHODS:
+            _Rule.method = method
+            grads.append(torch.autograd.grad(target, x, retain_graph=method != METHODS[-1])[0].detach())
+    out = []
+    for row, req in picked:
+        y0, x0, y1, x1 = req.box
+        views = [_to_image(resize_region(g[row:row + 1, :, y0:y1, x0:x1].float(), patch)[0]) for g in grads]
+        out.append(np.stack(views))
+    return out
+
+
+def _to_image(grad: torch.Tensor) -> np.ndarray:
+    """[C, P, P] gradient -> uint8 [P, P, 3], scaled by its largest magnitude, 128 = 0."""
+    scale = grad.abs().max().clamp(min=1e-12)
+    img = (128 + 127 * grad / scale).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return img.repeat(3, axis=-1) if img.shape[-1] == 1 else img[..., :3]
