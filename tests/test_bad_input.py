@@ -31,7 +31,7 @@ def _run(job, capsys) -> tuple[int, str]:
     (lambda t: t.replace("tiny_models.py:planted", "missing.py:planted"), "'model.factory' points to"),
     (lambda t: t.replace("tiny_models.py:planted", "tiny_models.py:nothing"), "has no function 'nothing'"),
     (lambda t: t.replace("[ray]", "[ray]\n[ray]"), "is not valid TOML"),
-    (lambda t: t.replace("[stages.activations]", "[stages.featvis]\n[stages.activations]"), "featvis are not available"),
+    (lambda t: t.replace("[stages.activations]", "[stages.featviz]\n[stages.activations]"), "Did you mean 'featvis'?"),
     (lambda t: t.replace('factory = "tiny_models.py:planted"', 'torchvision = "resnet81"'), "Closest: resnet18"),
 ])
 def test_bad_job_files_exit_2_naming_the_key(tmp_path, capsys, edit, expected):
