@@ -17,6 +17,8 @@ def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     text = DEMO.read_text().replace("images = 1000", "images = 60").replace("epochs = 20", "epochs = 2")
+    text = text.replace("steps = 192", "steps = 4").replace("rounds = 60", "rounds = 1")  # every stage, briefly
+    assert "steps = 4" in text and "rounds = 1" in text
     (jobs / "demo.toml").write_text(text)
     assert main(["run", str(jobs / "demo.toml")]) == 0
     first = capsys.readouterr().out
@@ -26,6 +28,7 @@ def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
     assert not model["cached"] and 0.0 <= model["heldout_accuracy"] <= 1.0
     assert manifest["data"]["classes"] == sorted(manifest["data"]["classes"]) and len(manifest["data"]["classes"]) == 6
     assert [layer["name"] for layer in manifest["layers"]] == ["conv1", "conv2", "conv3", "conv4", "fc"]
+    assert manifest["stages_done"] == ["activations", "featvis", "dissection", "shapley"]
 
     assert main(["run", str(jobs / "demo.toml")]) == 0
     assert "demo model: cached" in capsys.readouterr().out
