@@ -67,6 +67,8 @@ class FeatvisConfig:
     diversity: int = 0  # also render a diverse set of this many images per unit
     batch_units: int = 32  # images optimized together
     layers: tuple[str, ...] = ()  # layers to render (paths or globs among model.layers); empty: all of them
+    tv: float = 0.0  # frequency penalization: total-variation weight (0: off)
+    blur: float = 0.0  # frequency penalization: weight of the distance to the blurred image (0: off)
 
 
 @dataclass(frozen=True)
@@ -249,9 +251,9 @@ def _check_values(job: JobConfig) -> None:
                              ("objective", ("channel", "neuron", "layer", "class_logit", "class_prob"))):
             if getattr(fv, key) not in allowed:
                 raise UserError(f"job key 'stages.featvis.{key}' must be one of {', '.join(allowed)}, got {getattr(fv, key)!r}.")
-        if fv.size < 0 or fv.diversity < 0 or fv.diversity == 1 or fv.lr <= 0:
-            raise UserError("job keys 'stages.featvis.size' (0: automatic), 'diversity' (0, or 2 and more) and 'lr' "
-                            f"(positive) got {fv.size}, {fv.diversity}, {fv.lr}.")
+        if fv.size < 0 or fv.diversity < 0 or fv.diversity == 1 or fv.lr <= 0 or fv.tv < 0 or fv.blur < 0:
+            raise UserError("job keys 'stages.featvis.size' (0: automatic), 'diversity' (0, or 2 and more), 'lr' "
+                            f"(positive), 'tv' and 'blur' (0 or more) got {fv.size}, {fv.diversity}, {fv.lr}, {fv.tv}, {fv.blur}.")
     if job.stages.shapley:
         sh = job.stages.shapley
         for key in ("eval_images", "top_k", "rounds", "permutations_per_round", "patience"):

@@ -164,7 +164,8 @@ def _featvis_plan(job: JobConfig, model: torch.nn.Module, layers: list[LayerInfo
     size = cfg.size or min(128, job.model.input_size)
     settings = FeatvisSettings(steps=cfg.steps, size=size, lr=cfg.lr, param=cfg.param, transforms=cfg.transforms,
                                objective=cfg.objective, negative=cfg.negative, diversity=cfg.diversity,
-                               batch_units=cfg.batch_units, mean=tuple(job.model.mean), std=tuple(job.model.std))
+                               batch_units=cfg.batch_units, tv=cfg.tv, blur=cfg.blur, mean=tuple(job.model.mean),
+                               std=tuple(job.model.std))
     names = [info.name for info in layers]
     if cfg.layers:
         chosen = set(resolve_layers(model, cfg.layers))

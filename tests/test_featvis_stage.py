@@ -159,3 +159,14 @@ def test_projections_highlight_the_pattern_pixels():
     red = out.images[list(out.unit).index(0), 1]  # guided: the red detector's 1x1 tap sees the red pixel only
     assert np.argwhere(np.abs(red.astype(int) - 128).sum(axis=-1) > 0).tolist() == [[4, 4]]
     assert red[4, 4, 0] == 255 and red[4, 4, 1] < 128  # more red, less green: the pattern's colour
+
+
+def test_frequency_penalties_smooth_the_image(rendered):
+    smooth = fv.render(PatternDetectors().eval(), "relu", 1, [0], replace(SETTINGS, tv=5.0, blur=5.0), seed=0)
+    plain = rendered.images[0, 0].astype(float)
+    penalized = smooth.images[0, 0].astype(float)
+
+    def variation(img):
+        return np.abs(np.diff(img, axis=0)).mean() + np.abs(np.diff(img, axis=1)).mean()
+    assert variation(penalized) < 0.5 * variation(plain)
+    assert penalized.reshape(-1, 3).mean(axis=0)[0] > 140  # still red

@@ -35,6 +35,8 @@ class FeatvisSettings:
     diversity: int = 0  # images in each unit's diverse set (0: none)
     diversity_weight: float = 1.0
     batch_units: int = 32  # images per optimization batch (fixed: results must not depend on it)
+    tv: float = 0.0  # weight of a total-variation penalty (frequency penalization; 0: off)
+    blur: float = 0.0  # weight of a penalty on the distance to the image blurred (0: off)
     redirect_steps: int = 16
     flat_std: float = 0.01  # a positive image whose pixels vary less than this (in [0, 1]) is flagged flat
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -113,6 +115,20 @@ def forward_to(model: nn.Module, layer: str, x: torch.Tensor, needs_output: bool
     return seen[-1], out
 
 
+def _frequency_penalty(images: torch.Tensor, settings: FeatvisSettings) -> torch.Tensor:
+    """Per image: tv * total variation + blur * squared distance to its 3x3-blurred self (held fixed)."""
+    penalty = torch.zeros(len(images), device=images.device)
+    if settings.tv:
+        dy = (images[:, :, 1:] - images[:, :, :-1]).abs().mean(dim=(1, 2, 3))
+        dx = (images[:, :, :, 1:] - images[:, :, :, :-1]).abs().mean(dim=(1, 2, 3))
+        penalty = penalty + settings.tv * (dy + dx)
+    if settings.blur:
+        kernel = torch.full((images.shape[1], 1, 3, 3), 1 / 9, device=images.device)
+        blurred = torch.nn.functional.conv2d(images, kernel, padding=1, groups=images.shape[1]).detach()
+        penalty = penalty + settings.blur * (images - blurred).pow(2).mean(dim=(1, 2, 3))
+    return penalty
+
+
 def _objective(settings: FeatvisSettings) -> obj.Objective:
     return obj.NAMED[settings.objective]()
 
@@ -162,6 +178,8 @@ def _optimize(model: nn.Module, layer: str, layer_index: int, units: list[int], 
         value = sign * objective(ctx)
         if settings.diversity > 1:
             value = value + settings.diversity_weight * torch.where(diverse, obj.diversity()(ctx), torch.zeros_like(value))
+        if settings.tv or settings.blur:
+            value = value - _frequency_penalty(to_images(params, settings.param, size, decorrelate), settings)
         (-value.sum()).backward()
         opt.step()
     with torch.no_grad():
