@@ -52,14 +52,14 @@ def reached(model: nn.Module, layer: str, images: np.ndarray, units: list[int], 
     return float(torch.stack([acts[i, u].mean() for i, u in enumerate(units)]).mean())
 
 
-def ours(model, layer, units, size, steps, mean, std) -> tuple[float, np.ndarray]:
+def render_ours(model, layer, units, size, steps, mean, std) -> tuple[float, np.ndarray]:
     settings = fv.FeatvisSettings(steps=steps, size=size, negative=False, batch_units=len(units), mean=mean, std=std)
     t0 = time.perf_counter()
     out = fv.render(model, layer, 0, units, settings, seed=0)
     return time.perf_counter() - t0, out.images[:, 0].astype(np.float32) / 255
 
 
-def lucent(model, layer, units, size, steps, mean, std) -> tuple[float, np.ndarray]:
+def render_lucent(model, layer, units, size, steps, mean, std) -> tuple[float, np.ndarray]:
     from lucent.optvis import param, render
 
     wrapped = Normalized(model, mean, std).eval()
@@ -96,8 +96,8 @@ def main() -> None:
     units = list(range(args.units))
     print(f"{args.units} units, {args.steps} steps, {torch.get_num_threads()} threads")
     for label, model, layer, size, (mean, std) in cases:
-        t_lucent, img_lucent = lucent(model, layer, units, size, args.steps, mean, std)
-        t_ours, img_ours = ours(model, layer, units, size, args.steps, mean, std)
+        t_lucent, img_lucent = render_lucent(model, layer, units, size, args.steps, mean, std)
+        t_ours, img_ours = render_ours(model, layer, units, size, args.steps, mean, std)
         a_lucent = reached(model, layer, img_lucent, units, mean, std)
         a_ours = reached(model, layer, img_ours, units, mean, std)
         print(f"  {label}, {layer}, {size} px: lucent {t_lucent / len(units):6.2f} s/unit (activation {a_lucent:.3f}); "
