@@ -170,3 +170,12 @@ def test_frequency_penalties_smooth_the_image(rendered):
         return np.abs(np.diff(img, axis=0)).mean() + np.abs(np.diff(img, axis=1)).mean()
     assert variation(penalized) < 0.5 * variation(plain)
     assert penalized.reshape(-1, 3).mean(axis=0)[0] > 140  # still red
+
+
+def test_diverse_images_differ_and_do_not_depend_on_the_batch():
+    settings = replace(SETTINGS, steps=48, negative=False, diversity=2, batch_units=6)
+    together = fv.render(PatternDetectors().eval(), "relu", 1, [3, 0, 1, 2], settings, seed=0)  # batches of 3 units
+    assert together.images.shape == (4, 3, 32, 32, 3)
+    assert not np.array_equal(together.images[0, 1], together.images[0, 2])  # the diverse set is not one image twice
+    alone = fv.render(PatternDetectors().eval(), "relu", 1, [3], settings, seed=0)  # padded with spares of unit 3
+    assert np.array_equal(alone.images[0], together.images[0])

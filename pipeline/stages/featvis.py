@@ -162,8 +162,8 @@ def _optimize(model: nn.Module, layer: str, layer_index: int, units: list[int], 
     sign = torch.tensor([-1.0 if k == "negative" else 1.0 for k in kinds], device=device)
     diverse = torch.tensor([k == "diverse" for k in kinds], device=device)
     ctx_units = torch.tensor([u for u, _ in jobs], device=device)
-    groups = torch.tensor([i if k != "diverse" else -1 - units.index(u) for i, ((u, _), k) in enumerate(zip(jobs, kinds))],
-                          device=device)
+    # a unit's diverse images form one group, by the unit's place in this batch (a spare copy is its own group)
+    groups = torch.tensor([i if k != "diverse" else -1 - i // len(views) for i, k in enumerate(kinds)], device=device)
     mean = torch.tensor(settings.mean, device=device)[None, :, None, None]
     std = torch.tensor(settings.std, device=device)[None, :, None, None]
     decorrelate = settings.param == "fourier"
