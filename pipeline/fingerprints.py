@@ -19,7 +19,7 @@ def _hash_tensors(h: "hashlib._Hash", named: list[tuple[str, torch.Tensor]]) -> 
     for name, t in named:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too (BatchNorm counts)
 
 
 def model_fingerprint(model: nn.Module) -> str:

@@ -10,6 +10,7 @@ import torchvision
 
 from pipeline.config import ModelConfig, load_job
 from pipeline.errors import UserError
+from pipeline.fingerprints import layer_fingerprints, model_fingerprint
 from pipeline.layer_taps import probe_layers, tapped
 from pipeline.models import build_model, recipe_from_config, resolve_layers
 
@@ -83,3 +84,13 @@ def test_torch_export_archives_are_read_layer_by_layer(tmp_path):
             run(x)
             expected = source(x)
     torch.testing.assert_close(seen["fc"][:, :, 0, 0], expected)
+
+
+def test_fingerprints_cover_zero_dim_buffers():
+    model = torchvision.models.resnet18(num_classes=3).eval()  # BatchNorm's num_batches_tracked is a 0-dim tensor
+    before = model_fingerprint(model)
+    layers = layer_fingerprints(model, ["layer1", "fc"], (3, 32, 32))
+    model.layer4[1].bn2.num_batches_tracked += 1
+    assert model_fingerprint(model) != before
+    after = layer_fingerprints(model, ["layer1", "fc"], (3, 32, 32))
+    assert after["layer1"] == layers["layer1"] and after["fc"] != layers["fc"]
