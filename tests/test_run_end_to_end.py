@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import torchvision
 import zarr
 
 from catalog_schema import Catalog
-from conftest import RED_IMAGE, RED_YX, planted_job
+from conftest import RED_IMAGE, RED_YX, make_images, planted_job
 from pipeline.cli import main
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -108,3 +110,16 @@ def test_query_errors_name_the_problem(planted_catalog, capsys):
     assert "'conv' is not in catalog" in err and "closest: conv2, conv1" in err
     assert main(["query", str(planted_catalog), "--sort", "nope"]) == 2
     assert "act_max" in capsys.readouterr().err
+
+
+def test_a_torchvision_model_with_local_weights(tmp_path):
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "r18.pth")
+    make_images(tmp_path / "images", count=6, classes=("a", "b", "c"))
+    (tmp_path / "job.toml").write_text(
+        '[model]\ntorchvision = "resnet18"\nweights = "r18.pth"\nnum_classes = 3\nlayers = ["layer1", "layer4.1.conv2", "fc"]\n'
+        'input_size = 32\n[data]\nimages = "images"\nbatch_size = 4\n[stages.activations]\nk = 2\npatch_size = 8\n'
+        '[output]\ncatalog = "catalog"\n')
+    assert main(["run", str(tmp_path / "job.toml")]) == 0
+    units = pd.read_parquet(tmp_path / "catalog" / "units.parquet")
+    assert units.groupby("layer").size().to_dict() == {"layer1": 64, "layer4.1.conv2": 512, "fc": 3}
