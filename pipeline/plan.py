@@ -24,8 +24,6 @@ from pipeline.receptive_field import ReceptiveField, receptive_fields
 from pipeline.stages.featvis import FeatvisSettings
 from pipeline.stages.first_layer import filter_images, input_convolutions
 
-IMPLEMENTED_STAGES = ("activations", "featvis", "dissection", "shapley")
-
 
 @dataclass(frozen=True)
 class Shard:
@@ -87,10 +85,6 @@ class RunPlan:
 def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] | None = None) -> RunPlan:
     """Validate inputs, load the model once to choose layers, and cut the data set into shards."""
     stages = tuple(dict.fromkeys(("activations", *(stages or job.stages.requested()))))  # every stage builds on it
-    unknown = [s for s in stages if s not in IMPLEMENTED_STAGES]
-    if unknown:
-        raise UserError(f"stage(s) {', '.join(unknown)} are not available in this version of neuron-catalog; "
-                        f"available: {', '.join(IMPLEMENTED_STAGES)}. Remove their [stages.*] tables or pass --stages.")
     catalog = (out or job.output.catalog).resolve()
     check_catalog_target(catalog)
     prepared = prepare_inputs(job)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +82,20 @@ def planted_job(folder: Path, batch: int = 4, workers: int = 1, shard: int = 8, 
     if not (folder / "images").exists():
         make_images(folder / "images", count=images)
     return write_job(folder, PLANTED_JOB.format(batch=batch, workers=workers, shard=shard))
+
+
+def kill_run_when(job: Path, checkpoints: str, count: int, timeout: float = 180) -> None:
+    """Run the job in a subprocess and SIGKILL its whole process group once `count` files match the
+    glob `checkpoints` (under the catalog's .work directory); fails if the run ends first."""
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    work = job.parent / "catalog" / ".work"
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and len(list(work.glob(checkpoints))) < count:
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

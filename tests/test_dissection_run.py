@@ -4,21 +4,15 @@ tiny Broden directory, IoUs computed by hand from the planted masks."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from catalog_schema import Catalog
-from conftest import write_job
+from conftest import kill_run_when, write_job
 from mini_broden import write_mini_broden
 from pipeline.cli import main
 
@@ -172,18 +166,8 @@ def test_a_bad_mask_skips_its_image_and_is_recorded(tmp_path):
 
 def test_killed_dissection_resumes_from_finished_shards(tmp_path, capsys):
     job, _ = dissection_job(tmp_path, batch=2, shard=2, images=80)  # 40 shards per pass
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    kill_run_when(job, "dissection-tally-*/shard-*.pkl", 2)
     work = tmp_path / "catalog" / ".work"
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline and len(list(work.glob("dissection-tally-*/shard-*.pkl"))) < 2:
-            assert proc.poll() is None, "the run ended before it could be interrupted"
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     tally = len(list(work.glob("dissection-tally-*/shard-*.pkl")))
     assert 2 <= tally < 40 and len(list(work.glob("dissection-thresholds-*/shard-*.pkl"))) == 40
     assert not (tmp_path / "catalog" / "manifest.json").exists()

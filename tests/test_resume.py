@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pandas as pd
 import pytest
 
-from conftest import make_images, planted_job
+from conftest import kill_run_when, make_images, planted_job
 from pipeline.cli import main
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -21,18 +15,8 @@ def test_killed_run_resumes_from_finished_shards(tmp_path, capsys):
     make_images(tmp_path / "images", count=160, size=96)
     job = planted_job(tmp_path, batch=2, shard=2)  # 80 shards of one batch each
     job.write_text(job.read_text().replace("input_size = 32", "input_size = 96"))
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    kill_run_when(job, "*/shard-*.pkl", 2)
     work = tmp_path / "catalog" / ".work"
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and len(list(work.glob("*/shard-*.pkl"))) < 2:
-            assert proc.poll() is None, "the run ended before it could be interrupted"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     finished = len(list(work.glob("*/shard-*.pkl")))
     assert 2 <= finished < 80
     assert not (tmp_path / "catalog" / "manifest.json").exists()

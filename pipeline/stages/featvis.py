@@ -10,8 +10,6 @@ that units which never fire still get one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +19,7 @@ from torch import nn
 from pipeline.stages import featvis_objectives as obj
 from pipeline.stages.featvis_param import init_params, to_images
 from pipeline.stages.featvis_transforms import Transforms
+from pipeline.stages.relu_rules import relus_replaced
 
 
 @dataclass(frozen=True)
@@ -81,19 +80,6 @@ class _RedirectedReLU(torch.autograd.Function):
         redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)  # grad > 0 would push x lower
         through = relu_grad.reshape(len(grad), -1).norm(dim=1) > 0
         return torch.where(through.reshape(-1, *([1] * (grad.dim() - 1))), relu_grad, redirected)
-
-
-@contextmanager
-def redirected_relus(model: nn.Module, on: bool) -> Iterator[None]:
-    """Every nn.ReLU of the model computes with `_RedirectedReLU` while `on`."""
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)] if on else []
-    for m in relus:
-        m.forward = _RedirectedReLU.apply
-    try:
-        yield
-    finally:
-        for m in relus:
-            del m.forward
 
 
 def forward_to(model: nn.Module, layer: str, x: torch.Tensor, needs_output: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -172,7 +158,7 @@ def _optimize(model: nn.Module, layer: str, layer_index: int, units: list[int], 
         x = to_images(params, settings.param, size, decorrelate)
         if transforms is not None:
             x = transforms.apply(x, [transforms.draw(r) for r in rngs])
-        with redirected_relus(model, step < settings.redirect_steps):
+        with relus_replaced(model, _RedirectedReLU.apply if step < settings.redirect_steps else None):
             acts, output = forward_to(model, layer, (x - mean) / std, objective.needs_output)
         ctx = obj.Context(acts, ctx_units, groups, output)
         value = sign * objective(ctx)

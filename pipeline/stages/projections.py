@@ -10,8 +10,7 @@ to the example's receptive-field box and resized like the example crops.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +21,7 @@ from pipeline.batches import Batch
 from pipeline.layer_taps import tapped
 from pipeline.models import LayerInfo
 from pipeline.stages.example_crops import resize_region
+from pipeline.stages.relu_rules import relus_replaced
 
 METHODS = ("deconvnet", "guided")
 
@@ -61,18 +61,6 @@ class _ProjectionReLU(torch.autograd.Function):
         return positive if _Rule.method == "deconvnet" else positive * (x > 0)
 
 
-@contextmanager
-def projection_relus(model: nn.Module) -> Iterator[None]:
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    for m in relus:
-        m.forward = _ProjectionReLU.apply
-    try:
-        yield
-    finally:
-        for m in relus:
-            del m.forward
-
-
 def project(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch], requests: list[ProjectionRequest],
             patch: int) -> dict[str, ProjectionBatch]:
     """Both projections for every request whose image appears in `batches`.
@@ -86,7 +74,7 @@ def project(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch],
     filled: dict[str, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
     for p in model.parameters():
         p.requires_grad_(False)
-    with projection_relus(model):
+    with relus_replaced(model, _ProjectionReLU.apply):
         for batch in batches:
             rows = {int(i): r for r, i in enumerate(batch.image_ids.tolist())}
             rounds = max((len(by_image.get(i, ())) for i in rows), default=0)

@@ -17,6 +17,7 @@ transform, measured the same way for both).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from pathlib import Path
 
@@ -80,9 +81,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    try:
-        import lucent  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("lucent") is None:
         raise SystemExit("torch-lucent is not installed here: see this file's docstring for its own environment.")
     torch.manual_seed(0)
     cases = [("resnet18 (random weights)", torchvision.models.resnet18().eval(), "layer3", 128, IMAGENET)]
