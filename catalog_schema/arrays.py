@@ -32,6 +32,8 @@ FEATVIS = ArrayKind("featvis", "uint8", "[units, V, S, S, 3] feature visualizati
 MEAN_MAPS = ArrayKind("mean_maps", "float32", "[units, H, W] mean activation map over the data set (for ablation)")
 PROJECTIONS = ArrayKind("projections", "uint8", "[units, k, 2, P, P, 3] deconvnet and guided-backprop projections of "
                         "each top example's maximum, cropped like the examples; 128 = no influence")
+PROBES = ArrayKind("probes", "float32", "[units, m] mean activation on each probe image (attrs: image_ids, paths); "
+                   "the fixed image sample `diff` correlates units on")
 WEIGHTS = ArrayKind("weights", "uint8", "[units, kh, kw, 3] filters of a layer that convolves the input, 128 = 0")
 
-ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, FEATVIS, MEAN_MAPS, PROJECTIONS, WEIGHTS)}
+ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, FEATVIS, MEAN_MAPS, PROBES, PROJECTIONS, WEIGHTS)}

@@ -8,13 +8,16 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+LATEST = "latest"  # in a catalog history (catalog/<UTC time>/...): the symlink to the newest finished catalog
 
 # Keys every manifest has (values are plain JSON):
 #   schema_version, run_id, started, finished (ISO 8601 UTC), job (the validated job config),
 #   fingerprints: {model, layers: {layer: hash}, data, concepts, config},
 #   stages_done: [stage names], layers: [{name, units, shape, receptive_field: {...}}],
 #   data: {root, images, used, skipped: [{image_id, path, reason}], classes},
-#   summary: {units, dead_units, ...}, errors: [messages]
+#   summary: {units, dead_units, ...}, errors: [messages],
+#   reuse: {previous, previous_run_id, stages: {stage: {layer | "*": {action: reused|computed, why}}}};
+#   fingerprints.inputs: {stage: {layer | "*": {input: hash}}} is what a later run compares to reuse results
 REQUIRED_KEYS = ("schema_version", "run_id", "started", "finished", "job", "fingerprints", "stages_done", "layers", "data")
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from catalog_schema.arrays import EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS, PROJECTIONS, STORE, WEIGHTS, ArrayKind
-from catalog_schema.manifest import CatalogError, read_manifest
+from catalog_schema.arrays import EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS, PROBES, PROJECTIONS, STORE, WEIGHTS, ArrayKind
+from catalog_schema.manifest import LATEST, MANIFEST, CatalogError, read_manifest
 from catalog_schema.tables import TABLES, table_file
 
 
@@ -23,9 +23,12 @@ class Catalog:
 
     @classmethod
     def open(cls, path: str | Path) -> Catalog:
+        """A catalog directory, or a catalog history (a job with [output] history): then its newest catalog."""
         path = Path(path)
         if not path.is_dir():
             raise CatalogError(f"catalog {path} does not exist: run a job to write it, or check the path.")
+        if not (path / MANIFEST).exists() and (path / LATEST).is_dir():
+            path = (path / LATEST).resolve()
         return cls(path, read_manifest(path))
 
     @property
@@ -92,6 +95,11 @@ class Catalog:
     def filters(self, layer: str) -> np.ndarray:
         """uint8 [units, kh, kw, 3]: the filters of a layer that convolves the input (128 = 0)."""
         return self._array(WEIGHTS, layer)[...]
+
+    def probes(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 [units, m] mean activation of each unit on each probe image, int64 [m] their image ids)."""
+        arr = self._array(PROBES, layer)
+        return arr[...], np.asarray(arr.attrs["image_ids"], dtype=np.int64)
 
     def mean_map(self, layer: str) -> np.ndarray:
         """Mean activation map float32 [units, H, W] of a layer."""

@@ -68,6 +68,18 @@ def replace_dir(new: Path, final: Path) -> None:
         os.replace(new, final)
 
 
+def copy_array(source: Path, catalog: Path, kind: ArrayKind, layer: str) -> None:
+    """Copy one array from another catalog as it is (a result reused by re-analysis); atomic like write_array."""
+    src = Path(source) / STORE / kind.group / layer
+    final = Path(catalog) / STORE / kind.group / layer
+    if src.resolve() == final.resolve():
+        return
+    zarr.open_group(Path(catalog) / STORE, mode="a", zarr_format=3).require_group(kind.group)
+    tmp = _tmp(final)
+    shutil.copytree(src, tmp)
+    replace_dir(tmp, final)
+
+
 def remove_array(catalog: Path, kind: ArrayKind, layer: str) -> None:
     """Drop a stale array (a stage that did not run this time); nothing when there is none."""
     shutil.rmtree(Path(catalog) / STORE / kind.group / layer, ignore_errors=True)

@@ -13,6 +13,7 @@ UNITS = pa.schema([
     pa.field("act_min", pa.float32()),
     pa.field("frac_active", pa.float32()),
     pa.field("dead", pa.bool_()),
+    pa.field("nonfinite", pa.int64()),  # NaN or infinite activation values seen (read as 0 in the statistics)
     pa.field("label", pa.string()),
     pa.field("category", pa.string()),
     pa.field("iou", pa.float32()),

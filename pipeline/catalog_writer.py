@@ -8,10 +8,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 import catalog_schema as cs
-from catalog_schema.storage import remove_array, write_array, write_manifest, write_table
+from catalog_schema.storage import copy_array, remove_array, write_array, write_manifest, write_table
 from pipeline.plan import RunPlan, activations_config, dissection_config, shapley_config
+from pipeline.reuse import FEATVIS_COLUMNS, SHAPLEY_COLUMNS, Reused
 from pipeline.stages.activations import LayerResult
 from pipeline.stages.dissection import DissectionResult
 from pipeline.stages.example_crops import CropBatch, CropRequest
@@ -33,7 +35,7 @@ def crop_requests(plan: RunPlan, results: dict[str, LayerResult]) -> list[CropRe
     """One request per example row: where to cut it and which activation counts as full heat."""
     k = activations_config(plan.job).k
     requests = []
-    for info in plan.layers:
+    for info in plan.layers_to_compute("activations"):
         res = results[info.name]
         ex = res.examples
         vmax, vmin = res.units["act_max"], res.units["act_min"]
@@ -48,7 +50,7 @@ def crop_requests(plan: RunPlan, results: dict[str, LayerResult]) -> list[CropRe
 def projection_requests(plan: RunPlan, results: dict[str, LayerResult]) -> list[ProjectionRequest]:
     """One request per top example: project the unit's maximum in that image back to its pixels."""
     requests = []
-    for info in plan.layers:
+    for info in plan.layers_to_compute("featvis"):
         ex = results[info.name].examples
         for i in np.flatnonzero(ex["sign"] == "top"):
             box = (int(ex["box_y0"][i]), int(ex["box_x0"][i]), int(ex["box_y1"][i]), int(ex["box_x1"][i]))
@@ -61,9 +63,12 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
                   skipped: list[tuple[int, str]], times: dict[str, str], run_id: str,
                   dissection: DissectionOutput | None = None, shapley: ShapleyOutput | None = None,
                   rendered: dict[int, FeatvisChunk] | None = None,
-                  projected: dict[str, list[ProjectionBatch]] | None = None) -> dict[str, Any]:
-    """Tables, arrays, then the manifest; parts of stages not run now are removed so nothing stale remains."""
+                  projected: dict[str, list[ProjectionBatch]] | None = None,
+                  reused: Reused | None = None, reuse_record: dict | None = None) -> dict[str, Any]:
+    """Tables, arrays, then the manifest; parts of stages not run now are removed so nothing stale remains.
+    `results` and `dissection` hold every layer; what `reused` lists is copied from the previous catalog."""
     catalog = plan.catalog
+    reused = reused or Reused()
     catalog.mkdir(parents=True, exist_ok=True)
     k, patch = activations_config(plan.job).k, activations_config(plan.job).patch_size
     names = [info.name for info in plan.layers]
@@ -79,24 +84,35 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
         write_table(catalog, "dissection", cs.to_table("dissection", {c: np.concatenate([r[c] for r in rows]) for c in rows[0]}))
     if shapley is not None:
         _shapley_tables(plan, units, shapley)
+    elif reused.shapley is not None:
+        _copy_shapley(plan, units, reused.shapley)
     if rendered is not None:
         _featvis_arrays(plan, units, rendered)
+        _copy_featvis(plan, units, reused)
     write_table(catalog, "units", cs.to_table("units", units))
     write_table(catalog, "examples", cs.to_table("examples", examples))
     write_table(catalog, "images", cs.to_table("images", _image_columns(plan, skipped)))
+    paths = {r.image_id: r.path for r in plan.images.records}
     for info in plan.layers:
-        pics = np.zeros((info.units, 2 * k, patch, patch, 3), np.uint8)
-        heat = np.zeros((info.units, 2 * k, patch, patch), np.uint8)
-        for batch in crops.get(info.name, []):
-            pics[batch.unit, batch.slot] = batch.crops if batch.crops.shape[-1] == 3 else batch.crops.repeat(3, axis=-1)
-            heat[batch.unit, batch.slot] = batch.heat
-        write_array(catalog, cs.EXAMPLES, info.name, pics)
-        write_array(catalog, cs.HEATMAPS, info.name, heat)
-        write_array(catalog, cs.MEAN_MAPS, info.name, results[info.name].mean_map)
+        if info.name in reused.activations:
+            for kind in (cs.EXAMPLES, cs.HEATMAPS):
+                copy_array(reused.catalog.path, catalog, kind, info.name)
+        else:
+            pics = np.zeros((info.units, 2 * k, patch, patch, 3), np.uint8)
+            heat = np.zeros((info.units, 2 * k, patch, patch), np.uint8)
+            for batch in crops.get(info.name, []):
+                pics[batch.unit, batch.slot] = batch.crops if batch.crops.shape[-1] == 3 else batch.crops.repeat(3, axis=-1)
+                heat[batch.unit, batch.slot] = batch.heat
+            write_array(catalog, cs.EXAMPLES, info.name, pics)
+            write_array(catalog, cs.HEATMAPS, info.name, heat)
+        res = results[info.name]
+        write_array(catalog, cs.MEAN_MAPS, info.name, res.mean_map)
+        write_array(catalog, cs.PROBES, info.name, res.probe, {"image_ids": [int(i) for i in res.probe_ids],
+                                                                "paths": [paths[int(i)] for i in res.probe_ids]})
     for name, images in (plan.filters or {}).items():
         write_array(catalog, cs.WEIGHTS, name, images)
     if projected is not None:
-        for info in plan.layers:
+        for info in plan.layers_to_compute("featvis"):
             views = np.full((info.units, k, 2, patch, patch, 3), 128, np.uint8)
             for batch in projected.get(info.name, []):
                 views[batch.unit, batch.rank] = batch.images
@@ -111,10 +127,14 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
             for table in tables:
                 (catalog / f"{table}.parquet").unlink(missing_ok=True)
     manifest = _manifest(plan, units, skipped, times, run_id)
+    manifest["reuse"] = reuse_record or {"previous": None, "previous_run_id": None, "stages": {}}
     if dissection is not None:
         _add_dissection(manifest, plan, units, dissection)
     if shapley is not None:
         _add_shapley(manifest, plan, shapley)
+    elif reused.shapley is not None:
+        manifest["settings"]["shapley"] = reused.shapley["settings"]
+        manifest["shapley"] = reused.shapley["manifest"]
     if rendered is not None:
         manifest["settings"]["featvis"] = asdict(plan.featvis)
         manifest["featvis"] = {"views": [kind for kind, _ in plan.featvis.views()], "size": plan.featvis.size,
@@ -240,3 +260,26 @@ def _featvis_arrays(plan: RunPlan, units: dict[str, np.ndarray], rendered: dict[
                 ratio[i] = float(chunk.peak[j]) / best if best > 0 else None
                 flat[i] = bool(chunk.flat[j])
     units["featvis_activation"], units["featvis_ratio"], units["featvis_flat"] = objective, ratio, flat
+
+
+def _copy_featvis(plan: RunPlan, units: dict[str, np.ndarray], reused: Reused) -> None:
+    """Visualizations and projections of layers whose featvis inputs did not change, as the previous run made them."""
+    for layer, columns in reused.featvis.items():
+        rows = np.flatnonzero(units["layer"] == layer)
+        for column in FEATVIS_COLUMNS:
+            values = list(units[column])
+            for i, value in zip(rows, columns[column]):
+                values[i] = None if value is None or value != value else value  # NaN: the previous run's null
+            units[column] = values
+        copy_array(reused.catalog.path, plan.catalog, cs.PROJECTIONS, layer)
+        if reused.catalog.has_array(cs.FEATVIS.group, layer):
+            copy_array(reused.catalog.path, plan.catalog, cs.FEATVIS, layer)
+
+
+def _copy_shapley(plan: RunPlan, units: dict[str, np.ndarray], previous: dict) -> None:
+    """The previous run's Shapley tables and unit columns (the model and the evaluation set are unchanged)."""
+    for table in ("shapley", "shapley_ablation"):
+        write_table(plan.catalog, table, pa.Table.from_pandas(previous[table], schema=cs.TABLES[table], preserve_index=False))
+    values = [previous["units"].get((layer, int(unit))) for layer, unit in zip(units["layer"], units["unit"])]
+    for j, column in enumerate(SHAPLEY_COLUMNS):
+        units[column] = [None if v is None else float(v[j]) for v in values]

@@ -19,7 +19,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None, help="Ray cluster address (default: [ray] address, RAY_ADDRESS, else a local Ray)")
     run.add_argument("--out", type=Path, default=None, help="catalog directory (default: [output] catalog)")
     run.add_argument("--stages", default=None, help=f"comma-separated subset of {','.join(STAGES)}")
-    run.add_argument("--previous", type=Path, default=None, help="a previous catalog to reuse unchanged results from")
+    run.add_argument("--previous", default=None,
+                     help="a previous catalog to reuse unchanged results from, or 'latest' (default: the job's `previous`)")
 
     query = verbs.add_parser("query", help="print units of a catalog")
     query.add_argument("catalog", type=Path)
@@ -61,8 +62,6 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline.config import load_job
     from pipeline.run import run_job
 
-    if args.previous is not None:
-        raise UserError("--previous (reuse of an earlier catalog) is not available in this version; run without it.")
     stages = None
     if args.stages:
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
@@ -70,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         if bad:
             raise UserError(f"--stages: unknown stage(s) {', '.join(bad)}; stages are {', '.join(STAGES)}.")
     job = load_job(args.job)
-    result = run_job(job, address=args.address, out=args.out, stages=stages)
+    result = run_job(job, address=args.address, out=args.out, stages=stages, previous=args.previous)
     s, data = result.manifest["summary"], result.manifest["data"]
     print(f"catalog written: {result.catalog}")
     print(f"  layers {s['layers']}, units {s['units']}, dead units {s['dead_units']}")
@@ -79,6 +78,12 @@ def _run(args: argparse.Namespace) -> int:
         c = result.manifest["concepts"]
         print(f"  dissection: {s['interpretable_units']} interpretable units, {s['unique_concepts']} distinct concepts; "
               f"concept images used {c['used']} of {c['images']}, skipped {len(c['skipped'])}")
+    reuse = result.manifest["reuse"]
+    if reuse["previous"]:
+        done = [(stage, layer, r["action"]) for stage, layers in reuse["stages"].items() for layer, r in layers.items()]
+        kept = sum(action == "reused" for *_, action in done)
+        print(f"  re-analysis of {reuse['previous']}: {kept} of {len(done)} (stage, layer) results reused, "
+              f"{len(done) - kept} computed (manifest.json 'reuse' says why)")
     if result.shards_reused:
         print(f"  resumed: {result.shards_reused} shard(s) reused from the interrupted run, {result.shards_computed} computed")
     print(f"  try: neuron-catalog describe {result.catalog}")

@@ -53,6 +53,7 @@ class ConceptsConfig:
 class ActivationsConfig:
     k: int = 16
     patch_size: int = 64  # pixels of the stored receptive-field crops
+    probe_images: int = 256  # images whose per-unit mean activation is kept for `diff` (0: none)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class RayConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     catalog: Path | None = None
+    history: bool = False  # write catalog/<UTC time>/ and point catalog/latest at it
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ class PrepareConfig:
 class JobConfig:
     path: Path
     seed: int = 0
+    previous: str = ""  # a catalog to reuse unchanged results from (relative to the job file), or "latest"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     concepts: ConceptsConfig = field(default_factory=ConceptsConfig)
@@ -277,7 +280,9 @@ def _check_values(job: JobConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"job key '{key}' must be at least 1, got {value}.")
-    for key, value in {"data.limit": job.data.limit, "ray.workers": job.ray.workers}.items():
+    probes = job.stages.activations.probe_images if job.stages.activations else 0
+    for key, value in {"data.limit": job.data.limit, "ray.workers": job.ray.workers,
+                       "stages.activations.probe_images": probes}.items():
         if value < 0:
             raise UserError(f"job key '{key}' must be 0 or more, got {value}.")
     if job.ray.gpus_per_worker < 0:

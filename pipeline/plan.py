@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -69,16 +70,27 @@ class RunPlan:
     featvis: FeatvisSettings | None = None
     featvis_tasks: tuple[FeatvisTask, ...] = ()
     filters: dict | None = None  # layer -> uint8 [units, kh, kw, 3], for layers that convolve the input
+    probe_ids: frozenset[int] = frozenset()  # images whose per-unit mean activation is kept for `diff`
+    compute: dict[str, tuple[str, ...]] | None = None  # per stage the layers to compute (None: all); others are reused
 
     @property
     def input_hw(self) -> tuple[int, int]:
         return (self.prep.input_size, self.prep.input_size)
 
+    def layers_to_compute(self, stage: str) -> list[LayerInfo]:
+        """The stage's layers not reused from a previous catalog, in model order."""
+        if self.compute is None:
+            return list(self.layers)
+        wanted = set(self.compute.get(stage, ()))
+        return [info for info in self.layers if info.name in wanted]
+
     def work_dir(self, stage: str) -> Path:
         """Where finished shards of a stage are checkpointed; keyed by everything they depend on."""
         fp = self.fingerprints
+        layers = [info.name for info in self.layers_to_compute(stage.split("-")[0])]
         key = json_fingerprint({"stage": stage, "model": fp["model"], "data": fp["data"], "settings": fp["settings"],
-                                "concepts": fp.get("concepts"), "shard": len(self.shards[0].records) if self.shards else 0})
+                                "concepts": fp.get("concepts"), "shard": len(self.shards[0].records) if self.shards else 0,
+                                "layers": layers})
         return self.catalog / ".work" / f"{stage}-{key[:16]}"
 
 
@@ -101,6 +113,7 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
     prep = Preprocess(m.input_size, m.mean, m.std, job.data.batch_size)
     per_shard = math.ceil(job.ray.shard_images / prep.batch_size) * prep.batch_size  # whole batches only
     shards = [Shard(i, images.records[s:s + per_shard]) for i, s in enumerate(range(0, len(images.records), per_shard))]
+    probe_ids = probe_sample(images.records, activations_config(job).probe_images)
     settings = {"activations": activations_config(job).__dict__, "prep": prep.__dict__,
                 "layers": [info.name for info in layers], "seed": job.seed, "limit": job.data.limit}
     broden, concept_shards = None, []
@@ -134,7 +147,14 @@ def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] |
         modules = dict(model.named_modules())
         filters = {name: filter_images(modules[name]) for name in input_convolutions(model, names, input_shape)}
     return RunPlan(job, catalog, stages, recipe, layers, fields, images, prep, shards, fingerprints, prepared,
-                   broden, concept_shards, shapley_layers, shapley_eval, featvis, featvis_tasks, filters)
+                   broden, concept_shards, shapley_layers, shapley_eval, featvis, featvis_tasks, filters, probe_ids)
+
+
+def probe_sample(records: tuple[ImageRecord, ...] | list[ImageRecord], n: int) -> frozenset[int]:
+    """Image ids of the probe set: the `n` images whose paths hash lowest. It depends on paths only, so two
+    catalogs of one data set probe the same images, and an image that stays keeps its place when others change."""
+    ranked = sorted(records, key=lambda r: hashlib.sha256(r.path.encode()).digest())
+    return frozenset(r.image_id for r in ranked[:n])
 
 
 def activations_config(job: JobConfig) -> ActivationsConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from dataclasses import dataclass
@@ -9,7 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline import runner
+from catalog_schema import MANIFEST, Catalog, CatalogError
+from pipeline import catalog_history, reuse, runner
 from pipeline.catalog_writer import DissectionOutput, crop_requests, projection_requests, write_catalog
 from pipeline.config import JobConfig
 from pipeline.errors import UserError
@@ -27,53 +29,96 @@ class RunResult:
 
 
 def run_job(job: JobConfig, *, address: str | None = None, out: Path | None = None,
-            stages: tuple[str, ...] | None = None) -> RunResult:
-    """Catalog every unit of the job's layers; resumes from shard checkpoints of an interrupted run."""
-    catalog = (out or job.output.catalog).resolve()
-    check_catalog_target(catalog)
-    with catalog_lock(catalog):
-        return _run(job, address, out, stages)
+            stages: tuple[str, ...] | None = None, previous: str | None = None) -> RunResult:
+    """Catalog every unit of the job's layers; resumes from shard checkpoints of an interrupted run.
+
+    `previous` (or the job's `previous`): a catalog whose results are reused where their inputs did
+    not change, or "latest". With [output] history, each run writes its own folder under the catalog
+    path and `latest` is moved to it once the catalog is complete.
+    """
+    root = (out or job.output.catalog).resolve()
+    if not job.output.history:
+        check_catalog_target(root)
+        with catalog_lock(root):
+            return _run(job, address, root, stages, _previous(job, previous, root))
+    catalog_history.check_history_root(root)
+    with catalog_lock(root):  # one run at a time per history: they share `latest`
+        before = _previous(job, previous, root)
+        result = _run(job, address, catalog_history.run_folder(root), stages, before)
+        catalog_history.point_latest(root, result.catalog)
+        return result
 
 
-def _run(job: JobConfig, address: str | None, out: Path | None, stages: tuple[str, ...] | None) -> RunResult:
+def _previous(job: JobConfig, given: str | None, root: Path) -> Catalog | None:
+    """The catalog to reuse results from: --previous, else the job's `previous`; None for none (yet)."""
+    value = given or job.previous
+    if not value:
+        return None
+    if value == "latest":
+        found = catalog_history.latest(root) if job.output.history else (root if (root / MANIFEST).exists() else None)
+        return Catalog.open(found) if found else None  # the first run of a schedule has nothing to reuse
+    path = Path(value) if given else (job.path.parent / value)
+    key = "--previous" if given else f"job key 'previous' in {job.path}"
+    try:
+        return Catalog.open(path.resolve())
+    except CatalogError as exc:
+        raise UserError(f"{key}: {exc} Give a finished catalog, \"latest\", or leave it out to compute everything.") from None
+
+
+def _run(job: JobConfig, address: str | None, catalog: Path, stages: tuple[str, ...] | None,
+         previous: Catalog | None) -> RunResult:
     started = _now()
-    plan = make_plan(job, out, stages)
+    plan = make_plan(job, catalog, stages)
+    inputs = reuse.stage_inputs(plan)
+    compute, record = reuse.decide(inputs, previous)
+    plan = dataclasses.replace(plan, compute=compute, fingerprints={**plan.fingerprints, "inputs": inputs})
+    reused = reuse.load(plan, previous)
     address = address or job.ray.address or os.environ.get("RAY_ADDRESS", "")
-    passes = [("activations", plan.shards)]
+    passes = [("activations", plan.shards if compute["activations"] else [])]
     if "featvis" in plan.stages:
-        passes.append(("featvis", list(plan.featvis_tasks)))
-    if "dissection" in plan.stages:
+        passes.append(("featvis", [t for t in plan.featvis_tasks if t.layer in compute["featvis"]]))
+    if "dissection" in plan.stages and compute["dissection"]:
         passes += [("dissection-thresholds", plan.concept_shards), ("dissection-tally", plan.concept_shards)]
-    reused = sum((plan.work_dir(name) / f"shard-{s.index:06d}.pkl").exists() for name, shards in passes for s in shards)
+    resumed = sum((plan.work_dir(name) / f"shard-{s.index:06d}.pkl").exists() for name, shards in passes for s in shards)
     total = sum(len(shards) for _, shards in passes)
     with runner.ray_session(address):
         workers = runner.start_workers(plan)
-        partial = runner.run_activations(plan, workers)
-        if partial.images == 0:
-            raise UserError(f"data.images {plan.images.root}: none of its {len(plan.images.records)} files could be read "
-                            f"as an image (first: {partial.skipped[0][1] if partial.skipped else '?'}). Point it at image files.")
-        results = {info.name: activations.finalize(partial, info, plan.fields[info.name], plan.input_hw) for info in plan.layers}
+        results, skipped = dict(reused.activations), reused.skipped
+        if compute["activations"]:
+            partial = runner.run_activations(plan, workers)
+            if partial.images == 0:
+                raise UserError(f"data.images {plan.images.root}: none of its {len(plan.images.records)} files could be "
+                                f"read as an image (first: {partial.skipped[0][1] if partial.skipped else '?'}). "
+                                "Point it at image files.")
+            skipped = partial.skipped
+            results.update({info.name: activations.finalize(partial, info, plan.fields[info.name], plan.input_hw)
+                            for info in plan.layers_to_compute("activations")})
         crops = runner.run_crops(plan, workers, crop_requests(plan, results))
         rendered = projected = None
         if "featvis" in plan.stages:
             rendered = runner.run_featvis(plan, workers)
             projected = runner.run_projections(plan, workers, projection_requests(plan, results))
-        dissection = _dissect(plan, workers) if "dissection" in plan.stages else None
+        dissection = _dissect(plan, workers, reused) if "dissection" in plan.stages else None
         values = None
-        if "shapley" in plan.stages:
+        if "shapley" in plan.stages and reused.shapley is None:
             values = runner.run_shapley(plan, workers, {name: results[name].mean_map for name, _ in plan.shapley_layers})
-    manifest = write_catalog(plan, results, crops, partial.skipped, {"started": started, "finished": _now()},
-                             uuid.uuid4().hex, dissection, values, rendered, projected)
+    manifest = write_catalog(plan, results, crops, skipped, {"started": started, "finished": _now()},
+                             uuid.uuid4().hex, dissection, values, rendered, projected, reused, record)
     runner.clear_work(plan)
-    return RunResult(plan.catalog, manifest, total - reused, reused)
+    return RunResult(plan.catalog, manifest, total - resumed, resumed)
 
 
-def _dissect(plan: RunPlan, workers: runner.Workers) -> DissectionOutput:
+def _dissect(plan: RunPlan, workers: runner.Workers, reused: reuse.Reused) -> DissectionOutput:
+    layers = plan.layers_to_compute("dissection")
+    if not layers:
+        concepts = reused.concepts or {}
+        return DissectionOutput(dict(reused.dissection), concepts.get("used", 0),
+                                [(s["index"], s["reason"]) for s in concepts.get("skipped", [])])
     cfg = dissection_config(plan.job)
     space = dissection_passes.label_space(plan.broden)
     passes = runner.run_dissection(plan, workers, plan.broden, space)
-    layers = dissection_passes.layer_results(plan.layers, passes.thresholds, passes.tally, space, cfg.top, cfg.iou_threshold)
-    return DissectionOutput(layers, passes.tally.images, passes.tally.skipped)
+    computed = dissection_passes.layer_results(layers, passes.thresholds, passes.tally, space, cfg.top, cfg.iou_threshold)
+    return DissectionOutput({**reused.dissection, **computed}, passes.tally.images, passes.tally.skipped)
 
 
 def _now() -> str:

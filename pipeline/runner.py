@@ -48,10 +48,10 @@ class ModelWorker:
     driver keeps it alive), so an actor Ray restarts after a crash rebuilds it the same way.
     """
 
-    def __init__(self, layers: list[LayerInfo], root: str, prep: Preprocess, threads: int):
+    def __init__(self, root: str, prep: Preprocess, threads: int):
         torch.set_num_threads(max(1, threads))  # Ray sets OMP_NUM_THREADS; torch must match the actor's CPUs
         self.device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        self.layers, self.root, self.prep = layers, Path(root), prep
+        self.root, self.prep = Path(root), prep
         self.model: torch.nn.Module | None = None
         self.broden: tuple[str, Broden] | None = None  # (object id, the concept data set) of the last call
         self.ablator: tuple[str, Ablator] | None = None  # (object id of its settings, the Shapley evaluator)
@@ -61,12 +61,13 @@ class ModelWorker:
             self.model = build_model(ray.get(recipe[0])).to(self.device)
         return self.model
 
-    def activations(self, recipe: list[ray.ObjectRef], shard: Shard, k: int) -> tuple[int, activations.ActivationsPartial]:
+    def activations(self, recipe: list[ray.ObjectRef], shard: Shard, layers: list[LayerInfo], k: int,
+                    probe_ids: frozenset[int]) -> tuple[int, activations.ActivationsPartial]:
         model = self._loaded(recipe)
         skipped: list[tuple[int, str]] = []
         groups = global_batches(shard.records, self.prep.batch_size)
         batches = iter_batches(self.root, groups, self.prep, skipped, self.device)
-        partial = activations.compute(model, self.layers, batches, k)
+        partial = activations.compute(model, layers, batches, k, probe_ids)
         partial.skipped = sorted(skipped)
         return shard.index, partial
 
@@ -75,21 +76,21 @@ class ModelWorker:
             self.broden = (ref[0].hex(), ray.get(ref[0]))
         return self.broden[1]
 
-    def thresholds(self, recipe: list[ray.ObjectRef], broden: list[ray.ObjectRef], shard: ConceptShard, quantile: float,
-                   totals: dict[str, int], floor: dict) -> tuple[int, dissection_passes.ConceptPartial]:
+    def thresholds(self, recipe: list[ray.ObjectRef], broden: list[ray.ObjectRef], shard: ConceptShard, layers: list[LayerInfo],
+                   quantile: float, totals: dict[str, int], floor: dict) -> tuple[int, dissection_passes.ConceptPartial]:
         model, concepts = self._loaded(recipe), self._concepts(broden)
         skipped: list[tuple[int, str]] = []
         batches = iter_concept_batches(concepts, shard.ids, self.prep, skipped, self.device)
-        partial = dissection_passes.threshold_pass(model, self.layers, batches, quantile, totals, floor)
+        partial = dissection_passes.threshold_pass(model, layers, batches, quantile, totals, floor)
         partial.skipped = sorted(skipped)
         return shard.index, partial
 
-    def tally(self, recipe: list[ray.ObjectRef], broden: list[ray.ObjectRef], shard: ConceptShard,
+    def tally(self, recipe: list[ray.ObjectRef], broden: list[ray.ObjectRef], shard: ConceptShard, layers: list[LayerInfo],
               thresholds: dict, space: LabelSpace) -> tuple[int, dissection_passes.ConceptPartial]:
         model, concepts = self._loaded(recipe), self._concepts(broden)
         skipped: list[tuple[int, str]] = []
         batches = iter_concept_batches(concepts, shard.ids, self.prep, skipped, self.device)
-        partial = dissection_passes.tally_pass(model, self.layers, batches, thresholds, space)
+        partial = dissection_passes.tally_pass(model, layers, batches, thresholds, space)
         partial.skipped = sorted(skipped)
         return shard.index, partial
 
@@ -123,17 +124,17 @@ class ModelWorker:
         chunk = featvis.render(self._loaded(recipe), task.layer, task.layer_index, list(task.units), settings, seed, self.device)
         return task.index, {task.index: chunk}
 
-    def projections(self, recipe: list[ray.ObjectRef], records: list[ImageRecord], requests: list[ProjectionRequest],
-                    patch: int) -> dict[str, ProjectionBatch]:
+    def projections(self, recipe: list[ray.ObjectRef], records: list[ImageRecord], layers: list[LayerInfo],
+                    requests: list[ProjectionRequest], patch: int) -> dict[str, ProjectionBatch]:
         model = self._loaded(recipe)
         batches = iter_batches(self.root, [records], self.prep, [], self.device)
-        return projections.project(model, self.layers, batches, requests, patch)
+        return projections.project(model, layers, batches, requests, patch)
 
-    def crops(self, recipe: list[ray.ObjectRef], records: list[ImageRecord], requests: list[CropRequest],
-              patch: int) -> dict[str, CropBatch]:
+    def crops(self, recipe: list[ray.ObjectRef], records: list[ImageRecord], layers: list[LayerInfo],
+              requests: list[CropRequest], patch: int) -> dict[str, CropBatch]:
         model = self._loaded(recipe)
         batches = iter_batches(self.root, [records], self.prep, [], self.device)
-        return example_crops.render(model, self.layers, batches, requests, patch)
+        return example_crops.render(model, layers, batches, requests, patch)
 
 
 @contextmanager
@@ -174,16 +175,17 @@ def start_workers(plan: RunPlan) -> Workers:
     actor = ray.remote(ModelWorker).options(
         num_cpus=share, num_gpus=cfg.gpus_per_worker if use_gpu else 0, max_restarts=2, max_task_retries=2,
     )
-    workers = [actor.remote(plan.layers, str(plan.images.root), plan.prep, threads) for _ in range(count)]
+    workers = [actor.remote(str(plan.images.root), plan.prep, threads) for _ in range(count)]
     return Workers(workers, [ray.put(plan.recipe)])  # a list: Ray passes a nested reference as is, unresolved
 
 
 def run_activations(plan: RunPlan, workers: Workers) -> activations.ActivationsPartial:
-    """Every shard through the activations stage, resuming from checkpointed shards."""
+    """Every shard through the activations stage (the layers not reused), resuming from checkpointed shards."""
     k = activations_config(plan.job).k
-    call = lambda actor, shard, _total: actor.activations.remote(workers.recipe, shard, k)  # noqa: E731
+    layers = plan.layers_to_compute("activations")
+    call = lambda actor, shard, _total: actor.activations.remote(workers.recipe, shard, layers, k, plan.probe_ids)  # noqa: E731
     return fan_out(plan.work_dir("activations"), "activations", plan.shards, workers, call,
-                   activations.merge, activations.empty(plan.layers, k))
+                   activations.merge, activations.empty(layers, k))
 
 
 def fan_out(work: Path, desc: str, shards: list, workers: Workers, call: Callable,
@@ -217,9 +219,10 @@ def fan_out(work: Path, desc: str, shards: list, workers: Workers, call: Callabl
 
 def run_featvis(plan: RunPlan, workers: Workers) -> dict[int, featvis.FeatvisChunk]:
     """Every task's units rendered on the actors, checkpointed per task (task index -> chunk)."""
+    wanted = {info.name for info in plan.layers_to_compute("featvis")}
     call = lambda actor, task, _total: actor.featvis.remote(workers.recipe, task, plan.featvis, plan.job.seed)  # noqa: E731
-    return fan_out(plan.work_dir("featvis"), "feature visualization", list(plan.featvis_tasks), workers, call,
-                   lambda a, b: {**a, **b}, {})
+    return fan_out(plan.work_dir("featvis"), "feature visualization", [t for t in plan.featvis_tasks if t.layer in wanted],
+                   workers, call, lambda a, b: {**a, **b}, {})
 
 
 @dataclass
@@ -234,18 +237,19 @@ def run_dissection(plan: RunPlan, workers: Workers, broden: Broden, space: Label
     """Thresholds (pass 1), then the tally (pass 2), each sharded, merged exactly and checkpointed."""
     cfg = dissection_config(plan.job)
     ref = [ray.put(broden)]
-    totals = dissection_passes.activation_counts(plan.layers, len(broden.images))
+    layers = plan.layers_to_compute("dissection")
+    totals = dissection_passes.activation_counts(layers, len(broden.images))
     first = lambda actor, shard, total: actor.thresholds.remote(  # noqa: E731
-        workers.recipe, ref, shard, cfg.quantile, totals, dissection_passes.floors(total))
+        workers.recipe, ref, shard, layers, cfg.quantile, totals, dissection_passes.floors(total))
     partial = fan_out(plan.work_dir("dissection-thresholds"), "dissection thresholds", plan.concept_shards, workers,
-                      first, dissection_passes.merge, dissection_passes.empty_thresholds(plan.layers, cfg.quantile, totals))
+                      first, dissection_passes.merge, dissection_passes.empty_thresholds(layers, cfg.quantile, totals))
     if partial.images == 0:
         raise UserError(f"concepts.broden {broden.root}: none of its {len(broden.images)} images could be read "
                         f"(first: {partial.skipped[0][1] if partial.skipped else '?'}). Fix the images or their masks.")
     thresholds = {name: finalize_thresholds(part) for name, part in partial.layers.items()}
-    second = lambda actor, shard, _total: actor.tally.remote(workers.recipe, ref, shard, thresholds, space)  # noqa: E731
+    second = lambda actor, shard, _total: actor.tally.remote(workers.recipe, ref, shard, layers, thresholds, space)  # noqa: E731
     tally = fan_out(plan.work_dir("dissection-tally"), "dissection tally", plan.concept_shards, workers, second,
-                    dissection_passes.merge, dissection_passes.empty_tally(plan.layers, space))
+                    dissection_passes.merge, dissection_passes.empty_tally(layers, space))
     return DissectionPasses(thresholds, tally)
 
 
@@ -261,6 +265,8 @@ def run_projections(plan: RunPlan, workers: Workers, requests: list[ProjectionRe
 
 def _by_image(plan: RunPlan, workers: Workers, requests: list, method: str, desc: str) -> dict[str, list]:
     patch = activations_config(plan.job).patch_size
+    asked = {req.layer for req in requests}
+    layers = [info for info in plan.layers if info.name in asked]
     by_id = {rec.image_id: rec for rec in plan.images.records}
     wanted: dict[int, list] = {}
     for req in requests:
@@ -271,7 +277,8 @@ def _by_image(plan: RunPlan, workers: Workers, requests: list, method: str, desc
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
         reqs = [r for i in part for r in wanted[i]]
-        pool.submit(lambda actor, args: getattr(actor, method).remote(workers.recipe, *args), ([by_id[i] for i in part], reqs, patch))
+        pool.submit(lambda actor, args: getattr(actor, method).remote(workers.recipe, *args),
+                    ([by_id[i] for i in part], layers, reqs, patch))
     out: dict[str, list] = {}
     with tqdm(total=(len(ids) + chunk - 1) // chunk, unit="chunk", desc=desc, file=sys.stderr, disable=None) as bar:
         while pool.has_next():

@@ -62,18 +62,23 @@ class LayerPartial:
     map_sum: np.ndarray  # float64 [C, H, W]
     top: Ranked
     bottom: Ranked
+    nonfinite: np.ndarray  # int64 [C] NaN or infinite values (counted as 0 in every statistic)
+    probe_ids: np.ndarray  # int64 [m] the probe images seen, in the order of `probe`
+    probe: np.ndarray  # float32 [m, C] each probe image's mean activation per unit
 
     @classmethod
     def empty(cls, info: LayerInfo, k: int) -> LayerPartial:
         c, (h, w) = info.units, info.spatial
         return cls(0, np.zeros(c), np.zeros(c), np.zeros(c, np.int64), np.full(c, -np.inf, np.float32),
-                   np.full(c, np.inf, np.float32), np.zeros((c, h, w)), Ranked.empty(c, k, True), Ranked.empty(c, k, False))
+                   np.full(c, np.inf, np.float32), np.zeros((c, h, w)), Ranked.empty(c, k, True), Ranked.empty(c, k, False),
+                   np.zeros(c, np.int64), np.zeros(0, np.int64), np.zeros((0, c), np.float32))
 
     def merged(self, o: LayerPartial) -> LayerPartial:
         return LayerPartial(
             self.images + o.images, self.total + o.total, self.total_sq + o.total_sq, self.positive + o.positive,
             np.maximum(self.vmax, o.vmax), np.minimum(self.vmin, o.vmin), self.map_sum + o.map_sum,
-            self.top.merged(o.top, True), self.bottom.merged(o.bottom, False),
+            self.top.merged(o.top, True), self.bottom.merged(o.bottom, False), self.nonfinite + o.nonfinite,
+            np.concatenate([self.probe_ids, o.probe_ids]), np.concatenate([self.probe, o.probe]),
         )
 
 
@@ -102,29 +107,44 @@ def merge(a: ActivationsPartial, b: ActivationsPartial) -> ActivationsPartial:
 _TINY = 2.0**-100  # a power of two: summing up to 2**24 of them per map is exact in float32
 
 
-def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int, scratch: torch.Tensor | None = None) -> LayerPartial:
+def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int, scratch: torch.Tensor | None = None,
+                 probe: np.ndarray | None = None) -> LayerPartial:
     """One layer's output for a batch ([N, C, H, W]) reduced to a partial.
 
     Per-image reductions run in float32 (exact enough over one map, and cheap); sums across
     images accumulate in float64. Arg-max positions are found only for the images that make
     a unit's top (or bottom) k within the batch. `scratch`, a reusable tensor of the output's
-    shape, saves allocating (and page-faulting) a large temporary on every batch.
+    shape, saves allocating (and page-faulting) a large temporary on every batch. `probe`
+    marks the rows whose per-unit mean activation is kept (the probe set `diff` correlates on).
+    NaN and infinite values are counted per unit and then read as 0, so one bad unit cannot
+    poison the statistics of the run.
     """
     n, c = out.shape[:2]
     flat = out.detach().reshape(n, c, -1).float()
+    nonfinite = np.zeros(c, np.int64)
+    per_image = flat.sum(dim=2)
+    if not bool(torch.isfinite(per_image).all()):
+        finite = torch.isfinite(flat)
+        nonfinite = (~finite).sum(dim=(0, 2)).cpu().numpy().astype(np.int64)
+        flat = torch.where(finite, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
+        per_image = flat.sum(dim=2)
+    rows = np.flatnonzero(probe) if probe is not None else np.zeros(0, np.int64)
     vmax, vmin = flat.amax(dim=2), flat.amin(dim=2)
     # positives counted as a sum of clamp(x, 0, TINY) / TINY: one pass, no bool-to-int conversion
     marks = torch.clamp(flat, 0.0, _TINY, out=scratch.view(flat.shape) if scratch is not None else None)
     return LayerPartial(
         images=n,
-        total=flat.sum(dim=2).double().sum(dim=0).cpu().numpy(),
+        total=per_image.double().sum(dim=0).cpu().numpy(),
         total_sq=torch.linalg.vector_norm(flat, dim=2).double().square().sum(dim=0).cpu().numpy(),
         positive=np.rint(marks.sum(dim=2).double().sum(dim=0).cpu().numpy() / _TINY).astype(np.int64),
         vmax=vmax.amax(dim=0).cpu().numpy(),
         vmin=vmin.amin(dim=0).cpu().numpy(),
-        map_sum=out.detach().float().sum(dim=0).double().cpu().numpy(),
+        map_sum=flat.sum(dim=0).double().reshape(out.shape[1:]).cpu().numpy(),
         top=_batch_ranked(flat, vmax, image_ids, k, largest=True),
         bottom=_batch_ranked(flat, vmin, image_ids, k, largest=False),
+        nonfinite=nonfinite,
+        probe_ids=image_ids[rows].astype(np.int64),
+        probe=(per_image[torch.as_tensor(rows, device=flat.device)] / flat.shape[2]).cpu().numpy().astype(np.float32),
     )
 
 
@@ -138,8 +158,10 @@ def _batch_ranked(flat: torch.Tensor, extreme: torch.Tensor, image_ids: np.ndarr
     return Ranked(value.cpu().numpy(), image_ids[order.cpu().numpy()], position.cpu().numpy().astype(np.int64))
 
 
-def compute(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch], k: int) -> ActivationsPartial:
-    """Reduce batches to one partial; every layer is read from a single forward pass per batch."""
+def compute(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch], k: int,
+            probe_ids: frozenset[int] = frozenset()) -> ActivationsPartial:
+    """Reduce batches to one partial; every layer is read from a single forward pass per batch.
+    Images in `probe_ids` also keep their per-unit mean activation."""
     acc = empty(layers, k)
     current: dict[str, LayerPartial] = {}
     ids_now: list[np.ndarray] = []
@@ -148,7 +170,8 @@ def compute(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch],
     def reduce(name: str, out: torch.Tensor) -> None:
         if scratch[0].numel() < out.numel() or scratch[0].device != out.device:
             scratch[0] = torch.empty(out.numel(), dtype=torch.float32, device=out.device)
-        current[name] = reduce_batch(out, ids_now[0], k, scratch[0][: out.numel()])
+        probe = np.fromiter((int(i) in probe_ids for i in ids_now[0]), bool, len(ids_now[0]))
+        current[name] = reduce_batch(out, ids_now[0], k, scratch[0][: out.numel()], probe)
 
     with tapped(model, layers, reduce) as run:
         with torch.inference_mode():
@@ -167,6 +190,8 @@ class LayerResult:
     units: dict[str, np.ndarray]
     examples: dict[str, np.ndarray]
     mean_map: np.ndarray  # float32 [C, H, W]
+    probe: np.ndarray  # float32 [C, m] mean activation on each probe image, in `probe_ids` order
+    probe_ids: np.ndarray  # int64 [m], ascending
 
 
 def finalize(partial: ActivationsPartial, info: LayerInfo, rf: ReceptiveField, input_hw: tuple[int, int]) -> LayerResult:
@@ -188,6 +213,7 @@ def finalize(partial: ActivationsPartial, info: LayerInfo, rf: ReceptiveField, i
         "frac_active": (p.positive / count).astype(np.float32),
         # never positive anywhere (a ReLU after it always outputs 0) or constant over the data set
         "dead": ~(vmax > 0) | (vmax == vmin),
+        "nonfinite": p.nonfinite.astype(np.int64),
     }
     cols: dict[str, list[np.ndarray]] = {}
     for sign, ranked in (("top", p.top), ("bottom", p.bottom)):
@@ -210,4 +236,5 @@ def finalize(partial: ActivationsPartial, info: LayerInfo, rf: ReceptiveField, i
     order = np.lexsort((examples["rank"], examples["sign"] == "bottom", examples["unit"]))
     examples = {key: arr[order] for key, arr in examples.items()}
     mean_map = (p.map_sum / max(p.images, 1)).astype(np.float32)
-    return LayerResult(units, examples, mean_map)
+    order = np.argsort(p.probe_ids, kind="stable")
+    return LayerResult(units, examples, mean_map, np.ascontiguousarray(p.probe[order].T), p.probe_ids[order])

@@ -1,0 +1,168 @@
+"""Re-analysis: which (stage, layer) results of a previous catalog still hold, and reading them back.
+
+A result is reused when every input it depends on hashes the same as when the previous
+catalog computed it: the layer's upstream weights (a forward pass found the modules that
+run before it), the data set, the concept data set, the stage's settings. Shapley is all or
+nothing: it depends on the whole model and the evaluation set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+import catalog_schema as cs
+from catalog_schema import Catalog
+from pipeline.fingerprints import json_fingerprint
+from pipeline.plan import RunPlan, activations_config, dissection_config, shapley_config
+from pipeline.stages.activations import LayerResult
+from pipeline.stages.dissection import DissectionResult
+
+WHOLE_MODEL = "*"  # the layer key of a stage computed for the model as a whole (Shapley)
+
+_WHY = {
+    "layer": "the weights of the layer or of a module before it changed",
+    "model": "the model changed",
+    "data": "the data set changed",
+    "concepts": "the concept data set changed",
+    "settings": "the stage's settings changed",
+    "activations": "the activations stage's settings changed",
+    "eval_set": "the evaluation images changed",
+}
+ACTIVATION_COLUMNS = ("layer", "unit", "act_mean", "act_std", "act_max", "act_min", "frac_active", "dead", "nonfinite")
+FEATVIS_COLUMNS = ("featvis_activation", "featvis_ratio", "featvis_flat")
+SHAPLEY_COLUMNS = ("shapley", "shapley_ci_low", "shapley_ci_high")
+_NEEDS = {"activations": (cs.EXAMPLES, cs.HEATMAPS, cs.MEAN_MAPS, cs.PROBES), "featvis": (cs.PROJECTIONS,)}
+
+
+def stage_inputs(plan: RunPlan) -> dict[str, dict[str, dict[str, str]]]:
+    """Per stage, per layer (WHOLE_MODEL for Shapley): the hash of each input its result depends on."""
+    fp, job = plan.fingerprints, plan.job
+    acts = json_fingerprint({"activations": asdict(activations_config(job)), "prep": asdict(plan.prep),
+                             "seed": job.seed, "limit": job.data.limit})
+    names = [info.name for info in plan.layers]
+    out = {"activations": {n: {"layer": fp["layers"][n], "data": fp["data"], "settings": acts} for n in names}}
+    if "featvis" in plan.stages:  # visualizations, and the projections of the layer's top examples
+        rendered = {task.layer for task in plan.featvis_tasks}
+        out["featvis"] = {n: {"layer": fp["layers"][n], "data": fp["data"], "activations": acts, "settings": json_fingerprint(
+            {"featvis": asdict(plan.featvis), "layer_index": i, "rendered": n in rendered, "seed": job.seed})}
+            for i, n in enumerate(names)}
+    if "dissection" in plan.stages:
+        settings = json_fingerprint({"dissection": asdict(dissection_config(job)), "prep": asdict(plan.prep)})
+        out["dissection"] = {n: {"layer": fp["layers"][n], "concepts": fp["concepts"], "settings": settings} for n in names}
+    if "shapley" in plan.stages:
+        evals = json_fingerprint([(r.image_id, r.path, r.label_index) for r in plan.shapley_eval])
+        settings = json_fingerprint({"shapley": asdict(shapley_config(job)), "players": plan.shapley_layers,
+                                     "activations": acts, "seed": job.seed})
+        out["shapley"] = {WHOLE_MODEL: {"model": fp["model"], "data": fp["data"], "eval_set": evals, "settings": settings}}
+    return out
+
+
+def decide(inputs: dict[str, dict[str, dict[str, str]]], previous: Catalog | None) -> tuple[dict[str, tuple[str, ...]], dict]:
+    """From `stage_inputs`: (the layers to compute per stage, the manifest's record of what was reused or
+    computed and why)."""
+    compute: dict[str, tuple[str, ...]] = {}
+    record: dict[str, dict[str, dict[str, str]]] = {}
+    for stage, layers in inputs.items():
+        todo = []
+        for layer, parts in layers.items():
+            why = _why_computed(previous, stage, layer, parts)
+            if why is None:
+                record.setdefault(stage, {})[layer] = {"action": "reused", "why": "its inputs are unchanged"}
+            else:
+                todo.append(layer)
+                record.setdefault(stage, {})[layer] = {"action": "computed", "why": why}
+        compute[stage] = tuple(todo)
+    return compute, {"previous": str(previous.path) if previous else None,
+                     "previous_run_id": previous.manifest["run_id"] if previous else None, "stages": record}
+
+
+def _why_computed(previous: Catalog | None, stage: str, layer: str, parts: dict[str, str]) -> str | None:
+    """Why the result must be computed, or None when the previous catalog's result still holds."""
+    if previous is None:
+        return "no previous catalog"
+    m = previous.manifest
+    if stage not in m["stages_done"]:
+        return f"the previous catalog has no {stage} results"
+    old = m["fingerprints"].get("inputs", {}).get(stage, {}).get(layer)
+    if old is None:
+        return f"the previous catalog has no {stage} results for this layer"
+    changed = [key for key in parts if old.get(key) != parts[key]]
+    if changed:
+        return "; ".join(_WHY.get(key, f"{key} changed") for key in changed)
+    missing = [kind.group for kind in _NEEDS.get(stage, ()) if not previous.has_array(kind.group, layer)]
+    if missing:
+        return f"the previous catalog lacks its {', '.join(missing)} arrays"
+    return None
+
+
+@dataclass
+class Reused:
+    """Results read back from the previous catalog, for the (stage, layer) pairs not computed."""
+
+    catalog: Catalog | None = None
+    activations: dict[str, LayerResult] = field(default_factory=dict)
+    featvis: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # layer -> FEATVIS_COLUMNS
+    dissection: dict[str, DissectionResult] = field(default_factory=dict)
+    concepts: dict | None = None  # the previous manifest's concepts section
+    shapley: dict | None = None  # tables 'shapley', 'shapley_ablation' (DataFrames), 'manifest', 'settings', 'units'
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # images the previous run could not read
+
+
+def load(plan: RunPlan, previous: Catalog | None) -> Reused:
+    """Read every reused result into memory before anything is written (the previous catalog may be the target)."""
+    if previous is None or plan.compute is None:
+        return Reused()
+    out = Reused(previous)
+    units = previous.units()
+    for stage in ("activations", "featvis", "dissection"):
+        if stage not in plan.stages:
+            continue
+        for info in plan.layers:
+            if info.name in plan.compute.get(stage, ()):
+                continue
+            rows = units[units["layer"] == info.name].sort_values("unit")
+            if stage == "activations":
+                out.activations[info.name] = _layer_result(previous, rows, info.name)
+            elif stage == "featvis":
+                out.featvis[info.name] = {c: rows[c].to_numpy(dtype=object) for c in FEATVIS_COLUMNS}
+            else:
+                out.dissection[info.name] = _dissection_result(previous, rows, info.name)
+    if out.dissection:
+        out.concepts = previous.manifest.get("concepts")
+    if "shapley" in plan.stages and WHOLE_MODEL not in plan.compute.get("shapley", (WHOLE_MODEL,)):
+        out.shapley = {"shapley": previous.shapley(), "shapley_ablation": previous.shapley_ablation(),
+                       "manifest": previous.manifest["shapley"], "settings": previous.manifest["settings"]["shapley"],
+                       "units": {(row.layer, int(row.unit)): tuple(getattr(row, c) for c in SHAPLEY_COLUMNS)
+                                 for row in units.itertuples() if not pd.isna(row.shapley)}}
+    images = previous.images()
+    out.skipped = [(int(i), str(why)) for i, why in zip(images["image_id"], images["skip_reason"]) if isinstance(why, str)]
+    return out
+
+
+def _layer_result(previous: Catalog, rows: pd.DataFrame, layer: str) -> LayerResult:
+    units = {c: _column(rows, c) for c in ACTIVATION_COLUMNS}
+    units["nonfinite"] = np.nan_to_num(units["nonfinite"].astype(float)).astype(np.int64)  # null in older catalogs
+    ex = previous.examples(layer)
+    examples = {c: _column(ex, c) for c in cs.TABLES["examples"].names}
+    probe, ids = previous.probes(layer)
+    return LayerResult(units, examples, previous.mean_map(layer), probe, ids)
+
+
+def _dissection_result(previous: Catalog, rows: pd.DataFrame, layer: str) -> DissectionResult:
+    table = previous.dissection()
+    table = table[table["layer"] == layer]
+    concepts = {c: _column(table, c) for c in cs.TABLES["dissection"].names}
+    best = {c: _column(rows, c) for c in ("layer", "unit", "label", "category", "iou", "interpretable")}
+    best["interpretable"] = best["interpretable"].astype(bool)
+    return DissectionResult(concepts, best, np.zeros((0, 0), np.float32))
+
+
+def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """A column as the writer builds it: numbers as numpy dtypes, strings as object arrays."""
+    values = frame[name]
+    if values.dtype == object or str(values.dtype) in ("string", "str"):
+        return values.to_numpy(dtype=object)
+    return values.to_numpy()
