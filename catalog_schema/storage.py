@@ -25,9 +25,14 @@ def _tmp(path: Path) -> Path:
 
 def write_table(catalog: Path, name: str, table: pa.Table) -> None:
     """Write `name`.parquet (must match its schema) through a temporary file and a rename."""
+    write_table_file(Path(catalog) / table_file(name), name, table)
+
+
+def write_table_file(path: Path, name: str, table: pa.Table) -> None:
+    """Write a table of schema `name` at any path, atomically (e.g. a diff's --out file)."""
     if not table.schema.equals(TABLES[name]):
         raise ValueError(f"table {name} does not match its schema:\n{table.schema}\nexpected:\n{TABLES[name]}")
-    path = Path(catalog) / table_file(name)
+    path = Path(path)
     tmp = _tmp(path)
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)

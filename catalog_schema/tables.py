@@ -84,6 +84,32 @@ SHAPLEY_ABLATION = pa.schema([  # the paper's check: the metric after removing N
     pa.field("units", pa.string()),  # the removed units, "layer:unit" in layer, unit order, joined by ';' (random: the first draw)
 ])
 
+DIFF = pa.schema([  # `neuron-catalog diff OLD NEW --out FILE`: one row per unit of NEW (and per unmatched unit of OLD)
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("unit", pa.int32()),  # the unit in NEW; null: an OLD unit with no counterpart
+    pa.field("old_unit", pa.int32()),  # its counterpart in OLD; null: none
+    pa.field("matched_by", pa.string()),  # 'index' (same unit number) | 'correlation' (one-to-one, by probe activations)
+    pa.field("match_score", pa.float32()),  # correlation matching: the pair's activation correlation
+    pa.field("activation_corr", pa.float32()),  # Pearson correlation of the pair's mean activations on the shared probe images
+    pa.field("label_old", pa.string()),
+    pa.field("label_new", pa.string()),
+    pa.field("label_changed", pa.bool_()),
+    pa.field("iou_old", pa.float32()),
+    pa.field("iou_new", pa.float32()),
+    pa.field("iou_delta", pa.float32()),
+    pa.field("shapley_old", pa.float32()),
+    pa.field("shapley_new", pa.float32()),
+    pa.field("shapley_delta", pa.float32()),
+    pa.field("shapley_rank_old", pa.int32()),  # 1 = the largest value among the catalog's players
+    pa.field("shapley_rank_new", pa.int32()),
+    pa.field("rank_change", pa.int32()),  # rank_old - rank_new: positive = more important now
+    pa.field("top_jaccard", pa.float32()),  # overlap of the top-k example images (by path)
+    pa.field("act_max_old", pa.float32()),
+    pa.field("act_max_new", pa.float32()),
+    pa.field("changed", pa.bool_()),  # the unit's behaviour changed: see `reasons`
+    pa.field("reasons", pa.string()),  # why `changed`, ';'-joined
+])
+
 TABLES: dict[str, pa.Schema] = {
     "units": UNITS,
     "examples": EXAMPLES,
@@ -91,6 +117,7 @@ TABLES: dict[str, pa.Schema] = {
     "dissection": DISSECTION,
     "shapley": SHAPLEY,
     "shapley_ablation": SHAPLEY_ABLATION,
+    "diff": DIFF,
 }
 
 

@@ -1,4 +1,4 @@
-"""The `neuron-catalog` command line: run, query, render, describe, make-concepts."""
+"""The `neuron-catalog` command line: run, query, render, diff, describe, make-concepts."""
 
 from __future__ import annotations
 
@@ -37,6 +37,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", type=Path, required=True, help="site directory (a site already there is replaced)")
     render.add_argument("--workers", type=int, default=0, help="processes writing pictures (default: one per CPU)")
 
+    diff = verbs.add_parser("diff", help="compare two catalogs unit by unit (e.g. before and after retraining)")
+    diff.add_argument("old", type=Path, help="the earlier catalog")
+    diff.add_argument("new", type=Path, help="the later catalog")
+    diff.add_argument("--out", type=Path, default=None, help="write the per-unit comparison as a Parquet file")
+    diff.add_argument("--match", default="auto", choices=["auto", "index", "correlation"],
+                      help="pair units by number, or one-to-one by activation correlation (retrained from scratch); "
+                           "auto: by number unless their activations no longer correlate")
+    diff.add_argument("--limit", type=int, default=10, help="changed units listed on the terminal")
+
     describe = verbs.add_parser("describe", help="summarize a catalog")
     describe.add_argument("catalog", type=Path)
 
@@ -51,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        return {"run": _run, "query": _query, "render": _render, "describe": _describe,
+        return {"run": _run, "query": _query, "render": _render, "describe": _describe, "diff": _diff,
                 "make-concepts": _make_concepts}[args.verb](args)
     except UserError as exc:
         print(f"neuron-catalog: error: {exc}", file=sys.stderr)
@@ -106,6 +115,19 @@ def _render(args: argparse.Namespace) -> int:
     summary = render_site(open_catalog(args.catalog), args.out, args.workers or None)
     print(f"site written: {summary.out} ({summary.pages} pages, {summary.images} images, "
           f"{summary.bytes / 2**20:.1f} MiB, {summary.seconds:.1f} s); open {summary.out / 'index.html'}")
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from pipeline.catalog_diff import diff_catalogs, format_summary, write_diff
+    from pipeline.query import open_catalog
+
+    old, new = open_catalog(args.old), open_catalog(args.new)
+    result = diff_catalogs(old, new, args.match)
+    print(format_summary(result, old, new, args.limit))
+    if args.out is not None:
+        write_diff(result, args.out)
+        print(f"\nper-unit comparison written: {args.out}")
     return 0
 
 
