@@ -20,6 +20,8 @@ class Catalog:
     def __init__(self, path: Path, manifest: dict[str, Any]):
         self.path = path
         self.manifest = manifest
+        # resolved once: a run that replaces the catalog meanwhile switches the link, not the arrays read here
+        self.store = (path / STORE).resolve()
 
     @classmethod
     def open(cls, path: str | Path) -> Catalog:
@@ -70,7 +72,7 @@ class Catalog:
     def _array(self, kind: ArrayKind, layer: str) -> zarr.Array:
         self._check_layer(layer)
         try:
-            return zarr.open_array(self.path / STORE / kind.group / layer, mode="r")
+            return zarr.open_array(self.store / kind.group / layer, mode="r")
         except (FileNotFoundError, zarr.errors.NodeNotFoundError):
             raise CatalogError(f"catalog {self.path} has no {kind.group} array for layer {layer!r} (was its stage run?).") from None
 
@@ -82,7 +84,7 @@ class Catalog:
 
     def has_array(self, group: str, layer: str) -> bool:
         """Whether the catalog holds that array (e.g. 'featvis') for the layer."""
-        return (self.path / STORE / group / layer / "zarr.json").exists()
+        return (self.store / group / layer / "zarr.json").exists()
 
     def featvis(self, layer: str, unit: int | slice | None) -> np.ndarray:
         """Feature visualizations uint8 [V, S, S, 3] of one unit ([units, V, ...] for a slice or None)."""

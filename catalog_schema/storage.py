@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import json
 import os
 import shutil
@@ -17,6 +20,13 @@ import zarr
 from catalog_schema.arrays import STORE, ArrayKind
 from catalog_schema.manifest import MANIFEST
 from catalog_schema.tables import TABLES, table_file
+
+
+try:
+    _renameat2 = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).renameat2
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+except (OSError, AttributeError):  # not Linux, or a C library without it
+    _renameat2 = None
 
 
 def _tmp(path: Path) -> Path:
@@ -63,14 +73,65 @@ def write_array(catalog: Path, kind: ArrayKind, layer: str, data: np.ndarray, at
 
 
 def replace_dir(new: Path, final: Path) -> None:
-    """Move the directory `new` to `final`, replacing what is there with two renames."""
+    """Move the directory `new` to `final`, replacing what is there: one atomic exchange where the
+    kernel offers it (Linux renameat2), else two renames."""
     if final.exists():
+        if _exchange(new, final):
+            shutil.rmtree(new, ignore_errors=True)  # `new` now holds the old directory
+            return
         old = _tmp(final)
         os.replace(final, old)
         os.replace(new, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, final)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish(staging: Path, catalog: Path) -> None:
+    """Move a catalog written completely under `staging` into `catalog`: each table with one rename,
+    the array store by pointing the `arrays.zarr` link at it, tables this run did not write removed,
+    the manifest last."""
+    written = {p.name for p in staging.glob("*.parquet")}
+    for name in sorted(written):
+        os.replace(staging / name, catalog / name)
+    if (staging / STORE).exists():
+        _publish_store(staging / STORE, catalog)
+    for name in TABLES:
+        if table_file(name) not in written:
+            (catalog / table_file(name)).unlink(missing_ok=True)
+    os.replace(staging / MANIFEST, catalog / MANIFEST)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish_store(store: Path, catalog: Path) -> None:
+    """`arrays.zarr` is a link to a versioned store (.arrays-<id>.zarr), switched with one rename. A reader that
+    resolved the link (Catalog.open does) keeps reading whole arrays of its version: the version before
+    is kept until the next run, older ones removed."""
+    version = catalog / f".{Path(STORE).stem}-{uuid.uuid4().hex[:12]}.zarr"
+    os.replace(store, version)
+    link = catalog / STORE
+    kept = {version.name, link.resolve().name if link.is_symlink() else None}
+    tmp = _tmp(link)
+    os.symlink(version.name, tmp, target_is_directory=True)
+    if link.is_dir() and not link.is_symlink():  # a catalog written before versioned stores
+        replace_dir(tmp, link)
+    else:
+        os.replace(tmp, link)
+    for old in catalog.glob(f".{Path(STORE).stem}-*.zarr"):
+        if old.name not in kept:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def copy_array(source: Path, catalog: Path, kind: ArrayKind, layer: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from scipy.optimize import linear_sum_assignment
 
 import catalog_schema as cs
@@ -184,6 +185,18 @@ def write_diff(diff: CatalogDiff, out: Path) -> None:
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: the folder {out.parent} does not exist; create it or choose another path.")
     write_table_file(out, "diff", pa.Table.from_pandas(diff.units, schema=cs.TABLES["diff"], preserve_index=False))
+
+
+def read_diff(path: Path) -> pd.DataFrame:
+    """A `diff --out` file back as the per-unit table; UserError when it is something else."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"--diff {path} is not a Parquet file written by `neuron-catalog diff --out` ({exc}).") from None
+    missing = [n for n in cs.TABLES["diff"].names if n not in table.column_names]
+    if missing:
+        raise UserError(f"--diff {path} lacks the columns {missing}: write it with `neuron-catalog diff OLD NEW --out FILE`.")
+    return table.select(cs.TABLES["diff"].names).to_pandas()
 
 
 def _delta(new, old) -> float | None:

@@ -1,17 +1,24 @@
-"""Writing a finished run into the catalog directory; the manifest goes last."""
+"""Writing a finished run into the catalog directory.
+
+Everything is written first under CATALOG/.staging/ and then moved into place (tables one rename
+each, the array store one exchange, the manifest last), so a write that fails (a full disk) leaves
+the catalog as it was, and a reader never sees a half-written file.
+"""
 
 from __future__ import annotations
 
 import platform
+import shutil
 import socket
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 import catalog_schema as cs
-from catalog_schema.storage import copy_array, remove_array, write_array, write_manifest, write_table
+from catalog_schema.storage import copy_array, publish, write_array, write_manifest, write_table
 from pipeline.plan import RunPlan, activations_config, dissection_config, shapley_config
 from pipeline.reuse import FEATVIS_COLUMNS, SHAPLEY_COLUMNS, Reused
 from pipeline.stages.activations import LayerResult
@@ -20,6 +27,9 @@ from pipeline.stages.example_crops import CropBatch, CropRequest
 from pipeline.stages.featvis import FeatvisChunk
 from pipeline.stages.projections import ProjectionBatch, ProjectionRequest
 from pipeline.stages.shapley import ShapleyOutput
+
+
+STAGING = ".staging"  # inside the catalog: the next version, written completely before it is moved into place
 
 
 @dataclass(frozen=True)
@@ -65,11 +75,28 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
                   rendered: dict[int, FeatvisChunk] | None = None,
                   projected: dict[str, list[ProjectionBatch]] | None = None,
                   reused: Reused | None = None, reuse_record: dict | None = None) -> dict[str, Any]:
-    """Tables, arrays, then the manifest; parts of stages not run now are removed so nothing stale remains.
-    `results` and `dissection` hold every layer; what `reused` lists is copied from the previous catalog."""
-    catalog = plan.catalog
+    """The whole catalog, written under CATALOG/.staging and then moved into place (see the module doc); tables
+    and arrays of stages or layers not in this run do not survive it. `results` and `dissection` hold every
+    layer; what `reused` lists is copied from the previous catalog."""
     reused = reused or Reused()
-    catalog.mkdir(parents=True, exist_ok=True)
+    catalog = plan.catalog / STAGING
+    shutil.rmtree(catalog, ignore_errors=True)  # left by a run that failed while writing
+    catalog.mkdir(parents=True)
+    try:
+        manifest = _write_all(catalog, plan, results, crops, skipped, times, run_id, dissection, shapley, rendered,
+                              projected, reused, reuse_record)
+        publish(catalog, plan.catalog)
+    except BaseException:
+        shutil.rmtree(catalog, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_all(catalog: Path, plan: RunPlan, results: dict[str, LayerResult], crops: dict[str, list[CropBatch]],
+               skipped: list[tuple[int, str]], times: dict[str, str], run_id: str, dissection: DissectionOutput | None,
+               shapley: ShapleyOutput | None, rendered: dict[int, FeatvisChunk] | None,
+               projected: dict[str, list[ProjectionBatch]] | None, reused: Reused, reuse_record: dict | None) -> dict:
+    """Every table, array and the manifest of the catalog, under `catalog` (the staging folder)."""
     k, patch = activations_config(plan.job).k, activations_config(plan.job).patch_size
     names = [info.name for info in plan.layers]
     units = {c: np.concatenate([results[n].units[c] for n in names]) for c in results[names[0]].units}
@@ -83,12 +110,12 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
         rows = [dissection.layers[n].concepts for n in names]
         write_table(catalog, "dissection", cs.to_table("dissection", {c: np.concatenate([r[c] for r in rows]) for c in rows[0]}))
     if shapley is not None:
-        _shapley_tables(plan, units, shapley)
+        _shapley_tables(catalog, plan, units, shapley)
     elif reused.shapley is not None:
-        _copy_shapley(plan, units, reused.shapley)
+        _copy_shapley(catalog, units, reused.shapley)
     if rendered is not None:
-        _featvis_arrays(plan, units, rendered)
-        _copy_featvis(plan, units, reused)
+        _featvis_arrays(catalog, units, rendered)
+        _copy_featvis(catalog, units, reused)
     write_table(catalog, "units", cs.to_table("units", units))
     write_table(catalog, "examples", cs.to_table("examples", examples))
     write_table(catalog, "images", cs.to_table("images", _image_columns(plan, skipped)))
@@ -117,15 +144,6 @@ def write_catalog(plan: RunPlan, results: dict[str, LayerResult], crops: dict[st
             for batch in projected.get(info.name, []):
                 views[batch.unit, batch.rank] = batch.images
             write_array(catalog, cs.PROJECTIONS, info.name, views)
-    if "featvis" not in plan.stages:
-        for info in plan.layers:
-            remove_array(catalog, cs.FEATVIS, info.name)
-            remove_array(catalog, cs.WEIGHTS, info.name)
-            remove_array(catalog, cs.PROJECTIONS, info.name)
-    for stale, tables in (("dissection", ("dissection",)), ("shapley", ("shapley", "shapley_ablation"))):
-        if stale not in plan.stages:
-            for table in tables:
-                (catalog / f"{table}.parquet").unlink(missing_ok=True)
     manifest = _manifest(plan, units, skipped, times, run_id)
     manifest["reuse"] = reuse_record or {"previous": None, "previous_run_id": None, "stages": {}}
     if dissection is not None:
@@ -210,17 +228,17 @@ def _add_dissection(manifest: dict[str, Any], plan: RunPlan, units: dict[str, np
     }
 
 
-def _shapley_tables(plan: RunPlan, units: dict[str, np.ndarray], out: ShapleyOutput) -> None:
+def _shapley_tables(catalog: Path, plan: RunPlan, units: dict[str, np.ndarray], out: ShapleyOutput) -> None:
     """shapley.parquet, shapley_ablation.parquet, and the value columns of the units table."""
     cfg, res = shapley_config(plan.job), out.result
     names = [name for name, n in plan.shapley_layers for _ in range(n)]
     unit_ids = [u for _, n in plan.shapley_layers for u in range(n)]
     players = len(names)
-    write_table(plan.catalog, "shapley", cs.to_table("shapley", {
+    write_table(catalog, "shapley", cs.to_table("shapley", {
         "layer": names, "unit": unit_ids, "metric": [cfg.metric] * players, "target_class": [cfg.target_class] * players,
         "value": res.value, "ci_low": res.ci_low, "ci_high": res.ci_high, "samples": res.samples}))
     label = [f"{n}:{u}" for n, u in zip(names, unit_ids)]
-    write_table(plan.catalog, "shapley_ablation", cs.to_table("shapley_ablation", {
+    write_table(catalog, "shapley_ablation", cs.to_table("shapley_ablation", {
         "metric": [cfg.metric] * len(out.ablation), "target_class": [cfg.target_class] * len(out.ablation),
         "n": [row[0] for row in out.ablation], "method": [row[1] for row in out.ablation],
         "value": [row[2] for row in out.ablation], "drop": [row[3] for row in out.ablation],
@@ -242,7 +260,7 @@ def _add_shapley(manifest: dict[str, Any], plan: RunPlan, out: ShapleyOutput) ->
     }
 
 
-def _featvis_arrays(plan: RunPlan, units: dict[str, np.ndarray], rendered: dict[int, FeatvisChunk]) -> None:
+def _featvis_arrays(catalog: Path, units: dict[str, np.ndarray], rendered: dict[int, FeatvisChunk]) -> None:
     """featvis/<layer> arrays, and per unit the reached objective, the ratio of its peak to act_max, the flat flag."""
     by_layer: dict[str, list[FeatvisChunk]] = {}
     for index in sorted(rendered):
@@ -251,7 +269,7 @@ def _featvis_arrays(plan: RunPlan, units: dict[str, np.ndarray], rendered: dict[
     objective, ratio, flat = [None] * n, [None] * n, [None] * n
     row = {(layer, int(unit)): i for i, (layer, unit) in enumerate(zip(units["layer"], units["unit"]))}
     for layer, chunks in by_layer.items():
-        write_array(plan.catalog, cs.FEATVIS, layer, np.concatenate([c.images for c in chunks]))
+        write_array(catalog, cs.FEATVIS, layer, np.concatenate([c.images for c in chunks]))
         for chunk in chunks:
             for j, unit in enumerate(chunk.units):
                 i = row[(layer, int(unit))]
@@ -262,7 +280,7 @@ def _featvis_arrays(plan: RunPlan, units: dict[str, np.ndarray], rendered: dict[
     units["featvis_activation"], units["featvis_ratio"], units["featvis_flat"] = objective, ratio, flat
 
 
-def _copy_featvis(plan: RunPlan, units: dict[str, np.ndarray], reused: Reused) -> None:
+def _copy_featvis(catalog: Path, units: dict[str, np.ndarray], reused: Reused) -> None:
     """Visualizations and projections of layers whose featvis inputs did not change, as the previous run made them."""
     for layer, columns in reused.featvis.items():
         rows = np.flatnonzero(units["layer"] == layer)
@@ -271,15 +289,15 @@ def _copy_featvis(plan: RunPlan, units: dict[str, np.ndarray], reused: Reused) -
             for i, value in zip(rows, columns[column]):
                 values[i] = None if value is None or value != value else value  # NaN: the previous run's null
             units[column] = values
-        copy_array(reused.catalog.path, plan.catalog, cs.PROJECTIONS, layer)
+        copy_array(reused.catalog.path, catalog, cs.PROJECTIONS, layer)
         if reused.catalog.has_array(cs.FEATVIS.group, layer):
-            copy_array(reused.catalog.path, plan.catalog, cs.FEATVIS, layer)
+            copy_array(reused.catalog.path, catalog, cs.FEATVIS, layer)
 
 
-def _copy_shapley(plan: RunPlan, units: dict[str, np.ndarray], previous: dict) -> None:
+def _copy_shapley(catalog: Path, units: dict[str, np.ndarray], previous: dict) -> None:
     """The previous run's Shapley tables and unit columns (the model and the evaluation set are unchanged)."""
     for table in ("shapley", "shapley_ablation"):
-        write_table(plan.catalog, table, pa.Table.from_pandas(previous[table], schema=cs.TABLES[table], preserve_index=False))
+        write_table(catalog, table, pa.Table.from_pandas(previous[table], schema=cs.TABLES[table], preserve_index=False))
     values = [previous["units"].get((layer, int(unit))) for layer, unit in zip(units["layer"], units["unit"])]
     for j, column in enumerate(SHAPLEY_COLUMNS):
         units[column] = [None if v is None else float(v[j]) for v in values]

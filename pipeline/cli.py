@@ -36,6 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     render.add_argument("catalog", type=Path)
     render.add_argument("--out", type=Path, required=True, help="site directory (a site already there is replaced)")
     render.add_argument("--workers", type=int, default=0, help="processes writing pictures (default: one per CPU)")
+    render.add_argument("--diff", type=Path, default=None,
+                        help="an earlier catalog (or a `diff --out` Parquet file): add a page of what changed since")
 
     diff = verbs.add_parser("diff", help="compare two catalogs unit by unit (e.g. before and after retraining)")
     diff.add_argument("old", type=Path, help="the earlier catalog")
@@ -95,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
               f"{len(done) - kept} computed (manifest.json 'reuse' says why)")
     if result.shards_reused:
         print(f"  resumed: {result.shards_reused} shard(s) reused from the interrupted run, {result.shards_computed} computed")
+    if result.parts_reused:
+        print("  resumed also: " + ", ".join(f"{n} {kind}" for kind, n in result.parts_reused.items()))
     print(f"  try: neuron-catalog describe {result.catalog}")
     return 0
 
@@ -112,7 +116,17 @@ def _render(args: argparse.Namespace) -> int:
     from pipeline.query import open_catalog
     from pipeline.render import render_site
 
-    summary = render_site(open_catalog(args.catalog), args.out, args.workers or None)
+    catalog = open_catalog(args.catalog)
+    diff = None
+    if args.diff is not None:
+        from pipeline.catalog_diff import diff_catalogs, read_diff
+
+        if args.diff.is_file():
+            diff = (args.diff.name, read_diff(args.diff))
+        else:
+            old = open_catalog(args.diff)
+            diff = (str(args.diff), diff_catalogs(old, catalog).units)
+    summary = render_site(catalog, args.out, args.workers or None, diff)
     print(f"site written: {summary.out} ({summary.pages} pages, {summary.images} images, "
           f"{summary.bytes / 2**20:.1f} MiB, {summary.seconds:.1f} s); open {summary.out / 'index.html'}")
     return 0

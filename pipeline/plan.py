@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from catalog_schema import MANIFEST
+from catalog_schema import MANIFEST, STORE, TABLES
+from catalog_schema.tables import table_file
 from pipeline.batches import Preprocess
 from pipeline.broden import Broden, open_broden
 from pipeline.config import ActivationsConfig, DissectionConfig, FeatvisConfig, JobConfig, ShapleyConfig, check_inputs_exist
@@ -87,7 +88,8 @@ class RunPlan:
     def work_dir(self, stage: str) -> Path:
         """Where finished shards of a stage are checkpointed; keyed by everything they depend on."""
         fp = self.fingerprints
-        layers = [info.name for info in self.layers_to_compute(stage.split("-")[0])]
+        base = stage.split("-")[0]
+        layers = [info.name for info in self.layers_to_compute({"crops": "activations", "projections": "featvis"}.get(base, base))]
         key = json_fingerprint({"stage": stage, "model": fp["model"], "data": fp["data"], "settings": fp["settings"],
                                 "concepts": fp.get("concepts"), "shard": len(self.shards[0].records) if self.shards else 0,
                                 "layers": layers})
@@ -248,7 +250,13 @@ def check_catalog_target(catalog: Path) -> None:
     if catalog.exists() and not catalog.is_dir():
         raise UserError(f"output catalog {catalog} is a file; choose a directory path with --out or [output] catalog.")
     if catalog.is_dir() and not (catalog / MANIFEST).exists():
-        others = [p for p in os.listdir(catalog) if p not in (".work", ".lock")]
+        others = [p for p in os.listdir(catalog) if not _catalog_part(p)]
         if others:
             raise UserError(f"output catalog {catalog} is a non-empty directory that is not a catalog "
                             f"(it holds {', '.join(sorted(others)[:3])}...); choose an empty or new directory.")
+
+
+def _catalog_part(name: str) -> bool:
+    """A file a run (perhaps one killed before its manifest was written) leaves in a catalog directory."""
+    return (name in {table_file(t) for t in TABLES} or name in (STORE, ".work", ".lock", ".staging")
+            or (name.startswith(".arrays-") and name.endswith(".zarr")))

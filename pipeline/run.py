@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import uuid
 from dataclasses import dataclass
@@ -20,12 +21,16 @@ from pipeline.run_lock import catalog_lock
 from pipeline.stages import activations, dissection_passes
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 @dataclass(frozen=True)
 class RunResult:
     catalog: Path
     manifest: dict[str, Any]
     shards_computed: int
     shards_reused: int
+    parts_reused: dict[str, int] = dataclasses.field(default_factory=dict)  # other checkpoints resumed from, by kind
 
 
 def run_job(job: JobConfig, *, address: str | None = None, out: Path | None = None,
@@ -37,16 +42,24 @@ def run_job(job: JobConfig, *, address: str | None = None, out: Path | None = No
     path and `latest` is moved to it once the catalog is complete.
     """
     root = (out or job.output.catalog).resolve()
-    if not job.output.history:
-        check_catalog_target(root)
-        with catalog_lock(root):
-            return _run(job, address, root, stages, _previous(job, previous, root))
-    catalog_history.check_history_root(root)
-    with catalog_lock(root):  # one run at a time per history: they share `latest`
-        before = _previous(job, previous, root)
-        result = _run(job, address, catalog_history.run_folder(root), stages, before)
-        catalog_history.point_latest(root, result.catalog)
-        return result
+    try:
+        if not job.output.history:
+            check_catalog_target(root)
+            with catalog_lock(root):
+                return _run(job, address, root, stages, _previous(job, previous, root))
+        catalog_history.check_history_root(root)
+        with catalog_lock(root):  # one run at a time per history: they share `latest`
+            before = _previous(job, previous, root)
+            result = _run(job, address, catalog_history.run_folder(root), stages, before)
+            catalog_history.point_latest(root, result.catalog)
+            return result
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise UserError(f"no space left on the device while writing {exc.filename or root} ({exc.strerror}). The catalog "
+                        f"{root} is as it was before this run: a new version is moved into place only once written "
+                        "completely. Finished shards stay in the catalog folder's .work: free space (or choose another "
+                        "[output] catalog / --out) and run the same command again.") from None
 
 
 def _previous(job: JobConfig, given: str | None, root: Path) -> Catalog | None:
@@ -81,6 +94,9 @@ def _run(job: JobConfig, address: str | None, catalog: Path, stages: tuple[str, 
         passes += [("dissection-thresholds", plan.concept_shards), ("dissection-tally", plan.concept_shards)]
     resumed = sum((plan.work_dir(name) / f"shard-{s.index:06d}.pkl").exists() for name, shards in passes for s in shards)
     total = sum(len(shards) for _, shards in passes)
+    parts = {"example-crop chunk(s)": runner.checkpoints(plan, "crops"),
+             "projection chunk(s)": runner.checkpoints(plan, "projections"),
+             "Shapley round(s)": runner.shapley_rounds_done(plan)}
     with runner.ray_session(address):
         workers = runner.start_workers(plan)
         results, skipped = dict(reused.activations), reused.skipped
@@ -105,7 +121,7 @@ def _run(job: JobConfig, address: str | None, catalog: Path, stages: tuple[str, 
     manifest = write_catalog(plan, results, crops, skipped, {"started": started, "finished": _now()},
                              uuid.uuid4().hex, dissection, values, rendered, projected, reused, record)
     runner.clear_work(plan)
-    return RunResult(plan.catalog, manifest, total - resumed, resumed)
+    return RunResult(plan.catalog, manifest, total - resumed, resumed, {k: v for k, v in parts.items() if v})
 
 
 def _dissect(plan: RunPlan, workers: runner.Workers, reused: reuse.Reused) -> DissectionOutput:

@@ -124,17 +124,17 @@ class ModelWorker:
         chunk = featvis.render(self._loaded(recipe), task.layer, task.layer_index, list(task.units), settings, seed, self.device)
         return task.index, {task.index: chunk}
 
-    def projections(self, recipe: list[ray.ObjectRef], records: list[ImageRecord], layers: list[LayerInfo],
-                    requests: list[ProjectionRequest], patch: int) -> dict[str, ProjectionBatch]:
+    def projections(self, recipe: list[ray.ObjectRef], chunk: ImageChunk, layers: list[LayerInfo],
+                    patch: int) -> tuple[int, dict[str, list[ProjectionBatch]]]:
         model = self._loaded(recipe)
-        batches = iter_batches(self.root, [records], self.prep, [], self.device)
-        return projections.project(model, layers, batches, requests, patch)
+        batches = iter_batches(self.root, [list(chunk.records)], self.prep, [], self.device)
+        return chunk.index, {layer: [b] for layer, b in projections.project(model, layers, batches, chunk.requests, patch).items()}
 
-    def crops(self, recipe: list[ray.ObjectRef], records: list[ImageRecord], layers: list[LayerInfo],
-              requests: list[CropRequest], patch: int) -> dict[str, CropBatch]:
+    def crops(self, recipe: list[ray.ObjectRef], chunk: ImageChunk, layers: list[LayerInfo],
+              patch: int) -> tuple[int, dict[str, list[CropBatch]]]:
         model = self._loaded(recipe)
-        batches = iter_batches(self.root, [records], self.prep, [], self.device)
-        return example_crops.render(model, layers, batches, requests, patch)
+        batches = iter_batches(self.root, [list(chunk.records)], self.prep, [], self.device)
+        return chunk.index, {layer: [b] for layer, b in example_crops.render(model, layers, batches, chunk.requests, patch).items()}
 
 
 @contextmanager
@@ -263,7 +263,17 @@ def run_projections(plan: RunPlan, workers: Workers, requests: list[ProjectionRe
     return _by_image(plan, workers, requests, "projections", "projections")
 
 
+@dataclass(frozen=True)
+class ImageChunk:
+    """One batch of images (by sorted id) and the crops or projections asked of them."""
+
+    index: int
+    records: tuple[ImageRecord, ...]
+    requests: tuple
+
+
 def _by_image(plan: RunPlan, workers: Workers, requests: list, method: str, desc: str) -> dict[str, list]:
+    """Requests grouped by image into chunks of one batch, fanned out and checkpointed like shards."""
     patch = activations_config(plan.job).patch_size
     asked = {req.layer for req in requests}
     layers = [info for info in plan.layers if info.name in asked]
@@ -272,20 +282,23 @@ def _by_image(plan: RunPlan, workers: Workers, requests: list, method: str, desc
     for req in requests:
         wanted.setdefault(req.image_id, []).append(req)
     ids = sorted(wanted)
-    chunk = plan.prep.batch_size
-    pool = ActorPool(workers.actors)
-    for start in range(0, len(ids), chunk):
-        part = ids[start:start + chunk]
-        reqs = [r for i in part for r in wanted[i]]
-        pool.submit(lambda actor, args: getattr(actor, method).remote(workers.recipe, *args),
-                    ([by_id[i] for i in part], layers, reqs, patch))
-    out: dict[str, list] = {}
-    with tqdm(total=(len(ids) + chunk - 1) // chunk, unit="chunk", desc=desc, file=sys.stderr, disable=None) as bar:
-        while pool.has_next():
-            for layer, batch in pool.get_next_unordered().items():
-                out.setdefault(layer, []).append(batch)
-            bar.update(1)
-    return out
+    size = plan.prep.batch_size
+    chunks = [ImageChunk(n, tuple(by_id[i] for i in ids[s:s + size]), tuple(r for i in ids[s:s + size] for r in wanted[i]))
+              for n, s in enumerate(range(0, len(ids), size))]
+    call = lambda actor, chunk, _total: getattr(actor, method).remote(workers.recipe, chunk, layers, patch)  # noqa: E731
+    merge = lambda a, b: {layer: a.get(layer, []) + b.get(layer, []) for layer in {*a, *b}}  # noqa: E731
+    return fan_out(plan.work_dir(method), desc, chunks, workers, call, merge, {})
+
+
+def checkpoints(plan: RunPlan, stage: str) -> int:
+    """How many finished shards (or chunks) of a stage an interrupted run left."""
+    return len(list(plan.work_dir(stage).glob("shard-*.pkl")))
+
+
+def shapley_rounds_done(plan: RunPlan) -> int:
+    """Shapley rounds an interrupted run finished (its state is resumed from them)."""
+    saved = plan.work_dir("shapley") / "rounds.pkl"
+    return pickle.loads(saved.read_bytes())[2] if saved.exists() else 0
 
 
 def clear_work(plan: RunPlan) -> None:
@@ -311,22 +324,27 @@ def run_shapley(plan: RunPlan, workers: Workers, mean_maps: dict[str, np.ndarray
         raise UserError("stage 'shapley': none of the evaluation images could be read; check data.images.")
     v_full, v_none = float(ends[0]), float(ends[1])
     settings = shapley.WalkSettings(cfg.tolerance, cfg.patience)
+    saved = plan.work_dir("shapley") / "rounds.pkl"  # the state after the last finished round: a restart resumes there
     stats, history, rounds = shapley.SampleStats.empty(players), [], 0
+    if saved.exists():
+        stats, history, rounds = pickle.loads(saved.read_bytes())
     pool = ActorPool(workers.actors)
-    with tqdm(total=cfg.rounds, unit="round", desc="shapley", file=sys.stderr, disable=None) as bar:
-        for rounds in range(1, cfg.rounds + 1):
+    with tqdm(total=cfg.rounds, initial=rounds, unit="round", desc="shapley", file=sys.stderr, disable=None) as bar:
+        while rounds < cfg.rounds:
             chosen = shapley.unsettled(stats, cfg.top_k, cfg.delta) if cfg.bandit else np.ones(players, bool)
             if not chosen.any():
-                rounds -= 1
                 break
-            orders = [np.random.default_rng([plan.job.seed, rounds, i]).permutation(players)
+            orders = [np.random.default_rng([plan.job.seed, rounds + 1, i]).permutation(players)
                       for i in range(cfg.permutations_per_round)]
             walk = lambda actor, order: actor.shapley_walk.remote(  # noqa: E731
                 workers.recipe, setup, order, chosen, v_full, v_none, settings)
             for samples, evaluations in pool.map(walk, orders):  # in submission order: deterministic
                 stats.add(samples)
                 stats.evaluations += evaluations
+            rounds += 1
             history.append((stats.evaluations, int(chosen.sum())))
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(saved, pickle.dumps((stats, history, rounds), protocol=pickle.HIGHEST_PROTOCOL))
             bar.update(1)
     result = shapley.summarize(stats, v_full, v_none, rounds, cfg.ci_delta, history)
     return shapley.ShapleyOutput(result, _ablation_check(pool, call, result, v_full, players, plan.job.seed), eval_images)

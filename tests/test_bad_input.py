@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -14,6 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import PLANTED_JOB, make_images, planted_job, write_job
+from pipeline import run_lock
 from pipeline.cli import main
 
 
@@ -150,9 +153,31 @@ def test_a_second_run_on_the_same_catalog_is_refused_naming_the_holder(tmp_path,
     assert (tmp_path / "catalog" / "manifest.json").exists()
 
 
-def test_a_lock_from_another_host_is_never_broken(tmp_path, capsys):
+def test_a_live_lock_from_another_host_is_not_broken(tmp_path, capsys):
     job = planted_job(tmp_path)
     (tmp_path / "catalog").mkdir()
     (tmp_path / "catalog" / ".lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "x", "command": "y"}))
     code, err = _run(job, capsys)
-    assert code == 2 and "another run on another host: pid 1 on elsewhere" in err
+    assert code == 2 and "another run on another host (its lock was refreshed" in err and "pid 1 on elsewhere" in err
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_an_abandoned_lock_from_another_host_is_taken_over(tmp_path, capsys):
+    """A Kubernetes head pod that died leaves a lock no later pod's host matches; without heartbeats it goes stale."""
+    job = planted_job(tmp_path)
+    (tmp_path / "catalog").mkdir()
+    lock = tmp_path / "catalog" / ".lock"
+    lock.write_text(json.dumps({"host": "head-pod-gone", "pid": 1, "started": "x", "command": "y"}))
+    old = time.time() - run_lock.STALE_AFTER_S - 5
+    os.utime(lock, (old, old))
+    code, _ = _run(job, capsys)
+    assert code == 0 and not lock.exists() and (tmp_path / "catalog" / "manifest.json").exists()
+
+
+def test_the_holder_keeps_its_lock_fresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.05)
+    with run_lock.catalog_lock(tmp_path / "catalog") as lock:
+        old = time.time() - 1000
+        os.utime(lock, (old, old))
+        time.sleep(0.5)
+        assert time.time() - lock.stat().st_mtime < 5

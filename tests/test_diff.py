@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import ASSETS, write_job
 from pipeline.cli import main
+from test_render import _check_page, browser  # noqa: F401  (a fixture)
 
 sys.path.insert(0, str(ASSETS))
 from tiny_models import planted  # noqa: E402
@@ -125,3 +126,23 @@ def test_diff_of_a_missing_catalog_exits_2(world, capsys):
     assert "nowhere" in err and "Traceback" not in err
     assert main(["diff", str(world / "original"), str(world / "flipped"), "--out", str(world / "images")]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_render_with_diff_adds_a_page_of_the_changed_units(world, browser):
+    site = world / "site"
+    assert main(["render", str(world / "flipped"), "--out", str(site), "--diff", str(world / "original")]) == 0
+    assert 'href="diff.html"' in (site / "index.html").read_text()
+    errors, broken = _check_page(browser, (site / "diff.html").as_uri())
+    assert errors == [] and broken == []
+    page = browser.new_page()
+    page.goto((site / "diff.html").as_uri())
+    changed = page.eval_on_selector_all("table.diff tr.changed", "rows => rows.map(r => r.cells[0].innerText + ':' + r.cells[1].innerText)")
+    link = page.get_attribute("table.diff tr.changed a", "href")
+    page.close()
+    assert changed == ["fc:1"] and (site / link).is_file()
+    # the same page from a `diff --out` file
+    table = world / "for-render.parquet"
+    assert main(["diff", str(world / "original"), str(world / "flipped"), "--out", str(table)]) == 0
+    assert main(["render", str(world / "flipped"), "--out", str(site), "--diff", str(table)]) == 0
+    html = (site / "diff.html").read_text()
+    assert "for-render.parquet" in html and ">nan<" not in html and ">None<" not in html

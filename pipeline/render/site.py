@@ -24,6 +24,7 @@ from catalog_schema import Catalog
 from pipeline.errors import UserError
 from pipeline.render import pictures
 from pipeline.render.chart import concept_chart
+from pipeline.render.diff_page import diff_context
 
 MARKER = ".neuron-catalog-site"  # tells a site this command may replace from any other folder
 FEATVIS_VIEWS = ("positive", "negative", "diverse")
@@ -52,8 +53,10 @@ def slugs(names: list[str]) -> dict[str, str]:
     return out
 
 
-def render_site(catalog: Catalog, out: Path, workers: int | None = None) -> RenderSummary:
-    """Write the whole site into a fresh folder, then move it to `out` (a site already there is replaced)."""
+def render_site(catalog: Catalog, out: Path, workers: int | None = None,
+                diff: tuple[str, pd.DataFrame] | None = None) -> RenderSummary:
+    """Write the whole site into a fresh folder, then move it to `out` (a site already there is replaced).
+    `diff`: (the earlier catalog's name, the per-unit diff table) adds a page of what changed."""
     started = time.perf_counter()
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
@@ -63,7 +66,7 @@ def render_site(catalog: Catalog, out: Path, workers: int | None = None) -> Rend
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        pages, images = _write(catalog, tmp, workers or os.cpu_count() or 1)
+        pages, images = _write(catalog, tmp, workers or os.cpu_count() or 1, diff)
         (tmp / MARKER).write_text("written by neuron-catalog render\n")
         if out.exists():
             shutil.rmtree(out)
@@ -79,7 +82,7 @@ def _environment() -> jinja2.Environment:
                               autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
 
 
-def _write(catalog: Catalog, site: Path, workers: int) -> tuple[int, int]:
+def _write(catalog: Catalog, site: Path, workers: int, diff: tuple[str, pd.DataFrame] | None) -> tuple[int, int]:
     env = _environment()
     m = catalog.manifest
     units = catalog.units()
@@ -99,8 +102,13 @@ def _write(catalog: Catalog, site: Path, workers: int) -> tuple[int, int]:
         (site / "layers" / f"{info['slug']}.html").write_text(env.get_template("layer.html").render(
             **common, title=f"{info['name']} - {common['model_name']}", root="../", layer=info, cards=cards))
         pages += 1 + _write_unit_pages(env, common, catalog, site, info, rows, dissection, featvis)
+    if diff is not None:
+        (site / "diff.html").write_text(env.get_template("diff.html").render(
+            **common, title=f"changes - {common['model_name']}", root="", **diff_context(diff[1], diff[0], slug)))
+        pages += 1
     (site / "index.html").write_text(env.get_template("index.html").render(
-        **common, title=common["model_name"], root="", **_index_context(catalog, units, layers, slug)))
+        **common, title=common["model_name"], root="", diff_old=diff[0] if diff else None,
+        **_index_context(catalog, units, layers, slug)))
     return pages, images
 
 

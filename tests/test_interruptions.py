@@ -1,0 +1,214 @@
+"""Driver failures and a full disk: SIGKILL the run in each stage and while it writes, with a reader
+polling the catalog all along; fill the disk while writing. Nothing is lost, nothing is corrupted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from catalog_schema import ARRAYS, Catalog, CatalogError
+from conftest import make_images, write_job
+from mini_broden import write_mini_broden
+from pipeline.cli import main
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+JOB = """
+seed = 0
+[model]
+factory = "tiny_models.py:planted"
+layers = ["conv1", "conv2", "fc"]
+input_size = 32
+mean = [0.0, 0.0, 0.0]
+std = [1.0, 1.0, 1.0]
+[data]
+images = "images"
+batch_size = 2
+[concepts]
+broden = "broden"
+[stages.activations]
+k = 3
+patch_size = {patch}
+[stages.featvis]
+steps = 24
+size = 16
+batch_units = 2
+[stages.dissection]
+quantile = 0.2
+[stages.shapley]
+layers = ["conv2"]
+eval_images = 12
+top_k = 2
+rounds = 6
+permutations_per_round = 2
+bandit = false
+[ray]
+workers = 1
+shard_images = 2
+[output]
+catalog = "catalog"
+"""
+
+
+def _world(folder: Path, patch: int = 8) -> Path:
+    if not (folder / "images").exists():
+        make_images(folder / "images", count=16)
+        write_mini_broden(folder / "broden", images=8)
+    return write_job(folder, JOB.format(patch=patch))
+
+
+def _kill_when(job: Path, ready, delay: float = 0.0, timeout: float = 240) -> None:
+    """Run the job as a process group and SIGKILL it `delay` seconds after `ready()` first holds."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job)], env={**os.environ, "RAY_ADDRESS": ""},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            assert time.time() < deadline, "timed out waiting for the moment to interrupt"
+            time.sleep(0.005)
+        time.sleep(delay)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _tables(path: Path) -> dict[str, pd.DataFrame]:
+    cat = Catalog.open(path)
+    return {name: cat.table(name) for name in ("units", "examples", "images", "dissection", "shapley", "shapley_ablation")}
+
+
+def _assert_same_catalog(a: Path, b: Path) -> None:
+    ta, tb = _tables(a), _tables(b)
+    for name in ta:
+        pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)
+    ca, cb = Catalog.open(a), Catalog.open(b)
+    for group, kind in ARRAYS.items():
+        for layer in ca.layers:
+            assert ca.has_array(group, layer) == cb.has_array(group, layer)
+            if ca.has_array(group, layer):
+                np.testing.assert_array_equal(ca._array(kind, layer)[...], cb._array(kind, layer)[...], err_msg=f"{group}/{layer}")
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("undisturbed")
+    assert main(["run", str(_world(folder))]) == 0
+    return folder / "catalog"
+
+
+# (stage, the checkpoints that show it is under way, how many to wait for)
+STAGES = [
+    ("activations", "activations-*/shard-*.pkl", 2),
+    ("example crops", "crops-*/shard-*.pkl", 1),
+    ("feature visualization", "featvis-*/shard-*.pkl", 2),
+    ("projections", "projections-*/shard-*.pkl", 1),
+    ("dissection thresholds", "dissection-thresholds-*/shard-*.pkl", 1),
+    ("dissection tally", "dissection-tally-*/shard-*.pkl", 1),
+    ("shapley", "shapley-*/rounds.pkl", 1),
+]
+
+
+@pytest.mark.parametrize("stage,pattern,count", STAGES, ids=[s[0] for s in STAGES])
+def test_a_run_killed_in_each_stage_resumes_to_the_same_catalog(tmp_path, capsys, undisturbed, stage, pattern, count):
+    job = _world(tmp_path)
+    work = tmp_path / "catalog" / ".work"
+    _kill_when(job, lambda: len(list(work.glob(pattern))) >= count)
+    assert not (tmp_path / "catalog" / "manifest.json").exists()
+    assert main(["run", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "resumed" in out  # the finished work was not redone
+    _assert_same_catalog(tmp_path / "catalog", undisturbed)
+    assert not work.exists() and not (tmp_path / "catalog" / ".staging").exists()
+
+
+def test_shapley_resumes_from_its_last_round(tmp_path, capsys, undisturbed):
+    job = _world(tmp_path)
+    work = tmp_path / "catalog" / ".work"
+    _kill_when(job, lambda: len(list(work.glob("shapley-*/rounds.pkl"))) >= 1, delay=0.3)
+    assert main(["run", str(job)]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "resumed also" in ln)
+    rounds = int(line.split("Shapley round(s)")[0].rsplit(",", 1)[-1].split(":")[-1])
+    assert 1 <= rounds < 6
+    assert Catalog.open(tmp_path / "catalog").manifest["shapley"] == Catalog.open(undisturbed).manifest["shapley"]
+
+
+def _reader(path: Path, stop: threading.Event, seen: list, errors: list) -> None:
+    """What a user's notebook does while the job runs: open the catalog and read its tables and arrays."""
+    while not stop.is_set():
+        try:
+            cat = Catalog.open(path)
+            units = pd.read_parquet(path / "units.parquet")
+            pd.read_parquet(path / "examples.parquet")
+            for layer in cat.layers:
+                cat.example_images(layer, 0)
+                cat.mean_map(layer)
+            seen.append((cat.manifest["run_id"], len(units)))
+        except CatalogError as exc:  # an array of a layer the reader's manifest does not know yet: never a torn file
+            errors.append(f"CatalogError: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any other failure is a torn read
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_reader_never_sees_a_half_written_catalog_while_runs_are_killed(tmp_path, undisturbed):
+    """The catalog exists (an earlier run with other settings); reruns are killed at moments spread over the
+    write, one finishes; a reader polls all along. Every read finds whole files."""
+    shutil.copytree(undisturbed, tmp_path / "catalog", symlinks=True)
+    job = _world(tmp_path, patch=12)  # another patch size: every array and table is rewritten
+    stop, seen, errors = threading.Event(), [], []
+    reader = threading.Thread(target=_reader, args=(tmp_path / "catalog", stop, seen, errors))
+    reader.start()
+    try:
+        staging = tmp_path / "catalog" / ".staging"
+        for delay in (0.0, 0.01, 0.03, 0.06, 0.1, 0.2):
+            _kill_when(job, staging.exists, delay)
+        assert main(["run", str(job)]) == 0
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        reader.join()
+    assert errors == []
+    assert len({run for run, _ in seen}) >= 2  # it read the old catalog and the new one
+    assert Catalog.open(tmp_path / "catalog").example_images("conv1", 0)[0].shape[-2] == 12
+
+
+def _mount_small_disk(path: Path, size: str) -> None:
+    path.mkdir(parents=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a full disk is simulated with a small tmpfs, which needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+
+
+def test_a_full_disk_while_writing_leaves_the_catalog_as_it_was(tmp_path, capsys):
+    disk = tmp_path / "disk"
+    _mount_small_disk(disk, "1200k")
+    try:
+        job = _world(disk, patch=8)
+        assert main(["run", str(job)]) == 0
+        before = {p.name: p.read_bytes() for p in (disk / "catalog").glob("*.*") if p.is_file()}
+        run_id = Catalog.open(disk / "catalog").manifest["run_id"]
+        job = _world(disk, patch=96)  # crops 144x larger: they no longer fit
+        capsys.readouterr()
+        assert main(["run", str(job)]) == 2
+        err = capsys.readouterr().err
+        assert "no space left" in err and "as it was before this run" in err and "Traceback" not in err
+        after = {p.name: p.read_bytes() for p in (disk / "catalog").glob("*.*") if p.is_file()}
+        assert after == before
+        cat = Catalog.open(disk / "catalog")
+        assert cat.manifest["run_id"] == run_id and cat.example_images("conv1", 0)[0].shape[-2] == 8
+        assert not (disk / "catalog" / ".staging").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
