@@ -26,7 +26,8 @@ Choices (where the format leaves room):
 - A mask pixel whose label number is not in label.csv makes the image a SkippedImage naming the
   value(s): one bad mask must not stop a run, and the skip is recorded, never silent.
 - Masks of mode RGB, RGBA and P decode as R + 256*G; a grayscale (L) mask as its value; other
-  modes are a SkippedImage.
+  modes are a SkippedImage. A mask's size is checked against sh x sw, and its header against Pillow's
+  pixel limit (`pipeline.images.open_image`), before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.images import SkippedImage
+from pipeline.images import SkippedImage, failure_reason, open_image
 
 INDEX_META = ("image", "split", "ih", "iw", "sh", "sw")
 LABEL_COLUMNS = ("number", "name", "category", "frequency", "coverage")
@@ -320,7 +321,10 @@ def open_broden(root: Path, categories: Sequence[str] | None = None) -> Broden:
 def _decode(path: Path, where: str, mask_size: tuple[int, int]) -> np.ndarray:
     """A mask PNG as int32 [sh, sw] label numbers R + 256*G."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
+            if img.size != (mask_size[1], mask_size[0]):  # checked before decoding a pixel
+                raise SkippedImage(f"{where}: mask is {img.height}x{img.width}, index.csv says "
+                                   f"sh x sw = {mask_size[0]}x{mask_size[1]}")
             img.load()
             if img.mode == "L":
                 values = np.asarray(img).astype(np.int32)
@@ -329,16 +333,13 @@ def _decode(path: Path, where: str, mask_size: tuple[int, int]) -> np.ndarray:
                 values = rgb[..., 0] + 256 * rgb[..., 1]
             else:
                 raise SkippedImage(f"{where}: PNG mode {img.mode} is not an RGB label mask (label = R + 256*G)")
-    except SkippedImage:
-        raise
+    except SkippedImage as exc:
+        text = str(exc)
+        raise SkippedImage(text if text.startswith(where) else f"{where}: unreadable mask ({text})") from None
     except FileNotFoundError:
         raise SkippedImage(f"{where}: the mask file does not exist") from None
-    except Exception as exc:  # corrupt, truncated, not an image, decompression bomb
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SkippedImage(f"{where}: unreadable mask ({type(exc).__name__}: {reason})") from None
-    if values.shape != tuple(mask_size):
-        raise SkippedImage(f"{where}: mask is {values.shape[0]}x{values.shape[1]}, index.csv says "
-                           f"sh x sw = {mask_size[0]}x{mask_size[1]}")
+    except Exception as exc:  # corrupt, truncated, not an image
+        raise SkippedImage(f"{where}: unreadable mask ({failure_reason(exc, path)})") from None
     return values
 
 

@@ -205,7 +205,8 @@ def _manifest(plan: RunPlan, units: dict[str, np.ndarray], skipped: list[tuple[i
         },
         "settings": {"activations": asdict(activations_config(plan.job)), "preprocess": asdict(plan.prep)},
         "prepared": plan.prepared,
-        "summary": {"layers": len(plan.layers), "units": int(len(dead)), "dead_units": int(dead.sum())},
+        "summary": {"layers": len(plan.layers), "units": int(len(dead)), "dead_units": int(dead.sum()),
+                    "nonfinite_units": int((np.asarray(units["nonfinite"]) > 0).sum())},
         "errors": [],
     }
 

@@ -206,7 +206,8 @@ def _convert(hint: Any, value: Any, key: str, base: Path) -> Any:
     if origin is tuple:
         item = typing.get_args(hint)[0]
         if not isinstance(value, list):
-            raise UserError(f"job key '{key}' must be a list of {_name(item)}s, got {value!r}.")
+            plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}.get(item, str(item))
+            raise UserError(f"job key '{key}' must be a list of {plural}, got {value!r}: write e.g. {key.rsplit('.', 1)[-1]} = [...].")
         return tuple(_convert(item, v, f"{key}[{i}]", base) for i, v in enumerate(value))
     if hint is Path:
         if not isinstance(value, str) or not value:
@@ -291,6 +292,29 @@ def _check_values(job: JobConfig) -> None:
         raise UserError(f"job file {job.path}: [data] images is missing: set it to an image folder.")
     if job.output.catalog is None:
         raise UserError(f"job file {job.path}: [output] catalog is missing: set it to the catalog directory to write.")
+    check_output_location(job, job.output.catalog, "[output] catalog")
+
+
+def check_output_location(job: JobConfig, catalog: Path, key: str = "--out") -> None:
+    """The catalog must not be, lie inside, or hold a data set the run reads ([data] images, [concepts] broden).
+
+    Inside one, the run would write its tables and arrays into the data set (and read them back as data
+    next time); holding one, the data would live in a folder the run writes, stages and replaces files in.
+    """
+    catalog = catalog.resolve()
+    for name, data in (("data.images", job.data.images), ("concepts.broden", job.concepts.broden)):
+        if data is None:
+            continue
+        data = data.resolve()
+        if catalog == data or data in catalog.parents:
+            where = "is" if catalog == data else "is inside"
+            raise UserError(f"{key} = {catalog} {where} the data set {name} = {data}: the run would write the catalog "
+                            f"into the data it reads. Choose a catalog path outside {data} (paths in the job file are "
+                            f"relative to {job.path.parent}).")
+        if catalog in data.parents:
+            raise UserError(f"{key} = {catalog} holds the data set {name} = {data}: the run writes and replaces files in "
+                            "the catalog folder, so the data must not live there. Choose a catalog path beside the "
+                            "data, not above it.")
 
 
 def check_inputs_exist(job: JobConfig, stages: tuple[str, ...]) -> None:

@@ -7,14 +7,21 @@ files or Python path.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import fnmatch
 import importlib
 import io
+import os
+import pickle
+import re
 import sys
+import traceback
 import types
 import warnings
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,11 +90,23 @@ def build_model(recipe: ModelRecipe) -> nn.Module:
 
 
 def _serialized_model(recipe: ModelRecipe) -> nn.Module:
-    """A torch.export archive (.pt2), unflattened back into hookable submodules, or a TorchScript file."""
+    """A torch.export archive (.pt2), unflattened back into hookable submodules, or a TorchScript file.
+
+    `torch.export.load` unpickles parts of an archive without `weights_only` and loads compiled native
+    code: unless the job trusts the file, archives holding such parts are refused and every pickle in
+    it is read with weights_only=True.
+    """
+    trusted = recipe.trust_weights
+    if not trusted:
+        _refuse_code_in_archive(recipe)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            return torch.export.unflatten(torch.export.load(io.BytesIO(recipe.torchscript)))
+            with _weights_only_loads(not trusted):
+                return torch.export.unflatten(torch.export.load(io.BytesIO(recipe.torchscript)))
+        except pickle.UnpicklingError as exc:
+            if not trusted and "weights only" in str(exc).lower():
+                raise UserError(_untrusted(recipe.name, "a pickled object that torch.load(weights_only=True) refuses")) from None
         except Exception:
             pass  # not an exported program: try TorchScript
         try:
@@ -95,6 +114,47 @@ def _serialized_model(recipe: ModelRecipe) -> nn.Module:
         except Exception as exc:
             reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise UserError(f"model.torchscript {recipe.name} is neither a torch.export archive nor TorchScript: {reason}") from None
+
+
+def _refuse_code_in_archive(recipe: ModelRecipe) -> None:
+    """UserError for a .pt2 part that loading would execute: compiled code, or objects read with pickle.loads."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(recipe.torchscript)) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return  # not an archive: torch.export and TorchScript will both refuse it
+    for name in names:
+        base = name.rsplit("/", 1)[-1]
+        if "data/aotinductor/" in name or "data/mtia" in name:
+            raise UserError(_untrusted(recipe.name, f"compiled native code ({name})"))
+        if "data/constants/" in name and base.startswith(("opaque_obj_", "custom_obj_")):
+            raise UserError(_untrusted(recipe.name, f"a pickled Python object ({name})"))
+
+
+def _untrusted(name: str, what: str) -> str:
+    return (f"model.torchscript {name} holds {what}, which loading it would execute: refused, because a model file "
+            "can run any code that way. Export the model again with torch.export.save (plain tensors load safely), "
+            "or, only if you trust the file, set [model] trust_weights = true.")
+
+
+@contextlib.contextmanager
+def _weights_only_loads(force: bool) -> Iterator[None]:
+    """Make every torch.load in the block use weights_only=True (torch reads TORCH_FORCE_WEIGHTS_ONLY_LOAD per call)."""
+    if not force:
+        yield
+        return
+    keys = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ[keys[0]] = "1"
+    os.environ.pop(keys[1], None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _torchvision_model(recipe: ModelRecipe) -> nn.Module:
@@ -126,7 +186,13 @@ def _factory_model(recipe: ModelRecipe) -> nn.Module:
     factory = getattr(module, fn, None)
     if not callable(factory):
         raise UserError(f"model.factory {recipe.name!r}: {target} has no function {fn!r}.")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:  # the user's code failed: say where, without a traceback
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
+        at = f" (at {Path(frames[-1].filename).name} line {frames[-1].lineno})" if frames else ""
+        raise UserError(f"model.factory {recipe.name!r} raised {type(exc).__name__}: {exc}{at}. The function must take "
+                        "no arguments and return a torch.nn.Module.") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"model.factory {recipe.name!r} returned {type(model).__name__}, not a torch.nn.Module.")
     return model
@@ -137,6 +203,9 @@ def _load_weights(model: nn.Module, recipe: ModelRecipe) -> None:
         state = torch.load(io.BytesIO(recipe.weights), map_location="cpu", weights_only=not recipe.trust_weights)
     except Exception as exc:
         reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:  # name what needs code, rather than torch's page of advice
+            reason = f"it holds a pickled {found.group(1)}, which only code can rebuild"
         raise UserError(
             f"model.weights {recipe.weights_name} could not be read as a state_dict with torch.load(weights_only=True): "
             f"{reason}. Save it with torch.save(model.state_dict(), path), or, only if you trust the file "

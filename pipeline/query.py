@@ -75,6 +75,11 @@ def describe(catalog: Catalog) -> str:
         table.append(row)
     lines.append(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     lines.append("")
+    if "nonfinite" in units and (units["nonfinite"].fillna(0) > 0).any():
+        bad = units[units["nonfinite"].fillna(0) > 0]
+        names = ", ".join(f"{r.layer}:{r.unit} ({int(r.nonfinite)})" for r in bad.head(10).itertuples())
+        lines += [f"units with NaN or infinite activations (read as 0 in their statistics): {len(bad)}: {names}"
+                  + (" ..." if len(bad) > 10 else ""), ""]
     by_category = interpretable_by_category(units)
     if not by_category.empty:
         lines.append("interpretable units (unique concepts) per layer and category:")

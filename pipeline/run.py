@@ -14,7 +14,7 @@ from typing import Any
 from catalog_schema import MANIFEST, Catalog, CatalogError
 from pipeline import catalog_history, reuse, runner
 from pipeline.catalog_writer import DissectionOutput, crop_requests, projection_requests, write_catalog
-from pipeline.config import JobConfig
+from pipeline.config import JobConfig, check_output_location
 from pipeline.errors import UserError
 from pipeline.plan import RunPlan, check_catalog_target, dissection_config, make_plan
 from pipeline.run_lock import catalog_lock
@@ -42,6 +42,8 @@ def run_job(job: JobConfig, *, address: str | None = None, out: Path | None = No
     path and `latest` is moved to it once the catalog is complete.
     """
     root = (out or job.output.catalog).resolve()
+    if out is not None:
+        check_output_location(job, root)
     try:
         if not job.output.history:
             check_catalog_target(root)

@@ -53,18 +53,18 @@ rounds = 6
 permutations_per_round = 2
 bandit = false
 [ray]
-workers = 1
+workers = {workers}
 shard_images = 2
 [output]
 catalog = "catalog"
 """
 
 
-def _world(folder: Path, patch: int = 8) -> Path:
+def _world(folder: Path, patch: int = 8, workers: int = 1) -> Path:
     if not (folder / "images").exists():
         make_images(folder / "images", count=16)
         write_mini_broden(folder / "broden", images=8)
-    return write_job(folder, JOB.format(patch=patch))
+    return write_job(folder, JOB.format(patch=patch, workers=workers))
 
 
 def _kill_when(job: Path, ready, delay: float = 0.0, timeout: float = 240) -> None:

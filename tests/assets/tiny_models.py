@@ -109,3 +109,36 @@ class PatternDetectors(nn.Module):
 
 def pattern_detectors() -> nn.Module:
     return PatternDetectors()
+
+
+class Poison(nn.Module):
+    """Unit 1 becomes NaN and unit 2 +inf wherever unit 1 was positive."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        hot = y[:, 1:2] > 0
+        return torch.cat([y[:, :1], torch.where(hot, torch.nan, y[:, 1:2]), torch.where(hot, torch.inf, y[:, 2:3])], dim=1)
+
+
+class NonFinite(nn.Module):
+    """With mean 0 / std 1 input, `poison` unit 1 is NaN and unit 2 +inf at pure red pixels (conv unit 1 is
+    the planted red detector: positive only there), elsewhere ordinary convolution outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.poison = Poison()
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.conv.weight[1].zero_()
+            self.conv.weight[1, :, 1, 1] = torch.tensor([1.0, -1.0, -1.0])
+            self.conv.bias[1] = -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.poison(self.conv(x)))), 1))
+
+
+def non_finite() -> nn.Module:
+    return NonFinite()

@@ -20,7 +20,6 @@ from typing import TypeVar
 import numpy as np
 import ray
 import torch
-from ray.util import ActorPool
 from tqdm import tqdm
 
 from pipeline.batches import Preprocess, global_batches, iter_batches
@@ -29,6 +28,7 @@ from pipeline.concept_batches import iter_concept_batches
 from pipeline.errors import UserError
 from pipeline.images import ImageRecord
 from pipeline.models import LayerInfo, build_model
+from pipeline.runner.task_pool import completed, in_order
 from pipeline.plan import ConceptShard, FeatvisTask, RunPlan, Shard, activations_config, dissection_config, shapley_config
 from pipeline.stages import activations, dissection_passes, example_crops, featvis, projections, shapley
 from pipeline.stages.featvis import FeatvisSettings
@@ -205,12 +205,8 @@ def fan_out(work: Path, desc: str, shards: list, workers: Workers, call: Callabl
         else:
             todo.append(shard)
     merged = [total]
-    pool = ActorPool(workers.actors)
-    for shard in todo:
-        pool.submit(lambda actor, shard: call(actor, shard, merged[0]), shard)
     with tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard", desc=desc, file=sys.stderr, disable=None) as bar:
-        while pool.has_next():
-            index, partial = pool.get_next_unordered()
+        for _, (index, partial) in completed(workers.actors, todo, lambda actor, shard: call(actor, shard, merged[0])):
             _atomic_write(work / f"shard-{index:06d}.pkl", pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL))
             merged[0] = merge(merged[0], partial)
             bar.update(1)
@@ -319,7 +315,7 @@ def run_shapley(plan: RunPlan, workers: Workers, mean_maps: dict[str, np.ndarray
     setup = [ray.put((list(plan.shapley_eval), layers, [mean_maps[name] for name, _ in layers], cfg.metric))]
     call = lambda actor, removed: actor.shapley_evaluate.remote(workers.recipe, setup, removed)  # noqa: E731
     players = sum(units for _, units in layers)
-    (ends, eval_images), = ActorPool(workers.actors[:1]).map(call, [np.stack([np.zeros(players, bool), np.ones(players, bool)])])
+    (ends, eval_images), = in_order(workers.actors, [np.stack([np.zeros(players, bool), np.ones(players, bool)])], call)
     if eval_images == 0:
         raise UserError("stage 'shapley': none of the evaluation images could be read; check data.images.")
     v_full, v_none = float(ends[0]), float(ends[1])
@@ -328,7 +324,6 @@ def run_shapley(plan: RunPlan, workers: Workers, mean_maps: dict[str, np.ndarray
     stats, history, rounds = shapley.SampleStats.empty(players), [], 0
     if saved.exists():
         stats, history, rounds = pickle.loads(saved.read_bytes())
-    pool = ActorPool(workers.actors)
     with tqdm(total=cfg.rounds, initial=rounds, unit="round", desc="shapley", file=sys.stderr, disable=None) as bar:
         while rounds < cfg.rounds:
             chosen = shapley.unsettled(stats, cfg.top_k, cfg.delta) if cfg.bandit else np.ones(players, bool)
@@ -338,7 +333,7 @@ def run_shapley(plan: RunPlan, workers: Workers, mean_maps: dict[str, np.ndarray
                       for i in range(cfg.permutations_per_round)]
             walk = lambda actor, order: actor.shapley_walk.remote(  # noqa: E731
                 workers.recipe, setup, order, chosen, v_full, v_none, settings)
-            for samples, evaluations in pool.map(walk, orders):  # in submission order: deterministic
+            for samples, evaluations in in_order(workers.actors, orders, walk):  # in order: deterministic
                 stats.add(samples)
                 stats.evaluations += evaluations
             rounds += 1
@@ -347,17 +342,17 @@ def run_shapley(plan: RunPlan, workers: Workers, mean_maps: dict[str, np.ndarray
             _atomic_write(saved, pickle.dumps((stats, history, rounds), protocol=pickle.HIGHEST_PROTOCOL))
             bar.update(1)
     result = shapley.summarize(stats, v_full, v_none, rounds, cfg.ci_delta, history)
-    return shapley.ShapleyOutput(result, _ablation_check(pool, call, result, v_full, players, plan.job.seed), eval_images)
+    return shapley.ShapleyOutput(result, _ablation_check(workers, call, result, v_full, players, plan.job.seed), eval_images)
 
 
-def _ablation_check(pool: ActorPool, call: Callable, result: shapley.ShapleyResult, v_full: float, players: int,
+def _ablation_check(workers: Workers, call: Callable, result: shapley.ShapleyResult, v_full: float, players: int,
                     seed: int) -> list[tuple[int, str, float, float, np.ndarray]]:
     """The metric after removing the top-N Shapley units, N random units, and the N largest single-unit effects."""
     singles = np.eye(players, dtype=bool)
-    single_values = np.concatenate([v for v, _ in pool.map(call, [singles[s:s + 8] for s in range(0, players, 8)])])
+    single_values = np.concatenate([v for v, _ in in_order(workers.actors, [singles[s:s + 8] for s in range(0, players, 8)], call)])
     coalitions = shapley.ablation_coalitions(result.value, v_full - single_values, seed)
-    values = np.concatenate([v for v, _ in pool.map(call, [np.stack([c for _, _, c in coalitions[s:s + 8]])
-                                                            for s in range(0, len(coalitions), 8)])])
+    values = np.concatenate([v for v, _ in in_order(workers.actors, [np.stack([c for _, _, c in coalitions[s:s + 8]])
+                                                                     for s in range(0, len(coalitions), 8)], call)])
     rows, seen = [], {}
     for (n, method, removed), value in zip(coalitions, values):
         seen.setdefault((n, method), []).append((value, removed))
