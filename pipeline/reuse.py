@@ -117,6 +117,7 @@ def load(plan: RunPlan, previous: Catalog | None) -> Reused:
         return Reused()
     out = Reused(previous)
     units = previous.units()
+    concepts = previous.dissection() if "dissection" in plan.stages else None
     for stage in ("activations", "featvis", "dissection"):
         if stage not in plan.stages:
             continue
@@ -129,7 +130,7 @@ def load(plan: RunPlan, previous: Catalog | None) -> Reused:
             elif stage == "featvis":
                 out.featvis[info.name] = {c: rows[c].to_numpy(dtype=object) for c in FEATVIS_COLUMNS}
             else:
-                out.dissection[info.name] = _dissection_result(previous, rows, info.name)
+                out.dissection[info.name] = _dissection_result(concepts, rows, info.name)
     if out.dissection:
         out.concepts = previous.manifest.get("concepts")
     if "shapley" in plan.stages and WHOLE_MODEL not in plan.compute.get("shapley", (WHOLE_MODEL,)):
@@ -151,8 +152,7 @@ def _layer_result(previous: Catalog, rows: pd.DataFrame, layer: str) -> LayerRes
     return LayerResult(units, examples, previous.mean_map(layer), probe, ids)
 
 
-def _dissection_result(previous: Catalog, rows: pd.DataFrame, layer: str) -> DissectionResult:
-    table = previous.dissection()
+def _dissection_result(table: pd.DataFrame, rows: pd.DataFrame, layer: str) -> DissectionResult:
     table = table[table["layer"] == layer]
     concepts = {c: _column(table, c) for c in cs.TABLES["dissection"].names}
     best = {c: _column(rows, c) for c in ("layer", "unit", "label", "category", "iou", "interpretable")}

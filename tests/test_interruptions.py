@@ -135,7 +135,7 @@ def test_a_run_killed_in_each_stage_resumes_to_the_same_catalog(tmp_path, capsys
 def test_shapley_resumes_from_its_last_round(tmp_path, capsys, undisturbed):
     job = _world(tmp_path)
     work = tmp_path / "catalog" / ".work"
-    _kill_when(job, lambda: len(list(work.glob("shapley-*/rounds.pkl"))) >= 1, delay=0.3)
+    _kill_when(job, lambda: len(list(work.glob("shapley-*/rounds.pkl"))) >= 1)
     assert main(["run", str(job)]) == 0
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if "resumed also" in ln)
