@@ -61,8 +61,15 @@ def describe(catalog: Catalog) -> str:
         f"data         {data['root']}: {data['images']} files, {data['used']} used, {len(data['skipped'])} skipped"
         + (f", {len(data['classes'])} classes" if data.get("classes") else ""),
         f"stages done  {', '.join(m['stages_done'])}",
-        "",
     ]
+    reuse = m.get("reuse") or {}
+    if reuse.get("previous"):
+        done = [(stage, layer, r) for stage, layers in reuse["stages"].items() for layer, r in layers.items()]
+        computed = [f"{stage} {layer}" if layer != "*" else stage for stage, layer, r in done if r["action"] == "computed"]
+        lines.append(f"re-analysis  of {reuse['previous']} (run {str(reuse['previous_run_id'])[:12]}): "
+                     f"{len(done) - len(computed)} of {len(done)} (stage, layer) results reused; computed: "
+                     f"{', '.join(computed) or 'nothing'}")
+    lines.append("")
     table = []
     for layer in m["layers"]:
         rows = units[units["layer"] == layer["name"]]
