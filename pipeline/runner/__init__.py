@@ -1,4 +1,4 @@
-"""The only package that knows Ray (with task_pool.py): model actors, shard fan-out, completion-order merging, checkpoints.
+"""The only Ray code (with task_pool.py): model actors, shard fan-out, completion-order merging, checkpoints.
 
 Workers keep the model loaded (one actor per GPU, or per `cpus_per_worker`
 CPUs); each finished shard's partial is saved under the catalog's work
