@@ -40,7 +40,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from pipeline.errors import UserError
 from pipeline.images import SkippedImage, failure_reason, open_image

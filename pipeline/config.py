@@ -77,6 +77,7 @@ class DissectionConfig:
     quantile: float = 0.005  # per-unit threshold: the top fraction of all raw activations
     iou_threshold: float = 0.04  # best IoU at or above this: interpretable
     top: int = 5  # concepts kept per unit and category in dissection.parquet
+    threshold_memory_mb: int = 256  # above this, exact thresholds take 3 counting passes in bounded memory
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,8 @@ def _check_values(job: JobConfig) -> None:
     if job.stages.dissection:
         d = job.stages.dissection
         positive["stages.dissection.top"] = d.top
+        if d.threshold_memory_mb < 0:
+            raise UserError(f"job key 'stages.dissection.threshold_memory_mb' must be 0 or more, got {d.threshold_memory_mb}.")
         if not 0 < d.quantile < 1:
             raise UserError(f"job key 'stages.dissection.quantile' must be between 0 and 1 (exclusive), got {d.quantile}; "
                             "NetDissect uses 0.005.")

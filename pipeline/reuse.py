@@ -50,7 +50,9 @@ def stage_inputs(plan: RunPlan) -> dict[str, dict[str, dict[str, str]]]:
             {"featvis": asdict(plan.featvis), "layer_index": i, "rendered": n in rendered, "seed": job.seed})}
             for i, n in enumerate(names)}
     if "dissection" in plan.stages:
-        settings = json_fingerprint({"dissection": asdict(dissection_config(job)), "prep": asdict(plan.prep)})
+        method = {"threshold_memory_mb"}  # how thresholds are computed, not what they are
+        d = {k: v for k, v in asdict(dissection_config(job)).items() if k not in method}
+        settings = json_fingerprint({"dissection": d, "prep": asdict(plan.prep)})
         out["dissection"] = {n: {"layer": fp["layers"][n], "concepts": fp["concepts"], "settings": settings} for n in names}
     if "shapley" in plan.stages:
         evals = json_fingerprint([(r.image_id, r.path, r.label_index) for r in plan.shapley_eval])

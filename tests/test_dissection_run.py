@@ -180,3 +180,13 @@ def test_killed_dissection_resumes_from_finished_shards(tmp_path, capsys):
     for name in ("dissection", "units"):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "catalog" / f"{name}.parquet"),
                                       pd.read_parquet(fresh / f"{name}.parquet"), check_exact=True)
+
+
+def test_bounded_memory_thresholds_give_the_same_catalog(tmp_path, dissected):
+    """threshold_memory_mb = 0 forces the three counting passes: the dissection is the same."""
+    job, _ = dissection_job(tmp_path)
+    job.write_text(job.read_text().replace("quantile = 0.5", "quantile = 0.5\nthreshold_memory_mb = 0"))
+    assert main(["run", str(job)]) == 0
+    catalog, _ = dissected
+    pd.testing.assert_frame_equal(Catalog.open(tmp_path / "catalog").dissection(), Catalog.open(catalog).dissection())
+    pd.testing.assert_frame_equal(Catalog.open(tmp_path / "catalog").units(), Catalog.open(catalog).units())

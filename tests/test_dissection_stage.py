@@ -317,3 +317,30 @@ def test_image_without_pixel_masks_needs_mask_size():
         d.compute_tally(acts, np.zeros(1), [{}, {}], [{"scene": (20,)}, {}], space)
     t = d.compute_tally(acts, np.zeros(1), [{}, {}], [{"scene": (20,)}, {}], space, mask_size=(3, 3))
     assert t.intersection[0, 8] == 9 and t.label_area[8] == 9 and t.unit_cat[0].tolist() == [0, 0, 9]
+
+
+@pytest.mark.parametrize("quantile", [0.005, 0.05, 0.3, 1.0])
+def test_bounded_memory_thresholds_equal_the_exact_ones(quantile):
+    """Radix selection over float32 bit patterns (3 counting passes, shards merged by addition) finds
+    exactly the m-th largest value: zeros, ties, all-negative units, -0.0 and +0.0 included."""
+    from pipeline.stages import radix_thresholds as radix
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(30, 5, 4, 4)).astype(np.float32)
+    x[:, 1] = np.maximum(x[:, 1], 0)
+    x[:, 2] = np.round(x[:, 2])
+    x[:, 3] = -np.abs(x[:, 3])
+    x[:5, 4], x[5:10, 4] = 0.0, -0.0
+    t = torch.as_tensor(x)
+    exact = d.finalize_thresholds(d.compute_thresholds(t, quantile, x.shape[0] * 16))
+    state = radix.start(5)
+    for _ in radix.PASSES:
+        parts = [radix.compute(t[s:s + 7], state) for s in range(0, 30, 7)]
+        merged = parts[0]
+        for part in parts[1:]:
+            merged = radix.merge(merged, part)
+        state = radix.select(state, merged, quantile)
+    np.testing.assert_array_equal(radix.thresholds(state), exact)
+    # by hand for one unit: the m-th largest of its 480 values
+    m = d.top_count(quantile, 480)
+    assert radix.thresholds(state)[0] == np.sort(x[:, 0].ravel())[::-1][m - 1]

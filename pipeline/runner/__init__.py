@@ -31,6 +31,7 @@ from pipeline.models import LayerInfo, build_model
 from pipeline.runner.task_pool import completed, in_order
 from pipeline.plan import ConceptShard, FeatvisTask, RunPlan, Shard, activations_config, dissection_config, shapley_config
 from pipeline.stages import activations, dissection_passes, example_crops, featvis, projections, shapley
+from pipeline.stages import radix_thresholds as radix
 from pipeline.stages.featvis import FeatvisSettings
 from pipeline.stages.projections import ProjectionBatch, ProjectionRequest
 from pipeline.stages.dissection import LabelSpace, finalize_thresholds
@@ -82,6 +83,15 @@ class ModelWorker:
         skipped: list[tuple[int, str]] = []
         batches = iter_concept_batches(concepts, shard.ids, self.prep, skipped, self.device)
         partial = dissection_passes.threshold_pass(model, layers, batches, quantile, totals, floor)
+        partial.skipped = sorted(skipped)
+        return shard.index, partial
+
+    def radix(self, recipe: list[ray.ObjectRef], broden: list[ray.ObjectRef], shard: ConceptShard, layers: list[LayerInfo],
+              states: dict) -> tuple[int, dissection_passes.ConceptPartial]:
+        model, concepts = self._loaded(recipe), self._concepts(broden)
+        skipped: list[tuple[int, str]] = []
+        batches = iter_concept_batches(concepts, shard.ids, self.prep, skipped, self.device)
+        partial = dissection_passes.radix_pass(model, layers, batches, states)
         partial.skipped = sorted(skipped)
         return shard.index, partial
 
@@ -235,18 +245,42 @@ def run_dissection(plan: RunPlan, workers: Workers, broden: Broden, space: Label
     ref = [ray.put(broden)]
     layers = plan.layers_to_compute("dissection")
     totals = dissection_passes.activation_counts(layers, len(broden.images))
-    first = lambda actor, shard, total: actor.thresholds.remote(  # noqa: E731
-        workers.recipe, ref, shard, layers, cfg.quantile, totals, dissection_passes.floors(total))
-    partial = fan_out(plan.work_dir("dissection-thresholds"), "dissection thresholds", plan.concept_shards, workers,
-                      first, dissection_passes.merge, dissection_passes.empty_thresholds(layers, cfg.quantile, totals))
-    if partial.images == 0:
-        raise UserError(f"concepts.broden {broden.root}: none of its {len(broden.images)} images could be read "
-                        f"(first: {partial.skipped[0][1] if partial.skipped else '?'}). Fix the images or their masks.")
-    thresholds = {name: finalize_thresholds(part) for name, part in partial.layers.items()}
+    kept = sum(radix.kept_bytes(info.units, cfg.quantile, totals[info.name]) for info in layers)
+    if kept > cfg.threshold_memory_mb * 2**20:
+        thresholds = _radix_thresholds(plan, workers, ref, layers, broden)
+    else:
+        first = lambda actor, shard, total: actor.thresholds.remote(  # noqa: E731
+            workers.recipe, ref, shard, layers, cfg.quantile, totals, dissection_passes.floors(total))
+        partial = fan_out(plan.work_dir("dissection-thresholds"), "dissection thresholds", plan.concept_shards, workers,
+                          first, dissection_passes.merge, dissection_passes.empty_thresholds(layers, cfg.quantile, totals))
+        _check_concepts_read(partial, broden)
+        thresholds = {name: finalize_thresholds(part) for name, part in partial.layers.items()}
     second = lambda actor, shard, _total: actor.tally.remote(workers.recipe, ref, shard, layers, thresholds, space)  # noqa: E731
     tally = fan_out(plan.work_dir("dissection-tally"), "dissection tally", plan.concept_shards, workers, second,
                     dissection_passes.merge, dissection_passes.empty_tally(layers, space))
     return DissectionPasses(thresholds, tally)
+
+
+def _radix_thresholds(plan: RunPlan, workers: Workers, ref: list, layers: list[LayerInfo],
+                      broden: Broden) -> dict[str, np.ndarray]:
+    """The same exact thresholds in bounded memory: three counting passes (radix selection, see radix_thresholds)."""
+    quantile = dissection_config(plan.job).quantile
+    states = {info.name: radix.start(info.units) for info in layers}
+    for step in range(len(radix.PASSES)):
+        call = lambda actor, shard, _total, states=states: actor.radix.remote(  # noqa: E731
+            workers.recipe, ref, shard, layers, states)
+        empty = dissection_passes.ConceptPartial({info.name: radix.empty(info.units, step) for info in layers})
+        partial = fan_out(plan.work_dir(f"dissection-radix{step}"), f"dissection thresholds {step + 1}/{len(radix.PASSES)}",
+                          plan.concept_shards, workers, call, dissection_passes.merge, empty)
+        _check_concepts_read(partial, broden)
+        states = {name: radix.select(states[name], part, quantile) for name, part in partial.layers.items()}
+    return {name: radix.thresholds(state) for name, state in states.items()}
+
+
+def _check_concepts_read(partial: dissection_passes.ConceptPartial, broden: Broden) -> None:
+    if partial.images == 0:
+        raise UserError(f"concepts.broden {broden.root}: none of its {len(broden.images)} images could be read "
+                        f"(first: {partial.skipped[0][1] if partial.skipped else '?'}). Fix the images or their masks.")
 
 
 def run_crops(plan: RunPlan, workers: Workers, requests: list[CropRequest]) -> dict[str, list[CropBatch]]:

@@ -20,13 +20,14 @@ from pipeline.concept_batches import ConceptBatch
 from pipeline.layer_taps import tapped
 from pipeline.models import LayerInfo
 from pipeline.stages import dissection as d
+from pipeline.stages import radix_thresholds as radix
 
 
 @dataclass
 class ConceptPartial:
     """One shard's (or several merged shards') partials per layer, and the concept images skipped."""
 
-    layers: dict[str, object]  # layer -> ThresholdPartial or TallyPartial
+    layers: dict[str, object]  # layer -> ThresholdPartial, RadixPartial or TallyPartial
     images: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
@@ -53,7 +54,8 @@ def empty_tally(layers: list[LayerInfo], space: d.LabelSpace) -> ConceptPartial:
 
 def merge(a: ConceptPartial, b: ConceptPartial) -> ConceptPartial:
     """Layer by layer; exact and order-independent for both passes."""
-    combine = d.merge_tally if isinstance(next(iter(a.layers.values()), None), d.TallyPartial) else d.merge_thresholds
+    first = next(iter(a.layers.values()), None)
+    combine = {d.TallyPartial: d.merge_tally, radix.RadixPartial: radix.merge}.get(type(first), d.merge_thresholds)
     return ConceptPartial({name: combine(part, b.layers[name]) for name, part in a.layers.items()},
                           a.images + b.images, sorted(a.skipped + b.skipped))
 
@@ -79,6 +81,19 @@ def threshold_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[
             run(batch.inputs)
             images += len(batch.image_ids)
     return ConceptPartial({name: top.result() for name, top in tops.items()}, images)
+
+
+def radix_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[ConceptBatch],
+               states: dict[str, radix.RadixState]) -> ConceptPartial:
+    """One of the bounded-memory threshold passes: per layer, counts of the values sharing the bits found so far."""
+    result = ConceptPartial({i.name: radix.empty(i.units, states[i.name].step) for i in layers})
+    reduce = lambda name, out: result.layers.__setitem__(  # noqa: E731
+        name, radix.merge(result.layers[name], radix.compute(out, states[name])))
+    with torch.inference_mode(), tapped(model, layers, reduce) as run:
+        for batch in batches:
+            run(batch.inputs)
+            result.images += len(batch.image_ids)
+    return result
 
 
 def tally_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[ConceptBatch],

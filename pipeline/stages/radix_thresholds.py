@@ -1,0 +1,98 @@
+"""Exact dissection thresholds in bounded memory: radix selection over float32 bit patterns.
+
+The exact m-th largest value of a unit over the concept data set needs, in one pass, its m largest
+values kept (m grows with the data set). Here three passes instead each histogram the values that
+share the bits found so far of an order-preserving 32-bit key (12, then 10, then 10 bits): a partial
+is a fixed [units, 4096] count table that merges by addition, and after the third pass the key, so
+the value, of the m-th largest is known exactly. Used when the kept values would exceed a budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.stages.dissection import top_count
+
+PASSES = ((20, 12), (10, 10), (0, 10))  # (shift, bits) of the key bucketed by each pass: 32 bits in all
+
+
+@dataclass(frozen=True)
+class RadixState:
+    """What the passes so far found, per unit: the leading key bits of the m-th largest value
+    (`prefix`, above bit `shift + bits` of pass `step`), and its rank among values sharing them."""
+
+    prefix: np.ndarray  # int64 [U]
+    need: np.ndarray  # int64 [U], 1 = the largest; unknown (0) before the first pass
+    step: int
+
+
+@dataclass
+class RadixPartial:
+    """Counts of one pass over some images: values sharing the prefix, per unit and next-bits bucket."""
+
+    hist: np.ndarray  # int64 [U, 2**bits]
+    count: int  # values seen per unit (all of them, prefix or not)
+
+
+def start(units: int) -> RadixState:
+    return RadixState(np.zeros(units, np.int64), np.zeros(units, np.int64), 0)
+
+
+def sortable_keys(x: torch.Tensor) -> torch.Tensor:
+    """int64 keys in [0, 2**32) whose order is the order of the float32 values."""
+    bits = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    positive = bits < 0x80000000
+    return torch.where(positive, bits | 0x80000000, (~bits) & 0xFFFFFFFF)
+
+
+def empty(units: int, step: int) -> RadixPartial:
+    return RadixPartial(np.zeros((units, 1 << PASSES[step][1]), np.int64), 0)
+
+
+def compute(acts: torch.Tensor, state: RadixState) -> RadixPartial:
+    """One batch `acts` [N, U, h, w] (or [N, U]) counted for pass `state.step`."""
+    shift, bits = PASSES[state.step]
+    n, units = acts.shape[:2]
+    keys = sortable_keys(acts.detach().float().reshape(n, units, -1))
+    prefix = torch.as_tensor(state.prefix, device=keys.device)[None, :, None]
+    share = (keys >> (shift + bits)) == prefix
+    bucket = (keys >> shift) & ((1 << bits) - 1)
+    index = torch.arange(units, device=keys.device)[None, :, None] * (1 << bits) + bucket
+    hist = torch.bincount(index[share], minlength=units << bits).reshape(units, 1 << bits)
+    return RadixPartial(hist.cpu().numpy().astype(np.int64), int(keys.shape[0] * keys.shape[2]))
+
+
+def merge(a: RadixPartial, b: RadixPartial) -> RadixPartial:
+    """Exact and order-independent (integer sums)."""
+    return RadixPartial(a.hist + b.hist, a.count + b.count)
+
+
+def select(state: RadixState, partial: RadixPartial, quantile: float) -> RadixState:
+    """The next state: which bucket of this pass holds the m-th largest value, m = ceil(quantile * count)."""
+    if partial.count == 0:
+        raise ValueError("no activations seen: cannot compute thresholds")
+    _, bits = PASSES[state.step]
+    need = state.need if state.step else np.full(len(state.prefix), top_count(quantile, partial.count), np.int64)
+    at_or_above = np.cumsum(partial.hist[:, ::-1], axis=1)[:, ::-1]  # [:, b]: values in buckets >= b
+    enough = at_or_above >= need[:, None]
+    bucket = enough.shape[1] - 1 - np.argmax(enough[:, ::-1], axis=1)  # the highest bucket reaching m
+    rows = np.arange(len(bucket))
+    above = at_or_above[rows, bucket] - partial.hist[rows, bucket]
+    return RadixState((state.prefix << bits) | bucket, need - above, state.step + 1)
+
+
+def thresholds(state: RadixState) -> np.ndarray:
+    """float32 [U] from the state after the last pass: the full key of each unit's m-th largest value."""
+    if state.step != len(PASSES):
+        raise ValueError("thresholds are known only after every pass")
+    key = state.prefix.astype(np.uint64)
+    bits = np.where(key >= 0x80000000, key ^ 0x80000000, ~key & 0xFFFFFFFF).astype(np.uint32)
+    return bits.view(np.float32).copy()
+
+
+def kept_bytes(units: int, quantile: float, total_count: int) -> int:
+    """Memory the one-pass exact thresholds keep for a layer: its top m values of every unit."""
+    return 4 * units * top_count(quantile, total_count)
