@@ -96,6 +96,7 @@ batch_units = 32
 [stages.dissection]
 quantile = {quantile}
 iou_threshold = 0.2
+threshold_memory_mb = {threshold_mb}
 [stages.shapley]
 metric = "accuracy"
 eval_images = 256
@@ -347,6 +348,8 @@ def main() -> None:
     parser.add_argument("--featvis-steps", type=int, default=32)
     parser.add_argument("--shapley-rounds", type=int, default=4)
     parser.add_argument("--quantile", type=float, default=0.05, help="dissection quantile (the demo's 0.05; NetDissect 0.005)")
+    parser.add_argument("--threshold-memory-mb", type=int, default=256,
+                        help="stages.dissection.threshold_memory_mb (0: always the bounded three-pass thresholds)")
     parser.add_argument("--keep", action="store_true", help="keep the catalogs (default: delete each size's after its runs)")
     args = parser.parse_args()
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -369,7 +372,8 @@ def main() -> None:
             print(f"concept world of {images} images generated in {seconds:.1f} s", flush=True)
         job = cache / f"job-{images}.toml"
         job.write_text(JOB.format(weights=weights, world=world, featvis_steps=args.featvis_steps,
-                                  quantile=args.quantile, shapley_rounds=args.shapley_rounds))
+                                  quantile=args.quantile, shapley_rounds=args.shapley_rounds,
+                                  threshold_mb=args.threshold_memory_mb))
         base = None
         for stage in stages:
             previous = None if args.fresh or stage == "activations" else base
