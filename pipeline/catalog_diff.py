@@ -45,7 +45,7 @@ def diff_catalogs(old: Catalog, new: Catalog, match: str = "auto") -> CatalogDif
         if layer not in old.layers:
             summary.append({"layer": layer, "units_old": 0, "units_new": _count(new, layer), "matched_by": "only in new"})
             continue
-        corr, probes = _correlation(old, new, layer)
+        corr, probes = _correlation(sides, layer)
         pairs, how = _match(corr, match, _count(old, layer), _count(new, layer))
         layer_rows = [_unit_row(layer, o, n, how, corr, sides) for o, n in pairs]
         rows += layer_rows
@@ -71,12 +71,14 @@ class _Side:
     """One catalog's per-unit facts, indexed by (layer, unit)."""
 
     def __init__(self, cat: Catalog):
+        self.catalog = cat
         units = cat.units()
         self.units = units.set_index(["layer", "unit"])
-        paths = dict(zip(cat.images()["image_id"], cat.images()["path"]))
+        images = cat.images()
+        self.paths = dict(zip(images["image_id"], images["path"]))
         top = cat.examples()
         top = top[top["sign"] == "top"]
-        self.top = {key: {paths[i] for i in group["image_id"]} for key, group in top.groupby(["layer", "unit"])}
+        self.top = {key: {self.paths[i] for i in group["image_id"]} for key, group in top.groupby(["layer", "unit"])}
         values = units.dropna(subset=["shapley"]).sort_values(["shapley", "layer", "unit"], ascending=[False, True, True],
                                                                 kind="stable")
         self.rank = {(layer, int(unit)): r + 1 for r, (layer, unit) in enumerate(zip(values["layer"], values["unit"]))}
@@ -96,15 +98,14 @@ def _count(cat: Catalog, layer: str) -> int:
     return next(int(info["units"]) for info in cat.manifest["layers"] if info["name"] == layer)
 
 
-def _correlation(old: Catalog, new: Catalog, layer: str) -> tuple[np.ndarray | None, int]:
+def _correlation(sides: list[_Side], layer: str) -> tuple[np.ndarray | None, int]:
     """Pearson correlation [old units, new units] over the probe images both catalogs hold (by path)."""
-    if not (old.has_array("probes", layer) and new.has_array("probes", layer)):
+    if not all(side.catalog.has_array("probes", layer) for side in sides):
         return None, 0
     columns = []
-    for cat in (old, new):
-        values, ids = cat.probes(layer)
-        paths = dict(zip(cat.images()["image_id"], cat.images()["path"]))
-        columns.append((values, [paths[int(i)] for i in ids]))
+    for side in sides:
+        values, ids = side.catalog.probes(layer)
+        columns.append((values, [side.paths[int(i)] for i in ids]))
     shared = sorted(set(columns[0][1]) & set(columns[1][1]))
     if len(shared) < 3:
         return None, len(shared)
