@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import zarr
 
 from catalog_schema.arrays import EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS, PROBES, PROJECTIONS, STORE, WEIGHTS, ArrayKind
@@ -43,6 +45,18 @@ class Catalog:
         if not file.exists():
             return TABLES[name].empty_table().to_pandas()
         return pd.read_parquet(file)
+
+    def arrow(self, name: str, filters: list | None = None) -> pa.Table:
+        """A table as pyarrow with the current schema: nulls stay nulls and NaN stays NaN (pandas would make
+        both NaN), and columns an older catalog lacks come back as nulls. What reuse copies must read this way."""
+        schema = TABLES[name]
+        file = self.path / table_file(name)
+        if not file.exists():
+            return schema.empty_table()
+        table = pq.read_table(file, filters=filters)
+        columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+                   for f in schema]
+        return pa.Table.from_arrays(columns, schema=schema)
 
     def units(self) -> pd.DataFrame:
         return self.table("units")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 import catalog_schema as cs
 from catalog_schema.storage import copy_array, publish, write_array, write_manifest, write_table
@@ -288,7 +287,7 @@ def _copy_featvis(catalog: Path, units: dict[str, np.ndarray], reused: Reused) -
         for column in FEATVIS_COLUMNS:
             values = list(units[column])
             for i, value in zip(rows, columns[column]):
-                values[i] = None if value is None or value != value else value  # NaN: the previous run's null
+                values[i] = value
             units[column] = values
         copy_array(reused.catalog.path, catalog, cs.PROJECTIONS, layer)
         if reused.catalog.has_array(cs.FEATVIS.group, layer):
@@ -298,7 +297,7 @@ def _copy_featvis(catalog: Path, units: dict[str, np.ndarray], reused: Reused) -
 def _copy_shapley(catalog: Path, units: dict[str, np.ndarray], previous: dict) -> None:
     """The previous run's Shapley tables and unit columns (the model and the evaluation set are unchanged)."""
     for table in ("shapley", "shapley_ablation"):
-        write_table(catalog, table, pa.Table.from_pandas(previous[table], schema=cs.TABLES[table], preserve_index=False))
+        write_table(catalog, table, previous[table])
     values = [previous["units"].get((layer, int(unit))) for layer, unit in zip(units["layer"], units["unit"])]
     for j, column in enumerate(SHAPLEY_COLUMNS):
-        units[column] = [None if v is None else float(v[j]) for v in values]
+        units[column] = [None if v is None else v[j] for v in values]

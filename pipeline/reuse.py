@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 import catalog_schema as cs
 from catalog_schema import Catalog
@@ -114,57 +115,64 @@ class Reused:
 
 
 def load(plan: RunPlan, previous: Catalog | None) -> Reused:
-    """Read every reused result into memory before anything is written (the previous catalog may be the target)."""
+    """Read every reused result into memory before anything is written (the previous catalog may be the target).
+
+    Tables are read with pyarrow, not pandas: a null must come back as a null (pandas turns a null string,
+    integer or boolean into a float NaN, which the schema refuses) and a NaN as a NaN."""
     if previous is None or plan.compute is None:
         return Reused()
     out = Reused(previous)
-    units = previous.units()
-    concepts = previous.dissection() if "dissection" in plan.stages else None
+    units = previous.arrow("units")
+    concepts = previous.arrow("dissection") if "dissection" in plan.stages else None
     for stage in ("activations", "featvis", "dissection"):
         if stage not in plan.stages:
             continue
         for info in plan.layers:
             if info.name in plan.compute.get(stage, ()):
                 continue
-            rows = units[units["layer"] == info.name].sort_values("unit")
+            rows = _of_layer(units, info.name).sort_by("unit")
             if stage == "activations":
                 out.activations[info.name] = _layer_result(previous, rows, info.name)
             elif stage == "featvis":
-                out.featvis[info.name] = {c: rows[c].to_numpy(dtype=object) for c in FEATVIS_COLUMNS}
+                out.featvis[info.name] = {c: column(rows, c) for c in FEATVIS_COLUMNS}
             else:
-                out.dissection[info.name] = _dissection_result(concepts, rows, info.name)
+                out.dissection[info.name] = _dissection_result(_of_layer(concepts, info.name), rows)
     if out.dissection:
         out.concepts = previous.manifest.get("concepts")
     if "shapley" in plan.stages and WHOLE_MODEL not in plan.compute.get("shapley", (WHOLE_MODEL,)):
-        out.shapley = {"shapley": previous.shapley(), "shapley_ablation": previous.shapley_ablation(),
+        values = zip(*(units.column(c).to_pylist() for c in ("layer", "unit", *SHAPLEY_COLUMNS)))
+        out.shapley = {"shapley": previous.arrow("shapley"), "shapley_ablation": previous.arrow("shapley_ablation"),
                        "manifest": previous.manifest["shapley"], "settings": previous.manifest["settings"]["shapley"],
-                       "units": {(row.layer, int(row.unit)): tuple(getattr(row, c) for c in SHAPLEY_COLUMNS)
-                                 for row in units.itertuples() if not pd.isna(row.shapley)}}
-    images = previous.images()
-    out.skipped = [(int(i), str(why)) for i, why in zip(images["image_id"], images["skip_reason"]) if isinstance(why, str)]
+                       "units": {(layer, unit): tuple(rest) for layer, unit, *rest in values if rest[0] is not None}}
+    images = previous.arrow("images")
+    out.skipped = [(i, why) for i, why in zip(images.column("image_id").to_pylist(), images.column("skip_reason").to_pylist())
+                   if why is not None]
     return out
 
 
-def _layer_result(previous: Catalog, rows: pd.DataFrame, layer: str) -> LayerResult:
-    units = {c: _column(rows, c) for c in ACTIVATION_COLUMNS}
-    units["nonfinite"] = np.nan_to_num(units["nonfinite"].astype(float)).astype(np.int64)  # null in older catalogs
-    ex = previous.examples(layer)
-    examples = {c: _column(ex, c) for c in cs.TABLES["examples"].names}
+def _of_layer(table: pa.Table, layer: str) -> pa.Table:
+    """The rows of one layer, in file order."""
+    return table.filter(pc.equal(table.column("layer"), layer))
+
+
+def _layer_result(previous: Catalog, rows: pa.Table, layer: str) -> LayerResult:
+    units = {c: column(rows, c) for c in ACTIVATION_COLUMNS}
+    units["nonfinite"] = np.array([v or 0 for v in units["nonfinite"]], np.int64)  # null in older catalogs
+    examples = previous.arrow("examples", filters=[("layer", "==", layer)])
     probe, ids = previous.probes(layer)
-    return LayerResult(units, examples, previous.mean_map(layer), probe, ids)
+    return LayerResult(units, {c: column(examples, c) for c in examples.column_names}, previous.mean_map(layer), probe, ids)
 
 
-def _dissection_result(table: pd.DataFrame, rows: pd.DataFrame, layer: str) -> DissectionResult:
-    table = table[table["layer"] == layer]
-    concepts = {c: _column(table, c) for c in cs.TABLES["dissection"].names}
-    best = {c: _column(rows, c) for c in ("layer", "unit", "label", "category", "iou", "interpretable")}
+def _dissection_result(concepts: pa.Table, rows: pa.Table) -> DissectionResult:
+    best = {c: column(rows, c) for c in ("layer", "unit", "label", "category", "iou", "interpretable")}
     best["interpretable"] = best["interpretable"].astype(bool)
-    return DissectionResult(concepts, best, np.zeros((0, 0), np.float32))
+    return DissectionResult({c: column(concepts, c) for c in concepts.column_names}, best, np.zeros((0, 0), np.float32))
 
 
-def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
-    """A column as the writer builds it: numbers as numpy dtypes, strings as object arrays."""
-    values = frame[name]
-    if values.dtype == object or str(values.dtype) in ("string", "str"):
-        return values.to_numpy(dtype=object)
+def column(table: pa.Table, name: str) -> np.ndarray:
+    """A column as the writer builds it: a numpy array, or an object array with None where the column is null
+    (`catalog_schema.to_table` turns None back into a null, and keeps a NaN a NaN)."""
+    values = table.column(name)
+    if values.null_count:
+        return np.array(values.to_pylist(), dtype=object)
     return values.to_numpy()

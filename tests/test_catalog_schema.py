@@ -7,10 +7,13 @@ import os
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import catalog_schema as cs
 from catalog_schema.storage import write_array, write_manifest, write_table
+from pipeline.reuse import column
 
 
 def _manifest(**extra):
@@ -60,3 +63,37 @@ def test_reader_errors_name_the_problem(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({**_manifest(), "schema_version": cs.SCHEMA_VERSION + 1}))
     with pytest.raises(cs.CatalogError, match="upgrade neuron-catalog"):
         cs.Catalog.open(tmp_path)
+
+
+def _value(field, i: int):
+    """A value of the field's type (float columns get a NaN in row 2: a NaN is not a null)."""
+    if pa.types.is_string(field.type):
+        return f"{field.name}-{i}"
+    if pa.types.is_boolean(field.type):
+        return i % 2 == 0
+    if pa.types.is_floating(field.type):
+        return float("nan") if i == 2 else i + 0.25
+    return i
+
+
+@pytest.mark.parametrize("name", sorted(cs.TABLES))
+def test_every_nullable_column_comes_back_from_a_catalog_as_written(tmp_path, name):
+    """Reuse reads a previous catalog's tables back and writes them again: every null stays a null (row 1 of
+    each nullable column), every NaN a NaN, every type its schema's."""
+    schema, rows = cs.TABLES[name], 4
+    columns = {f.name: [None if i == 1 and f.nullable else _value(f, i) for i in range(rows)] for f in schema}
+    written = cs.to_table(name, columns)
+    write_table(tmp_path, name, written)
+    read = cs.Catalog(tmp_path, _manifest()).arrow(name)
+    again = cs.to_table(name, {c: column(read, c) for c in read.column_names})
+    assert again.schema == schema
+    for f in schema:
+        assert again.column(f.name).is_null().to_pylist() == [i == 1 and f.nullable for i in range(rows)], f.name
+    pd.testing.assert_frame_equal(again.to_pandas(), written.to_pandas())
+
+
+def test_an_older_catalog_missing_a_column_reads_it_as_nulls(tmp_path):
+    old = cs.to_table("units", {"layer": ["conv1"], "unit": [0]}).drop_columns(["nonfinite"])
+    pq.write_table(old, tmp_path / "units.parquet")
+    read = cs.Catalog(tmp_path, _manifest()).arrow("units")
+    assert read.schema == cs.TABLES["units"] and read.column("nonfinite").null_count == 1

@@ -61,6 +61,7 @@ catalog = "{catalog}"
 {output}
 """
 STAGES = ("activations", "featvis", "dissection", "shapley")
+DEAD = ("conv2", 5)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,9 @@ def world(tmp_path_factory) -> Path:
     make_images(folder / "images", count=24)
     write_mini_broden(folder / "broden", images=8)
     model = planted()
+    with torch.no_grad():  # a dead unit, as after a ReLU: constant, so no concept, no featvis ratio (nulls)
+        model.conv2.weight[DEAD[1]].zero_()
+        model.conv2.bias[DEAD[1]] = 0.0
     torch.save(model.state_dict(), folder / "original.pt")
     tuned = model.state_dict()
     tuned["fc.weight"] = tuned["fc.weight"] + 0.5 * torch.randn(tuned["fc.weight"].shape, generator=torch.Generator().manual_seed(1))
@@ -123,10 +127,15 @@ def _frames(cat: Catalog) -> dict[str, pd.DataFrame]:
 
 
 def test_reused_catalog_equals_a_fresh_run_of_the_new_model(runs):
-    """Reuse is an optimization only: every table and array is what a run from scratch writes."""
+    """Reuse is an optimization only: every table and array is what a run from scratch writes, nulls included."""
     tuned, fresh = runs["tuned"], runs["fresh"]
+    dead = tuned.units().set_index(["layer", "unit"]).loc[DEAD]
+    assert dead["dead"] and dead[["label", "category", "featvis_ratio"]].isna().all()  # the reused layer holds nulls
     for name, frame in _frames(tuned).items():
         pd.testing.assert_frame_equal(frame, _frames(fresh)[name], obj=name)
+        a, b = tuned.arrow(name), fresh.arrow(name)
+        for column in a.column_names:  # pandas reads a null and a NaN alike: compare where the nulls are
+            assert a.column(column).is_null().equals(b.column(column).is_null()), (name, column)
     for group in ARRAYS:
         for layer in tuned.layers:
             assert tuned.has_array(group, layer) == fresh.has_array(group, layer), (group, layer)
