@@ -4,8 +4,12 @@
 for consistency when present); `load_masks` decodes one image's mask PNGs (label = R + 256*G).
 
 Choices (where the format leaves room):
-- Categories are index.csv's columns after image,split,ih,iw,sh,sw, in file order. Only the cells
-  of kept categories are parsed and validated.
+- The categories are those of category.csv, in its order, as NetDissect-Lite's SegmentationData takes
+  them; each needs an index.csv column and a c_<cat>.csv (else a UserError: NetDissect-Lite fails there
+  too). An index.csv column category.csv does not list is ignored, and so recorded (`ignored_columns`).
+  Without category.csv (a hand-built Broden): index.csv's columns after image,split,ih,iw,sh,sw, in file
+  order; when some have a c_<cat>.csv, those without one are ignored. Only the cells of kept categories
+  are parsed and validated.
 - A cell is a `;`-joined list; empty items are ignored (as NetDissect does). An item of ASCII
   digits is an image-level label number, an item ending in `.png` (any case) a mask path relative
   to images/; anything else is a UserError. The image-level number 0 means "unlabeled" and is
@@ -19,10 +23,11 @@ Choices (where the format leaves room):
   lists only image-level labels whose primary category is that column's category.
 - Images with no item (mask or nonzero label) in any kept category are left out, as
   NetDissect-Lite's `index_has_any_data` filter does; `ConceptImage.row` keeps the index.csv row.
-- label.csv must have number,name,category,frequency,coverage (syns is optional); an empty
-  frequency / coverage reads as 0. Numbers are unique and >= 1 (0 is unlabeled, never a row).
-- category.csv, when present, must list exactly index.csv's categories. c_<cat>.csv, when present
-  for a kept category, must name only label numbers of label.csv (number 0 rows are allowed).
+- label.csv must have number,name,category (frequency, coverage and syns are optional); an empty
+  frequency / coverage reads as 0. Numbers are unique; a row numbered 0 (unlabeled) is skipped.
+- category.csv needs only its name column, c_<cat>.csv its code, number and coverage columns (what
+  NetDissect-Lite reads). A c_<cat>.csv row naming a label number label.csv lacks is skipped and noted
+  in `ignored_rows` (NetDissect-Lite never looks it up).
 - A mask pixel whose label number is not in label.csv makes the image a SkippedImage naming the
   value(s): one bad mask must not stop a run, and the skip is recorded, never silent.
 - Masks of mode RGB, RGBA and P decode as R + 256*G; a grayscale (L) mask as its value; other
@@ -45,9 +50,9 @@ from pipeline.errors import UserError
 from pipeline.images import SkippedImage, failure_reason, open_image
 
 INDEX_META = ("image", "split", "ih", "iw", "sh", "sw")
-LABEL_COLUMNS = ("number", "name", "category", "frequency", "coverage")
-CATEGORY_COLUMNS = ("name", "first", "last", "count", "frequency")
-CODE_COLUMNS = ("code", "number", "name", "frequency", "coverage")
+LABEL_COLUMNS = ("number", "name", "category")  # what must be there; frequency, coverage, syns may be
+CATEGORY_COLUMNS = ("name",)
+CODE_COLUMNS = ("code", "number", "coverage")
 MAX_MASK_LABEL = 255 + 256 * 255  # the largest number R + 256*G can encode
 _DIGITS = re.compile(r"^\d+$")
 _CATEGORY_ITEM = re.compile(r"^([^(]*)\(([^)]*)\)$")
@@ -82,14 +87,8 @@ class Broden:
     # per kept category: mask value -> itself (label of this primary category), 0 (unlabeled or
     # another category's label), -1 (not in label.csv); values past the end are not in label.csv
     luts: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
-
-    def label_numbers(self) -> np.ndarray:
-        """Sorted label numbers (int64) of `labels`."""
-        return np.array(sorted(self.labels), dtype=np.int64)
-
-    def category_of(self) -> dict[int, str]:
-        """Label number -> primary category, for every label in `labels`."""
-        return {n: label.category for n, label in self.labels.items()}
+    ignored_columns: dict[str, str] = field(default_factory=dict)  # index.csv column -> why it is not a category here
+    ignored_rows: tuple[str, ...] = ()  # rows of the tables that were skipped, each naming file, row and why
 
 
 def _rows(path: Path, expected: Sequence[str], fix: str) -> tuple[list[str], Iterator[tuple[int, int, list[str]]]]:
@@ -131,14 +130,16 @@ def _where(path: Path, row: int, line: int, column: str) -> str:
 def _read_labels(path: Path) -> dict[int, Label]:
     """Every row of label.csv as a Label with its primary category."""
     header, rows = _rows(path, LABEL_COLUMNS, "label.csv lists every label: number,name,category,frequency,coverage,syns.")
-    col = {c: header.index(c) for c in LABEL_COLUMNS}
+    col = {c: header.index(c) for c in (*LABEL_COLUMNS, "frequency", "coverage") if c in header}
     labels: dict[int, Label] = {}
     for row, line, cells in rows:
         raw = cells[col["number"]].strip()
-        if not _DIGITS.match(raw) or int(raw) == 0:
-            raise UserError(f"{_where(path, row, line, 'number')}: {raw!r} is not a label number >= 1 "
-                            "(0 means unlabeled and has no row). Fix or remove the row.")
+        if not _DIGITS.match(raw):
+            raise UserError(f"{_where(path, row, line, 'number')}: {raw!r} is not a label number (an integer >= 1). "
+                            "Fix or remove the row.")
         number = int(raw)
+        if number == 0:  # 0 means unlabeled: NetDissect-Lite's label array holds a row for it, never a label
+            continue
         if number in labels:
             raise UserError(f"{_where(path, row, line, 'number')}: label {number} is listed twice. Keep one row per label.")
         cell, best, primary = cells[col["category"]].strip(), -1, ""
@@ -156,18 +157,21 @@ def _read_labels(path: Path) -> dict[int, Label]:
                                 "count; write e.g. object(35);part(5).")
             if count > best:
                 best, primary = count, match.group(1).strip()
+        frequency_cell = cells[col["frequency"]].strip() if "frequency" in col else ""
+        coverage_cell = cells[col["coverage"]].strip() if "coverage" in col else ""
         try:
-            frequency = int(cells[col["frequency"]].strip() or 0)
-            coverage = float(cells[col["coverage"]].strip() or 0.0)
+            frequency, coverage = int(frequency_cell or 0), float(coverage_cell or 0.0)
         except ValueError:
-            raise UserError(f"{path}: row {row} (line {line}): frequency {cells[col['frequency']]!r} must be an integer "
-                            f"and coverage {cells[col['coverage']]!r} a number. Fix the row.") from None
+            raise UserError(f"{path}: row {row} (line {line}): frequency {frequency_cell!r} must be an integer "
+                            f"and coverage {coverage_cell!r} a number. Fix the row.") from None
         labels[number] = Label(number, cells[col["name"]], primary, coverage, frequency)
     return labels
 
 
-def _read_codes(root: Path, available: list[str], all_labels: dict[int, Label]) -> dict[str, dict[int, float]]:
-    """Per category with a c_<cat>.csv: label number -> its coverage there (number 0 rows are skipped)."""
+def _read_codes(root: Path, available: list[str], all_labels: dict[int, Label],
+                notes: list[str]) -> dict[str, dict[int, float]]:
+    """Per category with a c_<cat>.csv: label number -> its coverage there (number 0 rows are skipped, and rows of
+    numbers label.csv lacks, each noted in `notes`)."""
     out = {}
     for cat in available:
         path = root / f"c_{cat}.csv"
@@ -178,9 +182,12 @@ def _read_codes(root: Path, available: list[str], all_labels: dict[int, Label]) 
         coverage: dict[int, float] = {}
         for row, line, cells in rows:
             raw = cells[at].strip()
-            if not _DIGITS.match(raw) or (int(raw) and int(raw) not in all_labels):
-                raise UserError(f"{_where(path, row, line, 'number')}: {raw!r} is not a label number of label.csv. "
-                                "Fix the row or label.csv.")
+            if not _DIGITS.match(raw):
+                raise UserError(f"{_where(path, row, line, 'number')}: {raw!r} is not a label number. "
+                                "Fix the row.")
+            if int(raw) and int(raw) not in all_labels:
+                notes.append(f"{_where(path, row, line, 'number')}: label {raw} is not in label.csv; row skipped")
+                continue
             try:
                 value = float(cells[cov].strip() or 0.0)
             except ValueError:
@@ -200,15 +207,28 @@ def _primary_by_coverage(all_labels: dict[int, Label], codes: dict[str, dict[int
     return out
 
 
-def _check_categories(root: Path, available: list[str]) -> None:
-    """category.csv, when present, lists exactly index.csv's categories."""
+def _categories(root: Path, columns: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the categories, in order; index.csv columns that are not one -> why), as NetDissect-Lite decides it."""
     path = root / "category.csv"
-    if path.exists():
-        header, rows = _rows(path, CATEGORY_COLUMNS, "category.csv lists the categories: name,first,last,count,frequency.")
-        names = [cells[header.index("name")].strip() for _, _, cells in rows]
-        if set(names) != set(available):
-            raise UserError(f"{path} lists categories {', '.join(names)} but index.csv has columns for "
-                            f"{', '.join(available)}: make the two agree (or remove category.csv).")
+    if not path.exists():
+        coded = [c for c in columns if (root / f"c_{c}.csv").exists()]
+        if not coded:  # a hand-built Broden with neither table: every column is a category
+            return columns, {}
+        return coded, {c: f"no category.csv and no c_{c}.csv" for c in columns if c not in coded}
+    header, rows = _rows(path, CATEGORY_COLUMNS, "category.csv lists the categories: name,first,last,count,frequency.")
+    names: list[str] = []
+    for row, line, cells in rows:
+        name = cells[header.index("name")].strip()
+        if name not in columns:
+            raise UserError(f"{_where(path, row, line, 'name')}: category {name!r} has no column in index.csv (its "
+                            f"columns: {', '.join(columns) or 'none'}). Add the column (its cells may be empty) or "
+                            "remove the row.")
+        if not (root / f"c_{name}.csv").is_file():
+            raise UserError(f"{_where(path, row, line, 'name')}: category {name!r} has no c_{name}.csv beside it. "
+                            f"Add c_{name}.csv (code,number,name,frequency,coverage) or remove the row.")
+        if name not in names:
+            names.append(name)
+    return names, {c: "not listed in category.csv" for c in columns if c not in names}
 
 
 def _int_cell(path: Path, row: int, line: int, column: str, value: str) -> int:
@@ -297,24 +317,32 @@ def open_broden(root: Path, categories: Sequence[str] | None = None) -> Broden:
     all_labels = _read_labels(root / "label.csv")
     index = root / "index.csv"
     header, rows = _rows(index, INDEX_META, f"index.csv lists the images: {','.join(INDEX_META)} then one column per category.")
-    available = [c for c in header if c not in INDEX_META]
+    available, ignored = _categories(root, [c for c in header if c not in INDEX_META])
     if categories is None:
         kept = tuple(available)
     else:
         kept = tuple(dict.fromkeys([categories] if isinstance(categories, str) else categories))
-        unknown = [c for c in kept if c not in available]
-        if unknown:
-            raise UserError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}: "
-                            f"{index} has columns for {', '.join(available) or 'no category'}. "
-                            "Fix [concepts] categories.")
-    _check_categories(root, available)
-    all_labels = _primary_by_coverage(all_labels, _read_codes(root, available, all_labels))
+        _check_asked(index, kept, available, ignored)
+        ignored.update({c: "not in [concepts] categories" for c in available if c not in kept})
+    notes: list[str] = []
+    all_labels = _primary_by_coverage(all_labels, _read_codes(root, available, all_labels, notes))
     images = _read_index(index, kept, header, rows, all_labels)
     if not images:
         raise UserError(f"{index} lists no image with data in the categories {', '.join(kept) or '(none)'}: "
                         "add rows (or keep other categories).")
     labels = {n: label for n, label in sorted(all_labels.items()) if label.category in kept}
-    return Broden(root, kept, labels, tuple(images), _luts(kept, all_labels))
+    return Broden(root, kept, labels, tuple(images), _luts(kept, all_labels), ignored, tuple(notes))
+
+
+def _check_asked(index: Path, kept: tuple[str, ...], available: list[str], ignored: dict[str, str]) -> None:
+    """Every category [concepts] asks for is one of the directory's."""
+    unknown = [c for c in kept if c not in available]
+    if not unknown:
+        return
+    why = "; ".join(f"{c!r} is a column of index.csv but is ignored ({ignored[c]})" for c in unknown if c in ignored)
+    raise UserError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}: "
+                    f"the categories of {index.parent} are {', '.join(available) or 'none'}"
+                    f"{'; ' + why if why else ''}. Fix [concepts] categories.")
 
 
 def _decode(path: Path, where: str, mask_size: tuple[int, int]) -> np.ndarray:

@@ -223,7 +223,8 @@ def _add_dissection(manifest: dict[str, Any], plan: RunPlan, units: dict[str, np
     manifest["settings"]["dissection"] = asdict(dissection_config(plan.job))
     manifest["concepts"] = {
         "root": str(broden.root), "categories": list(broden.categories), "labels": len(broden.labels),
-        "images": len(broden.images), "used": out.images_used,
+        "images": len(broden.images), "used": out.images_used, "ignored_columns": dict(broden.ignored_columns),
+        "ignored_rows": list(broden.ignored_rows),
         "skipped": [{"index": i, "image": broden.images[i].image, "reason": why} for i, why in out.skipped],
     }
 

@@ -98,6 +98,10 @@ def describe(catalog: Catalog) -> str:
         lines.append(f"concepts     {c['root']}: {c['labels']} labels in {', '.join(c['categories'])}; "
                      f"{c['used']} of {c['images']} images used; quantile {settings['quantile']}, "
                      f"interpretable at IoU >= {settings['iou_threshold']}")
+        for column, why in c.get("ignored_columns", {}).items():
+            lines.append(f"ignored      index.csv column {column!r}: {why}")
+        for note in c.get("ignored_rows", [])[:5]:
+            lines.append(f"ignored      {note}")
         for item in c["skipped"][:5]:
             lines.append(f"skipped      {item['image']}: {item['reason']}")
     if "shapley" in m:

@@ -67,9 +67,10 @@ def test_primary_category_by_coverage_in_the_code_tables(tmp_path):
     with open(tmp_path / "c_part.csv", "a") as f:
         f.write("3,1,redthing,2,0.9\n")
     assert open_broden(tmp_path).labels[1].category == "part"
-    # without code tables, label.csv's largest count decides
+    # without category.csv and code tables (a hand-built Broden), label.csv's largest count decides
     for cat in ("object", "part", "scene"):
         (tmp_path / f"c_{cat}.csv").unlink()
+    (tmp_path / "category.csv").unlink()
     assert open_broden(tmp_path).labels[1].category == "object"
 
 
@@ -86,8 +87,11 @@ def test_a_label_pixel_outside_its_primary_category_reads_as_unlabeled(tmp_path)
     (lambda r: _replace_in(r / "index.csv", ",32,32,16,16,", ",32,32,sixteen,16,"), "row 1 (line 2), column 'sh'"),
     (lambda r: _replace_in(r / "index.csv", "000_object.png", "000_object.jpg"), "neither a label number nor a .png"),
     (lambda r: _replace_in(r / "index.csv", ",4\n", ",4,extra\n"), "row 1 (line 2) has 10 cells"),
-    (lambda r: _replace_in(r / "c_part.csv", ",2,wheel", ",7,wheel"), "c_part.csv: row 1 (line 2), column 'number'"),
-    (lambda r: _replace_in(r / "category.csv", "scene,", "texture,"), "category.csv lists categories"),
+    (lambda r: _replace_in(r / "c_part.csv", ",2,wheel", ",x,wheel"), "c_part.csv: row 1 (line 2), column 'number'"),
+    (lambda r: _replace_in(r / "category.csv", "scene,", "texture,"),
+     "category.csv: row 3 (line 4), column 'name': category 'texture' has no column in index.csv"),
+    (lambda r: (r / "c_scene.csv").unlink(), "category.csv: row 3 (line 4), column 'name': category 'scene' has no c_scene.csv"),
+    (lambda r: _replace_in(r / "index.csv", ",4\n", ",41\n"), "row 1 (line 2), column 'scene': image-level label 41 is not in label.csv"),
 ])
 def test_malformed_tables_name_file_and_row(tmp_path, edit, expected):
     write_mini_broden(tmp_path, images=2)
