@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.config import STAGES
 from pipeline.errors import UserError
+from pipeline.interrupts import Interrupted
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -67,10 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"neuron-catalog: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"neuron-catalog: interrupted ({exc}): {exc.summary or 'nothing was written'}", file=sys.stderr)
+        return exc.exit_code
 
 
 def _run(args: argparse.Namespace) -> int:
     from pipeline.config import load_job
+    from pipeline.interrupts import stop_on_signals
     from pipeline.run import run_job
 
     stages = None
@@ -80,7 +85,8 @@ def _run(args: argparse.Namespace) -> int:
         if bad:
             raise UserError(f"--stages: unknown stage(s) {', '.join(bad)}; stages are {', '.join(STAGES)}.")
     job = load_job(args.job)
-    result = run_job(job, address=args.address, out=args.out, stages=stages, previous=args.previous)
+    with stop_on_signals():
+        result = run_job(job, address=args.address, out=args.out, stages=stages, previous=args.previous)
     s, data = result.manifest["summary"], result.manifest["data"]
     print(f"catalog written: {result.catalog}")
     print(f"  layers {s['layers']}, units {s['units']}, dead units {s['dead_units']}")

@@ -16,6 +16,7 @@ from pipeline import catalog_history, reuse, runner
 from pipeline.catalog_writer import DissectionOutput, crop_requests, projection_requests, write_catalog
 from pipeline.config import JobConfig, check_output_location
 from pipeline.errors import UserError
+from pipeline.interrupts import Interrupted
 from pipeline.plan import RunPlan, check_catalog_target, dissection_config, make_plan
 from pipeline.run_lock import catalog_lock
 from pipeline.stages import activations, dissection_passes
@@ -89,16 +90,43 @@ def _run(job: JobConfig, address: str | None, catalog: Path, stages: tuple[str, 
     plan = dataclasses.replace(plan, compute=compute, fingerprints={**plan.fingerprints, "inputs": inputs})
     reused = reuse.load(plan, previous)
     address = address or job.ray.address or os.environ.get("RAY_ADDRESS", "")
+    passes = _passes(plan)
+    resumed, total = _shards_done(plan, passes), sum(len(shards) for _, shards in passes)
+    parts = _parts_done(plan)
+    try:
+        return _distribute_and_write(plan, address, reused, record, started, total - resumed, resumed, parts)
+    except Interrupted as exc:
+        extra = ", ".join(f"{n} {kind}" for kind, n in _parts_done(plan).items() if n)
+        exc.summary = (f"{_shards_done(plan, passes)} of {total} shards{f' (and {extra})' if extra else ''} are "
+                       f"checkpointed in {plan.catalog / '.work'}; run the same command to resume")
+        raise
+
+
+def _passes(plan: RunPlan) -> list[tuple[str, list]]:
+    """(checkpoint folder, its shards) of every pass this run makes whose shards are known before it starts."""
+    compute = plan.compute
     passes = [("activations", plan.shards if compute["activations"] else [])]
     if "featvis" in plan.stages:
         passes.append(("featvis", [t for t in plan.featvis_tasks if t.layer in compute["featvis"]]))
     if "dissection" in plan.stages and compute["dissection"]:
-        passes += [("dissection-thresholds", plan.concept_shards), ("dissection-tally", plan.concept_shards)]
-    resumed = sum((plan.work_dir(name) / f"shard-{s.index:06d}.pkl").exists() for name, shards in passes for s in shards)
-    total = sum(len(shards) for _, shards in passes)
-    parts = {"example-crop chunk(s)": runner.checkpoints(plan, "crops"),
-             "projection chunk(s)": runner.checkpoints(plan, "projections"),
-             "Shapley round(s)": runner.shapley_rounds_done(plan)}
+        passes += [(name, plan.concept_shards) for name in runner.dissection_pass_names(plan)]
+    return passes
+
+
+def _shards_done(plan: RunPlan, passes: list[tuple[str, list]]) -> int:
+    return sum((plan.work_dir(name) / f"shard-{s.index:06d}.pkl").exists() for name, shards in passes for s in shards)
+
+
+def _parts_done(plan: RunPlan) -> dict[str, int]:
+    """Other checkpoints of an interrupted run, by kind."""
+    return {"example-crop chunk(s)": runner.checkpoints(plan, "crops"),
+            "projection chunk(s)": runner.checkpoints(plan, "projections"),
+            "Shapley round(s)": runner.shapley_rounds_done(plan)}
+
+
+def _distribute_and_write(plan: RunPlan, address: str, reused: reuse.Reused, record: dict, started: str,
+                          computed: int, resumed: int, parts: dict[str, int]) -> RunResult:
+    compute = plan.compute
     with runner.ray_session(address):
         workers = runner.start_workers(plan)
         results, skipped = dict(reused.activations), reused.skipped
@@ -123,7 +151,7 @@ def _run(job: JobConfig, address: str | None, catalog: Path, stages: tuple[str, 
     manifest = write_catalog(plan, results, crops, skipped, {"started": started, "finished": _now()},
                              uuid.uuid4().hex, dissection, values, rendered, projected, reused, record)
     runner.clear_work(plan)
-    return RunResult(plan.catalog, manifest, total - resumed, resumed, {k: v for k, v in parts.items() if v})
+    return RunResult(plan.catalog, manifest, computed, resumed, {k: v for k, v in parts.items() if v})
 
 
 def _dissect(plan: RunPlan, workers: runner.Workers, reused: reuse.Reused) -> DissectionOutput:

@@ -212,3 +212,47 @@ def test_a_full_disk_while_writing_leaves_the_catalog_as_it_was(tmp_path, capsys
         assert not (disk / "catalog" / ".staging").exists()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _signal_when(job: Path, ready, signum: int, timeout: float = 240) -> tuple[int, str, float]:
+    """Run the job and send `signum` once `ready()` holds: SIGINT to the process group, as a terminal's Ctrl-C
+    does, SIGTERM to the driver alone, as Kubernetes does. (exit code, stderr, seconds from signal to exit)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job)], env={**os.environ, "RAY_ADDRESS": ""},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            assert time.time() < deadline, "timed out waiting for the moment to interrupt"
+            time.sleep(0.005)
+        sent = time.time()
+        os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        return proc.returncode, err, time.time() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+SIGNALLED = [(stage, pattern, count) for stage, pattern, count in STAGES if stage in ("activations", "feature visualization", "shapley")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_ends_with_one_line_and_resumes(tmp_path, capsys, undisturbed, signum):
+    """Stopped in the activations, then (resumed) in feature visualization, then in Shapley: each time one line and
+    128 + the signal within 10 s, no traceback, no Ray stack dump, the lock released; at last the same catalog."""
+    job = _world(tmp_path)
+    work = tmp_path / "catalog" / ".work"
+    for stage, pattern, count in SIGNALLED:
+        code, err, seconds = _signal_when(job, lambda: len(list(work.glob(pattern))) >= count, signum)
+        assert code == 128 + signum, (stage, err)
+        assert seconds < 10, f"{stage}: took {seconds:.1f} s to stop"
+        assert "Traceback" not in err and "*** " not in err and "Stack trace" not in err, (stage, err)  # Ray's dumps
+        line, = [ln for ln in err.splitlines() if "interrupted" in ln]
+        assert f"are checkpointed in {work}; run the same command to resume" in line and " shards" in line, line
+        assert stage != "shapley" or "Shapley round(s)" in line, line
+        assert work.is_dir() and not (tmp_path / "catalog" / ".lock").exists()
+    assert main(["run", str(job)]) == 0
+    assert "resumed" in capsys.readouterr().out
+    _assert_same_catalog(tmp_path / "catalog", undisturbed)

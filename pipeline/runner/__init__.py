@@ -27,6 +27,7 @@ from pipeline.broden import Broden
 from pipeline.concept_batches import iter_concept_batches
 from pipeline.errors import UserError
 from pipeline.images import ImageRecord
+from pipeline.interrupts import stop_on_signals
 from pipeline.models import LayerInfo, build_model
 from pipeline.runner.task_pool import completed, in_order
 from pipeline.plan import ConceptShard, FeatvisTask, RunPlan, Shard, activations_config, dissection_config, shapley_config
@@ -158,7 +159,8 @@ def ray_session(address: str) -> Iterator[None]:
     else:
         ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=True)
     try:
-        yield
+        with stop_on_signals():  # again: ray.init replaced the handlers (its SIGTERM one dumps stacks)
+            yield
     finally:
         ray.shutdown()
 
@@ -245,8 +247,7 @@ def run_dissection(plan: RunPlan, workers: Workers, broden: Broden, space: Label
     ref = [ray.put(broden)]
     layers = plan.layers_to_compute("dissection")
     totals = dissection_passes.activation_counts(layers, len(broden.images))
-    kept = sum(radix.kept_bytes(info.units, cfg.quantile, totals[info.name]) for info in layers)
-    if kept > cfg.threshold_memory_mb * 2**20:
+    if _uses_radix(plan):
         thresholds = _radix_thresholds(plan, workers, ref, layers, broden)
     else:
         first = lambda actor, shard, total: actor.thresholds.remote(  # noqa: E731
@@ -259,6 +260,21 @@ def run_dissection(plan: RunPlan, workers: Workers, broden: Broden, space: Label
     tally = fan_out(plan.work_dir("dissection-tally"), "dissection tally", plan.concept_shards, workers, second,
                     dissection_passes.merge, dissection_passes.empty_tally(layers, space))
     return DissectionPasses(thresholds, tally)
+
+
+def _uses_radix(plan: RunPlan) -> bool:
+    """Whether the exact thresholds need the bounded-memory radix passes (the kept values would exceed the budget)."""
+    cfg = dissection_config(plan.job)
+    layers = plan.layers_to_compute("dissection")
+    totals = dissection_passes.activation_counts(layers, len(plan.broden.images))
+    kept = sum(radix.kept_bytes(info.units, cfg.quantile, totals[info.name]) for info in layers)
+    return kept > cfg.threshold_memory_mb * 2**20
+
+
+def dissection_pass_names(plan: RunPlan) -> list[str]:
+    """The checkpoint folders (work_dir names) of the passes `run_dissection` makes over the concept shards."""
+    first = [f"dissection-radix{step}" for step in range(len(radix.PASSES))] if _uses_radix(plan) else ["dissection-thresholds"]
+    return [*first, "dissection-tally"]
 
 
 def _radix_thresholds(plan: RunPlan, workers: Workers, ref: list, layers: list[LayerInfo],
