@@ -105,6 +105,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  resumed: {result.shards_reused} shard(s) reused from the interrupted run, {result.shards_computed} computed")
     if result.parts_reused:
         print("  resumed also: " + ", ".join(f"{n} {kind}" for kind, n in result.parts_reused.items()))
+    print("  wall time: " + ", ".join(f"{step} {secs:.1f} s" for step, secs in result.seconds.items())
+          + f"; total {sum(result.seconds.values()):.1f} s")
     print(f"  try: neuron-catalog describe {result.catalog}")
     return 0
 

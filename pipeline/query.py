@@ -62,6 +62,9 @@ def describe(catalog: Catalog) -> str:
         + (f", {len(data['classes'])} classes" if data.get("classes") else ""),
         f"stages done  {', '.join(m['stages_done'])}",
     ]
+    if m.get("wall_seconds"):
+        lines.append("wall time    " + ", ".join(f"{step} {secs:.1f} s" for step, secs in m["wall_seconds"].items())
+                     + " (before writing the catalog)")
     reuse = m.get("reuse") or {}
     if reuse.get("previous"):
         done = [(stage, layer, r) for stage, layers in reuse["stages"].items() for layer, r in layers.items()]

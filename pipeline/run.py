@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +35,7 @@ class RunResult:
     shards_computed: int
     shards_reused: int
     parts_reused: dict[str, int] = dataclasses.field(default_factory=dict)  # other checkpoints resumed from, by kind
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # wall time per step of the run
 
 
 def run_job(job: JobConfig, *, address: str | None = None, out: Path | None = None,
@@ -83,7 +87,7 @@ def _previous(job: JobConfig, given: str | None, root: Path) -> Catalog | None:
 
 def _run(job: JobConfig, address: str | None, catalog: Path, stages: tuple[str, ...] | None,
          previous: Catalog | None) -> RunResult:
-    started = _now()
+    started, clock = _now(), time.perf_counter()
     plan = make_plan(job, catalog, stages)
     inputs = reuse.stage_inputs(plan)
     compute, record = reuse.decide(inputs, previous)
@@ -94,7 +98,7 @@ def _run(job: JobConfig, address: str | None, catalog: Path, stages: tuple[str, 
     resumed, total = _shards_done(plan, passes), sum(len(shards) for _, shards in passes)
     parts = _parts_done(plan)
     try:
-        return _distribute_and_write(plan, address, reused, record, started, total - resumed, resumed, parts)
+        return _distribute_and_write(plan, address, reused, record, started, clock, total - resumed, resumed, parts)
     except Interrupted as exc:
         extra = ", ".join(f"{n} {kind}" for kind, n in _parts_done(plan).items() if n)
         exc.summary = (f"{_shards_done(plan, passes)} of {total} shards{f' (and {extra})' if extra else ''} are "
@@ -124,34 +128,52 @@ def _parts_done(plan: RunPlan) -> dict[str, int]:
             "Shapley round(s)": runner.shapley_rounds_done(plan)}
 
 
-def _distribute_and_write(plan: RunPlan, address: str, reused: reuse.Reused, record: dict, started: str,
+def _distribute_and_write(plan: RunPlan, address: str, reused: reuse.Reused, record: dict, started: str, clock: float,
                           computed: int, resumed: int, parts: dict[str, int]) -> RunResult:
-    compute = plan.compute
+    """Every stage on the Ray actors, then the catalog; `clock`: when the run began (perf_counter)."""
+    compute, seconds = plan.compute, {"plan": round(time.perf_counter() - clock, 2)}
+    start = time.perf_counter()
     with runner.ray_session(address):
         workers = runner.start_workers(plan)
+        seconds["ray start"] = round(time.perf_counter() - start, 2)  # Ray and the model actors up
         results, skipped = dict(reused.activations), reused.skipped
-        if compute["activations"]:
-            partial = runner.run_activations(plan, workers)
-            if partial.images == 0:
-                raise UserError(f"data.images {plan.images.root}: none of its {len(plan.images.records)} files could be "
-                                f"read as an image (first: {partial.skipped[0][1] if partial.skipped else '?'}). "
-                                "Point it at image files.")
-            skipped = partial.skipped
-            results.update({info.name: activations.finalize(partial, info, plan.fields[info.name], plan.input_hw)
-                            for info in plan.layers_to_compute("activations")})
-        crops = runner.run_crops(plan, workers, crop_requests(plan, results))
-        rendered = projected = None
+        with _timed(seconds, "activations"):
+            if compute["activations"]:
+                partial = runner.run_activations(plan, workers)
+                if partial.images == 0:
+                    raise UserError(f"data.images {plan.images.root}: none of its {len(plan.images.records)} files could "
+                                    f"be read as an image (first: {partial.skipped[0][1] if partial.skipped else '?'}). "
+                                    "Point it at image files.")
+                skipped = partial.skipped
+                results.update({info.name: activations.finalize(partial, info, plan.fields[info.name], plan.input_hw)
+                                for info in plan.layers_to_compute("activations")})
+            crops = runner.run_crops(plan, workers, crop_requests(plan, results))
+        rendered = projected = dissection = values = None
         if "featvis" in plan.stages:
-            rendered = runner.run_featvis(plan, workers)
-            projected = runner.run_projections(plan, workers, projection_requests(plan, results))
-        dissection = _dissect(plan, workers, reused) if "dissection" in plan.stages else None
-        values = None
+            with _timed(seconds, "featvis"):
+                rendered = runner.run_featvis(plan, workers)
+                projected = runner.run_projections(plan, workers, projection_requests(plan, results))
+        if "dissection" in plan.stages:
+            with _timed(seconds, "dissection"):
+                dissection = _dissect(plan, workers, reused)
         if "shapley" in plan.stages and reused.shapley is None:
-            values = runner.run_shapley(plan, workers, {name: results[name].mean_map for name, _ in plan.shapley_layers})
-    manifest = write_catalog(plan, results, crops, skipped, {"started": started, "finished": _now()},
-                             uuid.uuid4().hex, dissection, values, rendered, projected, reused, record)
+            with _timed(seconds, "shapley"):
+                values = runner.run_shapley(plan, workers, {name: results[name].mean_map for name, _ in plan.shapley_layers})
+    with _timed(seconds, "write"):
+        manifest = write_catalog(plan, results, crops, skipped, {"started": started, "finished": _now(), "wall_seconds": dict(seconds)},
+                                 uuid.uuid4().hex, dissection, values, rendered, projected, reused, record)
     runner.clear_work(plan)
-    return RunResult(plan.catalog, manifest, computed, resumed, {k: v for k, v in parts.items() if v})
+    return RunResult(plan.catalog, manifest, computed, resumed, {k: v for k, v in parts.items() if v}, seconds)
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the block to seconds[name]."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 2)
 
 
 def _dissect(plan: RunPlan, workers: runner.Workers, reused: reuse.Reused) -> DissectionOutput:

@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from pipeline.stages import shapley as sh
-from pipeline.stages.shapley_model import Ablator, cache_eval_set, split_model
+from pipeline.stages.shapley_model import Ablator, cache_eval_set, split_model, whole_model
 
 sys.path.insert(0, str(Path(__file__).parent / "assets"))
 from tiny_models import ShapleyPlanted  # noqa: E402
@@ -156,7 +156,29 @@ def test_split_suffix_reproduces_the_model(layers, cut):
     with torch.no_grad():
         values = split.prefix(x)
         assert len(values) == cut  # layer2.0.conv2 also needs the block input for the residual
+        seen = []  # the first player runs in the prefix: its output is one of the cached values
+        handle = model.get_submodule(layers[0]).register_forward_hook(lambda m, i, o: seen.append(o.clone()))
+        model(x)
+        handle.remove()
+        assert list(split.outputs) == layers and torch.equal(values[split.outputs[layers[0]]], seen[0])
         torch.testing.assert_close(split.suffix(*values), model(x), rtol=0, atol=1e-5)
+
+
+def test_ablating_the_cached_output_equals_ablating_in_the_whole_model():
+    """Players in two layers with a residual branch: the split (first layer ablated in its cached output, the
+    second by a hook) gives the metric the whole model with hooks on both layers gives, coalition by coalition."""
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1])
+    layers = [("layer3.0.conv1", 256), ("layer4", 512)]
+    rng = np.random.default_rng(0)
+    means = [rng.normal(size=(256, 2, 2)).astype(np.float32), rng.normal(size=(512, 1, 1)).astype(np.float32)]
+    removed = rng.random((5, 768)) < 0.5
+    values = []
+    for split in (split_model(model, [name for name, _ in layers]), whole_model(model)):
+        pairs = [(x[:4], y[:4]), (x[4:], y[4:])]
+        values.append(Ablator(split, layers, means, cache_eval_set(split, pairs), "cross_entropy").evaluate(removed))
+    np.testing.assert_allclose(values[0], values[1], rtol=1e-5)
+    assert len(set(np.round(values[0], 6))) > 1  # the coalitions differ: the comparison can fail
 
 
 def test_untraceable_model_runs_whole():

@@ -58,6 +58,9 @@ class ModelWorker:
         self.broden: tuple[str, Broden] | None = None  # (object id, the concept data set) of the last call
         self.ablator: tuple[str, Ablator] | None = None  # (object id of its settings, the Shapley evaluator)
 
+    def ready(self) -> bool:
+        return True
+
     def _loaded(self, recipe: list[ray.ObjectRef]) -> torch.nn.Module:
         if self.model is None:
             self.model = build_model(ray.get(recipe[0])).to(self.device)
@@ -188,6 +191,7 @@ def start_workers(plan: RunPlan) -> Workers:
         num_cpus=share, num_gpus=cfg.gpus_per_worker if use_gpu else 0, max_restarts=2, max_task_retries=2,
     )
     workers = [actor.remote(str(plan.images.root), plan.prep, threads) for _ in range(count)]
+    ray.get([w.ready.remote() for w in workers])  # started (a stage's time is then its own)
     return Workers(workers, [ray.put(plan.recipe)])  # a list: Ray passes a nested reference as is, unresolved
 
 

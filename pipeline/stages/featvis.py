@@ -82,6 +82,19 @@ class _RedirectedReLU(torch.autograd.Function):
         return torch.where(through.reshape(-1, *([1] * (grad.dim() - 1))), relu_grad, redirected)
 
 
+def fast_layout(model: nn.Module, layer: str, x: torch.Tensor, needs_output: bool) -> torch.memory_format:
+    """channels_last (convolutions and max pooling run about twice as fast in it on a CPU, and it suits cuDNN),
+    unless the model's code cannot take it (a `.view` of a feature map): then the default layout."""
+    if x.dim() != 4:
+        return torch.contiguous_format
+    try:
+        with torch.no_grad():
+            forward_to(model, layer, x[:1].contiguous(memory_format=torch.channels_last), needs_output)
+    except RuntimeError:
+        return torch.contiguous_format
+    return torch.channels_last
+
+
 def forward_to(model: nn.Module, layer: str, x: torch.Tensor, needs_output: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(the layer's output, the model's output or None): without `needs_output` nothing after the layer runs."""
     module = dict(model.named_modules())[layer]
@@ -153,13 +166,15 @@ def _optimize(model: nn.Module, layer: str, layer_index: int, units: list[int], 
     mean = torch.tensor(settings.mean, device=device)[None, :, None, None]
     std = torch.tensor(settings.std, device=device)[None, :, None, None]
     decorrelate = settings.param == "fourier"
+    with torch.no_grad():
+        layout = fast_layout(model, layer, to_images(params, settings.param, size, decorrelate), objective.needs_output)
     for step in range(settings.steps):
         opt.zero_grad(set_to_none=True)
         x = to_images(params, settings.param, size, decorrelate)
         if transforms is not None:
             x = transforms.apply(x, [transforms.draw(r) for r in rngs])
         with relus_replaced(model, _RedirectedReLU.apply if step < settings.redirect_steps else None):
-            acts, output = forward_to(model, layer, (x - mean) / std, objective.needs_output)
+            acts, output = forward_to(model, layer, ((x - mean) / std).contiguous(memory_format=layout), objective.needs_output)
         ctx = obj.Context(acts, ctx_units, groups, output)
         value = sign * objective(ctx)
         if settings.diversity > 1:

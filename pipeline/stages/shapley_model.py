@@ -2,15 +2,17 @@
 of the network with some units replaced by their mean activation (mean ablation).
 
 The forward is traced with torch.fx (player layers kept as leaves) and split into a prefix, run
-once per evaluation image to cache every value the rest of the network needs (the input of the
+once per evaluation image to cache every value the rest of the network needs (the output of the
 first player layer and, say, a residual branch that skips it), and a suffix that every
-evaluation runs. A model fx cannot trace keeps the whole forward as its suffix.
+evaluation runs. The first player layer runs only in the prefix: its units are ablated in its cached
+output, so an evaluation of a single player layer runs none of the layer itself. A model fx cannot
+trace keeps the whole forward as its suffix.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,11 +33,14 @@ class _PlayersAsLeaves(fx.Tracer):
 
 @dataclass
 class Split:
-    """`suffix(*prefix(x))` equals `model(x)`; `traced` is False when fx could not trace the model."""
+    """`suffix(*prefix(x))` equals `model(x)`; `traced` is False when fx could not trace the model.
+    `outputs`: player layer -> the position among the prefix's values of that layer's output (its units are
+    ablated there, not by a hook in the suffix)."""
 
     prefix: nn.Module
     suffix: nn.Module
     traced: bool
+    outputs: dict[str, int] = field(default_factory=dict)
 
 
 class _Whole(nn.Module):
@@ -51,7 +56,7 @@ def whole_model(model: nn.Module) -> Split:
 
 
 def split_model(model: nn.Module, players: Sequence[str]) -> Split:
-    """Cut the forward just before the first call of any player layer."""
+    """Cut the forward just after the first call of any player layer."""
     try:
         tracer = _PlayersAsLeaves(players)
         graph = tracer.trace(model)
@@ -59,10 +64,24 @@ def split_model(model: nn.Module, players: Sequence[str]) -> Split:
         return whole_model(model)
     nodes = list(graph.nodes)
     first = next((i for i, n in enumerate(nodes) if n.op == "call_module" and n.target in set(players)), None)
-    if first is None:
-        return whole_model(model)
+    if first is None or sum(n.op == "call_module" and n.target == nodes[first].target for n in nodes) > 1:
+        return split_before(model, nodes, first) if first is not None else whole_model(model)  # a layer called twice
+    first += 1
     later = set(nodes[first:])
     cut = [n for n in nodes[:first] if n.op != "get_attr" and any(u in later for u in n.users)]
+    split = _cut(model, nodes, first, cut)
+    split.outputs = {nodes[first - 1].target: cut.index(nodes[first - 1])}
+    return split
+
+
+def split_before(model: nn.Module, nodes: list[fx.Node], first: int) -> Split:
+    """Cut just before node `first` (a player layer): the player runs, and is ablated by its hook, in the suffix."""
+    later = set(nodes[first:])
+    return _cut(model, nodes, first, [n for n in nodes[:first] if n.op != "get_attr" and any(u in later for u in n.users)])
+
+
+def _cut(model: nn.Module, nodes: list[fx.Node], first: int, cut: list[fx.Node]) -> Split:
+    """The prefix (nodes before `first`, returning the values of `cut`) and the suffix (the rest, taking them)."""
     pre, env = fx.Graph(), {}
     for n in nodes[:first]:
         env[n] = pre.node_copy(n, lambda a: env[a])
@@ -119,7 +138,9 @@ class Ablator:
         self.means = [torch.tensor(np.asarray(m, np.float32), device=device) for m in mean_maps]
         self.masks: list[torch.Tensor | None] = [None] * len(layers)
         modules = dict(split.suffix.named_modules())
-        self.handles = [modules[name].register_forward_hook(self._hook(i)) for i, (name, _) in enumerate(layers)]
+        self.handles = [modules[name].register_forward_hook(self._hook(i))
+                        for i, (name, _) in enumerate(layers) if name not in split.outputs]
+        self.cached = {split.outputs[name]: i for i, (name, _) in enumerate(layers) if name in split.outputs}
         self.evaluations = 0
 
     @property
@@ -128,13 +149,16 @@ class Ablator:
 
     def _hook(self, index: int):
         def hook(_module: nn.Module, _inputs, out: torch.Tensor) -> torch.Tensor | None:
-            mask = self.masks[index]
-            if mask is None:
-                return None
-            mean = self.means[index] if out.dim() == 4 else self.means[index].reshape(len(self.means[index]), -1)[:, 0]
-            shape = (*mask.shape, *([1] * (out.dim() - 2)))
-            return torch.where(mask.reshape(shape), mean.unsqueeze(0).to(out.dtype), out)
+            return None if self.masks[index] is None else self._ablate(index, out.clone())  # `out` may alias an input
         return hook
+
+    def _ablate(self, index: int, out: torch.Tensor) -> torch.Tensor:
+        """`out` (a player layer's output for the repeated batch), its removed units set to their mean, in place:
+        only the removed (row, unit) maps are written (a broadcast `where` rewrites all of them, several times slower)."""
+        rows, units = self.masks[index].nonzero(as_tuple=True)
+        mean = self.means[index] if out.dim() == 4 else self.means[index].reshape(len(self.means[index]), -1)[:, 0]
+        out[rows, units] = mean[units].to(out.dtype)
+        return out
 
     def evaluate(self, removed: np.ndarray) -> np.ndarray:
         """float64 [C]: the metric for each row of `removed` (bool [C, players])."""
@@ -150,6 +174,9 @@ class Ablator:
                     block = rows[:, self.offsets[i]:self.offsets[i + 1]]
                     self.masks[i] = block if bool(block.any()) else None
                 inputs = [v.repeat(c, *([1] * (v.dim() - 1))) if isinstance(v, torch.Tensor) else v for v in cut]
+                for at, i in self.cached.items():  # `repeat` made a copy: the cache is never written
+                    if self.masks[i] is not None:
+                        self._ablate(i, inputs[at])
                 logits = self.split.suffix(*inputs).float().reshape(c, b, -1)
                 totals += self._score(logits, y.to(self.device)).cpu().double().numpy()
                 count += b
