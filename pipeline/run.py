@@ -152,6 +152,7 @@ def _distribute_and_write(plan: RunPlan, address: str, reused: reuse.Reused, rec
         if "featvis" in plan.stages:
             with _timed(seconds, "featvis"):
                 rendered = runner.run_featvis(plan, workers)
+            with _timed(seconds, "projections"):
                 projected = runner.run_projections(plan, workers, projection_requests(plan, results))
         if "dissection" in plan.stages:
             with _timed(seconds, "dissection"):

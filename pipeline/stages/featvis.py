@@ -76,10 +76,11 @@ class _RedirectedReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
         (x,) = ctx.saved_tensors
-        relu_grad = torch.where(x < 0, torch.zeros_like(grad), grad)
-        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)  # grad > 0 would push x lower
-        through = relu_grad.reshape(len(grad), -1).norm(dim=1) > 0
-        return torch.where(through.reshape(-1, *([1] * (grad.dim() - 1))), relu_grad, redirected)
+        negative = x < 0
+        through = (grad != 0).logical_and_(~negative).flatten(1).any(dim=1)  # the true ReLU gradient is not all zero
+        # where it is, ReLU's gradient; elsewhere only the components that would push x lower are blocked (grad > 0)
+        blocked = negative.logical_and_((grad > 0).logical_or_(through.reshape(-1, *([1] * (grad.dim() - 1)))))
+        return grad.masked_fill(blocked, 0.0)
 
 
 def fast_layout(model: nn.Module, layer: str, x: torch.Tensor, needs_output: bool) -> torch.memory_format:

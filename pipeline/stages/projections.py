@@ -65,8 +65,9 @@ def project(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch],
             patch: int) -> dict[str, ProjectionBatch]:
     """Both projections for every request whose image appears in `batches`.
 
-    In each round every image contributes at most one request, so one backward pass serves the whole
-    batch (the images do not interact); an image holding several units' maxima takes several rounds.
+    In each round every image contributes at most one request, so one backward pass serves all the
+    round's images (they do not interact); an image holding several units' maxima takes several rounds,
+    and a round runs only the images that still have a request.
     """
     by_image: dict[int, list[ProjectionRequest]] = defaultdict(list)
     for req in requests:
@@ -80,26 +81,28 @@ def project(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch],
             rounds = max((len(by_image.get(i, ())) for i in rows), default=0)
             for r in range(rounds):
                 picked = [(row, by_image[i][r]) for i, row in rows.items() if len(by_image.get(i, ())) > r]
-                for (row, req), images in zip(picked, _one_round(model, layers, batch.inputs, picked, patch)):
+                inputs = batch.inputs[[row for row, _ in picked]]
+                for (_, req), images in zip(picked, _one_round(model, layers, inputs, [req for _, req in picked], patch)):
                     filled[req.layer].append((req.unit, req.rank, images))
     return {layer: ProjectionBatch(np.array([f[0] for f in rows]), np.array([f[1] for f in rows]),
                                    np.stack([f[2] for f in rows])) for layer, rows in filled.items()}
 
 
 def _one_round(model: nn.Module, layers: list[LayerInfo], inputs: torch.Tensor,
-               picked: list[tuple[int, ProjectionRequest]], patch: int) -> list[np.ndarray]:
+               picked: list[ProjectionRequest], patch: int) -> list[np.ndarray]:
+    """Both projections of request i onto image i of `inputs`."""
     x = inputs.detach().clone().requires_grad_(True)
     outputs: dict[str, torch.Tensor] = {}
     with torch.enable_grad(), tapped(model, layers, lambda name, out: outputs.__setitem__(name, out)) as run:
         run(x)
         target = sum(outputs[req.layer][row, req.unit, min(req.y, outputs[req.layer].shape[2] - 1),
-                                         min(req.x, outputs[req.layer].shape[3] - 1)] for row, req in picked)
+                                         min(req.x, outputs[req.layer].shape[3] - 1)] for row, req in enumerate(picked))
         grads = []
         for method in METHODS:
             _Rule.method = method
             grads.append(torch.autograd.grad(target, x, retain_graph=method != METHODS[-1])[0].detach())
     out = []
-    for row, req in picked:
+    for row, req in enumerate(picked):
         y0, x0, y1, x1 = req.box
         views = [_to_image(resize_region(g[row:row + 1, :, y0:y1, x0:x1].float(), patch)[0]) for g in grads]
         out.append(np.stack(views))
