@@ -49,6 +49,7 @@ class FeatvisTask:
     layer: str
     layer_index: int  # position among the job's layers: part of each image's seed
     units: tuple[int, ...]
+    batch: int  # units optimized together: the same for every task of the layer (a short one is padded)
 
 
 @dataclass(frozen=True)
@@ -190,12 +191,14 @@ def _featvis_plan(job: JobConfig, model: torch.nn.Module, layers: list[LayerInfo
             raise UserError(f"stages.featvis.layers selects {', '.join(outside)}, which model.layers does not: "
                             f"choose among {', '.join(names)}.")
         names = [n for n in names if n in chosen]
-    per_task = max(1, cfg.batch_units // len(settings.views()))
+    most = max(1, cfg.batch_units // len(settings.views()))
     tasks = []
     for layer_index, info in enumerate(layers):
         if info.name in names:
+            per_task = -(-info.units // -(-info.units // most))  # as few batches as `most` allows, of even size
             for start in range(0, info.units, per_task):
-                tasks.append(FeatvisTask(len(tasks), info.name, layer_index, tuple(range(start, min(start + per_task, info.units)))))
+                units = tuple(range(start, min(start + per_task, info.units)))
+                tasks.append(FeatvisTask(len(tasks), info.name, layer_index, units, per_task))
     return settings, tuple(tasks)
 
 

@@ -135,7 +135,8 @@ class ModelWorker:
 
     def featvis(self, recipe: list[ray.ObjectRef], task: FeatvisTask, settings: FeatvisSettings, seed: int) -> tuple:
         """One task's units rendered; keyed by the task's index."""
-        chunk = featvis.render(self._loaded(recipe), task.layer, task.layer_index, list(task.units), settings, seed, self.device)
+        chunk = featvis.render(self._loaded(recipe), task.layer, task.layer_index, list(task.units), settings, seed,
+                               self.device, task.batch)
         return task.index, {task.index: chunk}
 
     def projections(self, recipe: list[ray.ObjectRef], chunk: ImageChunk, layers: list[LayerInfo],

@@ -134,10 +134,11 @@ def _objective(settings: FeatvisSettings) -> obj.Objective:
 
 
 def render(model: nn.Module, layer: str, layer_index: int, units: list[int], settings: FeatvisSettings, seed: int,
-           device: str = "cpu") -> FeatvisChunk:
-    """Every view of every unit in `units`, in batches of whole units of `batch_units` images."""
+           device: str = "cpu", batch: int | None = None) -> FeatvisChunk:
+    """Every view of every unit in `units`, in batches of `batch` whole units (default: as many as `batch_units`
+    images hold); a short batch is padded to that size."""
     views = settings.views()
-    per_batch = max(1, settings.batch_units // len(views))
+    per_batch = batch or max(1, settings.batch_units // len(views))
     for p in model.parameters():
         p.requires_grad_(False)
     parts = []
