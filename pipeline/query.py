@@ -63,7 +63,7 @@ def describe(catalog: Catalog) -> str:
         f"stages done  {', '.join(m['stages_done'])}",
     ]
     if m.get("wall_seconds"):
-        lines.append("wall time    " + ", ".join(f"{step} {secs:.1f} s" for step, secs in m["wall_seconds"].items())
+        lines.append("wall time    " + ", ".join(f"{t['step']} {t['seconds']:.1f} s" for t in m["wall_seconds"])
                      + " (before writing the catalog)")
     reuse = m.get("reuse") or {}
     if reuse.get("previous"):

@@ -131,7 +131,7 @@ def _parts_done(plan: RunPlan) -> dict[str, int]:
 def _distribute_and_write(plan: RunPlan, address: str, reused: reuse.Reused, record: dict, started: str, clock: float,
                           computed: int, resumed: int, parts: dict[str, int]) -> RunResult:
     """Every stage on the Ray actors, then the catalog; `clock`: when the run began (perf_counter)."""
-    compute, seconds = plan.compute, {"plan": round(time.perf_counter() - clock, 2)}
+    compute, seconds = plan.compute, {"prepare and plan": round(time.perf_counter() - clock, 2)}
     start = time.perf_counter()
     with runner.ray_session(address):
         workers = runner.start_workers(plan)
@@ -161,7 +161,7 @@ def _distribute_and_write(plan: RunPlan, address: str, reused: reuse.Reused, rec
             with _timed(seconds, "shapley"):
                 values = runner.run_shapley(plan, workers, {name: results[name].mean_map for name, _ in plan.shapley_layers})
     with _timed(seconds, "write"):
-        manifest = write_catalog(plan, results, crops, skipped, {"started": started, "finished": _now(), "wall_seconds": dict(seconds)},
+        manifest = write_catalog(plan, results, crops, skipped, {"started": started, "finished": _now(), "wall_seconds": [{"step": k, "seconds": v} for k, v in seconds.items()]},
                                  uuid.uuid4().hex, dissection, values, rendered, projected, reused, record)
     runner.clear_work(plan)
     return RunResult(plan.catalog, manifest, computed, resumed, {k: v for k, v in parts.items() if v}, seconds)

@@ -19,6 +19,7 @@ from mini_broden import write_mini_broden
 from pipeline.broden import load_masks, open_broden
 from pipeline.cli import main
 from pipeline.errors import UserError
+from test_dissection_run import JOB as DISSECTION_JOB
 
 BRODEN1 = ["image", "split", "ih", "iw", "sh", "sw", "color", "object", "part", "material", "scene", "texture"]
 
@@ -80,30 +81,8 @@ def test_rows_netdissect_lite_skips_are_skipped(tmp_path):
     assert broden.ignored_rows[0].endswith("c_part.csv: row 3 (line 4), column 'number': label 77 is not in label.csv; row skipped")
 
 
-JOB = """
-seed = 0
-[model]
-factory = "tiny_models.py:color_detectors"
-layers = ["relu"]
-input_size = 32
-mean = [0.5, 0.5, 0.5]
-std = [0.5, 0.5, 0.5]
-[data]
-images = "images"
-batch_size = 4
-[concepts]
-broden = "{broden}"
-{categories}
-[stages.activations]
-k = 2
-patch_size = 8
-[stages.dissection]
-quantile = 0.5
-[ray]
-workers = 1
-[output]
-catalog = "catalogs/{catalog}"
-"""
+JOB = DISSECTION_JOB.format(batch=4, workers=1, shard=64).replace('broden = "broden"', 'broden = "{broden}"\n{categories}') \
+    .replace('catalog = "catalog"', 'catalog = "catalogs/{catalog}"')
 
 
 @pytest.mark.usefixtures("ray_local")

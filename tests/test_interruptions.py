@@ -67,16 +67,25 @@ def _world(folder: Path, patch: int = 8, workers: int = 1) -> Path:
     return write_job(folder, JOB.format(patch=patch, workers=workers))
 
 
+def _start(job: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """The run in a process group of its own, with an embedded Ray."""
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job)], env={**os.environ, "RAY_ADDRESS": ""},
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True)
+
+
+def _wait_for(proc: subprocess.Popen, ready, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline, "timed out waiting for the moment to interrupt"
+        time.sleep(0.005)
+
+
 def _kill_when(job: Path, ready, delay: float = 0.0, timeout: float = 240) -> None:
     """Run the job as a process group and SIGKILL it `delay` seconds after `ready()` first holds."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job)], env={**os.environ, "RAY_ADDRESS": ""},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + timeout
+    proc = _start(job)
     try:
-        while not ready():
-            assert proc.poll() is None, "the run ended before it could be interrupted"
-            assert time.time() < deadline, "timed out waiting for the moment to interrupt"
-            time.sleep(0.005)
+        _wait_for(proc, ready, timeout)
         time.sleep(delay)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -217,14 +226,9 @@ def test_a_full_disk_while_writing_leaves_the_catalog_as_it_was(tmp_path, capsys
 def _signal_when(job: Path, ready, signum: int, timeout: float = 240) -> tuple[int, str, float]:
     """Run the job and send `signum` once `ready()` holds: SIGINT to the process group, as a terminal's Ctrl-C
     does, SIGTERM to the driver alone, as Kubernetes does. (exit code, stderr, seconds from signal to exit)."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job)], env={**os.environ, "RAY_ADDRESS": ""},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + timeout
+    proc = _start(job, stderr=subprocess.PIPE)
     try:
-        while not ready():
-            assert proc.poll() is None, "the run ended before it could be interrupted"
-            assert time.time() < deadline, "timed out waiting for the moment to interrupt"
-            time.sleep(0.005)
+        _wait_for(proc, ready, timeout)
         sent = time.time()
         os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)

@@ -102,6 +102,17 @@ def test_query_and_describe(planted_catalog, capsys):
     assert main(["describe", str(planted_catalog)]) == 0
     text = capsys.readouterr().out
     assert "conv2" in text and "24 files, 24 used, 0 skipped" in text and "13 units in 3 layers" in text
+    assert "wall time    prepare and plan " in text and "activations " in text
+
+
+def test_a_run_says_where_its_time_went(tmp_path, capsys):
+    assert main(["run", str(planted_job(tmp_path))]) == 0
+    line, = [ln for ln in capsys.readouterr().out.splitlines() if "wall time:" in ln]
+    steps = {t["step"]: t["seconds"] for t in Catalog.open(tmp_path / "catalog").manifest["wall_seconds"]}
+    assert list(steps) == ["prepare and plan", "ray start", "activations"]  # the stages this job ran, in order
+    assert all(seconds >= 0 for seconds in steps.values()) and steps["activations"] > 0
+    for step in [*steps, "write"]:
+        assert f"{step} " in line, line
 
 
 def test_query_errors_name_the_problem(planted_catalog, capsys):
