@@ -179,3 +179,28 @@ def test_diverse_images_differ_and_do_not_depend_on_the_batch():
     assert not np.array_equal(together.images[0, 1], together.images[0, 2])  # the diverse set is not one image twice
     alone = fv.render(PatternDetectors().eval(), "relu", 1, [3], settings, seed=0)  # padded with spares of unit 3
     assert np.array_equal(alone.images[0], together.images[0])
+
+
+class _ViewsItsMap(nn.Module):
+    """Flattens a feature map with `.view`, as hand-written models do: that fails on a channels_last tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.fc = nn.Linear(2 * 16 * 16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc(y.view(len(y), -1))
+
+
+def test_a_model_that_cannot_take_channels_last_renders_in_the_default_layout():
+    model = _ViewsItsMap().eval()
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(RuntimeError):
+        model(x.contiguous(memory_format=torch.channels_last))  # the case the trial forward detects
+    assert fv.fast_layout(model, "fc", x, needs_output=False) == torch.contiguous_format
+    assert fv.fast_layout(PatternDetectors().eval(), "relu", x, needs_output=False) == torch.channels_last
+    chunk = fv.render(model, "fc", 0, [0, 1], replace(SETTINGS, steps=4, size=16, transforms="none"), seed=0)
+    assert chunk.images.shape == (2, 2, 16, 16, 3)

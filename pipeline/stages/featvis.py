@@ -90,7 +90,8 @@ def fast_layout(model: nn.Module, layer: str, x: torch.Tensor, needs_output: boo
         return torch.contiguous_format
     try:
         with torch.no_grad():
-            forward_to(model, layer, x[:1].contiguous(memory_format=torch.channels_last), needs_output)
+            forward_to(model, layer, x.contiguous(memory_format=torch.channels_last), needs_output)  # not x[:1]: a
+            # single image's channels_last strides are also contiguous ones, and would pass
     except RuntimeError:
         return torch.contiguous_format
     return torch.channels_last
@@ -188,7 +189,8 @@ def _optimize(model: nn.Module, layer: str, layer_index: int, units: list[int], 
     with torch.no_grad():
         final = to_images(params, settings.param, size, decorrelate)
         pixels = (final * 255).round().clamp(0, 255).to(torch.uint8)
-        acts, output = forward_to(model, layer, (pixels.float() / 255 - mean) / std, objective.needs_output)
+        acts, output = forward_to(model, layer, ((pixels.float() / 255 - mean) / std).contiguous(memory_format=layout),
+                                  objective.needs_output)
         reached = objective(obj.Context(acts, ctx_units, groups, output)).reshape(len(units), len(views))[:, 0]
         own = acts[torch.arange(len(jobs)), ctx_units].reshape(len(jobs), -1).amax(dim=1)
     pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
