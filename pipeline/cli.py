@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neuron-catalog: error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
-        print(f"neuron-catalog: interrupted ({exc}): {exc.summary or 'nothing was written'}", file=sys.stderr)
+        print(f"neuron-catalog: interrupted ({exc}): {exc.summary or 'stopped before the run began; nothing new was written'}", file=sys.stderr)
         return exc.exit_code
 
 

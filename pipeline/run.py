@@ -160,9 +160,10 @@ def _distribute_and_write(plan: RunPlan, address: str, reused: reuse.Reused, rec
         if "shapley" in plan.stages and reused.shapley is None:
             with _timed(seconds, "shapley"):
                 values = runner.run_shapley(plan, workers, {name: results[name].mean_map for name, _ in plan.shapley_layers})
+    times = {"started": started, "finished": _now(), "wall_seconds": [{"step": k, "seconds": v} for k, v in seconds.items()]}
     with _timed(seconds, "write"):
-        manifest = write_catalog(plan, results, crops, skipped, {"started": started, "finished": _now(), "wall_seconds": [{"step": k, "seconds": v} for k, v in seconds.items()]},
-                                 uuid.uuid4().hex, dissection, values, rendered, projected, reused, record)
+        manifest = write_catalog(plan, results, crops, skipped, times, uuid.uuid4().hex, dissection, values, rendered,
+                                 projected, reused, record)
     runner.clear_work(plan)
     return RunResult(plan.catalog, manifest, computed, resumed, {k: v for k, v in parts.items() if v}, seconds)
 

@@ -59,6 +59,7 @@ class ModelWorker:
         self.ablator: tuple[str, Ablator] | None = None  # (object id of its settings, the Shapley evaluator)
 
     def ready(self) -> bool:
+        """Answers once the actor's process is up."""
         return True
 
     def _loaded(self, recipe: list[ray.ObjectRef]) -> torch.nn.Module:
@@ -252,7 +253,7 @@ def run_dissection(plan: RunPlan, workers: Workers, broden: Broden, space: Label
     ref = [ray.put(broden)]
     layers = plan.layers_to_compute("dissection")
     totals = dissection_passes.activation_counts(layers, len(broden.images))
-    if _uses_radix(plan):
+    if dissection_pass_names(plan)[0] != "dissection-thresholds":
         thresholds = _radix_thresholds(plan, workers, ref, layers, broden)
     else:
         first = lambda actor, shard, total: actor.thresholds.remote(  # noqa: E731
@@ -267,19 +268,12 @@ def run_dissection(plan: RunPlan, workers: Workers, broden: Broden, space: Label
     return DissectionPasses(thresholds, tally)
 
 
-def _uses_radix(plan: RunPlan) -> bool:
-    """Whether the exact thresholds need the bounded-memory radix passes (the kept values would exceed the budget)."""
-    cfg = dissection_config(plan.job)
-    layers = plan.layers_to_compute("dissection")
-    totals = dissection_passes.activation_counts(layers, len(plan.broden.images))
-    kept = sum(radix.kept_bytes(info.units, cfg.quantile, totals[info.name]) for info in layers)
-    return kept > cfg.threshold_memory_mb * 2**20
-
-
 def dissection_pass_names(plan: RunPlan) -> list[str]:
     """The checkpoint folders (work_dir names) of the passes `run_dissection` makes over the concept shards."""
-    first = [f"dissection-radix{step}" for step in range(len(radix.PASSES))] if _uses_radix(plan) else ["dissection-thresholds"]
-    return [*first, "dissection-tally"]
+    cfg = dissection_config(plan.job)
+    layers = plan.layers_to_compute("dissection")
+    return [*dissection_passes.threshold_passes(layers, len(plan.broden.images), cfg.quantile, cfg.threshold_memory_mb),
+            "dissection-tally"]
 
 
 def _radix_thresholds(plan: RunPlan, workers: Workers, ref: list, layers: list[LayerInfo],

@@ -44,6 +44,16 @@ def activation_counts(layers: list[LayerInfo], images: int) -> dict[str, int]:
     return {info.name: images * int(np.prod(info.shape[1:], dtype=np.int64)) for info in layers}
 
 
+def threshold_passes(layers: list[LayerInfo], images: int, quantile: float, memory_mb: float) -> list[str]:
+    """The passes that find the thresholds: one that keeps the top values, or, when those would take more than
+    `memory_mb`, the radix passes that count them in bounded memory (names as the runner checkpoints them)."""
+    totals = activation_counts(layers, images)
+    kept = sum(radix.kept_bytes(info.units, quantile, totals[info.name]) for info in layers)
+    if kept > memory_mb * 2**20:
+        return [f"dissection-radix{step}" for step in range(len(radix.PASSES))]
+    return ["dissection-thresholds"]
+
+
 def empty_thresholds(layers: list[LayerInfo], quantile: float, totals: dict[str, int]) -> ConceptPartial:
     return ConceptPartial({i.name: d.ThresholdPartial.empty(i.units, quantile, totals[i.name]) for i in layers})
 
