@@ -78,7 +78,8 @@ class _RedirectedReLU(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         negative = x < 0
         through = (grad != 0).logical_and_(~negative).flatten(1).any(dim=1)  # the true ReLU gradient is not all zero
-        # where it is, ReLU's gradient; elsewhere only the components that would push x lower are blocked (grad > 0)
+        # an image whose true gradient is not all zero gets it (zero where x < 0); any other keeps every component
+        # but those that would push a negative x lower still (grad > 0)
         blocked = negative.logical_and_((grad > 0).logical_or_(through.reshape(-1, *([1] * (grad.dim() - 1)))))
         return grad.masked_fill(blocked, 0.0)
 
