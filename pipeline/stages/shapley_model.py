@@ -66,9 +66,11 @@ def split_model(model: nn.Module, players: Sequence[str]) -> Split:
     first = next((i for i, n in enumerate(nodes) if n.op == "call_module" and n.target in set(players)), None)
     if first is None or sum(n.op == "call_module" and n.target == nodes[first].target for n in nodes) > 1:
         return split_before(model, nodes, first) if first is not None else whole_model(model)  # a layer called twice
+    later = set(nodes[first + 1:])
+    cut = [n for n in nodes[:first + 1] if n.op != "get_attr" and any(u in later for u in n.users)]
+    if nodes[first] not in cut:  # nothing reads the player's output: there is nothing to ablate after it
+        return split_before(model, nodes, first)
     first += 1
-    later = set(nodes[first:])
-    cut = [n for n in nodes[:first] if n.op != "get_attr" and any(u in later for u in n.users)]
     split = _cut(model, nodes, first, cut)
     split.outputs = {nodes[first - 1].target: cut.index(nodes[first - 1])}
     return split
