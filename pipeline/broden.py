@@ -1,4 +1,5 @@
-"""Reading a Broden-format directory (DESIGN.md, "Broden format"), as NetDissect-Lite reads broden1_224.
+"""Reading a Broden-format directory (DESIGN.md, "Broden format"), as NetDissect-Lite reads broden1_224
+(label.csv, category.csv and c_<cat>.csv are read in `pipeline.broden_tables`).
 
 `open_broden` reads and validates index.csv and label.csv (category.csv and c_<cat>.csv are checked
 for consistency when present); `load_masks` decodes one image's mask PNGs (label = R + 256*G).
@@ -37,34 +38,19 @@ Choices (where the format leaves room):
 
 from __future__ import annotations
 
-import csv
-import io
-import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.broden_tables import DIGITS, Label, primary_by_coverage, read_codes, read_csv, read_labels, where
+from pipeline.broden_tables import categories as table_categories
 from pipeline.errors import UserError
 from pipeline.images import SkippedImage, failure_reason, open_image
 
 INDEX_META = ("image", "split", "ih", "iw", "sh", "sw")
-LABEL_COLUMNS = ("number", "name", "category")  # what must be there; frequency, coverage, syns may be
-CATEGORY_COLUMNS = ("name",)
-CODE_COLUMNS = ("code", "number", "coverage")
 MAX_MASK_LABEL = 255 + 256 * 255  # the largest number R + 256*G can encode
-_DIGITS = re.compile(r"^\d+$")
-_CATEGORY_ITEM = re.compile(r"^([^(]*)\(([^)]*)\)$")
-
-
-@dataclass(frozen=True)
-class Label:
-    number: int  # as in label.csv (1-based; 0 = unlabeled, never a Label)
-    name: str
-    category: str  # primary category (largest count in label.csv's `category` cell; ties -> first listed)
-    coverage: float
-    frequency: int
 
 
 @dataclass(frozen=True)
@@ -91,151 +77,11 @@ class Broden:
     ignored_rows: tuple[str, ...] = ()  # rows of the tables that were skipped, each naming file, row and why
 
 
-def _rows(path: Path, expected: Sequence[str], fix: str) -> tuple[list[str], Iterator[tuple[int, int, list[str]]]]:
-    """Header and (data row, line, cells) of a CSV; UserError when unreadable or a column is missing."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # universal newlines; a BOM is dropped
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing. {fix}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} cannot be read ({exc}). {fix}") from None
-    reader = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(reader, [])]
-    missing = [c for c in expected if c not in header]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; the header must hold "
-                        f"{','.join(expected)} (found {','.join(header) or 'an empty file'}). {fix}")
-
-    def body() -> Iterator[tuple[int, int, list[str]]]:
-        row = 0
-        try:
-            for cells in reader:
-                if not cells:
-                    continue
-                row += 1
-                if len(cells) != len(header):
-                    raise UserError(f"{path}: row {row} (line {reader.line_num}) has {len(cells)} cells, the header "
-                                    f"{len(header)}: fix the row (quote cells that hold commas).")
-                yield row, reader.line_num, cells
-        except csv.Error as exc:
-            raise UserError(f"{path}: line {reader.line_num}: {exc}. Fix the CSV quoting.") from None
-
-    return header, body()
-
-
-def _where(path: Path, row: int, line: int, column: str) -> str:
-    return f"{path}: row {row} (line {line}), column '{column}'"
-
-
-def _read_labels(path: Path) -> dict[int, Label]:
-    """Every row of label.csv as a Label with its primary category."""
-    header, rows = _rows(path, LABEL_COLUMNS, "label.csv lists every label: number,name,category,frequency,coverage,syns.")
-    col = {c: header.index(c) for c in (*LABEL_COLUMNS, "frequency", "coverage") if c in header}
-    labels: dict[int, Label] = {}
-    for row, line, cells in rows:
-        raw = cells[col["number"]].strip()
-        if not _DIGITS.match(raw):
-            raise UserError(f"{_where(path, row, line, 'number')}: {raw!r} is not a label number (an integer >= 1). "
-                            "Fix or remove the row.")
-        number = int(raw)
-        if number == 0:  # 0 means unlabeled: NetDissect-Lite's label array holds a row for it, never a label
-            continue
-        if number in labels:
-            raise UserError(f"{_where(path, row, line, 'number')}: label {number} is listed twice. Keep one row per label.")
-        cell, best, primary = cells[col["category"]].strip(), -1, ""
-        if not cell:
-            raise UserError(f"{_where(path, row, line, 'category')}: empty; write the label's categories as name(count), "
-                            "';'-joined, e.g. object(35);part(5).")
-        for item in cell.split(";"):
-            match = _CATEGORY_ITEM.match(item.strip())
-            try:
-                count = int(match.group(2)) if match else None
-            except ValueError:
-                count = None
-            if count is None:
-                raise UserError(f"{_where(path, row, line, 'category')}: {item!r} is not name(count) with an integer "
-                                "count; write e.g. object(35);part(5).")
-            if count > best:
-                best, primary = count, match.group(1).strip()
-        frequency_cell = cells[col["frequency"]].strip() if "frequency" in col else ""
-        coverage_cell = cells[col["coverage"]].strip() if "coverage" in col else ""
-        try:
-            frequency, coverage = int(frequency_cell or 0), float(coverage_cell or 0.0)
-        except ValueError:
-            raise UserError(f"{path}: row {row} (line {line}): frequency {frequency_cell!r} must be an integer "
-                            f"and coverage {coverage_cell!r} a number. Fix the row.") from None
-        labels[number] = Label(number, cells[col["name"]], primary, coverage, frequency)
-    return labels
-
-
-def _read_codes(root: Path, available: list[str], all_labels: dict[int, Label],
-                notes: list[str]) -> dict[str, dict[int, float]]:
-    """Per category with a c_<cat>.csv: label number -> its coverage there (number 0 rows are skipped, and rows of
-    numbers label.csv lacks, each noted in `notes`)."""
-    out = {}
-    for cat in available:
-        path = root / f"c_{cat}.csv"
-        if not path.exists():
-            continue
-        header, rows = _rows(path, CODE_COLUMNS, f"c_{cat}.csv maps category codes to labels: code,number,name,frequency,coverage.")
-        at, cov = header.index("number"), header.index("coverage")
-        coverage: dict[int, float] = {}
-        for row, line, cells in rows:
-            raw = cells[at].strip()
-            if not _DIGITS.match(raw):
-                raise UserError(f"{_where(path, row, line, 'number')}: {raw!r} is not a label number. "
-                                "Fix the row.")
-            if int(raw) and int(raw) not in all_labels:
-                notes.append(f"{_where(path, row, line, 'number')}: label {raw} is not in label.csv; row skipped")
-                continue
-            try:
-                value = float(cells[cov].strip() or 0.0)
-            except ValueError:
-                raise UserError(f"{_where(path, row, line, 'coverage')}: {cells[cov]!r} is not a number. Fix the row.") from None
-            if int(raw):
-                coverage[int(raw)] = max(value, coverage.get(int(raw), 0.0))
-        out[cat] = coverage
-    return out
-
-
-def _primary_by_coverage(all_labels: dict[int, Label], codes: dict[str, dict[int, float]]) -> dict[int, Label]:
-    """Labels listed in some c_<cat>.csv take the category where their coverage is largest."""
-    out = {}
-    for number, label in all_labels.items():
-        listed = [(coverage[number], -k, cat) for k, (cat, coverage) in enumerate(codes.items()) if number in coverage]
-        out[number] = replace(label, category=max(listed)[2]) if listed else label
-    return out
-
-
-def _categories(root: Path, columns: list[str]) -> tuple[list[str], dict[str, str]]:
-    """(the categories, in order; index.csv columns that are not one -> why), as NetDissect-Lite decides it."""
-    path = root / "category.csv"
-    if not path.exists():
-        coded = [c for c in columns if (root / f"c_{c}.csv").exists()]
-        if not coded:  # a hand-built Broden with neither table: every column is a category
-            return columns, {}
-        return coded, {c: f"no category.csv and no c_{c}.csv" for c in columns if c not in coded}
-    header, rows = _rows(path, CATEGORY_COLUMNS, "category.csv lists the categories: name,first,last,count,frequency.")
-    names: list[str] = []
-    for row, line, cells in rows:
-        name = cells[header.index("name")].strip()
-        if name not in columns:
-            raise UserError(f"{_where(path, row, line, 'name')}: category {name!r} has no column in index.csv (its "
-                            f"columns: {', '.join(columns) or 'none'}). Add the column (its cells may be empty) or "
-                            "remove the row.")
-        if not (root / f"c_{name}.csv").is_file():
-            raise UserError(f"{_where(path, row, line, 'name')}: category {name!r} has no c_{name}.csv beside it. "
-                            f"Add c_{name}.csv (code,number,name,frequency,coverage) or remove the row.")
-        if name not in names:
-            names.append(name)
-    return names, {c: "not listed in category.csv" for c in columns if c not in names}
-
-
 def _int_cell(path: Path, row: int, line: int, column: str, value: str) -> int:
     value = value.strip()
-    if not _DIGITS.match(value) or int(value) == 0:
+    if not DIGITS.match(value) or int(value) == 0:
         what = "image (ih, iw)" if column.startswith("i") else "mask (sh, sw)"
-        raise UserError(f"{_where(path, row, line, column)}: {value!r} is not a positive integer. "
+        raise UserError(f"{where(path, row, line, column)}: {value!r} is not a positive integer. "
                         f"Write the {what} size in pixels.")
     return int(value)
 
@@ -249,7 +95,7 @@ def _read_index(path: Path, kept: tuple[str, ...], header: list[str], rows: Iter
     for row, line, cells in rows:
         image = cells[meta["image"]].strip()
         if not image:
-            raise UserError(f"{_where(path, row, line, 'image')}: empty; write the image path relative to images/.")
+            raise UserError(f"{where(path, row, line, 'image')}: empty; write the image path relative to images/.")
         ih, iw, sh, sw = (_int_cell(path, row, line, c, cells[meta[c]]) for c in ("ih", "iw", "sh", "sw"))
         masks: dict[str, tuple[str, ...]] = {}
         labels: dict[str, tuple[int, ...]] = {}
@@ -263,17 +109,17 @@ def _read_index(path: Path, kept: tuple[str, ...], header: list[str], rows: Iter
                 item = item.strip()
                 if not item:
                     continue
-                if _DIGITS.match(item):
+                if DIGITS.match(item):
                     number = int(item)
                     if number and number not in all_labels:
-                        raise UserError(f"{_where(path, row, line, cat)}: image-level label {number} is not in "
+                        raise UserError(f"{where(path, row, line, cat)}: image-level label {number} is not in "
                                         "label.csv. Add it to label.csv or fix the cell.")
                     if number:
                         numbers.append(number)
                 elif item.lower().endswith(".png"):
                     files.append(item)
                 else:
-                    raise UserError(f"{_where(path, row, line, cat)}: item {item!r} is neither a label number nor a "
+                    raise UserError(f"{where(path, row, line, cat)}: item {item!r} is neither a label number nor a "
                                     ".png mask path; write ';'-joined integers or mask paths relative to images/.")
             if files:
                 masks[cat] = tuple(files)
@@ -314,10 +160,10 @@ def open_broden(root: Path, categories: Sequence[str] | None = None) -> Broden:
     if missing:
         raise UserError(f"{root} is not a Broden directory: {' and '.join(missing)} missing. A Broden directory "
                         "holds index.csv, label.csv, images/ (and category.csv, c_<category>.csv).")
-    all_labels = _read_labels(root / "label.csv")
+    all_labels = read_labels(root / "label.csv")
     index = root / "index.csv"
-    header, rows = _rows(index, INDEX_META, f"index.csv lists the images: {','.join(INDEX_META)} then one column per category.")
-    available, ignored = _categories(root, [c for c in header if c not in INDEX_META])
+    header, rows = read_csv(index, INDEX_META, f"index.csv lists the images: {','.join(INDEX_META)} then one column per category.")
+    available, ignored = table_categories(root, [c for c in header if c not in INDEX_META])
     if categories is None:
         kept = tuple(available)
     else:
@@ -325,7 +171,7 @@ def open_broden(root: Path, categories: Sequence[str] | None = None) -> Broden:
         _check_asked(index, kept, available, ignored)
         ignored.update({c: "not in [concepts] categories" for c in available if c not in kept})
     notes: list[str] = []
-    all_labels = _primary_by_coverage(all_labels, _read_codes(root, available, all_labels, notes))
+    all_labels = primary_by_coverage(all_labels, read_codes(root, available, all_labels, notes))
     images = _read_index(index, kept, header, rows, all_labels)
     if not images:
         raise UserError(f"{index} lists no image with data in the categories {', '.join(kept) or '(none)'}: "
