@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import STAGES
+from pipeline.job.config import STAGES
 from pipeline.errors import UserError
 from pipeline.interrupts import Interrupted
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_job
+    from pipeline.job.config import load_job
     from pipeline.interrupts import stop_on_signals
     from pipeline.run import run_job
 
@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from pipeline.query import format_units, open_catalog, query_units
+    from pipeline.catalog.query import format_units, open_catalog, query_units
 
     catalog = open_catalog(args.catalog)
     units = query_units(catalog, args.layer, args.label, args.min_iou, args.sort, args.ascending, args.limit)
@@ -121,13 +121,13 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from pipeline.query import open_catalog
+    from pipeline.catalog.query import open_catalog
     from pipeline.render import render_site
 
     catalog = open_catalog(args.catalog)
     diff = None
     if args.diff is not None:
-        from pipeline.catalog_diff import diff_catalogs, read_diff
+        from pipeline.catalog.diff import diff_catalogs, read_diff
 
         if args.diff.is_file():
             diff = (args.diff.name, read_diff(args.diff))
@@ -141,8 +141,8 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from pipeline.catalog_diff import diff_catalogs, format_summary, write_diff
-    from pipeline.query import open_catalog
+    from pipeline.catalog.diff import diff_catalogs, format_summary, write_diff
+    from pipeline.catalog.query import open_catalog
 
     old, new = open_catalog(args.old), open_catalog(args.new)
     result = diff_catalogs(old, new, args.match)
@@ -154,7 +154,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    from pipeline.query import describe, open_catalog
+    from pipeline.catalog.query import describe, open_catalog
 
     print(describe(open_catalog(args.catalog)))
     return 0

@@ -13,18 +13,18 @@ import torch
 
 from catalog_schema import MANIFEST, STORE, TABLES
 from catalog_schema.tables import table_file
-from pipeline.batches import Preprocess
-from pipeline.broden import Broden, open_broden
-from pipeline.config import ActivationsConfig, DissectionConfig, FeatvisConfig, JobConfig, ShapleyConfig, check_inputs_exist
+from pipeline.inputs.batches import Preprocess
+from pipeline.inputs.broden import Broden, open_broden
+from pipeline.job.config import ActivationsConfig, DissectionConfig, FeatvisConfig, JobConfig, ShapleyConfig, check_inputs_exist
 from pipeline.errors import UserError
-from pipeline.fingerprints import concepts_fingerprint, json_fingerprint, layer_fingerprints, model_fingerprint
-from pipeline.images import ImageRecord, ImageSet, list_images
-from pipeline.layer_taps import probe_layers
-from pipeline.models import LayerInfo, ModelRecipe, build_model, recipe_from_config, resolve_layers
-from pipeline.prepare import prepare_inputs
-from pipeline.receptive_field import ReceptiveField, receptive_fields
-from pipeline.stages.featvis import FeatvisSettings
-from pipeline.stages.first_layer import filter_images, input_convolutions
+from pipeline.inputs.fingerprints import concepts_fingerprint, json_fingerprint, layer_fingerprints, model_fingerprint
+from pipeline.inputs.images import ImageRecord, ImageSet, list_images
+from pipeline.inputs.layer_taps import probe_layers
+from pipeline.inputs.models import LayerInfo, ModelRecipe, build_model, recipe_from_config, resolve_layers
+from pipeline.job.prepare import prepare_inputs
+from pipeline.inputs.receptive_field import ReceptiveField, receptive_fields
+from pipeline.stages.featvis.render import FeatvisSettings
+from pipeline.inputs.first_layer import filter_images, input_convolutions
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ import pyarrow.compute as pc
 
 import catalog_schema as cs
 from catalog_schema import Catalog
-from pipeline.fingerprints import json_fingerprint
+from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.plan import RunPlan, activations_config, dissection_config, shapley_config
-from pipeline.stages.activations import LayerResult
-from pipeline.stages.dissection import DissectionResult
+from pipeline.stages.activations.compute import LayerResult
+from pipeline.stages.dissection.measure import DissectionResult
 
 WHOLE_MODEL = "*"  # the layer key of a stage computed for the model as a whole (Shapley)
 

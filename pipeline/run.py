@@ -15,14 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from catalog_schema import MANIFEST, Catalog, CatalogError
-from pipeline import catalog_history, reuse, runner
-from pipeline.catalog_writer import DissectionOutput, crop_requests, projection_requests, write_catalog
-from pipeline.config import JobConfig, check_output_location
+from pipeline.catalog import history as catalog_history
+from pipeline import reuse
+from pipeline import runner
+from pipeline.catalog.writer import DissectionOutput, crop_requests, projection_requests, write_catalog
+from pipeline.job.config import JobConfig, check_output_location
 from pipeline.errors import UserError
 from pipeline.interrupts import Interrupted
 from pipeline.plan import RunPlan, check_catalog_target, dissection_config, make_plan
-from pipeline.run_lock import catalog_lock
-from pipeline.stages import activations, dissection_passes
+from pipeline.catalog.lock import catalog_lock
+from pipeline.stages.activations import compute as activations
+from pipeline.stages.dissection import passes as dissection_passes
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.batches import Batch
-from pipeline.layer_taps import probe_layers
-from pipeline.stages import activations
-from pipeline.stages.activations import PAD_ID, Ranked
+from pipeline.inputs.batches import Batch
+from pipeline.inputs.layer_taps import probe_layers
+from pipeline.stages.activations import compute as activations
+from pipeline.stages.activations.compute import PAD_ID, Ranked
 
 
 def _model() -> nn.Module:
@@ -78,7 +78,7 @@ def test_merge_is_associative_and_shard_independent():
 
 
 def test_fewer_images_than_k_leaves_padding_out_of_the_examples():
-    from pipeline.receptive_field import receptive_fields
+    from pipeline.inputs.receptive_field import receptive_fields
 
     model = _model()
     model(torch.zeros(1, 3, 12, 12))

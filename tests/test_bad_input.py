@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import PLANTED_JOB, make_images, planted_job, write_job
-from pipeline import run_lock
+from pipeline.catalog import lock as run_lock
 from pipeline.cli import main
 
 

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from mini_broden import write_mini_broden
-from pipeline.broden import load_masks, open_broden
+from pipeline.inputs.broden import load_masks, open_broden
 from pipeline.errors import UserError
-from pipeline.images import SkippedImage
+from pipeline.inputs.images import SkippedImage
 
 
 def _replace_in(path, old: str, new: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 from catalog_schema import Catalog
 from conftest import write_job
 from mini_broden import write_mini_broden
-from pipeline.broden import load_masks, open_broden
+from pipeline.inputs.broden import load_masks, open_broden
 from pipeline.cli import main
 from pipeline.errors import UserError
 from test_dissection_run import JOB as DISSECTION_JOB

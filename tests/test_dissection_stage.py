@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.stages import dissection as d
-from pipeline.stages.dissection import LabelSpace, TallyPartial
+from pipeline.stages.dissection import measure as d
+from pipeline.stages.dissection.measure import LabelSpace, TallyPartial
 
 CATS = ("object", "part", "scene")
 
@@ -323,7 +323,7 @@ def test_image_without_pixel_masks_needs_mask_size():
 def test_bounded_memory_thresholds_equal_the_exact_ones(quantile):
     """Radix selection over float32 bit patterns (3 counting passes, shards merged by addition) finds
     exactly the m-th largest value: zeros, ties, all-negative units, -0.0 and +0.0 included."""
-    from pipeline.stages import radix_thresholds as radix
+    from pipeline.stages.dissection import radix
 
     rng = np.random.default_rng(7)
     x = rng.normal(size=(30, 5, 4, 4)).astype(np.float32)

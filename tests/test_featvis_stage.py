@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.batches import Batch
-from pipeline.models import LayerInfo
-from pipeline.stages import featvis as fv
-from pipeline.stages.projections import ProjectionRequest, project
-from pipeline.stages import featvis_objectives as obj
-from pipeline.stages.first_layer import filter_images, input_convolutions
+from pipeline.inputs.batches import Batch
+from pipeline.inputs.models import LayerInfo
+from pipeline.stages.featvis import render as fv
+from pipeline.stages.featvis.projections import ProjectionRequest, project
+from pipeline.stages.featvis import objectives as obj
+from pipeline.inputs.first_layer import filter_images, input_convolutions
 
 sys.path.insert(0, str(Path(__file__).parent / "assets"))
 from tiny_models import PatternDetectors  # noqa: E402

@@ -22,14 +22,14 @@ from PIL import Image, ImageFile
 
 from conftest import PLANTED_JOB, make_images, planted_job, write_job
 from mini_broden import write_mini_broden
-from pipeline.batches import Preprocess
-from pipeline.broden import open_broden
+from pipeline.inputs.batches import Preprocess
+from pipeline.inputs.broden import open_broden
 from pipeline.cli import main
-from pipeline.concept_batches import iter_concept_batches
-from pipeline.config import ModelConfig, load_job
+from pipeline.inputs.concept_batches import iter_concept_batches
+from pipeline.job.config import ModelConfig, load_job
 from pipeline.errors import UserError
-from pipeline.images import SkippedImage, list_images, load_image
-from pipeline.models import build_model, recipe_from_config
+from pipeline.inputs.images import SkippedImage, list_images, load_image
+from pipeline.inputs.models import build_model, recipe_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 LIMIT = f"{Image.MAX_IMAGE_PIXELS:,}"  # Pillow's default, as the Ray workers see it

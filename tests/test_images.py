@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.images import SkippedImage, list_images, load_image
+from pipeline.inputs.images import SkippedImage, list_images, load_image
 
 
 def test_imagefolder_labels_and_seeded_limit(tmp_path):

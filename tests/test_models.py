@@ -8,11 +8,11 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.config import ModelConfig, load_job
+from pipeline.job.config import ModelConfig, load_job
 from pipeline.errors import UserError
-from pipeline.fingerprints import layer_fingerprints, model_fingerprint
-from pipeline.layer_taps import probe_layers, tapped
-from pipeline.models import build_model, recipe_from_config, resolve_layers
+from pipeline.inputs.fingerprints import layer_fingerprints, model_fingerprint
+from pipeline.inputs.layer_taps import probe_layers, tapped
+from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 

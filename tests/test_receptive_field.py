@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.receptive_field import ReceptiveField, receptive_fields
+from pipeline.inputs.receptive_field import ReceptiveField, receptive_fields
 
 
 def _field(model: nn.Module, layer: str, shape=(3, 32, 32)) -> ReceptiveField:

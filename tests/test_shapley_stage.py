@@ -13,8 +13,8 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.stages import shapley as sh
-from pipeline.stages.shapley_model import Ablator, cache_eval_set, split_model, whole_model
+from pipeline.stages.shapley import estimator as sh
+from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model, whole_model
 
 sys.path.insert(0, str(Path(__file__).parent / "assets"))
 from tiny_models import ShapleyPlanted  # noqa: E402

@@ -22,22 +22,27 @@ import ray
 import torch
 from tqdm import tqdm
 
-from pipeline.batches import Preprocess, global_batches, iter_batches
-from pipeline.broden import Broden
-from pipeline.concept_batches import iter_concept_batches
+from pipeline.inputs.batches import Preprocess, global_batches, iter_batches
+from pipeline.inputs.broden import Broden
+from pipeline.inputs.concept_batches import iter_concept_batches
 from pipeline.errors import UserError
-from pipeline.images import ImageRecord
+from pipeline.inputs.images import ImageRecord
 from pipeline.interrupts import stop_on_signals
-from pipeline.models import LayerInfo, build_model
+from pipeline.inputs.models import LayerInfo, build_model
 from pipeline.runner.task_pool import completed, in_order
 from pipeline.plan import ConceptShard, FeatvisTask, RunPlan, Shard, activations_config, dissection_config, shapley_config
-from pipeline.stages import activations, dissection_passes, example_crops, featvis, projections, shapley
-from pipeline.stages import radix_thresholds as radix
-from pipeline.stages.featvis import FeatvisSettings
-from pipeline.stages.projections import ProjectionBatch, ProjectionRequest
-from pipeline.stages.dissection import LabelSpace, finalize_thresholds
-from pipeline.stages.example_crops import CropBatch, CropRequest
-from pipeline.stages.shapley_model import Ablator, cache_eval_set, split_model
+from pipeline.stages.activations import compute as activations
+from pipeline.stages.dissection import passes as dissection_passes
+from pipeline.stages.activations import crops as example_crops
+from pipeline.stages.featvis import render as featvis
+from pipeline.stages.featvis import projections
+from pipeline.stages.shapley import estimator as shapley
+from pipeline.stages.dissection import radix
+from pipeline.stages.featvis.render import FeatvisSettings
+from pipeline.stages.featvis.projections import ProjectionBatch, ProjectionRequest
+from pipeline.stages.dissection.measure import LabelSpace, finalize_thresholds
+from pipeline.stages.activations.crops import CropBatch, CropRequest
+from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model
 
 
 T = TypeVar("T")

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 import torchvision
 
-from pipeline.batches import Batch
-from pipeline.layer_taps import probe_layers
-from pipeline.models import resolve_layers
-from pipeline.stages import activations
+from pipeline.inputs.batches import Batch
+from pipeline.inputs.layer_taps import probe_layers
+from pipeline.inputs.models import resolve_layers
+from pipeline.stages.activations import compute as activations
 
 
 def overhead(args: argparse.Namespace) -> None:

@@ -37,8 +37,8 @@ import time
 import numpy as np
 import torch
 
-from pipeline.stages import dissection as d
-from pipeline.stages.dissection import LabelSpace, TallyPartial
+from pipeline.stages.dissection import measure as d
+from pipeline.stages.dissection.measure import LabelSpace, TallyPartial
 
 CATS = ("object", "part", "material", "scene")
 
@@ -149,14 +149,14 @@ def vectorized(feats, thr, masks, labels, space, batch: int, resize: str) -> Tal
 
 def bench_stage(job_path: str, threads: int) -> None:
     """Both passes of the stage over the job's concept data set vs a bare forward of the same batches."""
-    from pipeline.batches import Preprocess
-    from pipeline.broden import open_broden
-    from pipeline.concept_batches import iter_concept_batches
-    from pipeline.config import load_job
-    from pipeline.layer_taps import probe_layers
-    from pipeline.models import build_model, recipe_from_config, resolve_layers
-    from pipeline.prepare import prepare_inputs
-    from pipeline.stages import dissection_passes as passes
+    from pipeline.inputs.batches import Preprocess
+    from pipeline.inputs.broden import open_broden
+    from pipeline.inputs.concept_batches import iter_concept_batches
+    from pipeline.job.config import load_job
+    from pipeline.inputs.layer_taps import probe_layers
+    from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
+    from pipeline.job.prepare import prepare_inputs
+    from pipeline.stages.dissection import passes
 
     torch.set_num_threads(threads)
     job = load_job(job_path)

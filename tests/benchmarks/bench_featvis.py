@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.stages import featvis as fv
+from pipeline.stages.featvis import render as fv
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -22,15 +22,15 @@ import time
 import numpy as np
 import torch
 
-from pipeline.batches import Preprocess, iter_batches
-from pipeline.config import load_job
-from pipeline.images import list_images
-from pipeline.layer_taps import probe_layers
-from pipeline.models import build_model, recipe_from_config, resolve_layers
+from pipeline.inputs.batches import Preprocess, iter_batches
+from pipeline.job.config import load_job
+from pipeline.inputs.images import list_images
+from pipeline.inputs.layer_taps import probe_layers
+from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
 from pipeline.plan import eval_records, player_layers, shapley_config
-from pipeline.prepare import prepare_inputs
-from pipeline.stages import shapley as sh
-from pipeline.stages.shapley_model import Ablator, cache_eval_set, split_model, whole_model
+from pipeline.job.prepare import prepare_inputs
+from pipeline.stages.shapley import estimator as sh
+from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model, whole_model
 
 
 def setup(job_path: str):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
-from pipeline.models import LayerInfo
+from pipeline.inputs.models import LayerInfo
 
 Reducer = Callable[[str, torch.Tensor], None]
 

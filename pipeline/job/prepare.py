@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import JobConfig
+from pipeline.job.config import JobConfig
 from pipeline.errors import UserError
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.images import ImageRecord, SkippedImage, load_image, to_model_input
+from pipeline.inputs.images import ImageRecord, SkippedImage, load_image, to_model_input
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.broden import Broden
-from pipeline.concept_batches import ConceptBatch
-from pipeline.layer_taps import tapped
-from pipeline.models import LayerInfo
-from pipeline.stages import dissection as d
-from pipeline.stages import radix_thresholds as radix
+from pipeline.inputs.broden import Broden
+from pipeline.inputs.concept_batches import ConceptBatch
+from pipeline.inputs.layer_taps import tapped
+from pipeline.inputs.models import LayerInfo
+from pipeline.stages.dissection import measure as d
+from pipeline.stages.dissection import radix
 
 
 @dataclass

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.stages import featvis_objectives as obj
-from pipeline.stages.featvis_param import init_params, to_images
-from pipeline.stages.featvis_transforms import Transforms
-from pipeline.stages.relu_rules import relus_replaced
+from pipeline.stages.featvis import objectives as obj
+from pipeline.stages.featvis.param import init_params, to_images
+from pipeline.stages.featvis.transforms import Transforms
+from pipeline.stages.featvis.relu_rules import relus_replaced
 
 
 @dataclass(frozen=True)

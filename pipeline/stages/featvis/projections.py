@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.batches import Batch
-from pipeline.layer_taps import tapped
-from pipeline.models import LayerInfo
-from pipeline.stages.example_crops import resize_region
-from pipeline.stages.relu_rules import relus_replaced
+from pipeline.inputs.batches import Batch
+from pipeline.inputs.layer_taps import tapped
+from pipeline.inputs.models import LayerInfo
+from pipeline.stages.activations.crops import resize_region
+from pipeline.stages.featvis.relu_rules import relus_replaced
 
 METHODS = ("deconvnet", "guided")
 

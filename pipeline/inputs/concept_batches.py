@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.batches import Preprocess
-from pipeline.broden import Broden, ConceptImage, load_masks
-from pipeline.images import SkippedImage, load_image, to_model_input
+from pipeline.inputs.batches import Preprocess
+from pipeline.inputs.broden import Broden, ConceptImage, load_masks
+from pipeline.inputs.images import SkippedImage, load_image, to_model_input
 
 
 @dataclass

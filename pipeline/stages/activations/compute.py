@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.batches import Batch
-from pipeline.layer_taps import tapped
-from pipeline.models import LayerInfo
+from pipeline.inputs.batches import Batch
+from pipeline.inputs.layer_taps import tapped
+from pipeline.inputs.models import LayerInfo
 
 if TYPE_CHECKING:
-    from pipeline.receptive_field import ReceptiveField
+    from pipeline.inputs.receptive_field import ReceptiveField
 
 PAD_ID = np.iinfo(np.int64).max  # empty top-k slot; sorts after every real image id
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.batches import Batch
-from pipeline.layer_taps import tapped
-from pipeline.models import LayerInfo
+from pipeline.inputs.batches import Batch
+from pipeline.inputs.layer_taps import tapped
+from pipeline.inputs.models import LayerInfo
 
 
 @dataclass(frozen=True)

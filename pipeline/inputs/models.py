@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.config import ModelConfig
+from pipeline.job.config import ModelConfig
 from pipeline.errors import UserError
 
 

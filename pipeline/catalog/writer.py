@@ -20,12 +20,12 @@ import catalog_schema as cs
 from catalog_schema.storage import copy_array, publish, write_array, write_manifest, write_table
 from pipeline.plan import RunPlan, activations_config, dissection_config, shapley_config
 from pipeline.reuse import FEATVIS_COLUMNS, SHAPLEY_COLUMNS, Reused
-from pipeline.stages.activations import LayerResult
-from pipeline.stages.dissection import DissectionResult
-from pipeline.stages.example_crops import CropBatch, CropRequest
-from pipeline.stages.featvis import FeatvisChunk
-from pipeline.stages.projections import ProjectionBatch, ProjectionRequest
-from pipeline.stages.shapley import ShapleyOutput
+from pipeline.stages.activations.compute import LayerResult
+from pipeline.stages.dissection.measure import DissectionResult
+from pipeline.stages.activations.crops import CropBatch, CropRequest
+from pipeline.stages.featvis.render import FeatvisChunk
+from pipeline.stages.featvis.projections import ProjectionBatch, ProjectionRequest
+from pipeline.stages.shapley.estimator import ShapleyOutput
 
 
 STAGING = ".staging"  # inside the catalog: the next version, written completely before it is moved into place

@@ -44,10 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.broden_tables import DIGITS, Label, primary_by_coverage, read_codes, read_csv, read_labels, where
-from pipeline.broden_tables import categories as table_categories
+from pipeline.inputs.broden_tables import DIGITS, Label, primary_by_coverage, read_codes, read_csv, read_labels, where
+from pipeline.inputs.broden_tables import categories as table_categories
 from pipeline.errors import UserError
-from pipeline.images import SkippedImage, failure_reason, open_image
+from pipeline.inputs.images import SkippedImage, failure_reason, open_image
 
 INDEX_META = ("image", "split", "ih", "iw", "sh", "sw")
 MAX_MASK_LABEL = 255 + 256 * 255  # the largest number R + 256*G can encode

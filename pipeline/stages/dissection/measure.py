@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipeline.stages.bilinear import Bilinear, upsample
-from pipeline.stages.concept_masks import EncodedMasks, LabelSpace, encode_masks
+from pipeline.stages.dissection.bilinear import Bilinear, upsample
+from pipeline.stages.dissection.concept_masks import EncodedMasks, LabelSpace, encode_masks
 
 __all__ = ["Bilinear", "LabelSpace", "EncodedMasks", "encode_masks", "upsample"]  # re-exported for callers
 
