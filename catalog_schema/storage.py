@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import zarr
 
 from catalog_schema.arrays import STORE, ArrayKind
+from catalog_schema.layout import STORE_VERSION_PREFIX, STORE_VERSION_SUFFIX
 from catalog_schema.manifest import MANIFEST
 from catalog_schema.tables import TABLES, table_file
 
@@ -119,7 +120,7 @@ def _publish_store(store: Path, catalog: Path) -> None:
     """`arrays.zarr` is a link to a versioned store (.arrays-<id>.zarr), switched with one rename. A reader that
     resolved the link (Catalog.open does) keeps reading whole arrays of its version: the version before
     is kept until the next run, older ones removed."""
-    version = catalog / f".{Path(STORE).stem}-{uuid.uuid4().hex[:12]}.zarr"
+    version = catalog / f"{STORE_VERSION_PREFIX}{uuid.uuid4().hex[:12]}{STORE_VERSION_SUFFIX}"
     os.replace(store, version)
     link = catalog / STORE
     kept = {version.name, link.resolve().name if link.is_symlink() else None}
@@ -129,7 +130,7 @@ def _publish_store(store: Path, catalog: Path) -> None:
         replace_dir(tmp, link)
     else:
         os.replace(tmp, link)
-    for old in catalog.glob(f".{Path(STORE).stem}-*.zarr"):
+    for old in catalog.glob(f"{STORE_VERSION_PREFIX}*{STORE_VERSION_SUFFIX}"):
         if old.name not in kept:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -145,7 +146,3 @@ def copy_array(source: Path, catalog: Path, kind: ArrayKind, layer: str) -> None
     shutil.copytree(src, tmp)
     replace_dir(tmp, final)
 
-
-def remove_array(catalog: Path, kind: ArrayKind, layer: str) -> None:
-    """Drop a stale array (a stage that did not run this time); nothing when there is none."""
-    shutil.rmtree(Path(catalog) / STORE / kind.group / layer, ignore_errors=True)

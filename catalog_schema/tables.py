@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 UNITS = pa.schema([
     pa.field("layer", pa.string(), nullable=False),
@@ -135,3 +137,17 @@ def to_table(name: str, columns: dict) -> pa.Table:
     if unknown:
         raise KeyError(f"columns not in the {name} schema: {sorted(unknown)}")
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def from_table(table: pa.Table, name: str) -> np.ndarray:
+    """A column as `to_table` takes it: a numpy array, or an object array with None where the column is null
+    (a null stays a null and a NaN a NaN when the column is written again)."""
+    values = table.column(name)
+    if values.null_count:
+        return np.array(values.to_pylist(), dtype=object)
+    return values.to_numpy()
+
+
+def rows_of_layer(table: pa.Table, layer: str) -> pa.Table:
+    """The rows of one layer, in file order."""
+    return table.filter(pc.equal(table.column("layer"), layer))

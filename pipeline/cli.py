@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.job.config import STAGES
+from pipeline.stages import STAGES
 from pipeline.errors import UserError
 from pipeline.interrupts import Interrupted
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.job.config import load_job
+    from pipeline.job.load import load_job
     from pipeline.interrupts import stop_on_signals
     from pipeline.run import run_job
 

@@ -7,25 +7,24 @@ import errno
 import os
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from catalog_schema import MANIFEST, Catalog, CatalogError
+from catalog_schema.layout import WORK, shard_file
+from pipeline import reuse, runner
 from pipeline.catalog import history as catalog_history
-from pipeline import reuse
-from pipeline import runner
-from pipeline.catalog.writer import DissectionOutput, crop_requests, projection_requests, write_catalog
-from pipeline.job.config import JobConfig, check_output_location
+from pipeline.catalog.lock import catalog_lock
+from pipeline.catalog.writer import write_catalog
 from pipeline.errors import UserError
 from pipeline.interrupts import Interrupted
-from pipeline.plan import RunPlan, check_catalog_target, dissection_config, make_plan
-from pipeline.catalog.lock import catalog_lock
-from pipeline.stages.activations import compute as activations
-from pipeline.stages.dissection import passes as dissection_passes
+from pipeline.job.config import JobConfig
+from pipeline.job.load import check_output_location
+from pipeline.plan import RunPlan, check_catalog_target, make_plan
+from pipeline.stages import STAGES
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -97,101 +96,46 @@ def _run(job: JobConfig, address: str | None, catalog: Path, stages: tuple[str, 
     plan = dataclasses.replace(plan, compute=compute, fingerprints={**plan.fingerprints, "inputs": inputs})
     reused = reuse.load(plan, previous)
     address = address or job.ray.address or os.environ.get("RAY_ADDRESS", "")
-    passes = _passes(plan)
-    resumed, total = _shards_done(plan, passes), sum(len(shards) for _, shards in passes)
+    passes = [(stage, name, shards) for stage in plan.stages for name, shards in STAGES[stage].checkpoints(plan)]
+    resumed, total = _shards_done(plan, passes), sum(len(shards) for _, _, shards in passes)
     parts = _parts_done(plan)
     try:
         return _distribute_and_write(plan, address, reused, record, started, clock, total - resumed, resumed, parts)
     except Interrupted as exc:
         extra = ", ".join(f"{n} {kind}" for kind, n in _parts_done(plan).items() if n)
         exc.summary = (f"{_shards_done(plan, passes)} of {total} shards{f' (and {extra})' if extra else ''} are "
-                       f"checkpointed in {plan.catalog / '.work'}; run the same command to resume")
+                       f"checkpointed in {plan.catalog / WORK}; run the same command to resume")
         raise
 
 
-def _passes(plan: RunPlan) -> list[tuple[str, list]]:
-    """(checkpoint folder, its shards) of every pass this run makes whose shards are known before it starts."""
-    compute = plan.compute
-    passes = [("activations", plan.shards if compute["activations"] else [])]
-    if "featvis" in plan.stages:
-        passes.append(("featvis", [t for t in plan.featvis_tasks if t.layer in compute["featvis"]]))
-    if "dissection" in plan.stages and compute["dissection"]:
-        passes += [(name, plan.concept_shards) for name in runner.dissection_pass_names(plan)]
-    return passes
-
-
-def _shards_done(plan: RunPlan, passes: list[tuple[str, list]]) -> int:
-    return sum((plan.work_dir(name) / f"shard-{s.index:06d}.pkl").exists() for name, shards in passes for s in shards)
+def _shards_done(plan: RunPlan, passes: list[tuple[str, str, Sequence]]) -> int:
+    return sum((plan.work_dir(name, stage) / shard_file(s.index)).exists() for stage, name, shards in passes for s in shards)
 
 
 def _parts_done(plan: RunPlan) -> dict[str, int]:
     """Other checkpoints of an interrupted run, by kind."""
-    return {"example-crop chunk(s)": runner.checkpoints(plan, "crops"),
-            "projection chunk(s)": runner.checkpoints(plan, "projections"),
-            "Shapley round(s)": runner.shapley_rounds_done(plan)}
+    return {kind: n for name in plan.stages for kind, n in STAGES[name].other_checkpoints(plan).items()}
 
 
-def _distribute_and_write(plan: RunPlan, address: str, reused: reuse.Reused, record: dict, started: str, clock: float,
+def _distribute_and_write(plan: RunPlan, address: str, reused: dict[str, Any], record: dict, started: str, clock: float,
                           computed: int, resumed: int, parts: dict[str, int]) -> RunResult:
-    """Every stage on the Ray actors, then the catalog; `clock`: when the run began (perf_counter)."""
-    compute, seconds = plan.compute, {"prepare and plan": round(time.perf_counter() - clock, 2)}
+    """Every stage on the Ray actors, in pipeline order, then the catalog; `clock`: when the run began (perf_counter)."""
+    seconds = {"prepare and plan": round(time.perf_counter() - clock, 2)}
     start = time.perf_counter()
+    results: dict[str, Any] = {}
     with runner.ray_session(address):
         workers = runner.start_workers(plan)
         seconds["ray start"] = round(time.perf_counter() - start, 2)  # Ray and the model actors up
-        results, skipped = dict(reused.activations), reused.skipped
-        with _timed(seconds, "activations"):
-            if compute["activations"]:
-                partial = runner.run_activations(plan, workers)
-                if partial.images == 0:
-                    raise UserError(f"data.images {plan.images.root}: none of its {len(plan.images.records)} files could "
-                                    f"be read as an image (first: {partial.skipped[0][1] if partial.skipped else '?'}). "
-                                    "Point it at image files.")
-                skipped = partial.skipped
-                results.update({info.name: activations.finalize(partial, info, plan.fields[info.name], plan.input_hw)
-                                for info in plan.layers_to_compute("activations")})
-            crops = runner.run_crops(plan, workers, crop_requests(plan, results))
-        rendered = projected = dissection = values = None
-        if "featvis" in plan.stages:
-            with _timed(seconds, "featvis"):
-                rendered = runner.run_featvis(plan, workers)
-            with _timed(seconds, "projections"):
-                projected = runner.run_projections(plan, workers, projection_requests(plan, results))
-        if "dissection" in plan.stages:
-            with _timed(seconds, "dissection"):
-                dissection = _dissect(plan, workers, reused)
-        if "shapley" in plan.stages and reused.shapley is None:
-            with _timed(seconds, "shapley"):
-                values = runner.run_shapley(plan, workers, {name: results[name].mean_map for name, _ in plan.shapley_layers})
+        for name in plan.stages:
+            driver = runner.Driver(plan, workers, name, seconds)
+            with driver.timed(name):
+                results[name] = STAGES[name].run(plan, driver, results, reused.get(name))
     times = {"started": started, "finished": _now(), "wall_seconds": [{"step": k, "seconds": v} for k, v in seconds.items()]}
-    with _timed(seconds, "write"):
-        manifest = write_catalog(plan, results, crops, skipped, times, uuid.uuid4().hex, dissection, values, rendered,
-                                 projected, reused, record)
+    start = time.perf_counter()
+    manifest = write_catalog(plan, results, times, uuid.uuid4().hex, record)
+    seconds["write"] = round(time.perf_counter() - start, 2)
     runner.clear_work(plan)
     return RunResult(plan.catalog, manifest, computed, resumed, {k: v for k, v in parts.items() if v}, seconds)
-
-
-@contextmanager
-def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
-    """Add the wall time of the block to seconds[name]."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 2)
-
-
-def _dissect(plan: RunPlan, workers: runner.Workers, reused: reuse.Reused) -> DissectionOutput:
-    layers = plan.layers_to_compute("dissection")
-    if not layers:
-        concepts = reused.concepts or {}
-        return DissectionOutput(dict(reused.dissection), concepts.get("used", 0),
-                                [(s["index"], s["reason"]) for s in concepts.get("skipped", [])])
-    cfg = dissection_config(plan.job)
-    space = dissection_passes.label_space(plan.broden)
-    passes = runner.run_dissection(plan, workers, plan.broden, space)
-    computed = dissection_passes.layer_results(layers, passes.thresholds, passes.tally, space, cfg.top, cfg.iou_threshold)
-    return DissectionOutput({**reused.dissection, **computed}, passes.tally.images, passes.tally.skipped)
 
 
 def _now() -> str:

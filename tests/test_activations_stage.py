@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pipeline.inputs.batches import Batch
-from pipeline.inputs.layer_taps import probe_layers
+from pipeline.inputs.model_survey import survey_model
 from pipeline.stages.activations import compute as activations
 from pipeline.stages.activations.compute import PAD_ID, Ranked
 
@@ -26,7 +26,7 @@ def test_statistics_match_direct_computation():
     model = _model()
     model(torch.zeros(1, 3, 12, 12))  # materialize the lazy layer
     x = torch.randn(10, 3, 12, 12)
-    layers = probe_layers(model, ["0", "1", "2", "4"], (3, 12, 12))
+    layers = survey_model(model, ["0", "1", "2", "4"], (3, 12, 12)).layers
     partial = activations.compute(model, layers, _batches(x, 4), k=3)
     with torch.no_grad():
         conv0 = model[0](x)
@@ -61,7 +61,7 @@ def test_merge_is_associative_and_shard_independent():
     model = _model()
     model(torch.zeros(1, 3, 12, 12))
     x = torch.randn(12, 3, 12, 12)
-    layers = probe_layers(model, ["0", "2"], (3, 12, 12))
+    layers = survey_model(model, ["0", "2"], (3, 12, 12)).layers
     whole = activations.compute(model, layers, _batches(x, 4), k=4)
     parts = [activations.compute(model, layers, _batches(x[s:s + 4], 4), k=4) for s in range(0, 12, 4)]
     for i, p in enumerate(parts):  # shift ids to the global numbering
@@ -82,7 +82,7 @@ def test_fewer_images_than_k_leaves_padding_out_of_the_examples():
 
     model = _model()
     model(torch.zeros(1, 3, 12, 12))
-    layers = probe_layers(model, ["0"], (3, 12, 12))
+    layers = survey_model(model, ["0"], (3, 12, 12)).layers
     partial = activations.compute(model, layers, _batches(torch.randn(2, 3, 12, 12), 4), k=5)
     rf = receptive_fields(model, ["0"], (3, 12, 12))["0"]
     result = activations.finalize(partial, layers[0], rf, (12, 12))

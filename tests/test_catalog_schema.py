@@ -13,7 +13,7 @@ import pytest
 
 import catalog_schema as cs
 from catalog_schema.storage import write_array, write_manifest, write_table
-from pipeline.reuse import column
+from catalog_schema.tables import from_table as column
 
 
 def _manifest(**extra):

@@ -16,7 +16,8 @@ from pipeline.inputs.models import LayerInfo
 from pipeline.stages.featvis import render as fv
 from pipeline.stages.featvis.projections import ProjectionRequest, project
 from pipeline.stages.featvis import objectives as obj
-from pipeline.inputs.first_layer import filter_images, input_convolutions
+from pipeline.inputs.model_survey import survey_model
+from pipeline.stages.featvis.filters import filter_images
 
 sys.path.insert(0, str(Path(__file__).parent / "assets"))
 from tiny_models import PatternDetectors  # noqa: E402
@@ -128,13 +129,13 @@ def test_objectives_compose():
 
 def test_first_layer_filters_as_images():
     model = PatternDetectors().eval()
-    assert input_convolutions(model, ["conv", "relu", "fc"], (3, 32, 32)) == ["conv"]
+    assert survey_model(model, ["conv", "relu", "fc"], (3, 32, 32)).input_convolutions == ["conv"]
     images = filter_images(model.conv)
     assert images.shape == (4, 7, 7, 3) and images.dtype == np.uint8
     assert images[0, 3, 3].tolist() == [255, 64, 64] and images[0, 0, 0].tolist() == [128, 128, 128]  # red centre
     assert (images[2, :, 0] == images[2, :, 4]).all() and not (images[2, :, 0] == images[2, :, 2]).all()  # stripes
     deeper = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(), nn.Conv2d(2, 2, 1))
-    assert input_convolutions(deeper, ["0", "2"], (3, 8, 8)) == ["0"]
+    assert survey_model(deeper, ["0", "2"], (3, 8, 8)).input_convolutions == ["0"]
 
 
 def test_projections_highlight_the_pattern_pixels():

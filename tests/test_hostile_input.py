@@ -26,7 +26,8 @@ from pipeline.inputs.batches import Preprocess
 from pipeline.inputs.broden import open_broden
 from pipeline.cli import main
 from pipeline.inputs.concept_batches import iter_concept_batches
-from pipeline.job.config import ModelConfig, load_job
+from pipeline.job.config import ModelConfig
+from pipeline.job.load import load_job
 from pipeline.errors import UserError
 from pipeline.inputs.images import SkippedImage, list_images, load_image
 from pipeline.inputs.models import build_model, recipe_from_config

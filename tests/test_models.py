@@ -8,10 +8,12 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.job.config import ModelConfig, load_job
+from pipeline.job.config import ModelConfig
+from pipeline.job.load import load_job
 from pipeline.errors import UserError
-from pipeline.inputs.fingerprints import layer_fingerprints, model_fingerprint
-from pipeline.inputs.layer_taps import probe_layers, tapped
+from pipeline.inputs.fingerprints import model_fingerprint
+from pipeline.inputs.layer_taps import tapped
+from pipeline.inputs.model_survey import survey_model
 from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
@@ -46,7 +48,7 @@ def test_layers_by_path_glob_and_default():
 
 def test_a_module_called_twice_is_read_on_its_last_call():
     model = torchvision.models.resnet18().eval()
-    infos = probe_layers(model, ["layer1.0.relu", "layer1.0"], (3, 32, 32))
+    infos = survey_model(model, ["layer1.0.relu", "layer1.0"], (3, 32, 32)).layers
     assert infos[0].calls == 2 and infos[1].calls == 1
     seen = {}
     with tapped(model, infos, lambda name, out: seen.__setitem__(name, out.clone())) as run:
@@ -60,13 +62,13 @@ def test_torchscript_files_are_refused_with_a_reason(tmp_path):
     torch.jit.save(scripted, tmp_path / "m.pt")
     model = build_model(recipe_from_config(ModelConfig(torchscript=tmp_path / "m.pt")))
     with pytest.raises(UserError, match="do not support forward hooks"):
-        probe_layers(model, ["0"], (3, 8, 8))
+        survey_model(model, ["0"], (3, 8, 8)).layers
 
 
 def test_a_layer_without_channel_output_is_refused():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(0))
     with pytest.raises(UserError, match="outputs shape"):
-        probe_layers(model, ["1"], (3, 8, 8))
+        survey_model(model, ["1"], (3, 8, 8)).layers
 
 
 def test_torch_export_archives_are_read_layer_by_layer(tmp_path):
@@ -75,7 +77,7 @@ def test_torch_export_archives_are_read_layer_by_layer(tmp_path):
     program = torch.export.export(source, (torch.randn(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
     torch.export.save(program, tmp_path / "r18.pt2")
     model = build_model(recipe_from_config(ModelConfig(torchscript=tmp_path / "r18.pt2")))
-    infos = probe_layers(model, resolve_layers(model, ("layer2", "fc")), (3, 32, 32))
+    infos = survey_model(model, resolve_layers(model, ("layer2", "fc")), (3, 32, 32)).layers
     assert [(i.name, i.shape) for i in infos] == [("layer2", (128, 4, 4)), ("fc", (4,))]
     x = torch.randn(3, 3, 32, 32)
     seen = {}
@@ -89,8 +91,8 @@ def test_torch_export_archives_are_read_layer_by_layer(tmp_path):
 def test_fingerprints_cover_zero_dim_buffers():
     model = torchvision.models.resnet18(num_classes=3).eval()  # BatchNorm's num_batches_tracked is a 0-dim tensor
     before = model_fingerprint(model)
-    layers = layer_fingerprints(model, ["layer1", "fc"], (3, 32, 32))
+    layers = survey_model(model, ["layer1", "fc"], (3, 32, 32)).fingerprints
     model.layer4[1].bn2.num_batches_tracked += 1
     assert model_fingerprint(model) != before
-    after = layer_fingerprints(model, ["layer1", "fc"], (3, 32, 32))
+    after = survey_model(model, ["layer1", "fc"], (3, 32, 32)).fingerprints
     assert after["layer1"] == layers["layer1"] and after["fc"] != layers["fc"]

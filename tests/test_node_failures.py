@@ -23,7 +23,7 @@ import ray
 from ray.cluster_utils import Cluster
 import ray._private.state
 
-from pipeline.job.config import load_job
+from pipeline.job.load import load_job
 from pipeline.run import run_job
 
 job_path, pattern, count, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])

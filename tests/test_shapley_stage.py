@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import sys
@@ -15,6 +16,8 @@ from torch import nn
 
 from pipeline.stages.shapley import estimator as sh
 from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model, whole_model
+from pipeline.stages.shapley.rounds import estimate, run_estimator
+from pipeline.stages.shapley.settings import ShapleySettings
 
 sys.path.insert(0, str(Path(__file__).parent / "assets"))
 from tiny_models import ShapleyPlanted  # noqa: E402
@@ -45,14 +48,21 @@ def _ablator(model, layer, units, x, y, metric="accuracy", batch=5, mean_maps=No
 
 
 def _estimate(ablator, permutations, seed=0, settings=sh.WalkSettings(), bandit_k=None):
-    players = ablator.players
-    stats = sh.SampleStats.empty(players)
-    v_full, v_none = ablator.evaluate(np.stack([np.zeros(players, bool), np.ones(players, bool)]))
-    for i in range(permutations):
-        chosen = sh.unsettled(stats, bandit_k, 0.2) if bandit_k else np.ones(players, bool)
-        order = np.random.default_rng([seed, i]).permutation(players)
-        stats.add(sh.walk(ablator.evaluate, order, chosen, v_full, v_none, settings))
-    return sh.summarize(stats, v_full, v_none, 1, 0.05, []), v_full, v_none
+    """The stage's own loop (rounds.run_estimator), one permutation per round, on an in-process evaluator."""
+    cfg = ShapleySettings(rounds=permutations, permutations_per_round=1, bandit=bandit_k is not None,
+                          top_k=bandit_k or 1, tolerance=settings.tolerance, patience=settings.patience)
+    result, _ = run_estimator(lambda items: [ablator.evaluate(r) for r in items], _walks(ablator), ablator.players, cfg, seed)
+    return result, result.v_full, result.v_none
+
+
+def _walks(ablator):
+    def walks(orders, chosen, v_full, v_none, settings):
+        out = []
+        for order in orders:
+            before = ablator.evaluations
+            out.append((sh.walk(ablator.evaluate, order, chosen, v_full, v_none, settings), ablator.evaluations - before))
+        return out
+    return walks
 
 
 def test_planted_additive_model_gets_its_closed_form_values():
@@ -125,11 +135,10 @@ def test_estimates_match_exact_enumeration_within_their_intervals():
 def test_truncation_and_bandit_save_evaluations_and_keep_the_top():
     _, x, y = _planted_data()
     ablator = _ablator(ShapleyPlanted(), "relu", 4, x, y)
-    before = ablator.evaluations
     res, _, _ = _estimate(ablator, 10, bandit_k=1)
     assert np.argmax(res.value) == 1  # green: 8 of 24 images
     # after the first walks every marginal is constant, so every unit settles and walks stop early
-    assert ablator.evaluations - before < 10 * 4 + 2
+    assert res.evaluations < 10 * 4
     stats = sh.SampleStats.empty(3)
     for _ in range(5):
         stats.add(np.array([1.0, 0.0, np.nan]))
@@ -197,3 +206,20 @@ def test_untraceable_model_runs_whole():
     assert not split.traced
     x = torch.randn(2, 3, 4, 4)
     torch.testing.assert_close(split.suffix(*split.prefix(x)), Branchy.forward(split.suffix, x))
+
+
+def test_the_rounds_resume_from_a_checkpoint_to_the_values_of_an_uninterrupted_run():
+    model = _small_cnn().eval()
+    torch.manual_seed(4)
+    x, y = torch.randn(30, 3, 8, 8), torch.randint(0, 3, (30,))
+    ablator = _ablator(model, "0", 6, x, y, metric="cross_entropy", batch=7)
+    v_full, v_none = ablator.evaluate(np.stack([np.zeros(6, bool), np.ones(6, bool)]))
+    cfg = ShapleySettings(rounds=6, permutations_per_round=3, top_k=2, tolerance=0.0)
+    walks = lambda orders, chosen: _walks(ablator)(orders, chosen, v_full, v_none, sh.WalkSettings(0.0))  # noqa: E731
+    saved = []
+    whole, history, rounds = estimate(walks, 6, cfg, seed=5, save=lambda state: saved.append(copy.deepcopy(state)))
+    assert rounds == len(saved) and history == saved[-1][1]
+    resumed, history_resumed, _ = estimate(walks, 6, cfg, seed=5, state=copy.deepcopy(saved[1]))
+    np.testing.assert_array_equal(resumed.total, whole.total)
+    np.testing.assert_array_equal(resumed.count, whole.count)
+    assert history_resumed == history and resumed.evaluations == whole.evaluations

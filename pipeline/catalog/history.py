@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from catalog_schema import LATEST, MANIFEST
+from catalog_schema.layout import WORK
 from pipeline.errors import UserError
 
 
@@ -26,7 +27,7 @@ def check_history_root(root: Path) -> None:
 
 def run_folder(root: Path) -> Path:
     """The folder this run writes: an interrupted run's (it holds checkpoints to resume from), else a new one."""
-    unfinished = sorted(p for p in _runs(root) if not (p / MANIFEST).exists() and (p / ".work").is_dir())
+    unfinished = sorted(p for p in _runs(root) if not (p / MANIFEST).exists() and (p / WORK).is_dir())
     if unfinished:
         return unfinished[-1]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from catalog_schema.layout import LOCK
 from pipeline.errors import UserError
 
-LOCK = ".lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0  # 20 missed heartbeats: the holder is gone (or hung beyond recovery)
 

@@ -15,7 +15,7 @@ def json_fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _hash_tensors(h: "hashlib._Hash", named: list[tuple[str, torch.Tensor]]) -> None:
+def hash_tensors(h: "hashlib._Hash", named: list[tuple[str, torch.Tensor]]) -> None:
     for name, t in named:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
@@ -25,40 +25,8 @@ def _hash_tensors(h: "hashlib._Hash", named: list[tuple[str, torch.Tensor]]) -> 
 def model_fingerprint(model: nn.Module) -> str:
     """Architecture (module tree) and every parameter and buffer."""
     h = hashlib.sha256(repr(model).encode())
-    _hash_tensors(h, list(model.state_dict().items()))
+    hash_tensors(h, list(model.state_dict().items()))
     return h.hexdigest()
-
-
-def layer_fingerprints(model: nn.Module, layers: list[str], input_shape: tuple[int, ...]) -> dict[str, str]:
-    """Per layer: a hash of the parameters and buffers of every module that ran before its output was ready.
-
-    Found by running one forward pass and recording leaf modules in execution order,
-    so a change to a later layer leaves an earlier layer's fingerprint as it was.
-    """
-    modules = dict(model.named_modules())
-    order: list[str] = []
-    ready: dict[str, int] = {}
-    handles = []
-    for name, module in modules.items():
-        if name and not any(True for _ in module.children()):
-            handles.append(module.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name)))
-    for name in layers:
-        handles.append(modules[name].register_forward_hook(lambda _m, _i, _o, name=name: ready.__setitem__(name, len(order))))
-    try:
-        with torch.inference_mode():
-            model(torch.zeros((1, *input_shape)))
-    finally:
-        for handle in handles:
-            handle.remove()
-    out = {}
-    for name in layers:
-        upstream = sorted(set(order[: ready[name]]) | {name})
-        h = hashlib.sha256()
-        for mod in upstream:
-            h.update(f"{mod}\0{type(modules[mod]).__name__}\0{modules[mod].extra_repr()}\n".encode())
-            _hash_tensors(h, [(f"{mod}.{k}", v) for k, v in modules[mod].state_dict().items()])
-        out[name] = h.hexdigest()
-    return out
 
 
 def concepts_fingerprint(broden: Any) -> str:

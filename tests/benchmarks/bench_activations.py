@@ -31,7 +31,7 @@ import torch
 import torchvision
 
 from pipeline.inputs.batches import Batch
-from pipeline.inputs.layer_taps import probe_layers
+from pipeline.inputs.model_survey import survey_model
 from pipeline.inputs.models import resolve_layers
 from pipeline.stages.activations import compute as activations
 
@@ -41,7 +41,7 @@ def overhead(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
     names = resolve_layers(model, ())
-    layers = probe_layers(model, names, (3, args.size, args.size))
+    layers = survey_model(model, names, (3, args.size, args.size)).layers
     x = torch.randn(args.images, 3, args.size, args.size)
     batches = [Batch(np.zeros(0), x[s:s + args.batch], np.arange(s, min(s + args.batch, args.images)))
                for s in range(0, args.images, args.batch)]

@@ -152,8 +152,8 @@ def bench_stage(job_path: str, threads: int) -> None:
     from pipeline.inputs.batches import Preprocess
     from pipeline.inputs.broden import open_broden
     from pipeline.inputs.concept_batches import iter_concept_batches
-    from pipeline.job.config import load_job
-    from pipeline.inputs.layer_taps import probe_layers
+    from pipeline.job.load import load_job
+    from pipeline.inputs.model_survey import survey_model
     from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
     from pipeline.job.prepare import prepare_inputs
     from pipeline.stages.dissection import passes
@@ -164,7 +164,7 @@ def bench_stage(job_path: str, threads: int) -> None:
     cfg = job.stages.dissection
     model = build_model(recipe_from_config(job.model)).eval()
     shape = (len(job.model.mean), job.model.input_size, job.model.input_size)
-    layers = probe_layers(model, resolve_layers(model, job.model.layers), shape)
+    layers = survey_model(model, resolve_layers(model, job.model.layers), shape).layers
     broden = open_broden(job.concepts.broden, job.concepts.categories)
     prep = Preprocess(job.model.input_size, job.model.mean, job.model.std, job.data.batch_size)
     ids = list(range(len(broden.images)))

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from pipeline.inputs.batches import Preprocess, iter_batches
-from pipeline.job.config import load_job
+from pipeline.job.load import load_job
 from pipeline.inputs.images import list_images
-from pipeline.inputs.layer_taps import probe_layers
+from pipeline.inputs.model_survey import survey_model
 from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
 from pipeline.plan import eval_records, player_layers, shapley_config
 from pipeline.job.prepare import prepare_inputs
@@ -39,7 +39,7 @@ def setup(job_path: str):
     cfg = shapley_config(job)
     model = build_model(recipe_from_config(job.model)).eval()
     shape = (len(job.model.mean), job.model.input_size, job.model.input_size)
-    layers = probe_layers(model, resolve_layers(model, job.model.layers), shape)
+    layers = survey_model(model, resolve_layers(model, job.model.layers), shape).layers
     players = list(player_layers(job, model, layers))
     images = list_images(job.data.images, job.data.limit, job.seed)
     prep = Preprocess(job.model.input_size, job.model.mean, job.model.std, job.data.batch_size)

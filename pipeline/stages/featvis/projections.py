@@ -21,7 +21,7 @@ from pipeline.inputs.batches import Batch
 from pipeline.inputs.layer_taps import tapped
 from pipeline.inputs.models import LayerInfo
 from pipeline.stages.activations.crops import resize_region
-from pipeline.stages.featvis.relu_rules import relus_replaced
+from pipeline.stages.featvis.relu_rules import parameters_frozen, relus_replaced
 
 METHODS = ("deconvnet", "guided")
 
@@ -45,20 +45,24 @@ class ProjectionBatch:
 
 
 class _Rule:
-    method = "guided"
+    """Which backward rule the ReLUs of one projection round apply; set before each backward pass of that round."""
+
+    def __init__(self) -> None:
+        self.method = METHODS[0]
 
 
 class _ProjectionReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(ctx, x: torch.Tensor, rule: _Rule) -> torch.Tensor:  # noqa: D102
         ctx.save_for_backward(x)
+        ctx.rule = rule
         return x.clamp(min=0)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
         (x,) = ctx.saved_tensors
         positive = grad.clamp(min=0)
-        return positive if _Rule.method == "deconvnet" else positive * (x > 0)
+        return (positive if ctx.rule.method == "deconvnet" else positive * (x > 0)), None
 
 
 def project(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch], requests: list[ProjectionRequest],
@@ -73,23 +77,22 @@ def project(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch],
     for req in requests:
         by_image[req.image_id].append(req)
     filled: dict[str, list[tuple[int, int, np.ndarray]]] = defaultdict(list)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    with relus_replaced(model, _ProjectionReLU.apply):
+    rule = _Rule()
+    with parameters_frozen(model), relus_replaced(model, lambda x: _ProjectionReLU.apply(x, rule)):
         for batch in batches:
             rows = {int(i): r for r, i in enumerate(batch.image_ids.tolist())}
             rounds = max((len(by_image.get(i, ())) for i in rows), default=0)
             for r in range(rounds):
                 picked = [(row, by_image[i][r]) for i, row in rows.items() if len(by_image.get(i, ())) > r]
                 inputs = batch.inputs[[row for row, _ in picked]]
-                for (_, req), images in zip(picked, _one_round(model, layers, inputs, [req for _, req in picked], patch)):
+                for (_, req), images in zip(picked, _one_round(model, layers, inputs, [req for _, req in picked], patch, rule)):
                     filled[req.layer].append((req.unit, req.rank, images))
     return {layer: ProjectionBatch(np.array([f[0] for f in rows]), np.array([f[1] for f in rows]),
                                    np.stack([f[2] for f in rows])) for layer, rows in filled.items()}
 
 
 def _one_round(model: nn.Module, layers: list[LayerInfo], inputs: torch.Tensor,
-               picked: list[ProjectionRequest], patch: int) -> list[np.ndarray]:
+               picked: list[ProjectionRequest], patch: int, rule: _Rule) -> list[np.ndarray]:
     """Both projections of request i onto image i of `inputs`."""
     x = inputs.detach().clone().requires_grad_(True)
     outputs: dict[str, torch.Tensor] = {}
@@ -99,7 +102,7 @@ def _one_round(model: nn.Module, layers: list[LayerInfo], inputs: torch.Tensor,
                                          min(req.x, outputs[req.layer].shape[3] - 1)] for row, req in enumerate(picked))
         grads = []
         for method in METHODS:
-            _Rule.method = method
+            rule.method = method
             grads.append(torch.autograd.grad(target, x, retain_graph=method != METHODS[-1])[0].detach())
     out = []
     for row, req in enumerate(picked):

@@ -1,4 +1,4 @@
-"""Swapping the backward rule of a model's ReLUs for a while (featvis, projections)."""
+"""Changing a shared model for a while, and putting it back: ReLU backward rules, frozen parameters (featvis, projections)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,18 @@ def relus_replaced(model: nn.Module, relu: Callable[[torch.Tensor], torch.Tensor
     finally:
         for m in relus:
             del m.forward
+
+
+@contextmanager
+def parameters_frozen(model: nn.Module) -> Iterator[None]:
+    """No parameter of the model needs a gradient inside the block (only the input image is optimized);
+    each gets its own requires_grad back after it, since the worker's model is shared by every stage."""
+    params = list(model.parameters())
+    before = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, before):
+            p.requires_grad_(flag)

@@ -19,32 +19,8 @@ from torch import nn
 from pipeline.stages.featvis import objectives as obj
 from pipeline.stages.featvis.param import init_params, to_images
 from pipeline.stages.featvis.transforms import Transforms
-from pipeline.stages.featvis.relu_rules import relus_replaced
-
-
-@dataclass(frozen=True)
-class FeatvisSettings:
-    steps: int = 512
-    size: int = 128
-    lr: float = 0.05
-    param: str = "fourier"
-    transforms: str = "standard"
-    objective: str = "channel"
-    negative: bool = True
-    diversity: int = 0  # images in each unit's diverse set (0: none)
-    diversity_weight: float = 1.0
-    batch_units: int = 32  # images per optimization batch (fixed: results must not depend on it)
-    tv: float = 0.0  # weight of a total-variation penalty (frequency penalization; 0: off)
-    blur: float = 0.0  # weight of a penalty on the distance to the image blurred (0: off)
-    redirect_steps: int = 16
-    flat_std: float = 0.01  # a positive image whose pixels vary less than this (in [0, 1]) is flagged flat
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.5, 0.5, 0.5)
-
-    def views(self) -> list[tuple[str, int]]:
-        """(kind, copy) of each stored image of a unit: positive, negative, then the diverse set."""
-        return [("positive", 0)] + ([("negative", 0)] if self.negative else []) + \
-            [("diverse", i) for i in range(self.diversity)]
+from pipeline.stages.featvis.relu_rules import parameters_frozen, relus_replaced
+from pipeline.stages.featvis.settings import FeatvisSettings
 
 
 @dataclass
@@ -141,13 +117,12 @@ def render(model: nn.Module, layer: str, layer_index: int, units: list[int], set
     images hold); a short batch is padded to that size."""
     views = settings.views()
     per_batch = batch or max(1, settings.batch_units // len(views))
-    for p in model.parameters():
-        p.requires_grad_(False)
     parts = []
-    for start in range(0, len(units), per_batch):
-        real = list(units[start:start + per_batch])
-        padded = real + [real[-1]] * (per_batch - len(real))  # a fixed batch size keeps results batch-independent
-        parts.append([a[:len(real)] for a in _optimize(model, layer, layer_index, padded, views, settings, seed, device)])
+    with parameters_frozen(model):
+        for start in range(0, len(units), per_batch):
+            real = list(units[start:start + per_batch])
+            padded = real + [real[-1]] * (per_batch - len(real))  # a fixed batch size keeps results batch-independent
+            parts.append([a[:len(real)] for a in _optimize(model, layer, layer_index, padded, views, settings, seed, device)])
     return FeatvisChunk(layer, np.asarray(units), *(np.concatenate(column) for column in zip(*parts)))
 
 

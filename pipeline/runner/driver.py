@@ -1,0 +1,134 @@
+"""The driver side of a run: model actors started once, and the passes stages ask for, fanned out to them.
+
+Each finished shard's partial is saved under the catalog's work folder before it is merged, so
+running the same command after an interruption skips it (see `Driver.fan_out`).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ray
+from tqdm import tqdm
+
+from catalog_schema.layout import WORK, shard_file
+from pipeline.plan import RunPlan
+from pipeline.runner.task_pool import completed, in_order
+from pipeline.runner.worker import ModelWorker
+
+T = TypeVar("T")
+
+
+@dataclass
+class Workers:
+    """The model actors, and a reference to the recipe they build the model from (held alive by the driver)."""
+
+    actors: list
+    recipe: list
+
+
+def start_workers(plan: RunPlan) -> Workers:
+    """Model actors: one per GPU when the cluster has GPUs, else one per `cpus_per_worker` CPUs."""
+    cfg = plan.job.ray
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0.0)
+    use_gpu = gpus > 0 and cfg.gpus_per_worker > 0
+    cpus = max(1.0, resources.get("CPU", 1.0))
+    count = cfg.workers or (int(gpus // cfg.gpus_per_worker) if use_gpu else max(1, int(cpus) // cfg.cpus_per_worker))
+    count = max(1, min(count, len(plan.shards)))
+    share = min(float(cfg.cpus_per_worker), cpus / count)  # never ask for more CPUs than exist: actors would wait forever
+    actor = ray.remote(ModelWorker).options(
+        num_cpus=share, num_gpus=cfg.gpus_per_worker if use_gpu else 0, max_restarts=2, max_task_retries=2,
+    )
+    workers = [actor.remote(str(plan.images.root), plan.prep, max(1, int(share))) for _ in range(count)]
+    ray.get([w.ready.remote() for w in workers])  # started (a stage's time is then its own)
+    return Workers(workers, [ray.put(plan.recipe)])  # a list: Ray passes a nested reference as is, unresolved
+
+
+@dataclass
+class Driver:
+    """What one stage's computation runs through (pipeline.stages.protocol.Driver)."""
+
+    plan: RunPlan
+    workers: Workers
+    stage: str
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per step, shared by the run's drivers
+    _steps: list[str] = field(default_factory=list)
+
+    def share(self, value: Any) -> list:
+        return [ray.put(value)]  # a list: passed to the actors unresolved, fetched once by each (Worker.get)
+
+    def _submit(self, work: Callable, args: Callable[[Any], tuple] | tuple):
+        def submit(actor, item):
+            extra = args(item) if callable(args) else args
+            return actor.run.remote(self.workers.recipe, work, item, extra)
+        return submit
+
+    def fan_out(self, name: str, desc: str, shards: Sequence[Any], work: Callable, args: Callable[[Any], tuple],
+                merge: Callable[[T, T], T], empty: T) -> T:
+        """work(worker, shard, *args(merged so far)) for every shard not checkpointed, merged as they complete."""
+        folder = self.plan.work_dir(name, self.stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        total, todo = empty, []
+        for shard in shards:
+            saved = folder / shard_file(shard.index)
+            if saved.exists():
+                total = merge(total, pickle.loads(saved.read_bytes()))
+            else:
+                todo.append(shard)
+        merged = [total]
+        submit = self._submit(work, lambda _shard: args(merged[0]))
+        with tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard", desc=desc, file=sys.stderr,
+                  disable=None) as bar:
+            for i, partial in completed(self.workers.actors, todo, submit):
+                atomic_write(folder / shard_file(todo[i].index), pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL))
+                merged[0] = merge(merged[0], partial)
+                bar.update(1)
+        return merged[0]
+
+    def map(self, work: Callable, items: Sequence[Any], *args: Any) -> list:
+        return in_order(self.workers.actors, list(items), self._submit(work, args))
+
+    def load(self, name: str) -> Any | None:
+        return self.plan.saved(self.stage, name)
+
+    def save(self, name: str, value: Any) -> None:
+        folder = self.plan.work_dir(self.stage, self.stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / name, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """The block's wall time counts as `step`, and not as the step it runs inside."""
+        start = time.perf_counter()
+        self.seconds.setdefault(step, 0.0)  # listed in the order the steps began
+        self._steps.append(step)
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - start
+            self._steps.pop()
+            self.seconds[step] = round(self.seconds.get(step, 0.0) + spent, 2)
+            if self._steps:
+                outer = self._steps[-1]
+                self.seconds[outer] = round(self.seconds.get(outer, 0.0) - spent, 2)
+
+
+def clear_work(plan: RunPlan) -> None:
+    """Drop the checkpoints once the catalog holds their result."""
+    shutil.rmtree(plan.catalog / WORK, ignore_errors=True)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

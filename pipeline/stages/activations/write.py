@@ -1,0 +1,79 @@
+"""What the activations stage puts in the catalog: the units and examples tables' rows, the images table,
+the example crops, heat maps, mean maps and probes, and the manifest's layers, data and summary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import catalog_schema as cs
+from pipeline.stages.activations.settings import ActivationsSettings
+
+if TYPE_CHECKING:
+    from pipeline.catalog.writer import Draft
+    from pipeline.plan import RunPlan
+    from pipeline.stages.activations.stage import ActivationsResult
+
+
+def write_activations(draft: Draft, plan: RunPlan, result: ActivationsResult, settings: ActivationsSettings) -> None:
+    names = [info.name for info in plan.layers]
+    layers = result.layers
+    draft.units.update({c: np.concatenate([layers[n].units[c] for n in names]) for c in layers[names[0]].units})
+    draft.table("examples", {c: np.concatenate([layers[n].examples[c] for n in names]) for c in layers[names[0]].examples})
+    draft.table("images", _image_columns(plan, result.skipped))
+    k, patch = settings.k, settings.patch_size
+    paths = {r.image_id: r.path for r in plan.images.records}
+    for info in plan.layers:
+        if info.name in result.reused:
+            for kind in (cs.EXAMPLES, cs.HEATMAPS):
+                draft.copy_array(result.previous.path, kind, info.name)
+        else:
+            pics = np.zeros((info.units, 2 * k, patch, patch, 3), np.uint8)
+            heat = np.zeros((info.units, 2 * k, patch, patch), np.uint8)
+            for batch in result.crops.get(info.name, []):
+                pics[batch.unit, batch.slot] = batch.crops if batch.crops.shape[-1] == 3 else batch.crops.repeat(3, axis=-1)
+                heat[batch.unit, batch.slot] = batch.heat
+            draft.array(cs.EXAMPLES, info.name, pics)
+            draft.array(cs.HEATMAPS, info.name, heat)
+        res = layers[info.name]
+        draft.array(cs.MEAN_MAPS, info.name, res.mean_map)
+        draft.array(cs.PROBES, info.name, res.probe, {"image_ids": [int(i) for i in res.probe_ids],
+                                                       "paths": [paths[int(i)] for i in res.probe_ids]})
+    draft.manifest.update(_manifest_sections(plan, draft.units, result.skipped))
+    draft.manifest["settings"]["activations"] = asdict(settings)
+
+
+def _image_columns(plan: RunPlan, skipped: list[tuple[int, str]]) -> dict[str, list]:
+    reasons = dict(skipped)
+    recs = plan.images.records
+    return {
+        "image_id": [r.image_id for r in recs], "path": [r.path for r in recs], "label": [r.label for r in recs],
+        "label_index": [r.label_index for r in recs], "skipped": [r.image_id in reasons for r in recs],
+        "skip_reason": [reasons.get(r.image_id) for r in recs],
+    }
+
+
+def _manifest_sections(plan: RunPlan, units: dict[str, np.ndarray], skipped: list[tuple[int, str]]) -> dict[str, Any]:
+    paths = {r.image_id: r.path for r in plan.images.records}
+    dead = units["dead"].astype(bool)
+    layers = []
+    for info in plan.layers:
+        rf = plan.fields[info.name]
+        in_layer = units["layer"] == info.name
+        layers.append({
+            "name": info.name, "units": info.units, "shape": list(info.shape), "dead_units": int(dead[in_layer].sum()),
+            "receptive_field": {"jump": list(rf.jump), "offset": list(rf.offset), "size": list(rf.size),
+                                "whole_image": rf.whole_image, "exact": rf.exact},
+        })
+    return {
+        "layers": layers,
+        "data": {
+            "root": str(plan.images.root), "classes": list(plan.images.classes),
+            "images": len(plan.images.records), "used": len(plan.images.records) - len(skipped),
+            "skipped": [{"image_id": i, "path": paths[i], "reason": why} for i, why in skipped],
+        },
+        "summary": {"layers": len(plan.layers), "units": int(len(dead)), "dead_units": int(dead.sum()),
+                    "nonfinite_units": int((np.asarray(units["nonfinite"]) > 0).sum())},
+    }

@@ -1,0 +1,188 @@
+"""The dissection stage (Network Dissection): per unit a threshold at its top quantile over the concept data set,
+then the IoU of its thresholded maps with every concept's masks, and its best concept.
+
+The passes: thresholds (one pass keeping the top values, or three radix counting passes in bounded
+memory), then the tally; each over the concept shards, merged exactly and checkpointed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import nn
+
+from catalog_schema import Catalog
+from catalog_schema.layout import DISSECTION_COLUMNS
+from catalog_schema.tables import from_table, rows_of_layer
+from pipeline.errors import UserError
+from pipeline.inputs.broden import Broden, open_broden
+from pipeline.inputs.concept_batches import iter_concept_batches
+from pipeline.inputs.fingerprints import concepts_fingerprint, json_fingerprint
+from pipeline.inputs.models import LayerInfo
+from pipeline.job.checks import check_exists
+from pipeline.stages.dissection import passes, radix
+from pipeline.stages.dissection.measure import DissectionResult, LabelSpace, finalize_thresholds
+from pipeline.stages.dissection.settings import DissectionSettings, check
+from pipeline.stages.dissection.write import write_dissection
+from pipeline.stages.protocol import Driver, LayerInputs, Shared, Stage, Worker
+
+if TYPE_CHECKING:
+    from pipeline.catalog.writer import Draft
+    from pipeline.plan import RunPlan
+
+
+@dataclass(frozen=True)
+class ConceptShard:
+    """Whole global batches of concept images (positions in the Broden index)."""
+
+    index: int
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DissectionPart:
+    broden: Broden
+    shards: tuple[ConceptShard, ...]
+
+
+@dataclass
+class DissectionOutput:
+    """Results per layer (computed and reused) and the concept images used or skipped."""
+
+    layers: dict[str, DissectionResult]
+    images_used: int
+    skipped: list[tuple[int, str]]
+
+
+class DissectionStage(Stage):
+    name = "dissection"
+    Settings = DissectionSettings
+
+    def check(self, settings: DissectionSettings, key: str) -> None:
+        check(settings, key)
+
+    def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> DissectionPart:
+        job = plan.job
+        if job.concepts.broden is None:
+            raise UserError("stage 'dissection' needs [concepts] broden = a Broden-format directory.")
+        check_exists(job, "concepts.broden", job.concepts.broden)
+        broden = open_broden(job.concepts.broden, job.concepts.categories)
+        ids, size = list(range(len(broden.images))), plan.shard_images
+        return DissectionPart(broden, tuple(ConceptShard(i, tuple(ids[s:s + size]))
+                                            for i, s in enumerate(range(0, len(ids), size))))
+
+    def fingerprints(self, part: DissectionPart) -> dict[str, str]:
+        return {"concepts": concepts_fingerprint(part.broden)}
+
+    def inputs(self, plan: RunPlan) -> LayerInputs:
+        d = {k: v for k, v in asdict(self.settings(plan.job)).items() if k != "threshold_memory_mb"}  # how, not what
+        settings = json_fingerprint({"dissection": d, "prep": asdict(plan.prep)})
+        fp = plan.fingerprints
+        return {info.name: {"layer": fp["layers"][info.name], "concepts": fp["concepts"], "settings": settings}
+                for info in plan.layers}
+
+    def load(self, plan: RunPlan, previous: Catalog, layers: list[str]) -> DissectionOutput:
+        units, concepts = previous.arrow("units"), previous.arrow("dissection")
+        found = {}
+        for name in layers:
+            rows = rows_of_layer(units, name).sort_by("unit")
+            best = {c: from_table(rows, c) for c in ("layer", "unit", *DISSECTION_COLUMNS)}
+            best["interpretable"] = best["interpretable"].astype(bool)
+            table = rows_of_layer(concepts, name)
+            found[name] = DissectionResult({c: from_table(table, c) for c in table.column_names}, best,
+                                           np.zeros((0, 0), np.float32))
+        info = previous.manifest.get("concepts") or {}
+        return DissectionOutput(found, info.get("used", 0), [(s["index"], s["reason"]) for s in info.get("skipped", [])])
+
+    def pass_names(self, plan: RunPlan) -> list[str]:
+        """The checkpoint names of the passes over the concept shards."""
+        cfg, part = self.settings(plan.job), plan.parts[self.name]
+        layers = plan.layers_to_compute(self.name)
+        return [*passes.threshold_passes(layers, len(part.broden.images), cfg.quantile, cfg.threshold_memory_mb),
+                "dissection-tally"]
+
+    def checkpoints(self, plan: RunPlan) -> list[tuple[str, Any]]:
+        if not plan.layers_to_compute(self.name):
+            return []
+        return [(name, plan.parts[self.name].shards) for name in self.pass_names(plan)]
+
+    def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: DissectionOutput | None) -> DissectionOutput:
+        reused = reused or DissectionOutput({}, 0, [])
+        layers = plan.layers_to_compute(self.name)
+        if not layers:
+            return reused
+        cfg, part = self.settings(plan.job), plan.parts[self.name]
+        space, broden = passes.label_space(part.broden), driver.share(part.broden)
+        if self.pass_names(plan)[0] == "dissection-thresholds":
+            thresholds = _thresholds(driver, part, broden, layers, cfg.quantile)
+        else:
+            thresholds = _radix_thresholds(driver, part, broden, layers, cfg.quantile)
+        tally = driver.fan_out("dissection-tally", "dissection tally", part.shards, tally_shard,
+                               lambda _total: (broden, layers, thresholds, space), passes.merge,
+                               passes.empty_tally(layers, space))
+        computed = passes.layer_results(layers, thresholds, tally, space, cfg.top, cfg.iou_threshold)
+        return DissectionOutput({**reused.layers, **computed}, tally.images, tally.skipped)
+
+    def write(self, draft: Draft, plan: RunPlan, result: DissectionOutput) -> None:
+        write_dissection(draft, plan, result, plan.parts[self.name].broden, self.settings(plan.job))
+
+
+def _thresholds(driver: Driver, part: DissectionPart, broden: Shared, layers: list[LayerInfo],
+                quantile: float) -> dict[str, np.ndarray]:
+    """Pass 1: each unit's top values over the concept data set (pruned by what the shards merged so far hold)."""
+    totals = passes.activation_counts(layers, len(part.broden.images))
+    partial = driver.fan_out("dissection-thresholds", "dissection thresholds", part.shards, threshold_shard,
+                             lambda total: (broden, layers, quantile, totals, passes.floors(total)), passes.merge,
+                             passes.empty_thresholds(layers, quantile, totals))
+    _check_concepts_read(partial, part.broden)
+    return {name: finalize_thresholds(p) for name, p in partial.layers.items()}
+
+
+def _radix_thresholds(driver: Driver, part: DissectionPart, broden: Shared, layers: list[LayerInfo],
+                      quantile: float) -> dict[str, np.ndarray]:
+    """The same exact thresholds in bounded memory: three counting passes (radix selection, see radix.py)."""
+    states = {info.name: radix.start(info.units) for info in layers}
+    for step in range(len(radix.PASSES)):
+        empty = passes.ConceptPartial({info.name: radix.empty(info.units, step) for info in layers})
+        partial = driver.fan_out(f"dissection-radix{step}", f"dissection thresholds {step + 1}/{len(radix.PASSES)}",
+                                 part.shards, radix_shard, lambda _total, states=states: (broden, layers, states),
+                                 passes.merge, empty)
+        _check_concepts_read(partial, part.broden)
+        states = {name: radix.select(states[name], p, quantile) for name, p in partial.layers.items()}
+    return {name: radix.thresholds(state) for name, state in states.items()}
+
+
+def _check_concepts_read(partial: passes.ConceptPartial, broden: Broden) -> None:
+    if partial.images == 0:
+        raise UserError(f"concepts.broden {broden.root}: none of its {len(broden.images)} images could be read "
+                        f"(first: {partial.skipped[0][1] if partial.skipped else '?'}). Fix the images or their masks.")
+
+
+def _batches(worker: Worker, broden: Shared, shard: ConceptShard, skipped: list):
+    return iter_concept_batches(worker.get(broden), shard.ids, worker.prep, skipped, worker.device)
+
+
+def threshold_shard(worker: Worker, shard: ConceptShard, broden: Shared, layers: list[LayerInfo], quantile: float,
+                    totals: dict[str, int], floor: dict) -> passes.ConceptPartial:
+    skipped: list[tuple[int, str]] = []
+    partial = passes.threshold_pass(worker.model(), layers, _batches(worker, broden, shard, skipped), quantile, totals, floor)
+    partial.skipped = sorted(skipped)
+    return partial
+
+
+def radix_shard(worker: Worker, shard: ConceptShard, broden: Shared, layers: list[LayerInfo],
+                states: dict) -> passes.ConceptPartial:
+    skipped: list[tuple[int, str]] = []
+    partial = passes.radix_pass(worker.model(), layers, _batches(worker, broden, shard, skipped), states)
+    partial.skipped = sorted(skipped)
+    return partial
+
+
+def tally_shard(worker: Worker, shard: ConceptShard, broden: Shared, layers: list[LayerInfo], thresholds: dict,
+                space: LabelSpace) -> passes.ConceptPartial:
+    skipped: list[tuple[int, str]] = []
+    partial = passes.tally_pass(worker.model(), layers, _batches(worker, broden, shard, skipped), thresholds, space)
+    partial.skipped = sorted(skipped)
+    return partial

@@ -1,0 +1,45 @@
+"""What the dissection stage puts in the catalog: dissection.parquet, each unit's best concept in the units
+table, per layer the interpretable units and distinct concepts, the concept data set as used."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from catalog_schema.layout import DISSECTION_COLUMNS
+from pipeline.inputs.broden import Broden
+from pipeline.stages.dissection.settings import DissectionSettings
+
+if TYPE_CHECKING:
+    from pipeline.catalog.writer import Draft
+    from pipeline.plan import RunPlan
+    from pipeline.stages.dissection.stage import DissectionOutput
+
+
+def write_dissection(draft: Draft, plan: RunPlan, out: DissectionOutput, broden: Broden,
+                     settings: DissectionSettings) -> None:
+    units, names = draft.units, [info.name for info in plan.layers]
+    best = [out.layers[n].units for n in names]
+    for column in DISSECTION_COLUMNS:
+        units[column] = np.concatenate([b[column] for b in best])
+    # a unit that never fires on the data set passes nothing on, whatever its top quantile matches
+    units["interpretable"] = units["interpretable"] & ~units["dead"].astype(bool)
+    rows = [out.layers[n].concepts for n in names]
+    draft.table("dissection", {c: np.concatenate([r[c] for r in rows]) for c in rows[0]})
+    manifest = draft.manifest
+    interpretable = units["interpretable"].astype(bool)
+    for layer in manifest["layers"]:
+        hit = interpretable & (units["layer"] == layer["name"])
+        layer["interpretable_units"] = int(hit.sum())
+        layer["unique_concepts"] = len(set(units["label"][hit]))
+    manifest["summary"]["interpretable_units"] = int(interpretable.sum())
+    manifest["summary"]["unique_concepts"] = len(set(units["label"][interpretable]))
+    manifest["settings"]["dissection"] = asdict(settings)
+    manifest["concepts"] = {
+        "root": str(broden.root), "categories": list(broden.categories), "labels": len(broden.labels),
+        "images": len(broden.images), "used": out.images_used, "ignored_columns": dict(broden.ignored_columns),
+        "ignored_rows": list(broden.ignored_rows),
+        "skipped": [{"index": i, "image": broden.images[i].image, "reason": why} for i, why in out.skipped],
+    }

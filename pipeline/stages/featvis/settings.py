@@ -1,0 +1,58 @@
+"""[stages.featvis]: the job's feature-visualization section, and the render settings derived from it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pipeline.errors import UserError
+from pipeline.job.checks import at_least_one
+
+
+@dataclass(frozen=True)
+class FeatvisSection:
+    steps: int = 512
+    size: int = 0  # 0: 128 px, or the model's input size when that is smaller
+    lr: float = 0.05
+    param: str = "fourier"  # or "pixel"
+    transforms: str = "standard"  # or "none"
+    objective: str = "channel"  # neuron | layer | class_logit | class_prob
+    negative: bool = True  # also render an image that inhibits the unit
+    diversity: int = 0  # also render a diverse set of this many images per unit
+    batch_units: int = 32  # images optimized together (fixed: results must not depend on it)
+    layers: tuple[str, ...] = ()  # layers to render (paths or globs among model.layers); empty: all of them
+    tv: float = 0.0  # frequency penalization: total-variation weight (0: off)
+    blur: float = 0.0  # frequency penalization: weight of the distance to the blurred image (0: off)
+
+
+@dataclass(frozen=True)
+class FeatvisSettings(FeatvisSection):
+    """What a render needs: the section with its size resolved, the model's normalization, fixed constants."""
+
+    size: int = 128
+    diversity_weight: float = 1.0
+    redirect_steps: int = 16  # steps with Lucid's redirected ReLU gradient
+    flat_std: float = 0.01  # a positive image whose pixels vary less than this (in [0, 1]) is flagged flat
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def views(self) -> list[tuple[str, int]]:
+        """(kind, copy) of each stored image of a unit: positive, negative, then the diverse set."""
+        return [("positive", 0)] + ([("negative", 0)] if self.negative else []) + \
+            [("diverse", i) for i in range(self.diversity)]
+
+    def described(self) -> dict:
+        """The settings a unit's images depend on (the manifest's settings.featvis; which layers is not one)."""
+        out = asdict(self)
+        del out["layers"]
+        return out
+
+
+def check(s: FeatvisSection, key: str) -> None:
+    at_least_one({f"{key}.steps": s.steps, f"{key}.batch_units": s.batch_units})
+    for name, allowed in (("param", ("fourier", "pixel")), ("transforms", ("standard", "none")),
+                          ("objective", ("channel", "neuron", "layer", "class_logit", "class_prob"))):
+        if getattr(s, name) not in allowed:
+            raise UserError(f"job key '{key}.{name}' must be one of {', '.join(allowed)}, got {getattr(s, name)!r}.")
+    if s.size < 0 or s.diversity < 0 or s.diversity == 1 or s.lr <= 0 or s.tv < 0 or s.blur < 0:
+        raise UserError(f"job keys '{key}.size' (0: automatic), 'diversity' (0, or 2 and more), 'lr' "
+                        f"(positive), 'tv' and 'blur' (0 or more) got {s.size}, {s.diversity}, {s.lr}, {s.tv}, {s.blur}.")

@@ -1,0 +1,168 @@
+"""The featvis stage: per unit an optimized image that excites it (and one that inhibits it), the projections of
+its top examples back to pixels (deconvnet, guided backprop), and the filters of layers that read the input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import nn
+
+import catalog_schema as cs
+from catalog_schema import Catalog
+from catalog_schema.layout import FEATVIS_COLUMNS
+from catalog_schema.tables import from_table, rows_of_layer
+from pipeline.errors import UserError
+from pipeline.inputs.batches import iter_batches
+from pipeline.inputs.fingerprints import json_fingerprint
+from pipeline.inputs.models import LayerInfo, resolve_layers
+from pipeline.stages.activations.stage import settings_hash as activations_hash
+from pipeline.stages.featvis import projections, render
+from pipeline.stages.featvis.filters import filter_images
+from pipeline.stages.featvis.settings import FeatvisSection, FeatvisSettings, check
+from pipeline.stages.featvis.write import write_featvis
+from pipeline.stages.image_chunks import ImageChunk, image_chunks, merge_by_layer
+from pipeline.stages.protocol import Driver, LayerInputs, Stage, Worker
+
+if TYPE_CHECKING:
+    from pipeline.catalog.writer import Draft
+    from pipeline.plan import RunPlan
+
+
+@dataclass(frozen=True)
+class FeatvisTask:
+    """Units of one layer rendered together (whole optimization batches)."""
+
+    index: int
+    layer: str
+    layer_index: int  # position among the job's layers: part of each image's seed
+    units: tuple[int, ...]
+    batch: int  # units optimized together: the same for every task of the layer (a short one is padded)
+
+
+@dataclass(frozen=True)
+class FeatvisPart:
+    settings: FeatvisSettings
+    tasks: tuple[FeatvisTask, ...]
+    filters: dict[str, np.ndarray]  # layer -> uint8 [units, kh, kw, 3], for layers that convolve the input
+
+
+@dataclass
+class FeatvisResult:
+    rendered: dict[int, render.FeatvisChunk]  # task index -> its units' images and scores (computed layers)
+    projected: dict[str, list[projections.ProjectionBatch]]  # computed layers' projections
+    reused: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # layer -> FEATVIS_COLUMNS of the previous catalog
+    previous: Catalog | None = None
+
+
+class FeatvisStage(Stage):
+    name = "featvis"
+    Settings = FeatvisSection
+    arrays = (cs.PROJECTIONS,)
+
+    def check(self, settings: FeatvisSection, key: str) -> None:
+        check(settings, key)
+
+    def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> FeatvisPart:
+        job, cfg = plan.job, self.settings(plan.job)
+        size = cfg.size or min(128, job.model.input_size)
+        settings = FeatvisSettings(**{**cfg.__dict__, "size": size, "mean": tuple(job.model.mean), "std": tuple(job.model.std)})
+        modules = dict(model.named_modules())
+        filters = {name: filter_images(modules[name]) for name in survey.input_convolutions}
+        return FeatvisPart(settings, _tasks(plan.layers, _rendered_layers(model, cfg, plan.layers), settings), filters)
+
+    def inputs(self, plan: RunPlan) -> LayerInputs:
+        fp, part = plan.fingerprints, plan.parts[self.name]
+        rendered = {task.layer for task in part.tasks}
+        return {info.name: {"layer": fp["layers"][info.name], "data": fp["data"], "activations": activations_hash(plan),
+                            "settings": json_fingerprint({"featvis": part.settings.described(), "layer_index": i,
+                                                          "rendered": info.name in rendered, "seed": plan.job.seed})}
+                for i, info in enumerate(plan.layers)}
+
+    def load(self, plan: RunPlan, previous: Catalog, layers: list[str]) -> FeatvisResult:
+        units = previous.arrow("units")
+        columns = {}
+        for name in layers:
+            rows = rows_of_layer(units, name).sort_by("unit")
+            columns[name] = {c: from_table(rows, c) for c in FEATVIS_COLUMNS}
+        return FeatvisResult({}, {}, columns, previous)
+
+    def checkpoints(self, plan: RunPlan) -> list[tuple[str, Any]]:
+        return [("featvis", self._tasks_to_compute(plan))]
+
+    def other_checkpoints(self, plan: RunPlan) -> dict[str, int]:
+        return {"projection chunk(s)": plan.finished_shards("projections", self.name)}
+
+    def _tasks_to_compute(self, plan: RunPlan) -> list[FeatvisTask]:
+        wanted = {info.name for info in plan.layers_to_compute(self.name)}
+        return [t for t in plan.parts[self.name].tasks if t.layer in wanted]
+
+    def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: FeatvisResult | None) -> FeatvisResult:
+        out = reused or FeatvisResult({}, {})
+        settings, seed = plan.parts[self.name].settings, plan.job.seed
+        out.rendered = driver.fan_out("featvis", "feature visualization", self._tasks_to_compute(plan), render_task,
+                                      lambda _total: (settings, seed), lambda a, b: {**a, **b}, {})
+        with driver.timed("projections"):
+            requests = projection_requests(plan, results["activations"].layers)
+            asked = [info for info in plan.layers if info.name in {req.layer for req in requests}]
+            patch = plan.parts["activations"].patch
+            chunks = image_chunks(plan.images.records, requests, plan.prep.batch_size)
+            out.projected = driver.fan_out("projections", "projections", chunks, chunk_projections,
+                                           lambda _total: (asked, patch), merge_by_layer, {})
+        return out
+
+    def write(self, draft: Draft, plan: RunPlan, result: FeatvisResult) -> None:
+        write_featvis(draft, plan, result, plan.parts[self.name])
+
+
+def _rendered_layers(model: nn.Module, cfg: FeatvisSection, layers: list[LayerInfo]) -> list[str]:
+    """The layers to render: [stages.featvis] layers (among model.layers), else all of them."""
+    names = [info.name for info in layers]
+    if not cfg.layers:
+        return names
+    chosen = set(resolve_layers(model, cfg.layers))
+    outside = sorted(chosen - set(names))
+    if outside:
+        raise UserError(f"stages.featvis.layers selects {', '.join(outside)}, which model.layers does not: "
+                        f"choose among {', '.join(names)}.")
+    return [n for n in names if n in chosen]
+
+
+def _tasks(layers: list[LayerInfo], names: list[str], settings: FeatvisSettings) -> tuple[FeatvisTask, ...]:
+    """Each task a whole optimization batch of one layer's units: as few batches as `batch_units` allows, of even size."""
+    most = max(1, settings.batch_units // len(settings.views()))
+    tasks: list[FeatvisTask] = []
+    for layer_index, info in enumerate(layers):
+        if info.name in names:
+            per_task = -(-info.units // -(-info.units // most))
+            for start in range(0, info.units, per_task):
+                units = tuple(range(start, min(start + per_task, info.units)))
+                tasks.append(FeatvisTask(len(tasks), info.name, layer_index, units, per_task))
+    return tuple(tasks)
+
+
+def projection_requests(plan: RunPlan, layers: dict[str, Any]) -> list[projections.ProjectionRequest]:
+    """One request per top example of the computed layers: project the unit's maximum in that image back to its pixels."""
+    requests = []
+    for info in plan.layers_to_compute("featvis"):
+        ex = layers[info.name].examples
+        for i in np.flatnonzero(ex["sign"] == "top"):
+            box = (int(ex["box_y0"][i]), int(ex["box_x0"][i]), int(ex["box_y1"][i]), int(ex["box_x1"][i]))
+            requests.append(projections.ProjectionRequest(info.name, int(ex["unit"][i]), int(ex["rank"][i]),
+                                                          int(ex["image_id"][i]), int(ex["y"][i]), int(ex["x"][i]), box))
+    return requests
+
+
+def render_task(worker: Worker, task: FeatvisTask, settings: FeatvisSettings, seed: int) -> dict[int, render.FeatvisChunk]:
+    """On an actor: one task's units rendered, keyed by the task's index."""
+    chunk = render.render(worker.model(), task.layer, task.layer_index, list(task.units), settings, seed, worker.device,
+                          task.batch)
+    return {task.index: chunk}
+
+
+def chunk_projections(worker: Worker, chunk: ImageChunk, layers: list[LayerInfo],
+                      patch: int) -> dict[str, list[projections.ProjectionBatch]]:
+    """On an actor: both projections of every request of one chunk of images."""
+    batches = iter_batches(worker.root, [list(chunk.records)], worker.prep, [], worker.device)
+    return {layer: [b] for layer, b in projections.project(worker.model(), layers, batches, list(chunk.requests), patch).items()}

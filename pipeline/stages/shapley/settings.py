@@ -1,0 +1,36 @@
+"""[stages.shapley]: the metric, the players and the bandit of Neuron Shapley."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.errors import UserError
+from pipeline.job.checks import at_least_one
+
+
+@dataclass(frozen=True)
+class ShapleySettings:
+    metric: str = "accuracy"  # or "cross_entropy" (V = minus the mean cross-entropy)
+    eval_images: int = 256  # a seeded subset of the labelled images
+    target_class: int = -1  # -1: the whole metric; N: the metric on class N's images
+    layers: tuple[str, ...] = ()  # player layers (paths or globs among model.layers); empty: all of them
+    top_k: int = 10  # the bandit settles membership in the top k
+    rounds: int = 30  # at most this many rounds of permutations
+    permutations_per_round: int = 8
+    bandit: bool = True  # false: plain truncated Monte-Carlo (every player sampled in every walk)
+    tolerance: float = 0.01  # truncate a walk once V stays within this of V(all units removed)...
+    patience: int = 6  # ... for this many evaluations in a row (tolerance 0: never truncate)
+    delta: float = 0.2  # the bandit's confidence parameter (the paper's)
+    ci_delta: float = 0.05  # reported intervals hold with probability 1 - ci_delta
+
+
+def check(s: ShapleySettings, key: str) -> None:
+    if s.metric not in ("accuracy", "cross_entropy"):
+        raise UserError(f"job key '{key}.metric' must be \"accuracy\" or \"cross_entropy\", got {s.metric!r}.")
+    for name in ("delta", "ci_delta"):
+        if not 0 < getattr(s, name) < 1:
+            raise UserError(f"job key '{key}.{name}' must be between 0 and 1, got {getattr(s, name)}.")
+    if s.tolerance < 0:
+        raise UserError(f"job key '{key}.tolerance' must be 0 or more, got {s.tolerance}.")
+    at_least_one({f"{key}.{name}": getattr(s, name)
+                  for name in ("eval_images", "top_k", "rounds", "permutations_per_round", "patience")})

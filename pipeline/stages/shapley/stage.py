@@ -1,0 +1,161 @@
+"""The shapley stage (Neuron Shapley): how much of the model's accuracy rests on each player unit, with a
+confidence interval, and the ablation check; computed for the model as a whole, so reused all or nothing."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from catalog_schema import Catalog
+from catalog_schema.layout import SHAPLEY_COLUMNS
+from pipeline.errors import UserError
+from pipeline.inputs.batches import iter_batches
+from pipeline.inputs.fingerprints import json_fingerprint
+from pipeline.inputs.images import ImageRecord, ImageSet
+from pipeline.inputs.models import LayerInfo, resolve_layers
+from pipeline.stages.activations.stage import settings_hash as activations_hash
+from pipeline.stages.protocol import WHOLE_MODEL, Driver, LayerInputs, Shared, Stage, Worker
+from pipeline.stages.shapley import estimator as est
+from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model
+from pipeline.stages.shapley.rounds import run_estimator
+from pipeline.stages.shapley.settings import ShapleySettings, check
+from pipeline.stages.shapley.write import copy_shapley, write_shapley
+
+if TYPE_CHECKING:
+    from pipeline.catalog.writer import Draft
+    from pipeline.plan import RunPlan
+
+ROUNDS = "rounds.pkl"  # the stage's checkpoint: the state after the last finished round
+
+
+@dataclass(frozen=True)
+class ShapleyPart:
+    players: tuple[tuple[str, int], ...]  # player layers (path, units)
+    eval_set: tuple[ImageRecord, ...]  # the evaluation images
+
+
+class ShapleyStage(Stage):
+    name = "shapley"
+    Settings = ShapleySettings
+
+    def check(self, settings: ShapleySettings, key: str) -> None:
+        check(settings, key)
+
+    def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> ShapleyPart:
+        cfg = self.settings(plan.job)
+        part = ShapleyPart(_players(cfg, model, plan.layers), eval_records(plan.images, cfg, plan.job.seed))
+        classes = plan.images.classes
+        if not isinstance(survey.output, tuple) or len(survey.output) != 2 or survey.output[1] < len(classes):
+            raise UserError(f"stage 'shapley' scores the model's class outputs, but the model returns {survey.output} for "
+                            f"{len(classes)} classes in data.images ({', '.join(classes)}): it needs "
+                            "[N, classes] logits in the sorted order of the class folders.")
+        return part
+
+    def inputs(self, plan: RunPlan) -> LayerInputs:
+        fp, part, job = plan.fingerprints, plan.parts[self.name], plan.job
+        evals = json_fingerprint([(r.image_id, r.path, r.label_index) for r in part.eval_set])
+        settings = json_fingerprint({"shapley": asdict(self.settings(job)), "players": part.players,
+                                     "activations": activations_hash(plan), "seed": job.seed})
+        return {WHOLE_MODEL: {"model": fp["model"], "data": fp["data"], "eval_set": evals, "settings": settings}}
+
+    def load(self, plan: RunPlan, previous: Catalog, layers: list[str]) -> dict:
+        """The previous run's tables, manifest sections and units columns (the model and evaluation set are unchanged)."""
+        units = previous.arrow("units")
+        values = zip(*(units.column(c).to_pylist() for c in ("layer", "unit", *SHAPLEY_COLUMNS)))
+        return {"shapley": previous.arrow("shapley"), "shapley_ablation": previous.arrow("shapley_ablation"),
+                "manifest": previous.manifest["shapley"], "settings": previous.manifest["settings"]["shapley"],
+                "units": {(layer, unit): tuple(rest) for layer, unit, *rest in values if rest[0] is not None}}
+
+    def other_checkpoints(self, plan: RunPlan) -> dict[str, int]:
+        saved = plan.saved(self.name, ROUNDS)
+        return {"Shapley round(s)": saved[2] if saved else 0}
+
+    def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: dict | None) -> Any:
+        if reused is not None:
+            return reused
+        cfg, part = self.settings(plan.job), plan.parts[self.name]
+        layers = list(part.players)
+        maps = results["activations"].layers
+        setup = driver.share((list(part.eval_set), layers, [maps[name].mean_map for name, _ in layers], cfg.metric))
+        images: list[int] = []
+
+        def evaluate(items: list[np.ndarray]) -> list[np.ndarray]:
+            out = driver.map(evaluate_coalitions, items, setup)
+            if not images:
+                images.append(out[0][1])
+                if images[0] == 0:
+                    raise UserError("stage 'shapley': none of the evaluation images could be read; check data.images.")
+            return [values for values, _ in out]
+
+        walks = lambda orders, chosen, v_full, v_none, settings: driver.map(  # noqa: E731
+            walk_permutation, orders, setup, chosen, v_full, v_none, settings)
+        players = sum(units for _, units in layers)
+        result, ablation = run_estimator(evaluate, walks, players, cfg, plan.job.seed, driver.load(ROUNDS),
+                                         lambda state: driver.save(ROUNDS, state))
+        return est.ShapleyOutput(result, ablation, images[0])
+
+    def write(self, draft: Draft, plan: RunPlan, result: Any) -> None:
+        if isinstance(result, est.ShapleyOutput):
+            write_shapley(draft, plan.parts[self.name].players, self.settings(plan.job), result)
+        else:
+            copy_shapley(draft, result)
+
+
+def _players(cfg: ShapleySettings, model: nn.Module, layers: list[LayerInfo]) -> tuple[tuple[str, int], ...]:
+    """The selected layers whose units are Shapley players (all of them unless [stages.shapley] layers)."""
+    names = [info.name for info in layers]
+    if cfg.layers:
+        chosen = set(resolve_layers(model, cfg.layers))
+        outside = sorted(chosen - set(names))
+        if outside:
+            raise UserError(f"stages.shapley.layers selects {', '.join(outside)}, which model.layers does not: "
+                            f"players must be among {', '.join(names)}.")
+        names = [n for n in names if n in chosen]
+    return tuple((info.name, info.units) for info in layers if info.name in names)
+
+
+def eval_records(images: ImageSet, cfg: ShapleySettings, seed: int) -> tuple[ImageRecord, ...]:
+    """A seeded subset of the labelled images (of `target_class` only, when set), in id order."""
+    labelled = [r for r in images.records if r.label_index >= 0]
+    if not labelled:
+        raise UserError(f"stage 'shapley' needs labelled images: data.images {images.root} is a flat folder; "
+                        "put the images in one sub-folder per class (ImageFolder), in the model's class order.")
+    if cfg.target_class >= 0:
+        if cfg.target_class >= len(images.classes):
+            raise UserError(f"stages.shapley.target_class = {cfg.target_class}, but data.images has "
+                            f"{len(images.classes)} classes (0..{len(images.classes) - 1}: {', '.join(images.classes)}).")
+        labelled = [r for r in labelled if r.label_index == cfg.target_class]
+    rng = np.random.default_rng([seed, 11])
+    pick = np.sort(rng.choice(len(labelled), min(cfg.eval_images, len(labelled)), replace=False))
+    return tuple(labelled[i] for i in pick)
+
+
+def _ablator(worker: Worker, setup: tuple) -> Ablator:
+    """The evaluator on an actor: the model split before its first player layer, the evaluation set cached."""
+    records, layers, mean_maps, metric = setup
+    split = split_model(worker.model(), [name for name, _ in layers])
+    size = worker.prep.batch_size
+    batches = iter_batches(worker.root, [records[s:s + size] for s in range(0, len(records), size)], worker.prep, [],
+                           worker.device)
+    labels = {r.image_id: r.label_index for r in records}
+    pairs = [(b.inputs, torch.as_tensor([labels[int(i)] for i in b.image_ids])) for b in batches]
+    return Ablator(split, layers, mean_maps, cache_eval_set(split, pairs), metric, worker.device)
+
+
+def evaluate_coalitions(worker: Worker, removed: np.ndarray, setup: Shared) -> tuple[np.ndarray, int]:
+    """On an actor: the metric for each row of `removed`, and the number of evaluation images used."""
+    ablator = worker.memo("shapley", setup, lambda s: _ablator(worker, s))
+    return ablator.evaluate(removed), ablator.eval_set.images
+
+
+def walk_permutation(worker: Worker, order: np.ndarray, setup: Shared, chosen: np.ndarray, v_full: float, v_none: float,
+                     settings: est.WalkSettings) -> tuple[np.ndarray, int]:
+    """On an actor: one permutation's marginals and the evaluations it took."""
+    ablator = worker.memo("shapley", setup, lambda s: _ablator(worker, s))
+    before = ablator.evaluations
+    samples = est.walk(ablator.evaluate, order, chosen, v_full, v_none, settings)
+    return samples, ablator.evaluations - before
