@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.stages import STAGES
+from catalog_schema import Catalog, CatalogError
 from pipeline.errors import UserError
 from pipeline.interrupts import Interrupted
+from pipeline.stages import STAGES
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": _run, "query": _query, "render": _render, "describe": _describe, "diff": _diff,
                 "make-concepts": _make_concepts}[args.verb](args)
-    except UserError as exc:
+    except (UserError, CatalogError) as exc:  # a bad job, input or catalog: the message names it and the fix
         print(f"neuron-catalog: error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
@@ -112,19 +113,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from pipeline.catalog.query import format_units, open_catalog, query_units
+    from pipeline.catalog.query import format_units, query_units
 
-    catalog = open_catalog(args.catalog)
+    catalog = Catalog.open(args.catalog)
     units = query_units(catalog, args.layer, args.label, args.min_iou, args.sort, args.ascending, args.limit)
     print(format_units(units, args.format))
     return 0
 
 
 def _render(args: argparse.Namespace) -> int:
-    from pipeline.catalog.query import open_catalog
     from pipeline.render import render_site
 
-    catalog = open_catalog(args.catalog)
+    catalog = Catalog.open(args.catalog)
     diff = None
     if args.diff is not None:
         from pipeline.catalog.diff import diff_catalogs, read_diff
@@ -132,7 +132,7 @@ def _render(args: argparse.Namespace) -> int:
         if args.diff.is_file():
             diff = (args.diff.name, read_diff(args.diff))
         else:
-            old = open_catalog(args.diff)
+            old = Catalog.open(args.diff)
             diff = (str(args.diff), diff_catalogs(old, catalog).units)
     summary = render_site(catalog, args.out, args.workers or None, diff)
     print(f"site written: {summary.out} ({summary.pages} pages, {summary.images} images, "
@@ -142,9 +142,8 @@ def _render(args: argparse.Namespace) -> int:
 
 def _diff(args: argparse.Namespace) -> int:
     from pipeline.catalog.diff import diff_catalogs, format_summary, write_diff
-    from pipeline.catalog.query import open_catalog
 
-    old, new = open_catalog(args.old), open_catalog(args.new)
+    old, new = Catalog.open(args.old), Catalog.open(args.new)
     result = diff_catalogs(old, new, args.match)
     print(format_summary(result, old, new, args.limit))
     if args.out is not None:
@@ -154,9 +153,9 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    from pipeline.catalog.query import describe, open_catalog
+    from pipeline.catalog.describe import describe
 
-    print(describe(open_catalog(args.catalog)))
+    print(describe(Catalog.open(args.catalog)))
     return 0
 
 

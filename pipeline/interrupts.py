@@ -32,6 +32,16 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+def interruption(exc: BaseException) -> Interrupted | None:
+    """The Interrupted that `exc` is or carries: raised inside C code (Ray's Cython `wait`), it can surface
+    as a SystemError ("returned a result with an exception set") whose context is the Interrupted."""
+    while exc is not None:
+        if isinstance(exc, Interrupted):
+            return exc
+        exc = exc.__context__ if isinstance(exc, SystemError) else None
+    return None
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise `Interrupted` in the main thread while inside; the handlers before are restored."""

@@ -14,14 +14,11 @@ from catalog_schema import Catalog
 from pipeline.plan import RunPlan
 from pipeline.stages import STAGES
 
-_WHY = {
+_WHY = {  # inputs many stages share; a stage names its own in Stage.reasons
     "layer": "the weights of the layer or of a module before it changed",
     "model": "the model changed",
     "data": "the data set changed",
-    "concepts": "the concept data set changed",
     "settings": "the stage's settings changed",
-    "activations": "the activations stage's settings changed",
-    "eval_set": "the evaluation images changed",
 }
 
 
@@ -53,6 +50,8 @@ def _why_computed(previous: Catalog | None, stage: str, layer: str, parts: dict[
     """Why the result must be computed, or None when the previous catalog's result still holds."""
     if previous is None:
         return "no previous catalog"
+    if not STAGES[stage].reuses():
+        return "the stage does not read results back from a catalog"
     m = previous.manifest
     if stage not in m["stages_done"]:
         return f"the previous catalog has no {stage} results"
@@ -61,7 +60,8 @@ def _why_computed(previous: Catalog | None, stage: str, layer: str, parts: dict[
         return f"the previous catalog has no {stage} results for this layer"
     changed = [key for key in parts if old.get(key) != parts[key]]
     if changed:
-        return "; ".join(_WHY.get(key, f"{key} changed") for key in changed)
+        why = {**_WHY, **STAGES[stage].reasons}
+        return "; ".join(why.get(key, f"{key} changed") for key in changed)
     missing = [kind.group for kind in STAGES[stage].arrays if not previous.has_array(kind.group, layer)]
     if missing:
         return f"the previous catalog lacks its {', '.join(missing)} arrays"

@@ -20,7 +20,7 @@ from pipeline.catalog import history as catalog_history
 from pipeline.catalog.lock import catalog_lock
 from pipeline.catalog.writer import write_catalog
 from pipeline.errors import UserError
-from pipeline.interrupts import Interrupted
+from pipeline.interrupts import Interrupted, interruption
 from pipeline.job.config import JobConfig
 from pipeline.job.load import check_output_location
 from pipeline.plan import RunPlan, check_catalog_target, make_plan
@@ -101,11 +101,14 @@ def _run(job: JobConfig, address: str | None, catalog: Path, stages: tuple[str, 
     parts = _parts_done(plan)
     try:
         return _distribute_and_write(plan, address, reused, record, started, clock, total - resumed, resumed, parts)
-    except Interrupted as exc:
+    except (Interrupted, SystemError) as exc:
+        stop = interruption(exc)
+        if stop is None:
+            raise
         extra = ", ".join(f"{n} {kind}" for kind, n in _parts_done(plan).items() if n)
-        exc.summary = (f"{_shards_done(plan, passes)} of {total} shards{f' (and {extra})' if extra else ''} are "
-                       f"checkpointed in {plan.catalog / WORK}; run the same command to resume")
-        raise
+        stop.summary = (f"{_shards_done(plan, passes)} of {total} shards{f' (and {extra})' if extra else ''} are "
+                        f"checkpointed in {plan.catalog / WORK}; run the same command to resume")
+        raise stop from None
 
 
 def _shards_done(plan: RunPlan, passes: list[tuple[str, str, Sequence]]) -> int:

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.stages.dissection import measure as d
-from pipeline.stages.dissection.measure import LabelSpace, TallyPartial
+from pipeline.stages.dissection import tally as d
+from pipeline.stages.dissection import thresholds as th
+from pipeline.stages.dissection.tally import LabelSpace, TallyPartial
 
 CATS = ("object", "part", "scene")
 
@@ -155,8 +156,8 @@ def test_planted_detectors():
     acts[:, 1] = torch.randn(n, *size)  # noise
     acts[1::2, 2] = 1.0  # fires on every pixel of beach images
     acts[:, 3] = torch.from_numpy(np.stack([(m["object"] == 2).any(0) for m in masks])).float()  # car detector
-    p = d.compute_thresholds(acts, 0.005, n * size[0] * size[1])
-    thr = d.finalize_thresholds(p)
+    p = th.compute_thresholds(acts, 0.005, n * size[0] * size[1])
+    thr = th.finalize_thresholds(p)
     # A map that equals a mask ties at its maximum, so its top-quantile threshold is 1.0 and nothing is
     # `> 1`; the planted detectors get threshold 0.5 (the noise unit keeps its computed one).
     assert thr[0] == 1.0
@@ -180,8 +181,8 @@ def test_planted_detector_end_to_end_with_computed_threshold():
     tree = np.stack([m["object"][0] == 1 for m in masks])
     acts = torch.from_numpy(tree * (1 + rng.random(tree.shape))).float()[:, None]
     total = n * size[0] * size[1]
-    a, b, c = (d.compute_thresholds(acts[s:s + 7], (tree.sum() + 1) / total, total) for s in range(0, n, 7))
-    thr = d.finalize_thresholds(d.merge_thresholds(d.merge_thresholds(a, b), c))
+    a, b, c = (th.compute_thresholds(acts[s:s + 7], (tree.sum() + 1) / total, total) for s in range(0, n, 7))
+    thr = th.finalize_thresholds(th.merge_thresholds(th.merge_thresholds(a, b), c))
     assert thr[0] == 0.0
     res = d.finalize(d.compute_tally(acts, thr, masks, [{}] * n, space), thr, space)
     assert res.units["label"][0] == "tree" and res.units["iou"][0] == 1.0
@@ -193,29 +194,29 @@ def test_thresholds_exact_and_shard_independent():
     acts[:, 4] = torch.round(acts[:, 4])  # many ties
     total = 23 * 12
     q = 0.05
-    m = d.top_count(q, total)
+    m = th.top_count(q, total)
     assert m == 14  # ceil(0.05 * 276) = ceil(13.8)
     everything = acts.transpose(0, 1).reshape(5, -1).numpy()
     expected = -np.sort(-everything, axis=1)[:, m - 1]
-    one = d.finalize_thresholds(d.compute_thresholds(acts, q, total))
+    one = th.finalize_thresholds(th.compute_thresholds(acts, q, total))
     np.testing.assert_array_equal(one, expected)
-    assert d.compute_thresholds(acts, q, total).top.shape == (5, m)
-    shards = [d.compute_thresholds(acts[s], q, total) for s in (slice(0, 2), slice(2, 13), slice(13, 23))]
+    assert th.compute_thresholds(acts, q, total).top.shape == (5, m)
+    shards = [th.compute_thresholds(acts[s], q, total) for s in (slice(0, 2), slice(2, 13), slice(13, 23))]
     for order in itertools.permutations(range(3)):
         a, b, c = (shards[i] for i in order)
-        left = d.merge_thresholds(d.merge_thresholds(a, b), c)
-        right = d.merge_thresholds(a, d.merge_thresholds(b, c))
+        left = th.merge_thresholds(th.merge_thresholds(a, b), c)
+        right = th.merge_thresholds(a, th.merge_thresholds(b, c))
         np.testing.assert_array_equal(np.sort(left.top, axis=1), np.sort(right.top, axis=1))
-        np.testing.assert_array_equal(d.finalize_thresholds(left), expected)
-    empty = d.ThresholdPartial.empty(5, q, total)
-    with_empty = d.merge_thresholds(empty, d.compute_thresholds(acts, q, total))
-    np.testing.assert_array_equal(d.finalize_thresholds(with_empty), expected)
+        np.testing.assert_array_equal(th.finalize_thresholds(left), expected)
+    empty = th.ThresholdPartial.empty(5, q, total)
+    with_empty = th.merge_thresholds(empty, th.compute_thresholds(acts, q, total))
+    np.testing.assert_array_equal(th.finalize_thresholds(with_empty), expected)
     # an image skipped: m follows the activations actually seen
-    fewer = d.compute_thresholds(acts[:22], q, total)
+    fewer = th.compute_thresholds(acts[:22], q, total)
     seen = -np.sort(-acts[:22].transpose(0, 1).reshape(5, -1).numpy(), axis=1)
-    np.testing.assert_array_equal(d.finalize_thresholds(fewer), seen[:, d.top_count(q, 22 * 12) - 1])
+    np.testing.assert_array_equal(th.finalize_thresholds(fewer), seen[:, th.top_count(q, 22 * 12) - 1])
     with pytest.raises(ValueError):
-        d.finalize_thresholds(empty)
+        th.finalize_thresholds(empty)
 
 
 def test_pruning_floors_keep_thresholds_exact_and_partials_small():
@@ -225,18 +226,18 @@ def test_pruning_floors_keep_thresholds_exact_and_partials_small():
     acts[:, 3] = torch.round(acts[:, 3] * 2) / 2  # ties at the threshold
     total, q = 60 * 36, 0.01
     everything = acts.transpose(0, 1).reshape(4, -1).numpy()
-    expected = -np.sort(-everything, axis=1)[:, d.top_count(q, total) - 1]
-    merged, kept = d.ThresholdPartial.empty(4, q, total), []
+    expected = -np.sort(-everything, axis=1)[:, th.top_count(q, total) - 1]
+    merged, kept = th.ThresholdPartial.empty(4, q, total), []
     for start in range(0, 60, 6):
-        part = d.compute_thresholds(acts[start:start + 6], q, total, d.pruning_floor(merged))
+        part = th.compute_thresholds(acts[start:start + 6], q, total, th.pruning_floor(merged))
         kept.append(part.top.shape[1])
-        merged = d.merge_thresholds(merged, part)
-    np.testing.assert_array_equal(d.finalize_thresholds(merged), expected)
+        merged = th.merge_thresholds(merged, part)
+    np.testing.assert_array_equal(th.finalize_thresholds(merged), expected)
     assert merged.count == total
-    capacity = d.top_count(q, total)  # 22 values per unit, what an unpruned shard sends
+    capacity = th.top_count(q, total)  # 22 values per unit, what an unpruned shard sends
     assert kept[0] == capacity and sum(kept[1:]) < 9 * capacity / 2  # later shards send much less
     # a floor above the true threshold would be wrong; one at it is fine (ties are kept by earlier shards)
-    floor = d.pruning_floor(d.compute_thresholds(acts, q, total))
+    floor = th.pruning_floor(th.compute_thresholds(acts, q, total))
     assert (floor <= expected).all()
 
 
@@ -249,17 +250,17 @@ def test_streaming_top_values_equal_the_exact_quantile(q):
     acts[:, 4] = torch.round(acts[:, 4] * 2) / 2
     total = 40 * 16
     everything = acts.transpose(0, 1).reshape(5, -1).numpy()
-    expected = -np.sort(-everything, axis=1)[:, d.top_count(q, total) - 1]
-    for floor in (None, d.pruning_floor(d.compute_thresholds(acts[30:], q, total))):
-        top = d.TopValues(5, q, total, floor)
+    expected = -np.sort(-everything, axis=1)[:, th.top_count(q, total) - 1]
+    for floor in (None, th.pruning_floor(th.compute_thresholds(acts[30:], q, total))):
+        top = th.TopValues(5, q, total, floor)
         for start in range(0, 40 if floor is None else 30, 3):  # uneven batches
             top.add(acts[start:min(start + 3, 40 if floor is None else 30)])
         part = top.result()
         if floor is not None:  # the images that gave the floor are merged in, as the runner merges shards
-            part = d.merge_thresholds(part, d.compute_thresholds(acts[30:], q, total))
+            part = th.merge_thresholds(part, th.compute_thresholds(acts[30:], q, total))
             part.count = total
         assert part.top.shape[1] <= part.capacity
-        np.testing.assert_array_equal(d.finalize_thresholds(part), expected)
+        np.testing.assert_array_equal(th.finalize_thresholds(part), expected)
 
 
 @pytest.mark.parametrize("source, size", [((5, 5), (12, 12)), ((4, 3), (16, 12)), ((9, 8), (6, 7))])
@@ -271,7 +272,7 @@ def test_vectorized_tally_equals_loop_and_shards(source, size):
     acts = torch.randn(n, 6, *source)
     acts[:, 5] = torch.relu(acts[:, 5])
     masks, labels = _random_world(2, n, size)
-    thr = d.finalize_thresholds(d.compute_thresholds(acts, 0.08, n * source[0] * source[1]))
+    thr = th.finalize_thresholds(th.compute_thresholds(acts, 0.08, n * source[0] * source[1]))
     bilinear = d.Bilinear.build(source, size)
     expected = _loop_tally(acts, thr, masks, labels, space, size, lambda fmap, _: bilinear.resize(fmap[None])[0])
     assert (expected.intersection > 0).mean() > 0.3 and (expected.unit_cat < expected.unit_area[:, None]).any()
@@ -332,7 +333,7 @@ def test_bounded_memory_thresholds_equal_the_exact_ones(quantile):
     x[:, 3] = -np.abs(x[:, 3])
     x[:5, 4], x[5:10, 4] = 0.0, -0.0
     t = torch.as_tensor(x)
-    exact = d.finalize_thresholds(d.compute_thresholds(t, quantile, x.shape[0] * 16))
+    exact = th.finalize_thresholds(th.compute_thresholds(t, quantile, x.shape[0] * 16))
     state = radix.start(5)
     for _ in radix.PASSES:
         parts = [radix.compute(t[s:s + 7], state) for s in range(0, 30, 7)]
@@ -342,5 +343,5 @@ def test_bounded_memory_thresholds_equal_the_exact_ones(quantile):
         state = radix.select(state, merged, quantile)
     np.testing.assert_array_equal(radix.thresholds(state), exact)
     # by hand for one unit: the m-th largest of its 480 values
-    m = d.top_count(quantile, 480)
+    m = th.top_count(quantile, 480)
     assert radix.thresholds(state)[0] == np.sort(x[:, 0].ravel())[::-1][m - 1]

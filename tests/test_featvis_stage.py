@@ -13,7 +13,7 @@ from torch import nn
 
 from pipeline.inputs.batches import Batch
 from pipeline.inputs.models import LayerInfo
-from pipeline.stages.featvis import render as fv
+from pipeline.stages.featvis import optimize as fv
 from pipeline.stages.featvis.projections import ProjectionRequest, project
 from pipeline.stages.featvis import objectives as obj
 from pipeline.inputs.model_survey import survey_model
@@ -27,7 +27,7 @@ SETTINGS = fv.FeatvisSettings(steps=256, size=32, batch_units=8)
 
 @pytest.fixture(scope="module")
 def rendered() -> fv.FeatvisChunk:
-    return fv.render(PatternDetectors().eval(), "relu", 1, [0, 1, 2, 3], SETTINGS, seed=0)
+    return fv.visualize(PatternDetectors().eval(), "relu", 1, [0, 1, 2, 3], SETTINGS, seed=0)
 
 
 def _objective(model, layer, images_uint8, units) -> np.ndarray:
@@ -66,17 +66,17 @@ def test_reached_activation_far_exceeds_a_random_image(rendered):
 
 
 def test_a_unit_renders_the_same_alone_or_in_any_batch(rendered):
-    alone = fv.render(PatternDetectors().eval(), "relu", 1, [2], SETTINGS, seed=0)
+    alone = fv.visualize(PatternDetectors().eval(), "relu", 1, [2], SETTINGS, seed=0)
     assert np.array_equal(alone.images[0], rendered.images[2])
-    moved = fv.render(PatternDetectors().eval(), "relu", 1, [3, 2], SETTINGS, seed=0)
+    moved = fv.visualize(PatternDetectors().eval(), "relu", 1, [3, 2], SETTINGS, seed=0)
     assert np.array_equal(moved.images[1], rendered.images[2])
-    other_seed = fv.render(PatternDetectors().eval(), "relu", 1, [2], SETTINGS, seed=1)
+    other_seed = fv.visualize(PatternDetectors().eval(), "relu", 1, [2], SETTINGS, seed=1)
     assert not np.array_equal(other_seed.images[0], rendered.images[2])
 
 
 def test_negative_visualization_lowers_the_activation():
     model = PatternDetectors().eval()
-    out = fv.render(model, "conv", 0, [0, 1], replace(SETTINGS, steps=96), seed=0)
+    out = fv.visualize(model, "conv", 0, [0, 1], replace(SETTINGS, steps=96), seed=0)
     positive = _objective(model, "conv", out.images[:, 0], [0, 1])
     negative = _objective(model, "conv", out.images[:, 1], [0, 1])
     gray = _objective(model, "conv", np.full((2, 32, 32, 3), 128, np.uint8), [0, 1])
@@ -101,9 +101,9 @@ class _Silent(nn.Module):
 
 
 def test_a_unit_that_never_fires_gets_a_gradient_through_redirected_relus():
-    blocked = fv.render(_Silent().eval(), "relu", 0, [0], replace(SETTINGS, steps=32, redirect_steps=0), seed=0)
+    blocked = fv.visualize(_Silent().eval(), "relu", 0, [0], replace(SETTINGS, steps=32, redirect_steps=0), seed=0)
     assert blocked.flat[0]  # no gradient: the image stays at its gray start and is flagged
-    redirected = fv.render(_Silent().eval(), "relu", 0, [0], replace(SETTINGS, steps=32), seed=0)
+    redirected = fv.visualize(_Silent().eval(), "relu", 0, [0], replace(SETTINGS, steps=32), seed=0)
     assert redirected.images[0, 0].std() > 10 * blocked.images[0, 0].std()
     assert not redirected.flat[0]
 
@@ -111,7 +111,7 @@ def test_a_unit_that_never_fires_gets_a_gradient_through_redirected_relus():
 @pytest.mark.parametrize("channels", [1, 4])
 def test_inputs_of_one_or_four_channels_render_as_rgb(channels):
     settings = replace(SETTINGS, steps=8, mean=(0.5,) * channels, std=(0.5,) * channels)
-    out = fv.render(_Silent(channels).eval(), "relu", 0, [1], settings, seed=0)
+    out = fv.visualize(_Silent(channels).eval(), "relu", 0, [1], settings, seed=0)
     assert out.images.shape == (1, 2, 32, 32, 3)
     if channels == 1:
         assert (out.images[..., 0] == out.images[..., 2]).all()
@@ -163,7 +163,7 @@ def test_projections_highlight_the_pattern_pixels():
 
 
 def test_frequency_penalties_smooth_the_image(rendered):
-    smooth = fv.render(PatternDetectors().eval(), "relu", 1, [0], replace(SETTINGS, tv=5.0, blur=5.0), seed=0)
+    smooth = fv.visualize(PatternDetectors().eval(), "relu", 1, [0], replace(SETTINGS, tv=5.0, blur=5.0), seed=0)
     plain = rendered.images[0, 0].astype(float)
     penalized = smooth.images[0, 0].astype(float)
 
@@ -175,10 +175,10 @@ def test_frequency_penalties_smooth_the_image(rendered):
 
 def test_diverse_images_differ_and_do_not_depend_on_the_batch():
     settings = replace(SETTINGS, steps=48, negative=False, diversity=2, batch_units=6)
-    together = fv.render(PatternDetectors().eval(), "relu", 1, [3, 0, 1, 2], settings, seed=0)  # batches of 3 units
+    together = fv.visualize(PatternDetectors().eval(), "relu", 1, [3, 0, 1, 2], settings, seed=0)  # batches of 3 units
     assert together.images.shape == (4, 3, 32, 32, 3)
     assert not np.array_equal(together.images[0, 1], together.images[0, 2])  # the diverse set is not one image twice
-    alone = fv.render(PatternDetectors().eval(), "relu", 1, [3], settings, seed=0)  # padded with spares of unit 3
+    alone = fv.visualize(PatternDetectors().eval(), "relu", 1, [3], settings, seed=0)  # padded with spares of unit 3
     assert np.array_equal(alone.images[0], together.images[0])
 
 
@@ -203,5 +203,5 @@ def test_a_model_that_cannot_take_channels_last_renders_in_the_default_layout():
         model(x.contiguous(memory_format=torch.channels_last))  # the case the trial forward detects
     assert fv.fast_layout(model, "fc", x, needs_output=False) == torch.contiguous_format
     assert fv.fast_layout(PatternDetectors().eval(), "relu", x, needs_output=False) == torch.channels_last
-    chunk = fv.render(model, "fc", 0, [0, 1], replace(SETTINGS, steps=4, size=16, transforms="none"), seed=0)
+    chunk = fv.visualize(model, "fc", 0, [0, 1], replace(SETTINGS, steps=4, size=16, transforms="none"), seed=0)
     assert chunk.images.shape == (2, 2, 16, 16, 3)

@@ -290,7 +290,7 @@ def test_a_model_archive_that_would_run_code_is_refused_and_runs_nothing(tmp_pat
     marker = tmp_path / "pwned"
     _archive_with_pickled_weight(tmp_path / "model.pt2", _OpensAFile(marker))
     with pytest.raises(UserError, match=r"refused.*trust_weights = true"):
-        build_model(recipe_from_config(ModelConfig(torchscript=tmp_path / "model.pt2")))
+        build_model(recipe_from_config(ModelConfig(archive=tmp_path / "model.pt2")))
     assert not marker.exists()
 
 
@@ -306,8 +306,8 @@ def test_an_archive_with_compiled_code_or_pickled_objects_is_refused_by_name(tmp
             root = archive.namelist()[0].split("/")[0]
             archive.writestr(f"{root}/{extra}", b"\0")
         with pytest.raises(UserError, match=f"holds {what}"):
-            build_model(recipe_from_config(ModelConfig(torchscript=target)))
-    assert isinstance(build_model(recipe_from_config(ModelConfig(torchscript=source))), torch.nn.Module)
+            build_model(recipe_from_config(ModelConfig(archive=target)))
+    assert isinstance(build_model(recipe_from_config(ModelConfig(archive=source))), torch.nn.Module)
 
 
 def test_a_factory_that_raises_names_its_file_and_line(tmp_path, capsys):

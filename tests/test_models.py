@@ -60,7 +60,7 @@ def test_a_module_called_twice_is_read_on_its_last_call():
 def test_torchscript_files_are_refused_with_a_reason(tmp_path):
     scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3)))
     torch.jit.save(scripted, tmp_path / "m.pt")
-    model = build_model(recipe_from_config(ModelConfig(torchscript=tmp_path / "m.pt")))
+    model = build_model(recipe_from_config(ModelConfig(archive=tmp_path / "m.pt")))
     with pytest.raises(UserError, match="do not support forward hooks"):
         survey_model(model, ["0"], (3, 8, 8)).layers
 
@@ -76,7 +76,7 @@ def test_torch_export_archives_are_read_layer_by_layer(tmp_path):
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(source, (torch.randn(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
     torch.export.save(program, tmp_path / "r18.pt2")
-    model = build_model(recipe_from_config(ModelConfig(torchscript=tmp_path / "r18.pt2")))
+    model = build_model(recipe_from_config(ModelConfig(archive=tmp_path / "r18.pt2")))
     infos = survey_model(model, resolve_layers(model, ("layer2", "fc")), (3, 32, 32)).layers
     assert [(i.name, i.shape) for i in infos] == [("layer2", (128, 4, 4)), ("fc", (4,))]
     x = torch.randn(3, 3, 32, 32)
@@ -96,3 +96,15 @@ def test_fingerprints_cover_zero_dim_buffers():
     assert model_fingerprint(model) != before
     after = survey_model(model, ["layer1", "fc"], (3, 32, 32)).fingerprints
     assert after["layer1"] == layers["layer1"] and after["fc"] != layers["fc"]
+
+
+def test_the_old_key_torchscript_names_the_same_archive(tmp_path):
+    (tmp_path / "m.pt2").write_bytes(b"")
+    (tmp_path / "images").mkdir()
+    base = '[data]\nimages = "images"\n[output]\ncatalog = "out"\n'
+    job = tmp_path / "job.toml"
+    job.write_text('[model]\ntorchscript = "m.pt2"\n' + base)
+    assert load_job(job).model.archive == tmp_path / "m.pt2"
+    job.write_text('[model]\ntorchscript = "m.pt2"\narchive = "m.pt2"\n' + base)
+    with pytest.raises(UserError, match="both archive and torchscript"):
+        load_job(job)

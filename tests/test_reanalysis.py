@@ -118,7 +118,7 @@ def test_fine_tuned_last_layer_recomputes_only_what_depends_on_it(runs):
                                         "dissection": {"conv1", "conv2"}, "shapley": set()}
     why = tuned.manifest["reuse"]["stages"]
     assert "weights" in why["activations"]["fc"]["why"] and why["shapley"]["*"]["why"] == "the model changed"
-    from pipeline.catalog.query import describe
+    from pipeline.catalog.describe import describe
     assert "computed: activations fc, dissection fc, featvis fc, shapley" in describe(tuned)
 
 

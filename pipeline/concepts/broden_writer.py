@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.concepts.world import CATEGORY_LABELS, SCENE_NAMES, Drawing, draw_image
+from pipeline.concepts.vocabulary import CATEGORY_LABELS, SCENE_NAMES
+from pipeline.concepts.world import Drawing, draw_image
 from pipeline.errors import UserError
 
 FORMAT_VERSION = 1

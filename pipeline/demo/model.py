@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.concepts.world import SCENE_NAMES
+from pipeline.concepts.vocabulary import SCENE_NAMES
 
 ARCHITECTURE = "ConceptCNN-v1"  # change when the layers change: it is part of the training cache key
 

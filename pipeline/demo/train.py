@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torchvision import datasets, transforms
 
-from pipeline.concepts.world import SCENE_NAMES
+from pipeline.concepts.vocabulary import SCENE_NAMES
 from pipeline.demo.model import ARCHITECTURE, ConceptCNN
 from pipeline.errors import UserError
 

@@ -32,9 +32,9 @@ def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, in
     """The survey of `layers` (module paths) from one forward pass on a batch of 2 zero images."""
     if isinstance(model, torch.jit.ScriptModule):
         raise UserError(
-            "model.torchscript: TorchScript modules do not support forward hooks, so their inner layers cannot be read. "
+            "model.archive: TorchScript modules do not support forward hooks, so their inner layers cannot be read. "
             "Save the model with torch.export (torch.export.save(torch.export.export(model, (example,)), 'model.pt2')) "
-            "and point model.torchscript at that file, or use factory = \"file.py:function\" with a state_dict."
+            "and point model.archive at that file, or use factory = \"file.py:function\" with a state_dict."
         )
     modules = dict(model.named_modules())
     x = torch.zeros((2, *input_shape))

@@ -34,7 +34,7 @@ from pipeline.errors import UserError
 
 @dataclass(frozen=True)
 class ModelRecipe:
-    """How to rebuild the model anywhere: kind is 'torchvision', 'factory' or 'torchscript'."""
+    """How to rebuild the model anywhere: kind is 'torchvision', 'factory' or 'archive'."""
 
     kind: str
     name: str
@@ -43,7 +43,7 @@ class ModelRecipe:
     weights: bytes | None = None
     weights_name: str = ""
     trust_weights: bool = False
-    torchscript: bytes | None = None
+    archive: bytes | None = None  # the bytes of a torch.export or TorchScript file
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,9 @@ def recipe_from_config(cfg: ModelConfig) -> ModelRecipe:
     """Read the files a model needs once, on the driver."""
     common = {"weights": cfg.weights.read_bytes() if cfg.weights else None,
               "weights_name": str(cfg.weights or ""), "trust_weights": cfg.trust_weights}
-    if cfg.torchscript:
-        return ModelRecipe("torchscript", str(cfg.torchscript), torchscript=cfg.torchscript.read_bytes(), **common)
+    archive = cfg.archive or cfg.torchscript
+    if archive:
+        return ModelRecipe("archive", str(archive), archive=archive.read_bytes(), **common)
     if cfg.torchvision:
         return ModelRecipe("torchvision", cfg.torchvision, cfg.num_classes, **common)
     target = cfg.factory.rpartition(":")[0]
@@ -78,7 +79,7 @@ def recipe_from_config(cfg: ModelConfig) -> ModelRecipe:
 
 def build_model(recipe: ModelRecipe) -> nn.Module:
     """The model in eval mode on the CPU, weights loaded; UserError when they do not fit."""
-    if recipe.kind == "torchscript":
+    if recipe.kind == "archive":
         model = _serialized_model(recipe)
     elif recipe.kind == "torchvision":
         model = _torchvision_model(recipe)
@@ -103,23 +104,23 @@ def _serialized_model(recipe: ModelRecipe) -> nn.Module:
         warnings.simplefilter("ignore", FutureWarning)
         try:
             with _weights_only_loads(not trusted):
-                return torch.export.unflatten(torch.export.load(io.BytesIO(recipe.torchscript)))
+                return torch.export.unflatten(torch.export.load(io.BytesIO(recipe.archive)))
         except pickle.UnpicklingError as exc:
             if not trusted and "weights only" in str(exc).lower():
                 raise UserError(_untrusted(recipe.name, "a pickled object that torch.load(weights_only=True) refuses")) from None
         except Exception:
             pass  # not an exported program: try TorchScript
         try:
-            return torch.jit.load(io.BytesIO(recipe.torchscript), map_location="cpu")
+            return torch.jit.load(io.BytesIO(recipe.archive), map_location="cpu")
         except Exception as exc:
             reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise UserError(f"model.torchscript {recipe.name} is neither a torch.export archive nor TorchScript: {reason}") from None
+            raise UserError(f"model.archive {recipe.name} is neither a torch.export archive nor TorchScript: {reason}") from None
 
 
 def _refuse_code_in_archive(recipe: ModelRecipe) -> None:
     """UserError for a .pt2 part that loading would execute: compiled code, or objects read with pickle.loads."""
     try:
-        with zipfile.ZipFile(io.BytesIO(recipe.torchscript)) as archive:
+        with zipfile.ZipFile(io.BytesIO(recipe.archive)) as archive:
             names = archive.namelist()
     except zipfile.BadZipFile:
         return  # not an archive: torch.export and TorchScript will both refuse it
@@ -132,7 +133,7 @@ def _refuse_code_in_archive(recipe: ModelRecipe) -> None:
 
 
 def _untrusted(name: str, what: str) -> str:
-    return (f"model.torchscript {name} holds {what}, which loading it would execute: refused, because a model file "
+    return (f"model.archive {name} holds {what}, which loading it would execute: refused, because a model file "
             "can run any code that way. Export the model again with torch.export.save (plain tensors load safely), "
             "or, only if you trust the file, set [model] trust_weights = true.")
 

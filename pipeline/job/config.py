@@ -19,7 +19,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ModelConfig:
     torchvision: str = ""
     factory: str = ""
-    torchscript: Path | None = None
+    archive: Path | None = None  # a saved model: a torch.export archive (.pt2) or TorchScript (.pt)
+    torchscript: Path | None = None  # the key's old name (it always read .pt2 archives too): kept as an alias
     weights: Path | None = None
     trust_weights: bool = False  # true: unpickle arbitrary objects from `weights` (runs code: trusted files only)
     num_classes: int = 0  # 0: the torchvision architecture's default

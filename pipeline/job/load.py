@@ -26,11 +26,22 @@ def load_job(path: str | Path) -> JobConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"job file {path} is not valid TOML: {exc}. Fix the syntax at that line.") from None
     job = _build(JobConfig, raw, "", path.resolve().parent, extra={"path": path.resolve()})
+    job = _alias_torchscript(job)
     _check_values(job)
     target, _, fn = job.model.factory.rpartition(":")
     if target.endswith(".py"):  # a factory file is relative to the job file, like every other path
         job = dataclasses.replace(job, model=dataclasses.replace(job.model, factory=f"{(job.path.parent / target).resolve()}:{fn}"))
     return job
+
+
+def _alias_torchscript(job: JobConfig) -> JobConfig:
+    """[model] torchscript is the old name of [model] archive."""
+    m = job.model
+    if m.torchscript is None:
+        return job
+    if m.archive is not None:
+        raise UserError(f"job file {job.path}: [model] sets both archive and torchscript (its old name); keep archive.")
+    return dataclasses.replace(job, model=dataclasses.replace(m, archive=m.torchscript, torchscript=None))
 
 
 def _build(cls: type, table: Any, where: str, base: Path, extra: dict[str, Any] | None = None) -> Any:
@@ -97,11 +108,11 @@ def _name(t: Any) -> str:
 
 def _check_values(job: JobConfig) -> None:
     m = job.model
-    sources = [n for n in ("torchvision", "factory", "torchscript") if getattr(m, n)]
+    sources = [n for n in ("torchvision", "factory", "archive") if getattr(m, n)]
     if len(sources) != 1:
         raise UserError(
             f"job file {job.path}: [model] needs exactly one of torchvision = NAME, factory = \"module:function\" "
-            f"or torchscript = FILE; found {sources or 'none'}."
+            f"or archive = FILE; found {sources or 'none'}."
         )
     if m.factory and ":" not in m.factory:
         raise UserError(f"job key 'model.factory' = {m.factory!r} must look like \"pkg.module:function\" or \"file.py:function\".")
@@ -153,7 +164,7 @@ def check_output_location(job: JobConfig, catalog: Path, key: str = "--out") -> 
 def check_inputs_exist(job: JobConfig) -> None:
     """The model's and the data's files must exist; called after [prepare] had its chance to make them."""
     m = job.model
-    needed = {"model.weights": m.weights, "model.torchscript": m.torchscript, "data.images": job.data.images}
+    needed = {"model.weights": m.weights, "model.archive": m.archive, "data.images": job.data.images}
     if m.factory.rpartition(":")[0].endswith(".py"):
         needed["model.factory"] = Path(m.factory.rpartition(":")[0])
     for key, p in needed.items():

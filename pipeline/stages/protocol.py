@@ -83,6 +83,7 @@ class Stage:
     Settings: ClassVar[type]  # the section's frozen dataclass: its fields and defaults are the job keys
     needs: ClassVar[tuple[str, ...]] = ("activations",)  # stages whose results this one reads
     arrays: ClassVar[tuple[ArrayKind, ...]] = ()  # arrays a previous catalog must hold for a layer to be reused
+    reasons: ClassVar[dict[str, str]] = {}  # input name -> why a change of it means computing again (see inputs)
 
     def check(self, settings: Any, key: str) -> None:
         """Refuse bad values of the section (UserError naming `key`.field)."""
@@ -104,8 +105,12 @@ class Stage:
         raise NotImplementedError
 
     def load(self, plan: RunPlan, previous: Catalog, layers: list[str]) -> Any:
-        """The previous catalog's results for `layers` (those not computed), read before anything is written."""
+        """The previous catalog's results for `layers` (those not computed), read before anything is written.
+        A stage that does not override it is computed in full by every run."""
         return None
+
+    def reuses(self) -> bool:
+        return type(self).load is not Stage.load
 
     def checkpoints(self, plan: RunPlan) -> list[tuple[str, Sequence[Any]]]:
         """(pass name, its shards) of every pass whose shards are known before the run starts."""

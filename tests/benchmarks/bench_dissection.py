@@ -37,8 +37,9 @@ import time
 import numpy as np
 import torch
 
-from pipeline.stages.dissection import measure as d
-from pipeline.stages.dissection.measure import LabelSpace, TallyPartial
+from pipeline.stages.dissection import tally as d
+from pipeline.stages.dissection import thresholds as th
+from pipeline.stages.dissection.tally import LabelSpace, TallyPartial
 
 CATS = ("object", "part", "material", "scene")
 
@@ -184,7 +185,7 @@ def bench_stage(job_path: str, threads: int) -> None:
     t0 = time.perf_counter()
     first = passes.threshold_pass(model, layers, batches, cfg.quantile, totals)
     t1 = time.perf_counter()
-    thresholds = {name: d.finalize_thresholds(part) for name, part in first.layers.items()}
+    thresholds = {name: th.finalize_thresholds(part) for name, part in first.layers.items()}
     passes.tally_pass(model, layers, batches, thresholds, space)
     t2 = time.perf_counter()
     n, units = len(ids), sum(info.units for info in layers)
@@ -215,7 +216,7 @@ def main() -> None:
     load = os.getloadavg()
     space, masks, labels, feats = make_data(args)
     total = args.images * args.size * args.size
-    thr = d.finalize_thresholds(d.compute_thresholds(feats, 0.005, total))
+    thr = th.finalize_thresholds(th.compute_thresholds(feats, 0.005, total))
     active = (feats.amax(dim=(2, 3)) > torch.from_numpy(thr)).float().mean().item()
     print(f"{args.images} images, {args.units} units at {args.size}x{args.size}, masks {args.mask}x{args.mask}, "
           f"{space.size} labels in {len(CATS)} categories, batch {args.batch}, {torch.get_num_threads()} threads; "

@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.stages.featvis import render as fv
+from pipeline.stages.featvis import optimize as fv
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -56,7 +56,7 @@ def reached(model: nn.Module, layer: str, images: np.ndarray, units: list[int], 
 def render_ours(model, layer, units, size, steps, mean, std) -> tuple[float, np.ndarray]:
     settings = fv.FeatvisSettings(steps=steps, size=size, negative=False, batch_units=len(units), mean=mean, std=std)
     t0 = time.perf_counter()
-    out = fv.render(model, layer, 0, units, settings, seed=0)
+    out = fv.visualize(model, layer, 0, units, settings, seed=0)
     return time.perf_counter() - t0, out.images[:, 0].astype(np.float32) / 255
 
 

@@ -43,7 +43,7 @@ class CropBatch:
     heat: np.ndarray  # uint8 [M, P, P]
 
 
-def render(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch],
+def cut_examples(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch],
            requests: list[CropRequest], patch: int) -> dict[str, CropBatch]:
     """Crops and heat maps for every request whose image appears in `batches`."""
     by_image: dict[int, list[CropRequest]] = defaultdict(list)

@@ -144,4 +144,4 @@ def shard_statistics(worker: Worker, shard: Shard, layers: list[LayerInfo], k: i
 def chunk_crops(worker: Worker, chunk: ImageChunk, layers: list[LayerInfo], patch: int) -> dict[str, list[crops.CropBatch]]:
     """On an actor: the crops and heat maps asked of one chunk of images."""
     batches = iter_batches(worker.root, [list(chunk.records)], worker.prep, [], worker.device)
-    return {layer: [b] for layer, b in crops.render(worker.model(), layers, batches, list(chunk.requests), patch).items()}
+    return {layer: [b] for layer, b in crops.cut_examples(worker.model(), layers, batches, list(chunk.requests), patch).items()}

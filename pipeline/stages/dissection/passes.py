@@ -19,7 +19,8 @@ from pipeline.inputs.broden import Broden
 from pipeline.inputs.concept_batches import ConceptBatch
 from pipeline.inputs.layer_taps import tapped
 from pipeline.inputs.models import LayerInfo
-from pipeline.stages.dissection import measure as d
+from pipeline.stages.dissection import tally as d
+from pipeline.stages.dissection import thresholds as th
 from pipeline.stages.dissection import radix
 
 
@@ -55,7 +56,7 @@ def threshold_passes(layers: list[LayerInfo], images: int, quantile: float, memo
 
 
 def empty_thresholds(layers: list[LayerInfo], quantile: float, totals: dict[str, int]) -> ConceptPartial:
-    return ConceptPartial({i.name: d.ThresholdPartial.empty(i.units, quantile, totals[i.name]) for i in layers})
+    return ConceptPartial({i.name: th.ThresholdPartial.empty(i.units, quantile, totals[i.name]) for i in layers})
 
 
 def empty_tally(layers: list[LayerInfo], space: d.LabelSpace) -> ConceptPartial:
@@ -65,7 +66,7 @@ def empty_tally(layers: list[LayerInfo], space: d.LabelSpace) -> ConceptPartial:
 def merge(a: ConceptPartial, b: ConceptPartial) -> ConceptPartial:
     """Layer by layer; exact and order-independent for both passes."""
     first = next(iter(a.layers.values()), None)
-    combine = {d.TallyPartial: d.merge_tally, radix.RadixPartial: radix.merge}.get(type(first), d.merge_thresholds)
+    combine = {d.TallyPartial: d.merge_tally, radix.RadixPartial: radix.merge}.get(type(first), th.merge_thresholds)
     return ConceptPartial({name: combine(part, b.layers[name]) for name, part in a.layers.items()},
                           a.images + b.images, sorted(a.skipped + b.skipped))
 
@@ -74,7 +75,7 @@ def floors(total: ConceptPartial) -> dict[str, np.ndarray]:
     """Per layer, the values that other shards need not return (see `dissection.compute_thresholds`)."""
     out = {}
     for name, part in total.layers.items():
-        floor = d.pruning_floor(part)
+        floor = th.pruning_floor(part)
         if floor is not None:
             out[name] = floor
     return out
@@ -84,7 +85,7 @@ def threshold_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[
                    totals: dict[str, int], floor: dict[str, np.ndarray] | None = None) -> ConceptPartial:
     """Pass 1: each unit's largest raw activations over the batches (those above `floor` only)."""
     floor = floor or {}
-    tops = {i.name: d.TopValues(i.units, quantile, totals[i.name], floor.get(i.name)) for i in layers}
+    tops = {i.name: th.TopValues(i.units, quantile, totals[i.name], floor.get(i.name)) for i in layers}
     images = 0
     with torch.inference_mode(), tapped(model, layers, lambda name, out: tops[name].add(out)) as run:
         for batch in batches:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.stages.dissection.measure import top_count
+from pipeline.stages.dissection.thresholds import top_count
 
 PASSES = ((20, 12), (10, 10), (0, 10))  # (shift, bits) of the key bucketed by each pass: 32 bits in all
 

@@ -23,7 +23,8 @@ from pipeline.inputs.fingerprints import concepts_fingerprint, json_fingerprint
 from pipeline.inputs.models import LayerInfo
 from pipeline.job.checks import check_exists
 from pipeline.stages.dissection import passes, radix
-from pipeline.stages.dissection.measure import DissectionResult, LabelSpace, finalize_thresholds
+from pipeline.stages.dissection.tally import DissectionResult, LabelSpace
+from pipeline.stages.dissection.thresholds import finalize_thresholds
 from pipeline.stages.dissection.settings import DissectionSettings, check
 from pipeline.stages.dissection.write import write_dissection
 from pipeline.stages.protocol import Driver, LayerInputs, Shared, Stage, Worker
@@ -59,6 +60,7 @@ class DissectionOutput:
 class DissectionStage(Stage):
     name = "dissection"
     Settings = DissectionSettings
+    reasons = {"concepts": "the concept data set changed"}
 
     def check(self, settings: DissectionSettings, key: str) -> None:
         check(settings, key)

@@ -15,7 +15,6 @@ import torch
 # its largest column has norm 1.
 _COLOR_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32)
 COLOR_CORRELATION = _COLOR_SQRT / np.max(np.linalg.norm(_COLOR_SQRT, axis=0))
-PARAMS = ("fourier", "pixel")
 
 
 def init_params(kind: str, channels: int, size: int, rng: np.random.Generator, sd: float = 0.01) -> np.ndarray:

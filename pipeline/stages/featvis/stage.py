@@ -18,7 +18,7 @@ from pipeline.inputs.batches import iter_batches
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.models import LayerInfo, resolve_layers
 from pipeline.stages.activations.stage import settings_hash as activations_hash
-from pipeline.stages.featvis import projections, render
+from pipeline.stages.featvis import optimize, projections
 from pipeline.stages.featvis.filters import filter_images
 from pipeline.stages.featvis.settings import FeatvisSection, FeatvisSettings, check
 from pipeline.stages.featvis.write import write_featvis
@@ -50,7 +50,7 @@ class FeatvisPart:
 
 @dataclass
 class FeatvisResult:
-    rendered: dict[int, render.FeatvisChunk]  # task index -> its units' images and scores (computed layers)
+    rendered: dict[int, optimize.FeatvisChunk]  # task index -> its units' images and scores (computed layers)
     projected: dict[str, list[projections.ProjectionBatch]]  # computed layers' projections
     reused: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # layer -> FEATVIS_COLUMNS of the previous catalog
     previous: Catalog | None = None
@@ -59,6 +59,7 @@ class FeatvisResult:
 class FeatvisStage(Stage):
     name = "featvis"
     Settings = FeatvisSection
+    reasons = {"activations": "the activations stage's settings changed"}
     arrays = (cs.PROJECTIONS,)
 
     def check(self, settings: FeatvisSection, key: str) -> None:
@@ -154,9 +155,9 @@ def projection_requests(plan: RunPlan, layers: dict[str, Any]) -> list[projectio
     return requests
 
 
-def render_task(worker: Worker, task: FeatvisTask, settings: FeatvisSettings, seed: int) -> dict[int, render.FeatvisChunk]:
+def render_task(worker: Worker, task: FeatvisTask, settings: FeatvisSettings, seed: int) -> dict[int, optimize.FeatvisChunk]:
     """On an actor: one task's units rendered, keyed by the task's index."""
-    chunk = render.render(worker.model(), task.layer, task.layer_index, list(task.units), settings, seed, worker.device,
+    chunk = optimize.visualize(worker.model(), task.layer, task.layer_index, list(task.units), settings, seed, worker.device,
                           task.batch)
     return {task.index: chunk}
 

@@ -13,7 +13,7 @@ from catalog_schema.layout import FEATVIS_COLUMNS
 if TYPE_CHECKING:
     from pipeline.catalog.writer import Draft
     from pipeline.plan import RunPlan
-    from pipeline.stages.featvis.render import FeatvisChunk
+    from pipeline.stages.featvis.optimize import FeatvisChunk
     from pipeline.stages.featvis.stage import FeatvisPart, FeatvisResult
 
 

@@ -41,6 +41,7 @@ class ShapleyPart:
 class ShapleyStage(Stage):
     name = "shapley"
     Settings = ShapleySettings
+    reasons = {"activations": "the activations stage's settings changed", "eval_set": "the evaluation images changed"}
 
     def check(self, settings: ShapleySettings, key: str) -> None:
         check(settings, key)

@@ -111,7 +111,7 @@ def _objective(settings: FeatvisSettings) -> obj.Objective:
     return obj.NAMED[settings.objective]()
 
 
-def render(model: nn.Module, layer: str, layer_index: int, units: list[int], settings: FeatvisSettings, seed: int,
+def visualize(model: nn.Module, layer: str, layer_index: int, units: list[int], settings: FeatvisSettings, seed: int,
            device: str = "cpu", batch: int | None = None) -> FeatvisChunk:
     """Every view of every unit in `units`, in batches of `batch` whole units (default: as many as `batch_units`
     images hold); a short batch is padded to that size."""

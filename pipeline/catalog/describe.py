@@ -1,0 +1,120 @@
+"""`neuron-catalog describe`: the few lines a person reads to know what a catalog holds."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from catalog_schema import Catalog
+from pipeline.catalog.query import interpretable_by_category
+
+
+def describe(catalog: Catalog) -> str:
+    """A few lines a person reads to know what a catalog holds."""
+    m = catalog.manifest
+    units = catalog.units()
+    data = m["data"]
+    lines = [
+        f"catalog      {catalog.path}",
+        f"schema       v{m['schema_version']}, run {m['run_id'][:12]}, {m['started']} -> {m['finished']}",
+        f"model        {m.get('model', {}).get('kind', '?')} {m.get('model', {}).get('name', '?')}"
+        f" (input {m.get('model', {}).get('input_size', '?')}px), fingerprint {m['fingerprints']['model'][:12]}",
+        f"data         {data['root']}: {data['images']} files, {data['used']} used, {len(data['skipped'])} skipped"
+        + (f", {len(data['classes'])} classes" if data.get("classes") else ""),
+        f"stages done  {', '.join(m['stages_done'])}",
+    ]
+    lines += _run_lines(m)
+    lines.append("")
+    lines.append(_layer_table(m, units))
+    lines.append("")
+    lines += _unit_lines(m, units)
+    if "concepts" in m:
+        lines += _concept_lines(m)
+    if "shapley" in m:
+        lines += ["", *_shapley_lines(catalog, m["shapley"], m["settings"]["shapley"])]
+    for item in data["skipped"][:5]:
+        lines.append(f"skipped      {item['path']}: {item['reason']}")
+    if len(data["skipped"]) > 5:
+        lines.append(f"skipped      ... and {len(data['skipped']) - 5} more (see manifest.json)")
+    return "\n".join(lines)
+
+
+def _run_lines(m: dict) -> list[str]:
+    """Where the run's time went, and what a re-analysis reused."""
+    lines = []
+    if m.get("wall_seconds"):
+        lines.append("wall time    " + ", ".join(f"{t['step']} {t['seconds']:.1f} s" for t in m["wall_seconds"])
+                     + " (before writing the catalog)")
+    reuse = m.get("reuse") or {}
+    if reuse.get("previous"):
+        done = [(stage, layer, r) for stage, layers in reuse["stages"].items() for layer, r in layers.items()]
+        computed = [f"{stage} {layer}" if layer != "*" else stage for stage, layer, r in done if r["action"] == "computed"]
+        lines.append(f"re-analysis  of {reuse['previous']} (run {str(reuse['previous_run_id'])[:12]}): "
+                     f"{len(done) - len(computed)} of {len(done)} (stage, layer) results reused; computed: "
+                     f"{', '.join(computed) or 'nothing'}")
+    return lines
+
+
+def _layer_table(m: dict, units: pd.DataFrame) -> str:
+    table = []
+    for layer in m["layers"]:
+        rows = units[units["layer"] == layer["name"]]
+        row = {"layer": layer["name"], "units": layer["units"], "shape": "x".join(map(str, layer["shape"])),
+               "dead": int(rows["dead"].sum()), "act_max(median)": float(rows["act_max"].median()) if len(rows) else float("nan"),
+               "rf": "whole image" if layer["receptive_field"]["whole_image"] else f"{layer['receptive_field']['size'][0]}px"}
+        if rows["interpretable"].notna().any():
+            row["interpretable"] = int(rows["interpretable"].fillna(False).sum())
+            row["concepts"] = int(rows.loc[rows["interpretable"].fillna(False), "label"].nunique())
+        table.append(row)
+    return pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def _unit_lines(m: dict, units: pd.DataFrame) -> list[str]:
+    """Units with non-finite activations, interpretable units per category, the totals."""
+    lines = []
+    if "nonfinite" in units and (units["nonfinite"].fillna(0) > 0).any():
+        bad = units[units["nonfinite"].fillna(0) > 0]
+        names = ", ".join(f"{r.layer}:{r.unit} ({int(r.nonfinite)})" for r in bad.head(10).itertuples())
+        lines += [f"units with NaN or infinite activations (read as 0 in their statistics): {len(bad)}: {names}"
+                  + (" ..." if len(bad) > 10 else ""), ""]
+    by_category = interpretable_by_category(units)
+    if not by_category.empty:
+        lines.append("interpretable units (unique concepts) per layer and category:")
+        lines.append(by_category.to_string())
+        lines.append("")
+    lines.append(f"total        {len(units)} units in {len(m['layers'])} layers, {int(units['dead'].sum())} dead")
+    return lines
+
+
+def _concept_lines(m: dict) -> list[str]:
+    c, settings = m["concepts"], m["settings"]["dissection"]
+    lines = [f"concepts     {c['root']}: {c['labels']} labels in {', '.join(c['categories'])}; "
+             f"{c['used']} of {c['images']} images used; quantile {settings['quantile']}, "
+             f"interpretable at IoU >= {settings['iou_threshold']}"]
+    for column, why in c.get("ignored_columns", {}).items():
+        lines.append(f"ignored      index.csv column {column!r}: {why}")
+    for note in c.get("ignored_rows", [])[:5]:
+        lines.append(f"ignored      {note}")
+    for item in c["skipped"][:5]:
+        lines.append(f"skipped      {item['image']}: {item['reason']}")
+    return lines
+
+
+def _shapley_lines(catalog: Catalog, info: dict, settings: dict) -> list[str]:
+    """The players, the top units by Shapley value, and the ablation check."""
+    target = f", class {settings['target_class']}" if settings["target_class"] >= 0 else ""
+    lines = [f"shapley      {settings['metric']}{target} on {info['eval_images']} images: {info['players']} players in "
+             f"{', '.join(info['layers'])}; V(all) {info['v_all']:.4g}, V(none) {info['v_none']:.4g}; "
+             f"{info['permutations']} permutations in {info['rounds']} rounds, {info['evaluations']} evaluations",
+             "top units by Shapley value (interval at "
+             f"{1 - settings['ci_delta']:.0%}):"]
+    top = catalog.shapley().sort_values(["value", "layer", "unit"], ascending=[False, True, True]).head(10)
+    lines.append(top[["layer", "unit", "value", "ci_low", "ci_high", "samples"]].to_string(
+        index=False, float_format=lambda v: f"{v:.4g}"))
+    ablation = catalog.shapley_ablation()
+    if not ablation.empty:
+        lines.append("metric after removing N units (the paper's check):")
+        lines.append(ablation.pivot(index="n", columns="method", values="value").to_string(float_format=lambda v: f"{v:.4g}"))
+        chosen = ablation[(ablation["method"] != "random") & (ablation["n"] <= 5)].sort_values("n").groupby("method").last()
+        for method, row in chosen.iterrows():
+            lines.append(f"  {method}, N = {row['n']}: {row['units']}")
+    return lines

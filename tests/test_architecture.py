@@ -1,0 +1,83 @@
+"""The layout's rules, read from the source (docs/ARCHITECTURE.md): where Ray is imported, that the run's
+generic modules name no stage, no runtime import cycle, and small modules and functions."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from pipeline.stages import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted([*ROOT.glob("pipeline/**/*.py"), *ROOT.glob("catalog_schema/*.py")])
+GENERIC = ("pipeline/run.py", "pipeline/plan.py", "pipeline/reuse.py", "pipeline/catalog/writer.py",
+           *(str(p.relative_to(ROOT)) for p in ROOT.glob("pipeline/runner/*.py")))
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Modules imported when the file runs (imports under `if TYPE_CHECKING:` are for types only)."""
+    tree = ast.parse(path.read_text())
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for n in ast.walk(node)}
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def test_only_the_runner_imports_ray():
+    importers = [str(p.relative_to(ROOT)) for p in SOURCES
+                 if any(m == "ray" or m.startswith("ray.") for m in _runtime_imports(p))]
+    assert importers and all(p.startswith("pipeline/runner/") for p in importers), importers
+
+
+def test_the_run_plan_reuse_writer_and_runner_name_no_stage():
+    for rel in GENERIC:
+        code = ast.parse((ROOT / rel).read_text())
+        strings = [n.value for n in ast.walk(code) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        names = [n.id for n in ast.walk(code) if isinstance(n, ast.Name)] + \
+                [n.attr for n in ast.walk(code) if isinstance(n, ast.Attribute)]
+        for stage in STAGES:
+            assert stage not in strings and not any(stage in name.lower() for name in names), (rel, stage)
+
+
+def test_no_module_imports_itself_back_at_run_time():
+    modules = {_module(p): p for p in SOURCES}
+    graph = {name: {m for m in _runtime_imports(path) if m in modules and m != name} for name, path in modules.items()}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph[node]:
+            if state.get(nxt) == 1 and not node.startswith(nxt + "."):  # a package importing its own submodule is fine
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name)
+
+
+def test_modules_and_functions_stay_small():
+    for path in SOURCES:
+        source = path.read_text()
+        assert source.count("\n") <= 300, f"{path.relative_to(ROOT)}: {source.count(chr(10))} lines"
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 60, f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"
