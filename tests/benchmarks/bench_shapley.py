@@ -27,7 +27,7 @@ from pipeline.job.load import load_job
 from pipeline.inputs.images import list_images
 from pipeline.inputs.model_survey import survey_model
 from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
-from pipeline.plan import eval_records, player_layers, shapley_config
+from pipeline.stages.shapley.stage import ShapleyStage, eval_records, player_layers
 from pipeline.job.prepare import prepare_inputs
 from pipeline.stages.shapley import estimator as sh
 from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model, whole_model
@@ -36,11 +36,11 @@ from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_mode
 def setup(job_path: str):
     job = load_job(job_path)
     prepare_inputs(job)
-    cfg = shapley_config(job)
+    cfg = ShapleyStage().settings(job)
     model = build_model(recipe_from_config(job.model)).eval()
     shape = (len(job.model.mean), job.model.input_size, job.model.input_size)
     layers = survey_model(model, resolve_layers(model, job.model.layers), shape).layers
-    players = list(player_layers(job, model, layers))
+    players = list(player_layers(cfg, model, layers))
     images = list_images(job.data.images, job.data.limit, job.seed)
     prep = Preprocess(job.model.input_size, job.model.mean, job.model.std, job.data.batch_size)
     groups = [list(images.records[s:s + prep.batch_size]) for s in range(0, len(images.records), prep.batch_size)]

@@ -48,7 +48,7 @@ class ShapleyStage(Stage):
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> ShapleyPart:
         cfg = self.settings(plan.job)
-        part = ShapleyPart(_players(cfg, model, plan.layers), eval_records(plan.images, cfg, plan.job.seed))
+        part = ShapleyPart(player_layers(cfg, model, plan.layers), eval_records(plan.images, cfg, plan.job.seed))
         classes = plan.images.classes
         if not isinstance(survey.output, tuple) or len(survey.output) != 2 or survey.output[1] < len(classes):
             raise UserError(f"stage 'shapley' scores the model's class outputs, but the model returns {survey.output} for "
@@ -106,7 +106,7 @@ class ShapleyStage(Stage):
             copy_shapley(draft, result)
 
 
-def _players(cfg: ShapleySettings, model: nn.Module, layers: list[LayerInfo]) -> tuple[tuple[str, int], ...]:
+def player_layers(cfg: ShapleySettings, model: nn.Module, layers: list[LayerInfo]) -> tuple[tuple[str, int], ...]:
     """The selected layers whose units are Shapley players (all of them unless [stages.shapley] layers)."""
     names = [info.name for info in layers]
     if cfg.layers:
