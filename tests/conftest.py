@@ -139,7 +139,7 @@ def dissection_job(folder: Path, batch: int = 2, workers: int = 1, shard: int = 
 
 # Every stage, small: the planted model on 16 images and an 8-image mini Broden (test_interruptions, test_node_failures).
 ALL_STAGES = dict(
-    featvis={"steps": 24, "size": 16, "batch_units": 2},
+    featvis={"steps": 8, "size": 16, "batch_units": 2},
     dissection={"quantile": 0.2},
     shapley={"layers": ["conv2"], "eval_images": 12, "top_k": 2, "rounds": 6, "permutations_per_round": 2, "bandit": False},
 )

@@ -24,7 +24,7 @@ def featvis_job(folder: Path, workers: int = 1, **featvis) -> Path:
         for i in range(8):
             Image.fromarray(rng.integers(60, 200, (32, 32, 3), dtype=np.uint8)).save(folder / "images" / c / f"{i}.png")
     return write_job(folder, job_toml("pattern_detectors", ["conv", "relu"], norm=(0.5, 0.5), batch=8, k=2, patch=8,
-                                      featvis={"steps": 160, "batch_units": 4, **featvis}, workers=workers))
+                                      featvis={"steps": 64, "batch_units": 4, **featvis}, workers=workers))
 
 
 @pytest.fixture(scope="module")
