@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import PLANTED_JOB, make_images, planted_job, write_job
+from conftest import make_images, planted_job, planted_toml, write_job
 from pipeline.catalog import lock as run_lock
 from pipeline.cli import main
 
@@ -75,7 +75,7 @@ def test_pickled_checkpoint_needing_code_is_refused(tmp_path, capsys):
 
 def test_no_files_at_all_is_an_error(tmp_path, capsys):
     (tmp_path / "images").mkdir()
-    job = write_job(tmp_path, PLANTED_JOB.format(batch=4, workers=1, shard=8))
+    job = write_job(tmp_path, planted_toml())
     code, err = _run(job, capsys)
     assert code == 2 and "holds no files" in err
 
@@ -93,7 +93,7 @@ def test_unreadable_files_are_skipped_and_recorded_and_odd_modes_are_used(tmp_pa
     Image.fromarray(np.full((32, 32, 4), 200, np.uint8)).save(images / "rgba.png")
     Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).convert("P").save(images / "palette.png")
     Image.fromarray(np.full((32, 32), 30, np.uint8)).save(images / "gray8.jpg")
-    job = write_job(tmp_path, PLANTED_JOB.format(batch=4, workers=1, shard=8))
+    job = write_job(tmp_path, planted_toml())
     assert main(["run", str(job)]) == 0
     out = capsys.readouterr().out
     assert "skipped 3" in out
@@ -109,7 +109,7 @@ def test_only_unreadable_files_is_an_error(tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     (images / "a.jpg").write_bytes(b"garbage")
-    job = write_job(tmp_path, PLANTED_JOB.format(batch=4, workers=1, shard=8))
+    job = write_job(tmp_path, planted_toml())
     code, err = _run(job, capsys)
     assert code == 2 and "none of its 1 files could be read" in err
 

@@ -14,12 +14,11 @@ import pandas as pd
 import pytest
 
 from catalog_schema import Catalog
-from conftest import write_job
+from conftest import dissection_toml, write_job
 from mini_broden import write_mini_broden
 from pipeline.inputs.broden import load_masks, open_broden
 from pipeline.cli import main
 from pipeline.errors import UserError
-from test_dissection_run import JOB as DISSECTION_JOB
 
 BRODEN1 = ["image", "split", "ih", "iw", "sh", "sw", "color", "object", "part", "material", "scene", "texture"]
 
@@ -81,10 +80,6 @@ def test_rows_netdissect_lite_skips_are_skipped(tmp_path):
     assert broden.ignored_rows[0].endswith("c_part.csv: row 3 (line 4), column 'number': label 77 is not in label.csv; row skipped")
 
 
-JOB = DISSECTION_JOB.format(batch=4, workers=1, shard=64).replace('broden = "broden"', 'broden = "{broden}"\n{categories}') \
-    .replace('catalog = "catalog"', 'catalog = "catalogs/{catalog}"')
-
-
 @pytest.mark.usefixtures("ray_local")
 def test_dissection_on_a_broden1_subset_runs_and_records_what_it_ignored(tmp_path, capsys):
     """The run on the twelve-column subset equals the run on the plain directory restricted to its categories."""
@@ -94,10 +89,9 @@ def test_dissection_on_a_broden1_subset_runs_and_records_what_it_ignored(tmp_pat
     (tmp_path / "images").mkdir()
     for i in range(8):
         shutil.copy(tmp_path / "plain" / "images" / f"{i:03d}.png", tmp_path / "images")
-    runs = {"subset": ("subset", ""), "asked": ("subset", 'categories = ["object", "scene"]'),
-            "plain": ("plain", 'categories = ["object", "scene"]')}
+    runs = {"subset": ("subset", None), "asked": ("subset", ["object", "scene"]), "plain": ("plain", ["object", "scene"])}
     for catalog, (broden, categories) in runs.items():
-        job = write_job(tmp_path, JOB.format(broden=broden, categories=categories, catalog=catalog))
+        job = write_job(tmp_path, dissection_toml(batch=4, broden=broden, categories=categories, catalog=f"catalogs/{catalog}"))
         assert main(["run", str(job), "--stages", "activations,dissection"]) == 0, capsys.readouterr().err
     subset = Catalog.open(tmp_path / "catalogs" / "subset")
     ignored = subset.manifest["concepts"]["ignored_columns"]

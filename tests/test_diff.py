@@ -12,36 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ASSETS, write_job
+from conftest import ASSETS, PLANTED_LAYERS, check_page, job_toml, write_job
 from pipeline.cli import main
-from test_render import _check_page, browser  # noqa: F401  (a fixture)
 
 sys.path.insert(0, str(ASSETS))
 from tiny_models import planted  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-JOB = """
-seed = 0
-[model]
-factory = "tiny_models.py:planted"
-weights = "{weights}"
-layers = ["conv1", "conv2", "fc"]
-input_size = 32
-mean = [0.5, 0.5, 0.5]
-std = [0.25, 0.25, 0.25]
-[data]
-images = "images"
-batch_size = 8
-[stages.activations]
-k = 4
-patch_size = 8
-[ray]
-workers = 1
-shard_images = 16
-[output]
-catalog = "{catalog}"
-"""
 PERM1 = [2, 0, 3, 1]  # new conv1 unit j is old unit PERM1[j]
 PERM2 = [5, 3, 0, 1, 4, 2]
 
@@ -77,7 +55,8 @@ def world(tmp_path_factory) -> Path:
     flipped["fc.bias"][1] *= -1
     torch.save(flipped, folder / "flipped.pt")
     for weights in ("original", "permuted", "flipped"):
-        job = write_job(folder, JOB.format(weights=f"{weights}.pt", catalog=weights))
+        job = write_job(folder, job_toml("planted", PLANTED_LAYERS, weights=f"{weights}.pt", norm=(0.5, 0.25), batch=8,
+                                         patch=8, shard=16, catalog=weights))
         assert main(["run", str(job)]) == 0
     return folder
 
@@ -132,7 +111,7 @@ def test_render_with_diff_adds_a_page_of_the_changed_units(world, browser):
     site = world / "site"
     assert main(["render", str(world / "flipped"), "--out", str(site), "--diff", str(world / "original")]) == 0
     assert 'href="diff.html"' in (site / "index.html").read_text()
-    errors, broken = _check_page(browser, (site / "diff.html").as_uri())
+    errors, broken = check_page(browser, (site / "diff.html").as_uri())
     assert errors == [] and broken == []
     page = browser.new_page()
     page.goto((site / "diff.html").as_uri())

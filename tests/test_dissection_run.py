@@ -1,10 +1,9 @@
 """The dissection stage through the command line on a real local Ray: planted color detectors on a
-tiny Broden directory, IoUs computed by hand from the planted masks."""
+tiny Broden directory (conftest's dissection_job), IoUs computed by hand from the planted masks."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -12,45 +11,10 @@ import pytest
 from PIL import Image
 
 from catalog_schema import Catalog
-from conftest import kill_run_when, write_job
-from mini_broden import write_mini_broden
+from conftest import dissection_job, kill_run_when
 from pipeline.cli import main
 
 pytestmark = pytest.mark.usefixtures("ray_local")
-
-JOB = """
-seed = 0
-[model]
-factory = "tiny_models.py:color_detectors"
-layers = ["relu"]
-input_size = 32
-mean = [0.5, 0.5, 0.5]
-std = [0.5, 0.5, 0.5]
-[data]
-images = "images"
-batch_size = {batch}
-[concepts]
-broden = "broden"
-[stages.activations]
-k = 2
-patch_size = 8
-[stages.dissection]
-quantile = 0.5
-[ray]
-workers = {workers}
-shard_images = {shard}
-[output]
-catalog = "catalog"
-"""
-
-
-def dissection_job(folder: Path, batch: int = 2, workers: int = 1, shard: int = 64, images: int = 12):
-    world = write_mini_broden(folder / "broden", images=images)
-    (folder / "images").mkdir(exist_ok=True)
-    for i in range(images):
-        shutil.copy(folder / "broden" / "images" / f"{i:03d}.png", folder / "images" / f"{i:03d}.png")
-    return write_job(folder, JOB.format(batch=batch, workers=workers, shard=shard)), world
-
 
 @pytest.fixture(scope="module")
 def dissected(tmp_path_factory):
@@ -164,6 +128,7 @@ def test_a_bad_mask_skips_its_image_and_is_recorded(tmp_path):
     assert units.loc[0, "label"] == "redthing" and units.loc[0, "iou"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # a run in a subprocess, killed
 def test_killed_dissection_resumes_from_finished_shards(tmp_path, capsys):
     job, _ = dissection_job(tmp_path, batch=2, shard=2, images=80)  # 40 shards per pass
     kill_run_when(job, "dissection-tally-*/shard-*.pkl", 2)

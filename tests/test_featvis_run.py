@@ -11,43 +11,20 @@ import pytest
 from PIL import Image
 
 from catalog_schema import Catalog
-from conftest import write_job
+from conftest import job_toml, write_job
 from pipeline.cli import main
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-JOB = """
-seed = 0
-[model]
-factory = "tiny_models.py:pattern_detectors"
-layers = ["conv", "relu"]
-input_size = 32
-mean = [0.5, 0.5, 0.5]
-std = [0.5, 0.5, 0.5]
-[data]
-images = "images"
-batch_size = 8
-[stages.activations]
-k = 2
-patch_size = 8
-[stages.featvis]
-steps = 160
-batch_units = 4
-{extra}
-[ray]
-workers = {workers}
-[output]
-catalog = "catalog"
-"""
-
-
-def featvis_job(folder: Path, workers: int = 1, extra: str = "") -> Path:
+def featvis_job(folder: Path, workers: int = 1, **featvis) -> Path:
+    """tests/assets/tiny_models.py:pattern_detectors (relu units: red, blue, vertical and horizontal stripes) on noise."""
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
         (folder / "images" / c).mkdir(parents=True, exist_ok=True)
         for i in range(8):
             Image.fromarray(rng.integers(60, 200, (32, 32, 3), dtype=np.uint8)).save(folder / "images" / c / f"{i}.png")
-    return write_job(folder, JOB.format(workers=workers, extra=extra))
+    return write_job(folder, job_toml("pattern_detectors", ["conv", "relu"], norm=(0.5, 0.5), batch=8, k=2, patch=8,
+                                      featvis={"steps": 64, "batch_units": 4, **featvis}, workers=workers))
 
 
 @pytest.fixture(scope="module")
@@ -82,5 +59,5 @@ def test_same_visualizations_whatever_the_workers(tmp_path, rendered):
 
 
 def test_bad_featvis_settings_exit_2(tmp_path, capsys):
-    assert main(["run", str(featvis_job(tmp_path, extra='objective = "smile"'))]) == 2
+    assert main(["run", str(featvis_job(tmp_path, objective="smile"))]) == 2
     assert "'stages.featvis.objective' must be one of channel" in capsys.readouterr().err

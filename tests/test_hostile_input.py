@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from conftest import PLANTED_JOB, make_images, planted_job, write_job
+from conftest import make_images, planted_job, planted_toml, write_job
 from mini_broden import write_mini_broden
 from pipeline.inputs.batches import Preprocess
 from pipeline.inputs.broden import open_broden
@@ -68,7 +68,7 @@ def test_bombs_fakes_and_truncated_files_are_recorded_skips_with_relative_paths(
     (images / "letter.jpg").write_text("Dear reader, this is not a JPEG.")
     (images / "folder.png").mkdir()
     (images / "folder.png" / "inside.png").write_bytes(b"")  # never reached: the folder itself is the entry
-    job = write_job(tmp_path, PLANTED_JOB.format(batch=4, workers=1, shard=8))
+    job = write_job(tmp_path, planted_toml())
 
     assert main(["run", str(job)]) == 0
     assert "skipped 5" in capsys.readouterr().out
@@ -161,7 +161,7 @@ def test_loose_images_beside_class_folders_are_refused_naming_them(tmp_path, cap
     make_images(tmp_path / "images", count=6)  # class folders a/ and b/
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "stray.png")
     (tmp_path / "images" / "README.txt").write_text("not an image, and ignored as torchvision does")
-    job = write_job(tmp_path, PLANTED_JOB.format(batch=4, workers=1, shard=8))
+    job = write_job(tmp_path, planted_toml())
     code, err = _run(job, capsys)
     assert code == 2 and "Traceback" not in err
     assert "class sub-folders (a, b) and 1 image file(s) beside them (stray.png)" in err and "Move them into a class folder" in err
@@ -202,7 +202,7 @@ def test_a_catalog_inside_the_data_is_refused(tmp_path, capsys, catalog, expecte
 
 def test_a_catalog_holding_the_data_is_refused(tmp_path, capsys):
     make_images(tmp_path / "out" / "images", count=4)
-    job = write_job(tmp_path, PLANTED_JOB.format(batch=4, workers=1, shard=8).replace('"images"', '"out/images"')
+    job = write_job(tmp_path, planted_toml().replace('"images"', '"out/images"')
                     .replace('catalog = "catalog"', 'catalog = "out"'))
     code, err = _run(job, capsys)
     assert code == 2 and f"[output] catalog = {(tmp_path / 'out').resolve()} holds the data set data.images" in err

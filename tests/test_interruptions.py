@@ -17,54 +17,10 @@ import pandas as pd
 import pytest
 
 from catalog_schema import ARRAYS, Catalog, CatalogError
-from conftest import make_images, write_job
-from mini_broden import write_mini_broden
+from conftest import all_stages_job
 from pipeline.cli import main
 
-pytestmark = pytest.mark.usefixtures("ray_local")
-
-JOB = """
-seed = 0
-[model]
-factory = "tiny_models.py:planted"
-layers = ["conv1", "conv2", "fc"]
-input_size = 32
-mean = [0.0, 0.0, 0.0]
-std = [1.0, 1.0, 1.0]
-[data]
-images = "images"
-batch_size = 2
-[concepts]
-broden = "broden"
-[stages.activations]
-k = 3
-patch_size = {patch}
-[stages.featvis]
-steps = 24
-size = 16
-batch_units = 2
-[stages.dissection]
-quantile = 0.2
-[stages.shapley]
-layers = ["conv2"]
-eval_images = 12
-top_k = 2
-rounds = 6
-permutations_per_round = 2
-bandit = false
-[ray]
-workers = {workers}
-shard_images = 2
-[output]
-catalog = "catalog"
-"""
-
-
-def _world(folder: Path, patch: int = 8, workers: int = 1) -> Path:
-    if not (folder / "images").exists():
-        make_images(folder / "images", count=16)
-        write_mini_broden(folder / "broden", images=8)
-    return write_job(folder, JOB.format(patch=patch, workers=workers))
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]  # each test kills or signals runs of its own
 
 
 def _start(job: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
@@ -109,13 +65,6 @@ def _assert_same_catalog(a: Path, b: Path) -> None:
                 np.testing.assert_array_equal(ca._array(kind, layer)[...], cb._array(kind, layer)[...], err_msg=f"{group}/{layer}")
 
 
-@pytest.fixture(scope="module")
-def undisturbed(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("undisturbed")
-    assert main(["run", str(_world(folder))]) == 0
-    return folder / "catalog"
-
-
 # (stage, the checkpoints that show it is under way, how many to wait for)
 STAGES = [
     ("activations", "activations-*/shard-*.pkl", 2),
@@ -130,7 +79,7 @@ STAGES = [
 
 @pytest.mark.parametrize("stage,pattern,count", STAGES, ids=[s[0] for s in STAGES])
 def test_a_run_killed_in_each_stage_resumes_to_the_same_catalog(tmp_path, capsys, undisturbed, stage, pattern, count):
-    job = _world(tmp_path)
+    job = all_stages_job(tmp_path)
     work = tmp_path / "catalog" / ".work"
     _kill_when(job, lambda: len(list(work.glob(pattern))) >= count)
     assert not (tmp_path / "catalog" / "manifest.json").exists()
@@ -142,7 +91,7 @@ def test_a_run_killed_in_each_stage_resumes_to_the_same_catalog(tmp_path, capsys
 
 
 def test_shapley_resumes_from_its_last_round(tmp_path, capsys, undisturbed):
-    job = _world(tmp_path)
+    job = all_stages_job(tmp_path)
     work = tmp_path / "catalog" / ".work"
     _kill_when(job, lambda: len(list(work.glob("shapley-*/rounds.pkl"))) >= 1)
     assert main(["run", str(job)]) == 0
@@ -174,7 +123,7 @@ def test_a_reader_never_sees_a_half_written_catalog_while_runs_are_killed(tmp_pa
     """The catalog exists (an earlier run with other settings); reruns are killed at moments spread over the
     write, one finishes; a reader polls all along. Every read finds whole files."""
     shutil.copytree(undisturbed, tmp_path / "catalog", symlinks=True)
-    job = _world(tmp_path, patch=12)  # another patch size: every array and table is rewritten
+    job = all_stages_job(tmp_path, patch=12)  # another patch size: every array and table is rewritten
     stop, seen, errors = threading.Event(), [], []
     reader = threading.Thread(target=_reader, args=(tmp_path / "catalog", stop, seen, errors))
     reader.start()
@@ -205,11 +154,11 @@ def test_a_full_disk_while_writing_leaves_the_catalog_as_it_was(tmp_path, capsys
     disk = tmp_path / "disk"
     _mount_small_disk(disk, "1200k")
     try:
-        job = _world(disk, patch=8)
+        job = all_stages_job(disk, patch=8)
         assert main(["run", str(job)]) == 0
         before = {p.name: p.read_bytes() for p in (disk / "catalog").glob("*.*") if p.is_file()}
         run_id = Catalog.open(disk / "catalog").manifest["run_id"]
-        job = _world(disk, patch=96)  # crops 144x larger: they no longer fit
+        job = all_stages_job(disk, patch=96)  # crops 144x larger: they no longer fit
         capsys.readouterr()
         assert main(["run", str(job)]) == 2
         err = capsys.readouterr().err
@@ -246,7 +195,7 @@ SIGNALLED = [(stage, pattern, count) for stage, pattern, count in STAGES if stag
 def test_ctrl_c_or_sigterm_ends_with_one_line_and_resumes(tmp_path, capsys, undisturbed, signum):
     """Stopped in the activations, then (resumed) in feature visualization, then in Shapley: each time one line and
     128 + the signal within 10 s, no traceback, no Ray stack dump, the lock released; at last the same catalog."""
-    job = _world(tmp_path)
+    job = all_stages_job(tmp_path)
     work = tmp_path / "catalog" / ".work"
     for stage, pattern, count in SIGNALLED:
         code, err, seconds = _signal_when(job, lambda: len(list(work.glob(pattern))) >= count, signum)

@@ -1,6 +1,7 @@
 """Worker failures on a real multi-node Ray (ray.cluster_utils.Cluster: several raylets on this machine):
 a node holding a model actor is killed in the middle of each stage; the run completes and its catalog
-equals an undisturbed run's. Each case runs in its own process, which starts and stops its own cluster
+equals an undisturbed run's (conftest's `undisturbed`, one actor: the catalog does not depend on the
+number of workers). Each case runs in its own process, which starts and stops its own cluster
 (the test session's local Ray cannot be shared with one)."""
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from test_interruptions import _assert_same_catalog, _world
+from conftest import all_stages_job
+from test_interruptions import _assert_same_catalog
+
+pytestmark = pytest.mark.slow  # four multi-node clusters, each in a process of its own
 
 DRIVER = r"""
 import json, sys, threading, time
@@ -64,18 +68,9 @@ STAGES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def undisturbed(tmp_path_factory, ray_local) -> Path:
-    from pipeline.cli import main
-
-    folder = tmp_path_factory.mktemp("nodes-undisturbed")
-    assert main(["run", str(_world(folder, workers=2))]) == 0
-    return folder / "catalog"
-
-
 @pytest.mark.parametrize("stage,pattern,count", STAGES, ids=[s[0] for s in STAGES])
 def test_a_node_killed_in_each_stage_costs_nothing(tmp_path, undisturbed, stage, pattern, count):
-    job = _world(tmp_path, workers=2)
+    job = all_stages_job(tmp_path, workers=2)
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     env = {**os.environ, "RAY_ADDRESS": ""}

@@ -7,48 +7,23 @@ import numpy as np
 import pytest
 
 from catalog_schema import Catalog
-from conftest import RED_IMAGE, make_images, write_job
+from conftest import RED_IMAGE, job_toml, make_images, write_job
 from mini_broden import write_mini_broden
 from pipeline.cli import main
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-JOB = """
-seed = 0
-[model]
-factory = "tiny_models.py:non_finite"
-layers = ["poison"]
-input_size = 32
-mean = [0.0, 0.0, 0.0]
-std = [1.0, 1.0, 1.0]
-[data]
-images = "images"
-batch_size = 4
-[concepts]
-broden = "broden"
-[stages.activations]
-k = 3
-patch_size = 8
-[stages.featvis]
-steps = 8
-size = 16
-[stages.dissection]
-quantile = 0.2
-[stages.shapley]
-eval_images = 12
-rounds = 2
-permutations_per_round = 2
-[ray]
-workers = 1
-[output]
-catalog = "catalog"
-"""
+def _job(folder):
+    """tests/assets/tiny_models.py:non_finite: `poison` units 1 and 2 are NaN and +inf at the red pixel, every stage."""
+    return write_job(folder, job_toml("non_finite", ["poison"], broden="broden", k=3, patch=8,
+                                      featvis={"steps": 8, "size": 16}, dissection={"quantile": 0.2},
+                                      shapley={"eval_images": 12, "rounds": 2, "permutations_per_round": 2}))
 
 
 def test_nonfinite_units_are_flagged_and_the_run_goes_on(tmp_path, capsys):
     make_images(tmp_path / "images", count=16)
     write_mini_broden(tmp_path / "broden", images=6)
-    assert main(["run", str(write_job(tmp_path, JOB))]) == 0
+    assert main(["run", str(_job(tmp_path))]) == 0
     cat = Catalog.open(tmp_path / "catalog")
     units = cat.units().set_index("unit")
     assert units["nonfinite"].tolist() == [0, 1, 1]  # one red pixel, one bad value each

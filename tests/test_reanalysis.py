@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from catalog_schema import ARRAYS, Catalog
-from conftest import ASSETS, make_images, write_job
+from conftest import ASSETS, PLANTED_LAYERS, job_toml, make_images, write_job
 from mini_broden import write_mini_broden
 from pipeline.cli import main
 
@@ -23,43 +23,14 @@ from tiny_models import planted  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-JOB = """
-seed = 0
-{previous}
-[model]
-factory = "tiny_models.py:planted"
-weights = "{weights}"
-layers = ["conv1", "conv2", "fc"]
-input_size = 32
-mean = [0.0, 0.0, 0.0]
-std = [1.0, 1.0, 1.0]
-[data]
-images = "images"
-batch_size = 4
-[concepts]
-broden = "broden"
-[stages.activations]
-k = 3
-patch_size = 8
-probe_images = 16
-[stages.featvis]
-steps = 6
-size = 16
-[stages.dissection]
-quantile = 0.2
-[stages.shapley]
-layers = ["conv2"]
-eval_images = 12
-top_k = 2
-rounds = 2
-permutations_per_round = 3
-[ray]
-workers = 1
-shard_images = 8
-[output]
-catalog = "{catalog}"
-{output}
-"""
+def reanalysis_toml(weights: str, catalog: str, previous: str | None = None, history: bool | None = None, quantile: float = 0.2) -> str:
+    """The planted model with `weights`, every stage (Shapley's players: conv2)."""
+    return job_toml("planted", PLANTED_LAYERS, weights=weights, broden="broden", k=3, patch=8, activations={"probe_images": 16},
+                    featvis={"steps": 6, "size": 16}, dissection={"quantile": quantile},
+                    shapley={"layers": ["conv2"], "eval_images": 12, "top_k": 2, "rounds": 2, "permutations_per_round": 3},
+                    shard=8, catalog=catalog, top={"previous": previous}, output={"history": history})
+
+
 STAGES = ("activations", "featvis", "dissection", "shapley")
 DEAD = ("conv2", 5)
 
@@ -83,8 +54,8 @@ def world(tmp_path_factory) -> Path:
     return folder
 
 
-def run(world: Path, weights: str, catalog: str, previous: str = "", output: str = "", argv: tuple = ()) -> Catalog:
-    job = write_job(world, JOB.format(weights=weights, catalog=catalog, previous=previous, output=output))
+def run(world: Path, weights: str, catalog: str, previous: str | None = None, history: bool | None = None, argv: tuple = ()) -> Catalog:
+    job = write_job(world, reanalysis_toml(weights, catalog, previous, history))
     assert main(["run", str(job), *argv]) == 0
     return Catalog.open(world / catalog)
 
@@ -97,7 +68,7 @@ def actions(cat: Catalog, action: str) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def runs(world) -> dict[str, Catalog]:
     first = run(world, "original.pt", "first")
-    tuned = run(world, "tuned_fc.pt", "tuned", previous='previous = "first"')
+    tuned = run(world, "tuned_fc.pt", "tuned", previous="first")
     fresh = run(world, "tuned_fc.pt", "fresh")
     middle = run(world, "changed_conv2.pt", "middle", argv=("--previous", str(world / "tuned")))
     return {"first": first, "tuned": tuned, "fresh": fresh, "middle": middle}
@@ -163,8 +134,7 @@ def test_changing_a_middle_layer_recomputes_it_and_every_later_layer(runs):
 
 
 def test_changed_settings_recompute_only_their_stage(world, runs):
-    job = write_job(world, JOB.format(weights="tuned_fc.pt", catalog="settings", previous='previous = "tuned"', output="")
-                    .replace("quantile = 0.2", "quantile = 0.25"))
+    job = write_job(world, reanalysis_toml("tuned_fc.pt", "settings", previous="tuned", quantile=0.25))
     assert main(["run", str(job)]) == 0
     cat = Catalog.open(world / "settings")
     assert actions(cat, "computed") == {"activations": set(), "featvis": set(), "shapley": set(),
@@ -174,12 +144,11 @@ def test_changed_settings_recompute_only_their_stage(world, runs):
 
 
 def test_history_with_latest(world):
-    output = "history = true"
-    first = run(world, "original.pt", "hist", previous='previous = "latest"', output=output)
+    first = run(world, "original.pt", "hist", previous="latest", history=True)
     assert actions(first, "reused") == {stage: set() for stage in STAGES}  # nothing to reuse yet
     root = world / "hist"
     assert os.path.islink(root / "latest") and (root / "latest").resolve() == first.path
-    second = run(world, "original.pt", "hist", previous='previous = "latest"', output=output)
+    second = run(world, "original.pt", "hist", previous="latest", history=True)
     assert second.path != first.path and second.path.parent == root
     assert actions(second, "computed") == {stage: set() for stage in STAGES}
     assert second.manifest["reuse"]["previous"] == str(first.path)
@@ -189,7 +158,7 @@ def test_history_with_latest(world):
 
 
 def test_previous_that_is_not_a_catalog_exits_2(world, capsys):
-    job = write_job(world, JOB.format(weights="original.pt", catalog="bad", previous='previous = "nowhere"', output=""))
+    job = write_job(world, reanalysis_toml("original.pt", "bad", previous="nowhere"))
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
     assert "job key 'previous'" in err and "nowhere" in err and "Traceback" not in err

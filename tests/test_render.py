@@ -1,4 +1,4 @@
-"""The rendered site in a real headless Chromium (Debian's chromium, driven by Playwright)."""
+"""The rendered site in a real headless Chromium (Debian's chromium, driven by Playwright: conftest's `browser`)."""
 
 from __future__ import annotations
 
@@ -12,38 +12,20 @@ import pytest
 
 import catalog_schema as cs
 from catalog_schema.storage import write_array
-from conftest import planted_job
+from conftest import check_page, dissection_job
 from pipeline.cli import main
-from test_dissection_run import dissection_job
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 SCRIPT_NAME = "<script>window.__pwned = 1</script>redthing"
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("no Chromium on this machine: `apt-get install chromium` (.ci/run installs it)")
-
-
 @pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is installed by `pip install -e .[test]`")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--allow-file-access-from-files"])
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def activations_site(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("render-activations")
-    assert main(["run", str(planted_job(folder))]) == 0
-    assert main(["render", str(folder / "catalog"), "--out", str(folder / "site")]) == 0
-    return folder / "site"
+def activations_site(tmp_path_factory, planted_run) -> Path:
+    """The site of conftest's planted catalog (activations only)."""
+    site = tmp_path_factory.mktemp("render-activations") / "site"
+    assert main(["render", str(planted_run.catalog), "--out", str(site)]) == 0
+    return site
 
 
 @pytest.fixture(scope="module")
@@ -64,25 +46,13 @@ def full_site(tmp_path_factory) -> Path:
     return folder / "site"
 
 
-def _check_page(browser, url: str) -> tuple[list[str], list[str]]:
-    """(console errors and page errors, images that did not load) of one page."""
-    page = browser.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(url, wait_until="load")
-    broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
-    page.close()
-    return errors, broken
-
-
 @pytest.mark.parametrize("site_name", ["activations_site", "full_site"])
 def test_every_page_loads_without_errors_and_every_image_shows(browser, request, site_name):
     site = request.getfixturevalue(site_name)
     pages = sorted(site.rglob("*.html"))
     assert len(pages) >= 3
     for page in pages:
-        errors, broken = _check_page(browser, page.as_uri())
+        errors, broken = check_page(browser, page.as_uri())
         assert errors == [] and broken == [], page
     assert sorted(p.name for p in (site / "contact").iterdir())  # a contact sheet per layer
     for html in pages:  # offline: no scheme, no absolute path, in any link or source
@@ -116,18 +86,18 @@ def test_a_concept_name_with_a_script_tag_shows_as_text(browser, full_site):
     page.close()
 
 
-def test_render_refuses_a_folder_that_is_not_a_site(tmp_path, activations_site, capsys):
+def test_render_refuses_a_folder_that_is_not_a_site(tmp_path, planted_run, activations_site, capsys):
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    assert main(["render", str(activations_site.parent / "catalog"), "--out", str(other)]) == 2
+    assert main(["render", str(planted_run.catalog), "--out", str(other)]) == 2
     assert "is not a site written by" in capsys.readouterr().err and (other / "notes.txt").exists()
-    assert main(["render", str(activations_site.parent / "catalog"), "--out", str(activations_site)]) == 0  # a site: replaced
+    assert main(["render", str(planted_run.catalog), "--out", str(activations_site)]) == 0  # a site: replaced
 
 
-def test_feature_visualizations_show_when_the_catalog_has_them(browser, tmp_path, activations_site):
+def test_feature_visualizations_show_when_the_catalog_has_them(browser, tmp_path, planted_run):
     catalog = tmp_path / "catalog"
-    shutil.copytree(activations_site.parent / "catalog", catalog)
+    shutil.copytree(planted_run.catalog, catalog)
     views = np.zeros((4, 3, 16, 16, 3), np.uint8)
     views[:, 0, :, :, 0] = 255  # positive: red, negative: black, diverse: green
     views[:, 2, :, :, 1] = 255

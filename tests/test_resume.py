@@ -8,7 +8,7 @@ import pytest
 from conftest import kill_run_when, make_images, planted_job
 from pipeline.cli import main
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]  # a run in a subprocess, killed
 
 
 def test_killed_run_resumes_from_finished_shards(tmp_path, capsys):

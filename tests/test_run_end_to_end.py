@@ -20,11 +20,10 @@ from pipeline.cli import main
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
-@pytest.fixture(scope="module")
-def planted_catalog(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("planted")
-    assert main(["run", str(planted_job(folder))]) == 0
-    return folder / "catalog"
+@pytest.fixture
+def planted_catalog(planted_run) -> Path:
+    """conftest's planted catalog (one shard, one worker), made once per session: read only."""
+    return planted_run.catalog
 
 
 def test_planted_red_detector_finds_the_red_pixel(planted_catalog):
@@ -78,13 +77,11 @@ def _catalog_contents(path: Path) -> dict:
 
 
 def test_same_catalog_whatever_the_shards_and_workers(tmp_path, planted_catalog):
-    one = tmp_path / "one"
-    shutil.copytree(planted_catalog.parent / "images", one / "images")
-    assert main(["run", str(planted_job(one, shard=1000, workers=1))]) == 0
+    one = planted_catalog  # one shard, one worker
     many = tmp_path / "many"
     shutil.copytree(planted_catalog.parent / "images", many / "images")
     assert main(["run", str(planted_job(many, shard=3, workers=2))]) == 0  # 3 rounds up to whole batches of 4
-    a, b = _catalog_contents(one / "catalog"), _catalog_contents(many / "catalog")
+    a, b = _catalog_contents(one), _catalog_contents(many / "catalog")
     for key in a:
         if isinstance(a[key], pd.DataFrame):
             pd.testing.assert_frame_equal(a[key], b[key], check_exact=True)
@@ -105,10 +102,9 @@ def test_query_and_describe(planted_catalog, capsys):
     assert "wall time    prepare and plan " in text and "activations " in text
 
 
-def test_a_run_says_where_its_time_went(tmp_path, capsys):
-    assert main(["run", str(planted_job(tmp_path))]) == 0
-    line, = [ln for ln in capsys.readouterr().out.splitlines() if "wall time:" in ln]
-    steps = {t["step"]: t["seconds"] for t in Catalog.open(tmp_path / "catalog").manifest["wall_seconds"]}
+def test_a_run_says_where_its_time_went(planted_run):
+    line, = [ln for ln in planted_run.out.splitlines() if "wall time:" in ln]
+    steps = {t["step"]: t["seconds"] for t in Catalog.open(planted_run.catalog).manifest["wall_seconds"]}
     assert list(steps) == ["prepare and plan", "ray start", "activations"]  # the stages this job ran, in order
     assert all(seconds >= 0 for seconds in steps.values()) and steps["activations"] > 0
     for step in [*steps, "write"]:

@@ -11,45 +11,22 @@ import pytest
 from PIL import Image
 
 from catalog_schema import Catalog
-from conftest import write_job
+from conftest import job_toml, write_job
 from pipeline.cli import main
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 FOLDERS = {"a_bg": [(128, 128, 128)] * 8, "b_warm": [(255, 0, 0)] * 6 + [(0, 0, 255)] * 2, "c_green": [(0, 255, 0)] * 8}
 
-JOB = """
-seed = 0
-[model]
-factory = "tiny_models.py:shapley_planted"
-layers = ["relu", "fc"]
-input_size = 8
-mean = [0.5, 0.5, 0.5]
-std = [0.5, 0.5, 0.5]
-[data]
-images = "images"
-batch_size = 4
-[stages.activations]
-k = 2
-patch_size = 8
-[stages.shapley]
-layers = ["relu"]
-permutations_per_round = 4
-rounds = 3
-{extra}
-[ray]
-workers = {workers}
-[output]
-catalog = "catalog"
-"""
-
-
-def shapley_job(folder: Path, workers: int = 1, extra: str = "") -> Path:
+def shapley_job(folder: Path, workers: int = 1, **shapley) -> Path:
+    """tests/assets/tiny_models.py:shapley_planted on 8 px single-color images in three classes (FOLDERS)."""
     for name, colors in FOLDERS.items():
         (folder / "images" / name).mkdir(parents=True, exist_ok=True)
         for i, color in enumerate(colors):
             Image.new("RGB", (8, 8), color).save(folder / "images" / name / f"{i:02d}.png")
-    return write_job(folder, JOB.format(workers=workers, extra=extra))
+    return write_job(folder, job_toml("shapley_planted", ["relu", "fc"], norm=(0.5, 0.5), input_size=8, k=2, patch=8,
+                                      shapley={"layers": ["relu"], "permutations_per_round": 4, "rounds": 3, **shapley},
+                                      workers=workers))
 
 
 @pytest.fixture(scope="module")
@@ -92,22 +69,20 @@ def test_same_values_whatever_the_workers(tmp_path, valued):
 
 
 def test_class_specific_values(tmp_path):
-    assert main(["run", str(shapley_job(tmp_path, extra="target_class = 1"))]) == 0
+    assert main(["run", str(shapley_job(tmp_path, target_class=1))]) == 0
     table = pd.read_parquet(tmp_path / "catalog" / "shapley.parquet")
     np.testing.assert_allclose(table["value"], [6 / 8, 0, 0, 2 / 8], atol=1e-6)  # green matters for class 2 only
     assert (table["target_class"] == 1).all()
 
 
-@pytest.mark.parametrize("extra, expected", [
-    ("target_class = 5", "stages.shapley.target_class = 5, but data.images has 3 classes"),
-    ('metric = "f1"', "'stages.shapley.metric' must be \"accuracy\" or \"cross_entropy\""),
-    ('layers = ["conv"]', "stages.shapley.layers selects conv, which model.layers does not"),
-    ("delta = 2.0", "'stages.shapley.delta' must be between 0 and 1"),
-])
-def test_bad_settings_exit_2(tmp_path, capsys, extra, expected):
-    job = shapley_job(tmp_path, extra=extra)
-    if extra.startswith("layers"):
-        job.write_text(job.read_text().replace('layers = ["relu"]\n', ""))
+@pytest.mark.parametrize("setting, expected", [
+    ({"target_class": 5}, "stages.shapley.target_class = 5, but data.images has 3 classes"),
+    ({"metric": "f1"}, "'stages.shapley.metric' must be \"accuracy\" or \"cross_entropy\""),
+    ({"layers": ["conv"]}, "stages.shapley.layers selects conv, which model.layers does not"),
+    ({"delta": 2.0}, "'stages.shapley.delta' must be between 0 and 1"),
+], ids=["target_class", "metric", "layers", "delta"])
+def test_bad_settings_exit_2(tmp_path, capsys, setting, expected):
+    job = shapley_job(tmp_path, **setting)
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
