@@ -9,7 +9,7 @@ what it writes into the catalog. run.py, plan.py, reuse.py and the writer only l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,8 +129,3 @@ class Stage:
         """Add the stage's tables, units columns, arrays and manifest sections to the catalog being written."""
         raise NotImplementedError
 
-
-def layers_named(plan: RunPlan, names: Iterator[str] | Sequence[str]) -> list:
-    """The plan's LayerInfo of `names`, in model order."""
-    wanted = set(names)
-    return [info for info in plan.layers if info.name in wanted]
