@@ -112,7 +112,11 @@ def _run(job: JobConfig, address: str | None, catalog: Path, stages: tuple[str, 
 
 
 def _shards_done(plan: RunPlan, passes: list[tuple[str, str, Sequence]]) -> int:
-    return sum((plan.work_dir(name, stage) / shard_file(s.index)).exists() for stage, name, shards in passes for s in shards)
+    done = 0
+    for stage, name, shards in passes:
+        folder = plan.work_dir(name, stage)  # a hash of the plan: once per pass, not per shard
+        done += sum((folder / shard_file(s.index)).exists() for s in shards)
+    return done
 
 
 def _parts_done(plan: RunPlan) -> dict[str, int]:
