@@ -130,8 +130,7 @@ def _distribute_and_write(plan: RunPlan, address: str, reused: dict[str, Any], r
     seconds = {"prepare and plan": round(time.perf_counter() - clock, 2)}
     start = time.perf_counter()
     results: dict[str, Any] = {}
-    with runner.ray_session(address):
-        workers = runner.start_workers(plan)
+    with runner.ray_session(address), runner.model_workers(plan) as workers:
         seconds["ray start"] = round(time.perf_counter() - start, 2)  # Ray and the model actors up
         for name in plan.stages:
             driver = runner.Driver(plan, workers, name, seconds)

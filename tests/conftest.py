@@ -27,11 +27,15 @@ RED_YX = (9, 13)
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """The session's Ray: in-process runs reuse it (`ray_session`), so they start only their model actors.
-    Tests that kill or signal a run, or need a cluster of their own, run it in a subprocess instead."""
+    """The session's Ray: in-process runs reuse it (`ray_session`) and hand their model actors on to the
+    next run (`keep_workers`). Tests that kill or signal a run, or need a cluster of their own, run it in
+    a subprocess instead."""
     ray = pytest.importorskip("ray")
+    from pipeline.runner import keep_workers
+
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", address="local")
-    yield ray
+    with keep_workers():
+        yield ray
     ray.shutdown()
 
 

@@ -14,7 +14,7 @@ import torchvision
 import zarr
 
 from catalog_schema import Catalog
-from conftest import RED_IMAGE, RED_YX, make_images, planted_job
+from conftest import RED_IMAGE, RED_YX, dissection_job, make_images, planted_job
 from pipeline.cli import main
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -82,6 +82,31 @@ def test_same_catalog_whatever_the_shards_and_workers(tmp_path, planted_catalog)
     shutil.copytree(planted_catalog.parent / "images", many / "images")
     assert main(["run", str(planted_job(many, shard=3, workers=2))]) == 0  # 3 rounds up to whole batches of 4
     a, b = _catalog_contents(one), _catalog_contents(many / "catalog")
+    for key in a:
+        if isinstance(a[key], pd.DataFrame):
+            pd.testing.assert_frame_equal(a[key], b[key], check_exact=True)
+        else:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def _model_actors() -> set[str]:
+    """Every model actor this Ray has started, alive or not."""
+    import ray._private.state
+
+    return {key for key, actor in ray._private.state.actors().items() if actor["ActorClassName"] == "ModelWorker"}
+
+
+def test_kept_model_actors_start_each_run_afresh(tmp_path, planted_catalog):
+    """The session keeps its model actors between runs (runner.keep_workers): a run that follows another
+    model's, on another image folder, starts no actor and gives the same catalog as the first run."""
+    other, _ = dissection_job(tmp_path / "other")
+    assert main(["run", str(other)]) == 0
+    again = tmp_path / "again"
+    shutil.copytree(planted_catalog.parent / "images", again / "images")
+    before = _model_actors()
+    assert main(["run", str(planted_job(again, shard=1000))]) == 0
+    assert _model_actors() == before
+    a, b = _catalog_contents(planted_catalog), _catalog_contents(again / "catalog")
     for key in a:
         if isinstance(a[key], pd.DataFrame):
             pd.testing.assert_frame_equal(a[key], b[key], check_exact=True)

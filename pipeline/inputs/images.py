@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.errors import UserError
@@ -123,6 +122,8 @@ def load_image(path: Path, size: int, channels: int = 3, crop: bool = True) -> n
         raise
     except Exception as exc:  # corrupt, truncated, not an image, decompression bomb found while decoding
         raise SkippedImage(failure_reason(exc, path)) from None
+    import torchvision.transforms.functional as TF  # here: importing torchvision costs every process 1.3 s (torch._dynamo)
+
     bilinear = TF.InterpolationMode.BILINEAR
     if crop:
         img = TF.center_crop(TF.resize(img, size, interpolation=bilinear, antialias=True), [size, size])

@@ -22,22 +22,25 @@ from tqdm import tqdm
 
 from catalog_schema.layout import WORK, shard_file
 from pipeline.plan import RunPlan
+from pipeline.runner import pool
 from pipeline.runner.task_pool import completed, in_order
-from pipeline.runner.worker import ModelWorker
+from pipeline.runner.worker import ModelWorker, RunSetup
 
 T = TypeVar("T")
 
 
 @dataclass
 class Workers:
-    """The model actors, and a reference to the recipe they build the model from (held alive by the driver)."""
+    """The model actors, and a reference to the run's setup they build the model from (held alive by the driver)."""
 
     actors: list
-    recipe: list
+    setup: list
 
 
-def start_workers(plan: RunPlan) -> Workers:
-    """Model actors: one per GPU when the cluster has GPUs, else one per `cpus_per_worker` CPUs."""
+@contextmanager
+def model_workers(plan: RunPlan) -> Iterator[Workers]:
+    """Model actors: one per GPU when the cluster has GPUs, else one per `cpus_per_worker` CPUs; kept for
+    the next run when the process asked for it (runner.pool) and the block ended without an error."""
     cfg = plan.job.ray
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0.0)
@@ -46,12 +49,14 @@ def start_workers(plan: RunPlan) -> Workers:
     count = cfg.workers or (int(gpus // cfg.gpus_per_worker) if use_gpu else max(1, int(cpus) // cfg.cpus_per_worker))
     count = max(1, min(count, len(plan.shards)))
     share = min(float(cfg.cpus_per_worker), cpus / count)  # never ask for more CPUs than exist: actors would wait forever
-    actor = ray.remote(ModelWorker).options(
-        num_cpus=share, num_gpus=cfg.gpus_per_worker if use_gpu else 0, max_restarts=2, max_task_retries=2,
-    )
-    workers = [actor.remote(str(plan.images.root), plan.prep, max(1, int(share))) for _ in range(count)]
-    ray.get([w.ready.remote() for w in workers])  # started (a stage's time is then its own)
-    return Workers(workers, [ray.put(plan.recipe)])  # a list: Ray passes a nested reference as is, unresolved
+    shape = (share, float(cfg.gpus_per_worker) if use_gpu else 0.0)
+    actor = ray.remote(ModelWorker).options(num_cpus=shape[0], num_gpus=shape[1], max_restarts=2, max_task_retries=2)
+    actors = pool.take(shape, count)
+    actors += [actor.remote(max(1, int(share))) for _ in range(count - len(actors))]
+    ray.get([w.ready.remote() for w in actors])  # started (a stage's time is then its own)
+    setup = RunSetup(plan.recipe, str(plan.images.root), plan.prep)
+    yield Workers(actors, [ray.put(setup)])  # a list: Ray passes a nested reference as is, unresolved
+    pool.keep(shape, actors)
 
 
 @dataclass
@@ -70,7 +75,7 @@ class Driver:
     def _submit(self, work: Callable, args: Callable[[Any], tuple] | tuple):
         def submit(actor, item):
             extra = args(item) if callable(args) else args
-            return actor.run.remote(self.workers.recipe, work, item, extra)
+            return actor.run.remote(self.workers.setup, work, item, extra)
         return submit
 
     def fan_out(self, name: str, desc: str, shards: Sequence[Any], work: Callable, args: Callable[[Any], tuple],

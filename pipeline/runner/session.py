@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import ray
 
 from pipeline.interrupts import stop_on_signals
+from pipeline.runner.pool import stop_kept
 
 
 @contextmanager
@@ -24,4 +25,5 @@ def ray_session(address: str) -> Iterator[None]:
         with stop_on_signals():  # again: ray.init replaced the handlers (its SIGTERM one dumps stacks)
             yield
     finally:
+        stop_kept()  # they end with this Ray
         ray.shutdown()

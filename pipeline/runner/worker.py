@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -11,25 +12,37 @@ import torch
 from torch import nn
 
 from pipeline.inputs.batches import Preprocess
-from pipeline.inputs.models import build_model
+from pipeline.inputs.models import ModelRecipe, build_model
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What every call of one run carries (by reference): how to build the model and read the images."""
+
+    recipe: ModelRecipe
+    root: str
+    prep: Preprocess
 
 
 class ModelWorker:
     """Holds one copy of the model; `run` calls a stage's function on one shard or item.
 
-    The model is built on the first call from the recipe reference every call carries (the driver
-    keeps it alive), so an actor Ray restarts after a crash rebuilds it the same way; shared objects
-    (a concept data set, an evaluation set) are fetched once and kept while the driver shares the same one.
+    The model is built on the first call from the run's setup reference every call carries (the driver
+    keeps it alive), so an actor Ray restarts after a crash rebuilds it the same way, and an actor kept
+    for a later run (runner.pool) starts that run afresh; shared objects (a concept data set, an
+    evaluation set) are fetched once and kept while the driver shares the same one.
     """
 
-    def __init__(self, root: str, prep: Preprocess, threads: int):
+    def __init__(self, threads: int):
         torch.set_num_threads(max(1, threads))  # Ray sets OMP_NUM_THREADS; torch must match the actor's CPUs
         self.device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
-        self.root, self.prep = Path(root), prep
+        self.root: Path | None = None  # the run's image folder and preprocessing, set by its first call
+        self.prep: Preprocess | None = None
+        self._run_key: str | None = None
+        self._recipe: ModelRecipe | None = None
         self._model: nn.Module | None = None
-        self._recipe: list | None = None
         self._shared: dict[str, Any] = {}  # object id -> object
         self._memos: dict[str, tuple[str, Any]] = {}  # key -> (object id it was built from, value)
 
@@ -37,14 +50,23 @@ class ModelWorker:
         """Answers once the actor's process is up."""
         return True
 
-    def run(self, recipe: list, work: Callable[..., Any], item: Any, args: tuple) -> Any:
+    def run(self, setup: list, work: Callable[..., Any], item: Any, args: tuple) -> Any:
         """work(self, item, *args): a stage's module-level function, with this actor as its `Worker`."""
-        self._recipe = recipe
+        if setup[0].hex() != self._run_key:
+            self._start_run(setup[0].hex(), ray.get(setup[0]))
         return work(self, item, *args)
+
+    def _start_run(self, key: str, setup: RunSetup) -> None:
+        for _, value in self._memos.values():
+            if hasattr(value, "close"):
+                value.close()
+        self._memos, self._shared, self._model = {}, {}, None
+        self._run_key, self._recipe = key, setup.recipe
+        self.root, self.prep = Path(setup.root), setup.prep
 
     def model(self) -> nn.Module:
         if self._model is None:
-            self._model = build_model(ray.get(self._recipe[0])).to(self.device)
+            self._model = build_model(self._recipe).to(self.device)
         return self._model
 
     def get(self, shared: list) -> Any:
