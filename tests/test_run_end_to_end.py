@@ -76,17 +76,21 @@ def _catalog_contents(path: Path) -> dict:
     return out
 
 
-def test_same_catalog_whatever_the_shards_and_workers(tmp_path, planted_catalog):
-    one = planted_catalog  # one shard, one worker
-    many = tmp_path / "many"
-    shutil.copytree(planted_catalog.parent / "images", many / "images")
-    assert main(["run", str(planted_job(many, shard=3, workers=2))]) == 0  # 3 rounds up to whole batches of 4
-    a, b = _catalog_contents(one), _catalog_contents(many / "catalog")
+def _assert_same_contents(one: Path, other: Path) -> None:
+    a, b = _catalog_contents(one), _catalog_contents(other)
     for key in a:
         if isinstance(a[key], pd.DataFrame):
             pd.testing.assert_frame_equal(a[key], b[key], check_exact=True)
         else:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_same_catalog_whatever_the_shards_and_workers(tmp_path, planted_catalog):
+    one = planted_catalog  # one shard, one worker
+    many = tmp_path / "many"
+    shutil.copytree(planted_catalog.parent / "images", many / "images")
+    assert main(["run", str(planted_job(many, shard=3, workers=2))]) == 0  # 3 rounds up to whole batches of 4
+    _assert_same_contents(one, many / "catalog")
 
 
 def _model_actors() -> set[str]:
@@ -106,12 +110,7 @@ def test_kept_model_actors_start_each_run_afresh(tmp_path, planted_catalog):
     before = _model_actors()
     assert main(["run", str(planted_job(again, shard=1000))]) == 0
     assert _model_actors() == before
-    a, b = _catalog_contents(planted_catalog), _catalog_contents(again / "catalog")
-    for key in a:
-        if isinstance(a[key], pd.DataFrame):
-            pd.testing.assert_frame_equal(a[key], b[key], check_exact=True)
-        else:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    _assert_same_contents(planted_catalog, again / "catalog")
 
 
 def test_query_and_describe(planted_catalog, capsys):
