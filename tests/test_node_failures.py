@@ -67,7 +67,9 @@ for job_path, pattern, count in cases:
     killer.start()
     result = run_job(job)
     killer.join()
-    print(json.dumps({"job": job_path, "killed": len(killed), "catalog": str(result.catalog)}), flush=True)
+    report = json.dumps({"job": job_path, "killed": len(killed), "catalog": str(result.catalog)})
+    sys.stdout.write(report + "\n")  # one write: Ray's log lines share this stdout
+    sys.stdout.flush()
     for node in killed:  # the next run gets three whole nodes again, all free: the killer must find its actors
         nodes.remove(node)
         nodes.append(cluster.add_node(num_cpus=2))
@@ -98,7 +100,8 @@ def reports(tmp_path_factory) -> dict[str, dict]:
     done = subprocess.run([sys.executable, str(script), json.dumps(list(cases.values()))], capture_output=True,
                           text=True, env=env, timeout=900, cwd=Path(__file__).parent.parent)
     assert done.returncode == 0, done.stderr[-4000:]
-    found = {json.loads(ln)["job"]: json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith('{"job"')}
+    reports = [json.JSONDecoder().raw_decode(ln)[0] for ln in done.stdout.splitlines() if ln.startswith('{"job"')]
+    found = {report["job"]: report for report in reports}
     return {stage: found.get(job) for stage, (job, _, _) in cases.items()}
 
 
