@@ -45,10 +45,11 @@ def idle() -> bool:
     return all(free.get(node.node_id, {}).get("CPU", 0) == 2 for node in nodes)
 
 
-def kill_a_worker_node(work, pattern, count, killed):
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(work.glob(pattern))) < count:
+def kill_a_worker_node(work, pattern, count, killed, finished):
+    while not finished.is_set() and len(list(work.glob(pattern))) < count:
         time.sleep(0.01)
+    if finished.is_set():
+        return  # the stage ended first: nothing killed, and the test says so
     # a node whose CPUs are all taken holds a model actor (each takes a whole node); the state API would
     # need the dashboard, which this cluster does not run
     free = ray._private.state.available_resources_per_node()
@@ -62,11 +63,15 @@ def kill_a_worker_node(work, pattern, count, killed):
 
 for job_path, pattern, count in cases:
     job = load_job(job_path)
-    killed = []
-    killer = threading.Thread(target=kill_a_worker_node, args=(job.output.catalog / ".work", pattern, count, killed))
+    killed, finished = [], threading.Event()
+    killer = threading.Thread(target=kill_a_worker_node,
+                              args=(job.output.catalog / ".work", pattern, count, killed, finished))
     killer.start()
-    result = run_job(job)
-    killer.join()
+    try:
+        result = run_job(job)
+    finally:
+        finished.set()
+        killer.join()
     report = json.dumps({"job": job_path, "killed": len(killed), "catalog": str(result.catalog)})
     sys.stdout.write(report + "\n")  # one write: Ray's log lines share this stdout
     sys.stdout.flush()
