@@ -110,6 +110,9 @@ def test_kept_model_actors_start_each_run_afresh(tmp_path, planted_catalog):
     before = _model_actors()
     assert main(["run", str(planted_job(again, shard=1000))]) == 0
     assert _model_actors() == before
+    top = Catalog.open(again / "catalog").examples("conv1", 0)
+    best = top[(top["sign"] == "top") & (top["rank"] == 0)].iloc[0]
+    assert best["image_id"] == RED_IMAGE and (best["y"], best["x"]) == RED_YX  # the planted red detector, not the other model
     _assert_same_contents(planted_catalog, again / "catalog")
 
 

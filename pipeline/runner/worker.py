@@ -58,8 +58,7 @@ class ModelWorker:
 
     def _start_run(self, key: str, setup: RunSetup) -> None:
         for _, value in self._memos.values():
-            if hasattr(value, "close"):
-                value.close()
+            _close(value)
         self._memos, self._shared, self._model = {}, {}, None
         self._run_key, self._recipe = key, setup.recipe
         self.root, self.prep = Path(setup.root), setup.prep
@@ -80,7 +79,13 @@ class ModelWorker:
         value with a close() method (an evaluator holding hooks on the model) is closed."""
         held = self._memos.get(key)
         if held is None or held[0] != shared[0].hex():
-            if held is not None and hasattr(held[1], "close"):
-                held[1].close()
+            if held is not None:
+                _close(held[1])
             self._memos[key] = (shared[0].hex(), build(self.get(shared)))
         return self._memos[key][1]
+
+
+def _close(value: Any) -> None:
+    """Close a memo that holds something (an evaluator's hooks on the model)."""
+    if hasattr(value, "close"):
+        value.close()
