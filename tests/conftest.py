@@ -126,9 +126,13 @@ def planted_job(folder: Path, batch: int = 4, workers: int = 1, shard: int = 8, 
 
 def dissection_toml(batch: int = 2, workers: int = 1, shard: int = 64, **keys) -> str:
     """tests/assets/tiny_models.py:color_detectors (relu units 0, 1, 2 fire on red, blue, green) and the mini
-    Broden, activations and dissection; `keys`: more job_toml arguments."""
+    Broden, activations and dissection; `keys`: more job_toml arguments.
+
+    resize = "bilinear": the 32 px maps sample the 16 px masks' 2x2 blocks, so the planted detectors'
+    IoUs are exact by hand (Pillow's antialiased default blurs the block edges: test_netdissect_rules)."""
     return job_toml("color_detectors", ["relu"], **{"norm": (0.5, 0.5), "batch": batch, "broden": "broden", "k": 2,
-                                                    "patch": 8, "dissection": {"quantile": 0.5}, "workers": workers,
+                                                    "patch": 8, "dissection": {"quantile": 0.5, "resize": "bilinear"},
+                                                    "workers": workers,
                                                     "shard": shard, **keys})
 
 

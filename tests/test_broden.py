@@ -74,11 +74,14 @@ def test_primary_category_by_coverage_in_the_code_tables(tmp_path):
     assert open_broden(tmp_path).labels[1].category == "object"
 
 
-def test_a_label_pixel_outside_its_primary_category_reads_as_unlabeled(tmp_path):
+def test_a_label_pixel_outside_its_primary_category_reads_as_found(tmp_path):
+    """NetDissect-Lite counts a label in whatever plane holds it; a label of a category not kept reads as 0."""
     write_mini_broden(tmp_path, images=2)
     Image.fromarray(np.full((16, 16, 3), (2, 0, 0), np.uint8)).save(tmp_path / "images" / "000_object.png")  # wheel (part)
     broden = open_broden(tmp_path)
-    assert (load_masks(broden, broden.images[0])["object"] == 0).all()
+    assert (load_masks(broden, broden.images[0])["object"] == 2).all()
+    only_objects = open_broden(tmp_path, ["object"])
+    assert (load_masks(only_objects, only_objects.images[0])["object"] == 0).all()
 
 
 @pytest.mark.parametrize("edit, expected", [

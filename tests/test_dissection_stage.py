@@ -14,6 +14,7 @@ from pipeline.stages.dissection import thresholds as th
 from pipeline.stages.dissection.tally import LabelSpace, TallyPartial
 
 CATS = ("object", "part", "scene")
+IMAGE_RULES = {"union": "image", "resize": "bilinear"}  # the rules of earlier versions, that `_loop_tally` follows
 
 
 def _space() -> LabelSpace:
@@ -43,7 +44,7 @@ def _torch_resize(fmap: torch.Tensor, size) -> torch.Tensor:
 
 
 def _loop_tally(acts, thresholds, masks, labels, space, size, resize=_torch_resize) -> TallyPartial:
-    """The straightforward version: per image, per unit (every map upsampled), per label."""
+    """The straightforward version of the "image" rules: per image, per unit (every map upsampled), per label."""
     n, units = acts.shape[:2]
     t = TallyPartial.empty(units, space)
     s = size[0] * size[1]
@@ -91,7 +92,7 @@ def test_label_space_sorts_and_looks_up_by_category():
         LabelSpace.from_labels([1, 1], [0, 0], ["a"])
 
 
-def test_iou_by_hand_three_images_two_categories():
+def test_iou_by_hand_three_images_two_categories_image_union():
     # 4x4 masks, acts at 4x4 (the upsampling is the identity), thresholds 0.5, acts in {0, 1}.
     space = LabelSpace.from_labels([1, 2, 5, 6], [0, 0, 1, 1], ("object", "scene"), ["tree", "car", "forest", "street"])
     acts = torch.zeros(3, 2, 4, 4)  # unit 1 never fires
@@ -114,7 +115,7 @@ def test_iou_by_hand_three_images_two_categories():
     masks[2]["object"] = m2
     acts[2, 0, 0, 0] = acts[2, 0, 3, 3] = 1
     labels = [{"scene": (5,)}, {"scene": (6,)}, {"scene": ()}]
-    t = d.compute_tally(acts, np.array([0.5, 0.5]), masks, labels, space)
+    t = d.compute_tally(acts, np.array([0.5, 0.5]), masks, labels, space, union="image")
     # A = tree 5, car 1 + 4 = 5, forest 16, street 16
     assert t.label_area.tolist() == [5, 5, 16, 16]
     # I (unit 0) = tree 3, car 1, forest 4, street 3
@@ -134,6 +135,48 @@ def test_iou_by_hand_three_images_two_categories():
     u = res.units
     assert list(u["label"]) == ["tree", None] and list(u["category"]) == ["object", None]
     assert u["iou"][0] == np.float32(3 / 8) and u["interpretable"].tolist() == [True, False]
+
+
+def test_iou_by_hand_netdissect_lite_rules():
+    """The default rules on the same images plus one: a label counts in every plane it is in (twice at a
+    pixel it marks twice), and a category's union term counts an image's activated pixels only when one
+    of them lies on a label of the category (or the image has an image-level label of it)."""
+    space = LabelSpace.from_labels([1, 2, 5, 6], [0, 0, 1, 1], ("object", "scene"), ["tree", "car", "forest", "street"])
+    acts = torch.zeros(4, 2, 4, 4)
+    m0 = np.zeros((2, 4, 4), np.int32)
+    m0[0, :2, :2] = 1  # tree: 4 pixels in plane 0
+    m0[1, 1, 1:3] = 1  # and 2 in plane 1, (1,1) again
+    m0[1, 3, 3] = 2
+    acts[0, 0, 1, :] = 1  # on (1,0) tree, (1,1) tree twice, (1,2) tree, (1,3) nothing
+    acts[1, 0, 0, :3] = 1  # image 1: no masks, scene street
+    m2 = np.zeros((1, 4, 4), np.int32)
+    m2[0, :, 0] = 2
+    acts[2, 0, 0, 0] = acts[2, 0, 3, 3] = 1  # (0,0) car
+    m3 = np.zeros((1, 4, 4), np.int32)
+    m3[0, 0, 0] = 1
+    acts[3, 0, 3, 3] = 1  # image 3: fires only off its tree pixel
+    masks = [{"object": m0}, {}, {"object": m2}, {"object": m3}]
+    labels = [{"scene": (5,)}, {"scene": (6,)}, {"scene": ()}, {}]
+    t = d.compute_tally(acts, np.array([0.5, 0.5]), masks, labels, space)
+    assert t.label_area.tolist() == [4 + 2 + 1, 1 + 4, 16, 16]
+    assert t.intersection.tolist() == [[4, 1, 4, 3], [0, 0, 0, 0]]
+    # Ucat object: image 0 (4, on tree) + image 2 (2, on car); image 3's pixel lies on no object label
+    # scene: image 0 (4, forest) + image 1 (3, street)
+    assert t.unit_cat.tolist() == [[6, 7], [0, 0]] and t.unit_area.tolist() == [10, 0]
+    res = d.finalize(t, np.array([0.5, 0.5], np.float32), space)
+    np.testing.assert_allclose(res.iou[0], [4 / 9, 1 / 10, 4 / 19, 3 / 20], rtol=1e-7)
+    assert res.units["label"][0] == "tree"
+    old = d.compute_tally(acts, np.array([0.5, 0.5]), masks, labels, space, union="image")
+    assert old.unit_cat[0].tolist() == [7, 7] and old.label_area[0] == 6 and old.intersection[0, 0] == 3
+
+
+def test_best_label_ties_go_to_the_later_category_and_the_smaller_number():
+    space = LabelSpace.from_labels([1, 2, 5, 6], [0, 0, 1, 1], ("object", "scene"), ["tree", "car", "forest", "street"])
+    t = TallyPartial(intersection=np.array([[2, 2, 2, 1], [3, 2, 2, 2], [0, 0, 0, 0]]), label_area=np.array([4, 4, 4, 4]),
+                     unit_cat=np.array([[4, 4], [4, 4], [0, 0]]), unit_area=np.array([4, 4, 0]), images=1)
+    u = d.finalize(t, np.zeros(3, np.float32), space).units
+    # unit 0: tree, car and forest tie at 2/6: object's best is tree (smaller number), then scene wins the tie
+    assert list(u["label"]) == ["forest", "tree", None] and list(u["category"]) == ["scene", "object", None]
 
 
 def test_planted_detectors():
@@ -276,15 +319,15 @@ def test_vectorized_tally_equals_loop_and_shards(source, size):
     bilinear = d.Bilinear.build(source, size)
     expected = _loop_tally(acts, thr, masks, labels, space, size, lambda fmap, _: bilinear.resize(fmap[None])[0])
     assert (expected.intersection > 0).mean() > 0.3 and (expected.unit_cat < expected.unit_area[:, None]).any()
-    whole = d.compute_tally(acts, thr, masks, labels, space)
+    whole = d.compute_tally(acts, thr, masks, labels, space, **IMAGE_RULES)
     _assert_tally_equal(whole, expected)
-    _assert_tally_equal(d.compute_tally(acts, thr, masks, labels, space, chunk_elements=5 * size[0] * size[1]), expected)
-    # resize="torch": F.interpolate on whole maps, against the loop with F.interpolate
+    _assert_tally_equal(d.compute_tally(acts, thr, masks, labels, space, **IMAGE_RULES, chunk_elements=5 * size[0] * size[1]), expected)
+    # union="image", resize="torch": F.interpolate on whole maps, against the loop with F.interpolate
     via_torch = _loop_tally(acts, thr, masks, labels, space, size)
-    _assert_tally_equal(d.compute_tally(acts, thr, masks, labels, space, resize="torch"), via_torch)
-    _assert_tally_equal(d.compute_tally(acts, thr, masks, labels, space, resize="torch", chunk_elements=1), via_torch)
+    _assert_tally_equal(d.compute_tally(acts, thr, masks, labels, space, union="image", resize="torch"), via_torch)
+    _assert_tally_equal(d.compute_tally(acts, thr, masks, labels, space, union="image", resize="torch", chunk_elements=1), via_torch)
     cuts = [(0, 3), (3, 9), (9, 14)]
-    shards = [d.compute_tally(acts[a:b], thr, masks[a:b], labels[a:b], space) for a, b in cuts]
+    shards = [d.compute_tally(acts[a:b], thr, masks[a:b], labels[a:b], space, **IMAGE_RULES) for a, b in cuts]
     for order in itertools.permutations(range(3)):
         a, b, c = (shards[i] for i in order)
         _assert_tally_equal(d.merge_tally(d.merge_tally(a, b), c), expected)

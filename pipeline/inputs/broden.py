@@ -19,9 +19,10 @@ Choices (where the format leaves room):
   the filter): as NetDissect-Lite, the category whose c_<cat>.csv gives the label the largest
   coverage (ties -> the first category column of index.csv); a label in no c_<cat>.csv (or a
   Broden without them) takes the largest count of label.csv's `category` cell
-  (`object(3);part(10)` -> part, ties -> the first listed). A label is counted only in its primary
-  category: its pixels in another category's planes are set to 0 there, and `ConceptImage.labels`
-  lists only image-level labels whose primary category is that column's category.
+  (`object(3);part(10)` -> part, ties -> the first listed). Masks and `ConceptImage.labels` keep a
+  label wherever it is found (a part-plane pixel of a label whose primary category is object, say):
+  which of them count is the dissection's rule (`[stages.dissection] union`). Labels whose primary
+  category is not kept read as 0.
 - Images with no item (mask or nonzero label) in any kept category are left out, as
   NetDissect-Lite's `index_has_any_data` filter does; `ConceptImage.row` keeps the index.csv row.
 - label.csv must have number,name,category (frequency, coverage and syns are optional); an empty
@@ -61,7 +62,7 @@ class ConceptImage:
     size: tuple[int, int]  # (ih, iw)
     mask_size: tuple[int, int]  # (sh, sw)
     masks: dict[str, tuple[str, ...]]  # category -> mask PNG paths (relative to images/), kept categories with masks
-    labels: dict[str, tuple[int, ...]]  # category -> image-level label numbers of that primary category
+    labels: dict[str, tuple[int, ...]]  # index.csv column -> its image-level label numbers (of kept labels)
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ class Broden:
     categories: tuple[str, ...]  # kept categories, in the order asked for
     labels: dict[int, Label]  # every label of label.csv whose primary category is kept
     images: tuple[ConceptImage, ...]
-    # per kept category: mask value -> itself (label of this primary category), 0 (unlabeled or
-    # another category's label), -1 (not in label.csv); values past the end are not in label.csv
+    # per kept category: mask value -> itself (a label whose primary category is kept), 0 (unlabeled
+    # or a label of a category not kept), -1 (not in label.csv); values past the end are not in label.csv
     luts: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     ignored_columns: dict[str, str] = field(default_factory=dict)  # index.csv column -> why it is not a category here
     ignored_rows: tuple[str, ...] = ()  # rows of the tables that were skipped, each naming file, row and why
@@ -123,7 +124,7 @@ def _read_index(path: Path, kept: tuple[str, ...], header: list[str], rows: Iter
                                     ".png mask path; write ';'-joined integers or mask paths relative to images/.")
             if files:
                 masks[cat] = tuple(files)
-            mine = tuple(n for n in numbers if all_labels[n].category == cat)
+            mine = tuple(n for n in numbers if all_labels[n].category in kept)
             if mine:
                 labels[cat] = mine
             has_data = has_data or bool(files or numbers)  # another category's label is data too, as in NetDissect
@@ -140,7 +141,7 @@ def _luts(kept: tuple[str, ...], all_labels: dict[int, Label]) -> dict[str, np.n
         lut = np.full(size, -1, dtype=np.int32)
         lut[0] = 0
         for n in known:
-            lut[n] = n if all_labels[n].category == cat else 0
+            lut[n] = n if all_labels[n].category in kept else 0
         luts[cat] = lut
     return luts
 
@@ -220,7 +221,7 @@ def load_masks(broden: Broden, image: ConceptImage) -> dict[str, np.ndarray]:
     """Per kept category, int32 [planes, sh, sw] label numbers (planes = 0 when the image has no mask there).
 
     Image-level labels are not included (they are in image.labels). Pixels of a label whose primary
-    category is another one, or that was filtered out, are 0. Raises SkippedImage naming the file and
+    category was filtered out are 0. Raises SkippedImage naming the file and
     index.csv row for a missing or unreadable PNG, a wrong mask size, or a label number not in label.csv.
     """
     sh, sw = image.mask_size
@@ -229,8 +230,8 @@ def load_masks(broden: Broden, image: ConceptImage) -> dict[str, np.ndarray]:
         paths = image.masks.get(cat, ())
         planes = np.zeros((len(paths), sh, sw), dtype=np.int32)
         lut = broden.luts.get(cat)
-        if lut is None:  # a Broden built by hand: labels of other kept categories -> 0, the rest unknown
-            lut = _luts((cat,), broden.labels)[cat]
+        if lut is None:  # a Broden built in code, without tables: its labels as they are, the rest unknown
+            lut = _luts(broden.categories, broden.labels)[cat]
         for k, rel in enumerate(paths):
             where = f"mask {rel} ({cat}) of index.csv row {image.row}"
             values = _decode(broden.root / "images" / rel, where, (sh, sw))

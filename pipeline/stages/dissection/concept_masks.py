@@ -1,10 +1,15 @@
 """Concept labels in the form the dissection tally consumes: the label space, and a batch's masks
 encoded once per batch (shared by every layer).
 
-Label semantics. A label belongs to one category (`LabelSpace`). It is looked up only in its own
-category's masks and image-level labels; numbers unknown to the label space (or of another
-category) are ignored. A pixel carrying a label in several planes counts once; an image-level
-label covers the whole image (its area is sh*sw, and it subsumes the same label's pixels).
+A label belongs to one category (`LabelSpace`, its primary category). Two counting rules (`UNIONS`):
+
+- "netdissect-lite" (the default), as NetDissect-Lite's `tally_job`: a label counts wherever it is
+  found, in any category's planes or image-level cells; a pixel carrying it in two planes counts
+  twice, in its area and in its intersections; an image-level label covers the whole image (sh*sw).
+- "image" (the rule of earlier versions): a label is looked up only in its own category's masks and
+  image-level labels; a pixel counts once per label; an image-level label subsumes its own pixels.
+
+The union's category term differs too: see `tally.compute_tally`.
 """
 
 from __future__ import annotations
@@ -59,20 +64,29 @@ class LabelSpace:
         """Label indices (-1: none, unknown or another category's) of label numbers found in `category`."""
         return np.take(self.lut[category], values, mode="clip")  # 0, negative or too large: -1
 
+UNIONS = ("netdissect-lite", "image")
+
+
 @dataclass(frozen=True)
 class EncodedMasks:
     """A batch's concept labels as the tally reads them: per pixel and plane, a label index."""
 
     size: tuple[int, int]
-    pixel: np.ndarray  # int64 [n, S, P]: label index + 1 per pixel and plane (0: none; repeats removed)
-    image_level: np.ndarray  # float64 0/1 [n, L]
-    has_cat: np.ndarray  # float64 0/1 [n, C]: the image carries a label of the category
+    pixel: np.ndarray  # int64 [n, S, P]: label index + 1 per pixel and plane (0: none)
+    image_level: np.ndarray  # float64 [n, L]: image-level occurrences of each label
+    has_cat: np.ndarray  # float64 0/1 [n, C]: "image": the image carries a label of the category; else image-level only
     label_area: np.ndarray  # int64 [L]: label pixels (image-level labels: sh*sw per image)
+    union: str = "netdissect-lite"
 
 
 def encode_masks(masks: Sequence[Mapping[str, np.ndarray]], labels: Sequence[Mapping[str, Sequence[int]]],
-                 space: LabelSpace, size: tuple[int, int]) -> EncodedMasks:
-    """Per image, category -> int32 [planes, sh, sw] label numbers (0: none) and category -> image-level numbers."""
+                 space: LabelSpace, size: tuple[int, int], union: str = "netdissect-lite") -> EncodedMasks:
+    """Per image, category -> int32 [planes, sh, sw] label numbers (0: none) and category -> image-level
+    numbers, counted by the `union` rule (see the module docstring)."""
+    if union not in UNIONS:
+        raise ValueError(f"union must be one of {UNIONS}, not {union!r}")
+    if union == "netdissect-lite":
+        return _encode_as_netdissect(masks, labels, space, size)
     n, s, ncat = len(masks), size[0] * size[1], len(space.category_names)
     image_level = np.zeros((n, space.size), bool)
     triples = [(i, c, number) for i, per_image in enumerate(labels) for c, name in enumerate(space.category_names)
@@ -108,7 +122,36 @@ def encode_masks(masks: Sequence[Mapping[str, np.ndarray]], labels: Sequence[Map
             covered = np.concatenate([np.zeros((n, 1), bool), image_level], axis=1)  # column 0: no label
             idx[covered[np.arange(n)[:, None, None], idx]] = 0
     area += np.bincount(pixel.reshape(-1), minlength=space.size + 1)[1:]
-    return EncodedMasks(tuple(size), pixel, image_level.astype(np.float64), has_cat.astype(np.float64), area)
+    return EncodedMasks(tuple(size), pixel, image_level.astype(np.float64), has_cat.astype(np.float64), area, union)
+
+
+def _encode_as_netdissect(masks: Sequence[Mapping[str, np.ndarray]], labels: Sequence[Mapping[str, Sequence[int]]],
+                          space: LabelSpace, size: tuple[int, int]) -> EncodedMasks:
+    """Every plane of every category, as found; image-level numbers of every column, each occurrence."""
+    n, s = len(masks), size[0] * size[1]
+    top = int(space.numbers.max()) if space.size else 0
+    lut = np.zeros(top + 2, np.int64)  # label number -> index + 1, whatever its category (0: none or unknown)
+    lut[space.numbers] = np.arange(1, space.size + 1)
+    image_level = np.zeros((n, space.size))
+    for i, per_image in enumerate(labels):
+        for numbers in per_image.values():
+            for number in numbers:
+                if 0 < number <= top and lut[number]:
+                    image_level[i, lut[number] - 1] += 1
+    found = [[_planes(m[name], size, f"image {i}: {name} mask") for name in space.category_names
+              if m.get(name) is not None and np.size(m[name])] for i, m in enumerate(masks)]
+    depth = max((sum(len(p) for p in per_image) for per_image in found), default=0)
+    pixel = np.zeros((n, s, depth), np.int64)
+    for i, per_image in enumerate(found):
+        if per_image:
+            planes = np.concatenate(per_image)
+            pixel[i, :, :len(planes)] = lut[np.clip(planes, 0, top + 1)].T  # 0, negative or too large: none
+    has_cat = np.zeros((n, len(space.category_names)))
+    hit = image_level > 0
+    for c in range(len(space.category_names)):
+        has_cat[:, c] = hit[:, space.category == c].any(axis=1)
+    area = (image_level.sum(axis=0) * s).astype(np.int64) + np.bincount(pixel.reshape(-1), minlength=space.size + 1)[1:]
+    return EncodedMasks(tuple(size), pixel, image_level, has_cat, area, "netdissect-lite")
 
 
 def _planes(mask: np.ndarray, size: tuple[int, int], what: str) -> np.ndarray:

@@ -108,7 +108,8 @@ def radix_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Conc
 
 
 def tally_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[ConceptBatch],
-               thresholds: dict[str, np.ndarray], space: d.LabelSpace) -> ConceptPartial:
+               thresholds: dict[str, np.ndarray], space: d.LabelSpace, union: str = "netdissect-lite",
+               resize: str = "netdissect-lite") -> ConceptPartial:
     """Pass 2: per layer, the intersection and union counts of every unit with every label."""
     result = empty_tally(layers, space)
     current: list[ConceptBatch] = []
@@ -119,13 +120,15 @@ def tally_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Conc
             for size, rows in _by_mask_size(batch.mask_sizes).items():
                 pick = torch.as_tensor(rows, device=out.device)
                 part = d.compute_tally(out.index_select(0, pick), thresholds[name], [batch.masks[r] for r in rows],
-                                       [batch.labels[r] for r in rows], space, encoded=encoded[size])
+                                       [batch.labels[r] for r in rows], space, encoded=encoded[size],
+                                       union=union, resize=resize)
                 result.layers[name] = d.merge_tally(result.layers[name], part)
 
     with torch.inference_mode(), tapped(model, layers, reduce) as run:
         for batch in batches:
             groups = _by_mask_size(batch.mask_sizes)
-            encoded = {size: d.encode_masks([batch.masks[r] for r in rows], [batch.labels[r] for r in rows], space, size)
+            encoded = {size: d.encode_masks([batch.masks[r] for r in rows], [batch.labels[r] for r in rows], space, size,
+                                            union)
                        for size, rows in groups.items()}  # once per batch, shared by every layer
             current[:] = [batch, encoded]
             run(batch.inputs)

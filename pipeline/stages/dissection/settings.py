@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from pipeline.errors import UserError
 from pipeline.job.checks import at_least_one
+from pipeline.stages.dissection.concept_masks import UNIONS
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,11 @@ class DissectionSettings:
     iou_threshold: float = 0.04  # best IoU at or above this: interpretable
     top: int = 5  # concepts kept per unit and category in dissection.parquet
     threshold_memory_mb: int = 256  # above this, exact thresholds take 3 counting passes in bounded memory
+    union: str = "netdissect-lite"  # how labels and a category's union term count (see README, "Network Dissection")
+    resize: str = "netdissect-lite"  # maps to mask size: Pillow's antialiased bilinear, or "bilinear" sampling
+
+
+RESIZES = ("netdissect-lite", "bilinear")
 
 
 def check(s: DissectionSettings, key: str) -> None:
@@ -26,3 +32,7 @@ def check(s: DissectionSettings, key: str) -> None:
         raise UserError(f"job key '{key}.iou_threshold' must be between 0 and 1, got {s.iou_threshold}; "
                         "NetDissect uses 0.04.")
     at_least_one({f"{key}.top": s.top})
+    for name, value, allowed in (("union", s.union, UNIONS), ("resize", s.resize, RESIZES)):
+        if value not in allowed:
+            raise UserError(f"job key '{key}.{name}' must be {' or '.join(map(repr, allowed))}, got {value!r}; "
+                            f"{allowed[0]!r} counts as NetDissect-Lite does (see the README).")

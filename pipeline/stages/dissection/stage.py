@@ -122,7 +122,7 @@ class DissectionStage(Stage):
         else:
             thresholds = _radix_thresholds(driver, part, broden, layers, cfg.quantile)
         tally = driver.fan_out("dissection-tally", "dissection tally", part.shards, tally_shard,
-                               lambda _total: (broden, layers, thresholds, space), passes.merge,
+                               lambda _total: (broden, layers, thresholds, space, cfg.union, cfg.resize), passes.merge,
                                passes.empty_tally(layers, space))
         computed = passes.layer_results(layers, thresholds, tally, space, cfg.top, cfg.iou_threshold)
         return DissectionOutput({**reused.layers, **computed}, tally.images, tally.skipped)
@@ -183,8 +183,9 @@ def radix_shard(worker: Worker, shard: ConceptShard, broden: Shared, layers: lis
 
 
 def tally_shard(worker: Worker, shard: ConceptShard, broden: Shared, layers: list[LayerInfo], thresholds: dict,
-                space: LabelSpace) -> passes.ConceptPartial:
+                space: LabelSpace, union: str, resize: str) -> passes.ConceptPartial:
     skipped: list[tuple[int, str]] = []
-    partial = passes.tally_pass(worker.model(), layers, _batches(worker, broden, shard, skipped), thresholds, space)
+    partial = passes.tally_pass(worker.model(), layers, _batches(worker, broden, shard, skipped), thresholds, space,
+                                union, resize)
     partial.skipped = sorted(skipped)
     return partial

@@ -3,14 +3,14 @@
 The second pass over the concept data set, a `compute` -> `merge` -> `finalize` triple (the first,
 the thresholds, is in thresholds.py):
 
-tally: per image, each unit's map upsampled to the mask size (bilinear, align_corners=False,
-   as NetDissect-Lite's imresize mode 'F'; see `bilinear.py`) and binarized `> t`; counts of
-   activated pixels on each label, of label pixels, and of activated pixels in images carrying a
-   label of each category. Partials are int64 counts that merge by addition: results do not
-   depend on sharding.
+tally: per image, each unit's map resized to the mask size (by default as NetDissect-Lite's
+   imresize mode 'F', Pillow's bilinear, see `pil_resize.py`) and binarized `> t`; counts of
+   activated pixels on each label, of label pixels, and of each category's union term Ucat (by
+   default NetDissect-Lite's rule: see `compute_tally`). Partials are int64 counts that merge by
+   addition: results do not depend on sharding.
 
-`finalize` turns a tally into IoU = I / (Ucat + A - I) and the per-unit rankings. The label
-semantics (one category per label, planes, image-level labels) are in `concept_masks.py`.
+`finalize` turns a tally into IoU = I / (Ucat + A - I) and the per-unit rankings, read out as
+NetDissect-Lite does. The label semantics (planes, image-level labels) are in `concept_masks.py`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from pipeline.stages.dissection.bilinear import Bilinear, upsample
-from pipeline.stages.dissection.concept_masks import EncodedMasks, LabelSpace, encode_masks
+from pipeline.stages.dissection.concept_masks import UNIONS, EncodedMasks, LabelSpace, encode_masks
+from pipeline.stages.dissection.pil_resize import PilResize
 
-__all__ = ["Bilinear", "LabelSpace", "EncodedMasks", "encode_masks", "upsample"]  # re-exported for callers
+__all__ = ["Bilinear", "LabelSpace", "EncodedMasks", "PilResize", "UNIONS", "encode_masks", "upsample"]  # re-exported
 
 # ---------------------------------------------------------------- pass 2: tally
 
@@ -52,59 +53,84 @@ def merge_tally(a: TallyPartial, b: TallyPartial) -> TallyPartial:
                         a.unit_cat + b.unit_cat, a.unit_area + b.unit_area, a.images + b.images)
 
 
+RESIZES = ("netdissect-lite", "bilinear", "torch")
+
+
 def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: Sequence[Mapping[str, np.ndarray]],
                   image_labels_per_image: Sequence[Mapping[str, Sequence[int]]], label_space: LabelSpace, *,
-                  mask_size: tuple[int, int] | None = None, resize: str = "cells", encoded: EncodedMasks | None = None,
+                  mask_size: tuple[int, int] | None = None, resize: str = "netdissect-lite",
+                  union: str = "netdissect-lite", encoded: EncodedMasks | None = None,
                   chunk_elements: int = 1 << 23) -> TallyPartial:
     """Pass 2 over a batch: `acts` [N, U, h, w]; per image, category -> int32 [planes, sh, sw] label
     numbers (0: none) and category -> image-level label numbers (or `encoded`, the same already
-    encoded by `encode_masks`, to share the work between layers).
+    encoded by `encode_masks` with this `union`, to share the work between layers).
 
-    Only maps whose raw maximum comes near the threshold can be on anywhere (a bilinear value is a
-    convex combination of four inputs; the margin covers rounding). `resize="cells"` evaluates
-    `Bilinear` only in the cells with a corner near the threshold; `resize="torch"` upsamples those
-    maps whole with `upsample` (F.interpolate). Maps go `chunk_elements // (sh*sw)` at a time.
-    The activated pixels are looked up in the batch's label map [N, S, planes] and counted per
-    (unit, label) with one bincount; image-level labels and Ucat are (units x images) @
-    (images x labels / categories) products of the activated pixel counts.
+    `resize`: "netdissect-lite", Pillow's bilinear resize (`PilResize`, antialiased when the map is
+    larger than the mask); "bilinear", bilinear sampling without antialiasing (`Bilinear`, evaluated
+    only in the cells with a corner near the threshold); "torch", F.interpolate (its reference).
+
+    `union`, the category term Ucat of a unit's union with a label: "netdissect-lite" counts a unit's
+    activated pixels in an image for a category when one of them lies on a label of that category
+    or the image has an image-level label of it (NetDissect-Lite's `tally_job`); "image" counts them
+    whenever the image carries a label of the category anywhere.
+
+    Only maps whose raw maximum comes near the threshold can be on anywhere (a resized value is a
+    convex combination of the map's; the margin covers rounding). Maps go `chunk_elements // (sh*sw)`
+    at a time. The activated pixels are looked up in the batch's label map [N, S, planes] and counted
+    per (unit, label) with one bincount; image-level labels are (units x images) @ (images x labels).
     """
     n, units = acts.shape[:2]
     if len(masks_per_image) != n or len(image_labels_per_image) != n:
         raise ValueError(f"{n} images of activations, {len(masks_per_image)} of masks, "
                          f"{len(image_labels_per_image)} of labels")
-    if resize not in ("cells", "torch"):
-        raise ValueError(f"resize must be 'cells' or 'torch', not {resize!r}")
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {RESIZES}, not {resize!r}")
     if encoded is None:
         size = tuple(mask_size) if mask_size is not None else _mask_size(masks_per_image)
-        encoded = encode_masks(masks_per_image, image_labels_per_image, label_space, size)
+        encoded = encode_masks(masks_per_image, image_labels_per_image, label_space, size, union)
+    elif encoded.union != union:
+        raise ValueError(f"masks encoded for union {encoded.union!r}, tally asked for {union!r}")
     size, s, nlab, dev = encoded.size, encoded.size[0] * encoded.size[1], label_space.size, acts.device
-    planes = encoded.pixel.shape[2]
+    ncat, planes = len(label_space.category_names), encoded.pixel.shape[2]
     pixel = torch.from_numpy(encoded.pixel).to(dev).view(n * s, planes)
     x = acts.detach().float()
-    bilinear = Bilinear.build(tuple(x.shape[2:]), size, dev)
+    bilinear = Bilinear.build(tuple(x.shape[2:]), size, dev) if resize == "bilinear" else None
+    pil = PilResize.build(tuple(x.shape[2:]), size, dev) if resize == "netdissect-lite" else None
     thr = torch.tensor(np.asarray(thresholds, dtype=np.float32), device=dev)
     near = thr - thr.abs() * 1e-5
     img, unit = torch.nonzero(x.amax(dim=(2, 3)) > near, as_tuple=True)
     counts = torch.zeros(n, units, dtype=torch.int64, device=dev)
     both = torch.zeros(units * nlab, dtype=torch.int64, device=dev)
+    by_hits = union == "netdissect-lite"
+    unit_cat = torch.zeros(units, ncat, dtype=torch.int64, device=dev)
+    label_cat = torch.as_tensor(np.append(ncat, label_space.category), device=dev)  # label index + 1 -> category (0: ncat)
+    scalar_cat = torch.from_numpy(encoded.has_cat > 0).to(dev)
     step = max(1, chunk_elements // s)
     for start in range(0, len(img), step):
         im, un = img[start:start + step], unit[start:start + step]
-        if resize == "cells":
+        if resize == "bilinear":
             row, pos = bilinear.on_pixels(x[im, un], thr[un], near[un])
         else:
-            row, pos = torch.nonzero(upsample(x[im, un], size).reshape(len(im), s) > thr[un][:, None], as_tuple=True)
-        counts[im, un] = torch.bincount(row, minlength=len(im))
+            maps = pil.resize(x[im, un]) if pil is not None else upsample(x[im, un], size)
+            row, pos = torch.nonzero(maps.reshape(len(im), s) > thr[un][:, None], as_tuple=True)
+        on = torch.bincount(row, minlength=len(im))
+        counts[im, un] = on
+        hit = scalar_cat.index_select(0, im) if by_hits else None  # [maps, C]
         if planes and nlab:
             labs = pixel.index_select(0, im.index_select(0, row) * s + pos)  # [activated pixels, planes], 0: none
             keys = torch.where(labs > 0, un.index_select(0, row)[:, None] * nlab + labs - 1, units * nlab)
             both += torch.bincount(keys.view(-1), minlength=units * nlab + 1)[:-1]  # the last bin: no label
+            if by_hits:
+                cats = row[:, None] * (ncat + 1) + label_cat[labs]
+                hit = hit | (torch.bincount(cats.view(-1), minlength=len(im) * (ncat + 1)).view(len(im), ncat + 1)[:, :ncat] > 0)
+        if by_hits:
+            unit_cat.index_add_(0, un, on[:, None] * hit)
     by_image = counts.cpu().numpy().T.astype(np.float64)  # [U, n]; float64 products are exact below 2^53
     exact = lambda a: np.rint(a).astype(np.int64)  # noqa: E731
     return TallyPartial(
         intersection=both.reshape(units, nlab).cpu().numpy() + exact(by_image @ encoded.image_level),
         label_area=encoded.label_area.copy(),
-        unit_cat=exact(by_image @ encoded.has_cat),
+        unit_cat=unit_cat.cpu().numpy() if by_hits else exact(by_image @ encoded.has_cat),
         unit_area=exact(by_image.sum(axis=1)),
         images=n,
     )
@@ -121,6 +147,20 @@ def _mask_size(masks: Sequence[Mapping[str, np.ndarray]]) -> tuple[int, int]:
 # ---------------------------------------------------------------- finalize
 
 
+def _best_labels(iou: np.ndarray, space: LabelSpace) -> tuple[np.ndarray, np.ndarray]:
+    """(label index or -1, its IoU) per unit, read out as NetDissect-Lite's `tally` does."""
+    units = iou.shape[0]
+    best, best_iou = np.full(units, -1), np.zeros(units)
+    for c in range(len(space.category_names)):
+        cols = np.flatnonzero(space.category == c)
+        if cols.size:
+            pick = cols[iou[:, cols].argmax(axis=1)]  # first maximum: the smaller number
+            score = iou[np.arange(units), pick]
+            later = score >= best_iou  # a tie goes to the later category
+            best, best_iou = np.where(later, pick, best), np.where(later, score, best_iou)
+    return np.where(best_iou > 0, best, -1), best_iou
+
+
 @dataclass(frozen=True)
 class DissectionResult:
     """`concepts`: columns of the dissection table (top `top` labels of every category per unit);
@@ -132,18 +172,19 @@ class DissectionResult:
 
 
 def iou_matrix(tally: TallyPartial, space: LabelSpace) -> tuple[np.ndarray, np.ndarray]:
-    """(IoU float64 [U, L], union int64 [U, L]); IoU = I / (Ucat[u, cat(l)] + A[l] - I), 0 where the union is 0."""
+    """(IoU float64 [U, L], union int64 [U, L]); IoU = I / (Ucat[u, cat(l)] + A[l] - I + 1e-10), as
+    NetDissect-Lite computes it (0 where the union is 0)."""
     union = tally.unit_cat[:, space.category] + tally.label_area[None, :] - tally.intersection
-    iou = np.divide(tally.intersection, union, out=np.zeros(union.shape), where=union > 0)
-    return iou, union
+    return tally.intersection / (union + 1e-10), union
 
 
 def finalize(tally: TallyPartial, thresholds: np.ndarray, label_space: LabelSpace, top: int = 5,
              iou_threshold: float = 0.04, *, layer: str | None = None) -> DissectionResult:
     """Rankings by IoU, ties broken by label number; rows sorted by unit, category, rank.
 
-    Every category's top `top` labels appear (IoU 0 included). A unit's best label is None when
-    its best IoU is 0. `layer`, when given, adds a layer column to both tables.
+    Every category's top `top` labels appear (IoU 0 included). A unit's best label is NetDissect-Lite's:
+    each category's best (ties: the smaller number), then the best of those (ties: the later category);
+    None when its IoU is 0. `layer`, when given, adds a layer column to both tables.
     """
     space, units = label_space, tally.intersection.shape[0]
     iou, union = iou_matrix(tally, space)
@@ -166,9 +207,7 @@ def finalize(tally: TallyPartial, thresholds: np.ndarray, label_space: LabelSpac
         "iou": iou[unit, lab].astype(np.float32), "intersection": tally.intersection[unit, lab],
         "union": union[unit, lab], "threshold": thresholds[unit],
     }
-    best = iou.argmax(axis=1) if space.size else np.zeros(units, np.int64)  # first maximum: smallest number
-    best_iou = iou[np.arange(units), best] if space.size else np.zeros(units)
-    best = np.where(best_iou > 0, best, -1)
+    best, best_iou = _best_labels(iou, space)
     best_units = {
         "unit": np.arange(units, dtype=np.int32),
         "label": names[best],

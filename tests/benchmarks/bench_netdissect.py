@@ -1,0 +1,328 @@
+"""Benchmark: NetDissect-Lite's own code vs this project's dissection stage, on the same Broden data and model.
+
+Run by hand (not collected by pytest):
+
+    .venv/bin/python tests/benchmarks/bench_netdissect.py --netdissect DIR --job jobs/demo.toml
+        [--layers conv1 conv2 conv3 conv4] [--quantile 0.05] [--repeat 1] [--gpu] [--json OUT.json] [--verbose]
+
+DIR is a checkout of NetDissect-Lite: `git clone https://github.com/CSAILVision/NetDissect-Lite`.
+It is copied to a temp dir and changed only by the text replacements in PATCHES (what current Python,
+NumPy, SciPy and Pillow need, plus this project's preprocessing so both sides feed the model identical
+inputs), and a fresh settings.py. The job's model is built with the project's loader; NetDissect-Lite's
+`hook_feature` is registered on each layer as its model_loader does. Timed (time.perf_counter):
+`FeatureOperator()`, `feature_extraction(model=model)` (memmap, as main.py), then per layer
+`quantile_threshold` and `tally` (no savepath: nothing cached). The HTML report
+(`generate_html_summary`) is skipped: it is not part of the analysis.
+The project side: `neuron-catalog run` of a temp job with only [stages.dissection] (same model, data,
+concepts, layers, quantile, seed), timed as a subprocess by wall clock (Python start, Ray start and the
+activations stage, which dissection needs, included). Agreement: NetDissect-Lite's best label per unit
+(tally rows, units 1-based) vs units.parquet, its per-category top labels vs dissection.parquet's rank-0
+rows, its thresholds vs the `threshold` column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.errors import UserError
+from pipeline.inputs.model_survey import survey_model
+from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
+from pipeline.job.config import JobConfig
+from pipeline.job.load import load_job
+from pipeline.job.prepare import prepare_inputs
+from pipeline.stages import STAGES
+
+FO, DL, VQ = "feature_operation.py", "loader/data_loader.py", "util/vecquantile.py"
+# (file, old text, new text, count, reason): every patch applied to the copy, nothing else changed.
+PATCHES: list[tuple[str, str, str, int, str]] = [
+    (FO, "from scipy.misc import imresize", "from scipy_misc_compat import imresize", 1,
+     "scipy.misc.imresize was removed in SciPy 1.3: scipy 1.2's imresize(mode='F', bilinear) on Pillow"),
+    (DL, "from scipy.misc import imread", "from scipy_misc_compat import imread", 1,
+     "scipy.misc.imread was removed in SciPy 1.2: scipy 1.2's imread on Pillow"),
+    (DL, "out[i] = rgb[:,:,0] + rgb[:,:,1] * 256",
+     "out[i] = rgb[:,:,0].astype(numpy.int32) + rgb[:,:,1].astype(numpy.int32) * 256", 1,
+     "NumPy 2 (NEP 50): uint8 mask * 256 raises OverflowError (NumPy 1 promoted to uint16)"),
+    (DL, "result[list(np.indices(arr.shape)) + [arr]] = 1", "result[tuple(list(np.indices(arr.shape)) + [arr])] = 1", 1,
+     "NumPy >= 1.23 reads a list of index arrays as one array index: labelcat silently becomes all ones"),
+    (DL, "raise StopIteration", "return", 2,
+     "PEP 479 (Python 3.7): StopIteration raised in the generators batches/tensor_batches is a RuntimeError"),
+    (VQ, "self.extremes.fill(numpy.NaN)", "self.extremes.fill(numpy.nan)", 1, "numpy.NaN was removed in NumPy 2.0"),
+    (FO, "features_blobs.append(output.data.cpu().numpy())", "features_blobs.append(output.data.cpu().numpy().copy())", 1,
+     "on the CPU .numpy() shares the output's memory, which the model's next in-place ReLU overwrites"),
+    (FO, "loader.tensor_batches(bgr_mean=self.mean)", "loader.tensor_batches(bgr_mean=None)", 1,
+     "this project's preprocessing: no BGR mean subtraction (the BGR flip is undone by feature_extraction's ::-1)"),
+    (FO, "input.div_(255.0 * 0.224)",
+     "input = input.div_(255.0).sub_(torch.tensor(settings.MEAN).view(1, -1, 1, 1)).div_(torch.tensor(settings.STD).view(1, -1, 1, 1))", 1,
+     "this project's preprocessing: RGB / 255, then (x - mean) / std from the job's [model] mean/std"),
+]
+COMPAT = '''"""scipy.misc.imread / imresize as SciPy 1.2 had them, ported to Pillow (written by bench_netdissect.py)."""
+import numpy as np
+from PIL import Image
+
+
+def imread(name):
+    im = Image.open(name)
+    if im.mode == "P":  # scipy's fromimage: palette images decode to RGB(A) values, "1" to L
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode == "1":
+        im = im.convert("L")
+    return np.asarray(im)
+
+
+def imresize(arr, size, interp="bilinear", mode=None):
+    assert mode == "F" and interp == "bilinear", "only the call NetDissect-Lite's tally makes"
+    im = Image.fromarray(np.asarray(arr).astype(np.float32), mode="F")
+    return np.asarray(im.resize((size[1], size[0]), Image.BILINEAR))
+'''
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--netdissect", required=True, type=Path, help="a NetDissect-Lite checkout (feature_operation.py, loader/, util/)")
+    ap.add_argument("--job", required=True, type=Path, help="job file: its model, [concepts] broden, preprocessing, seed")
+    ap.add_argument("--layers", nargs="+", help="default: the job's layers with spatial maps")
+    ap.add_argument("--quantile", type=float, help="default: the job's [stages.dissection] quantile")
+    ap.add_argument("--repeat", type=int, default=1, help="timed runs of the project's command (median is compared)")
+    ap.add_argument("--gpu", action="store_true", help="NetDissect-Lite on CUDA when available (settings.GPU)")
+    ap.add_argument("--json", type=Path, help="write every number to this JSON file")
+    ap.add_argument("--verbose", action="store_true", help="show NetDissect-Lite's prints and the project's output")
+    return ap
+
+
+def broden_image_size(broden: Path) -> int:
+    """The one image size of the Broden's index.csv (ih = iw for every row), else exit."""
+    with open(broden / "index.csv", newline="") as f:
+        sizes = {(int(r["ih"]), int(r["iw"])) for r in csv.DictReader(f)}
+    if len(sizes) != 1 or len(next(iter(sizes))) != 2 or len(set(next(iter(sizes)))) != 1:
+        sys.exit(f"{broden}/index.csv: images of several or non-square sizes {sorted(sizes)[:4]}; both sides must see the same input")
+    return next(iter(sizes))[0]
+
+
+def patched_copy(src: Path, dst: Path, settings: dict[str, Any]) -> None:
+    """Copy the checkout, apply PATCHES (each fails loudly when its text is missing), write settings.py."""
+    if not (src / FO).is_file():
+        sys.exit(f"--netdissect {src}: no {FO}; pass a NetDissect-Lite checkout")
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".git", "dataset", "zoo", "result", "settings.py"))
+    for file, old, new, count, reason in PATCHES:
+        path = dst / file
+        text = path.read_text()
+        if text.count(old) != count:
+            raise RuntimeError(f"patch for {file} ({reason}): expected {count}x {old!r}, found {text.count(old)}")
+        path.write_text(text.replace(old, new))
+    (dst / "scipy_misc_compat.py").write_text(COMPAT)
+    (dst / "settings.py").write_text("".join(f"{k} = {v!r}\n" for k, v in settings.items()))
+
+
+def run_netdissect(work: Path, model: torch.nn.Module, layers: list[str], gpu: bool, verbose: bool) -> dict[str, Any]:
+    """NetDissect-Lite's steps as main.py calls them, each timed; returns times, thresholds and tally rows."""
+    sys.path.insert(0, str(work))
+    import feature_operation as fo_mod  # noqa: E402 (the patched copy)
+    import loader.data_loader
+    import settings
+    for mod in (fo_mod, loader.data_loader, settings):
+        assert Path(mod.__file__).resolve().is_relative_to(work.resolve()), f"{mod.__name__} imported from {mod.__file__}"
+    for name in layers:  # as loader/model_loader.py's loadmodel (get_submodule also finds dotted paths)
+        model.get_submodule(name).register_forward_hook(fo_mod.hook_feature)
+    if gpu:
+        model.cuda()
+    times: dict[str, float] = {}
+    out: dict[str, Any] = {"thresholds": {}, "rows": {}}
+    with open(work / "netdissect.log", "w") as log, contextlib.redirect_stdout(sys.stdout if verbose else log):
+        t0 = time.perf_counter()
+        fo = fo_mod.FeatureOperator()
+        times["FeatureOperator()"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        features, _ = fo.feature_extraction(model=model)
+        times["feature_extraction"] = time.perf_counter() - t0
+        for i, name in enumerate(layers):
+            t0 = time.perf_counter()
+            out["thresholds"][name] = np.asarray(fo.quantile_threshold(features[i]))
+            times[f"{name} quantile_threshold"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out["rows"][name] = fo.tally(features[i], out["thresholds"][name])
+            times[f"{name} tally"] = time.perf_counter() - t0
+    out["times"], out["categories"] = times, fo.data.category_names()
+    return out
+
+
+def toml_text(table: dict[str, Any], prefix: str = "") -> str:
+    """A minimal TOML writer for a job's plain form (None values left out)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v) if isinstance(v, str) else repr(v)
+    lines = [f"{k} = {value(v)}\n" for k, v in table.items() if v is not None and not isinstance(v, dict)]
+    subs = [f"\n[{prefix}{k}]\n" + toml_text(v, f"{prefix}{k}.") for k, v in table.items() if isinstance(v, dict)]
+    return "".join(lines) + "".join(subs)
+
+
+def project_job(job: JobConfig, layers: list[str], quantile: float, catalog: Path) -> str:
+    """The given job reduced to the dissection stage on these layers with this quantile (absolute paths)."""
+    plain = job.to_dict()
+    for key in ("path", "previous", "prepare"):
+        plain.pop(key, None)
+    plain["model"]["layers"] = layers
+    plain["stages"] = {"dissection": {**dataclasses.asdict(STAGES["dissection"].settings(job)), "quantile": quantile}}
+    plain["output"] = {"catalog": str(catalog)}
+    return toml_text(plain)
+
+
+def run_project(tmp: Path, job: JobConfig, layers: list[str], quantile: float, repeat: int,
+                verbose: bool) -> tuple[list[float], dict[str, float], Path]:
+    """`neuron-catalog run JOB --stages dissection` `repeat` times (a fresh catalog each); wall seconds, its own steps."""
+    cli = Path(sys.executable).with_name("neuron-catalog")  # the console script: PYTHONPATH still comes before the install
+    command = [str(cli)] if cli.exists() else [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main())"]
+    walls: list[float] = []
+    steps: dict[str, float] = {}
+    for r in range(repeat):
+        job_file = tmp / f"job{r}.toml"
+        job_file.write_text(project_job(job, layers, quantile, tmp / f"catalog{r}"))
+        t0 = time.perf_counter()
+        done = subprocess.run([*command, "run", str(job_file), "--stages", "dissection"], cwd=tmp, text=True,
+                              stdout=None if verbose else subprocess.PIPE, stderr=subprocess.STDOUT)
+        walls.append(time.perf_counter() - t0)
+        if done.returncode:
+            sys.exit(f"neuron-catalog run failed (exit {done.returncode}):\n{done.stdout or ''}")
+        wall = re.search(r"wall time: (.*); total", done.stdout or "")
+        if r == 0 and wall:
+            steps = {m[1]: float(m[2]) for m in re.finditer(r"([a-z][a-z ]*?) ([\d.]+) s", wall[1])}
+    return walls, steps, tmp / "catalog0"
+
+
+def compare(nd: dict[str, Any], catalog: Path) -> dict[str, dict[str, Any]]:
+    """Per layer: best labels, per-category top labels and thresholds, NetDissect-Lite vs the catalog."""
+    units, diss = pd.read_parquet(catalog / "units.parquet"), pd.read_parquet(catalog / "dissection.parquet")
+    top = diss[diss["rank"] == 0]
+    tops = {(r.layer, r.unit, r.category): (r.concept, float(r.iou)) for r in top.itertuples()}
+    result = {}
+    for layer, rows in nd["rows"].items():
+        mine = {int(r.unit): (r.label, r.category, float(r.iou)) for r in units[units.layer == layer].itertuples()}
+        theirs = {int(r["unit"]) - 1: r for r in rows}
+        same = [u for u in theirs if theirs[u]["label"] == mine[u][0]]
+        pairs = [(u, c) for u in theirs for c in nd["categories"] if (layer, u, c) in tops]
+        cat_same = [(u, c) for u, c in pairs if theirs[u][f"{c}-label"] == tops[layer, u, c][0]]
+        thr = diss[diss.layer == layer].groupby("unit")["threshold"].first().reindex(range(len(theirs))).to_numpy(float)
+        ref = nd["thresholds"][layer]
+        result[layer] = {
+            "units": len(theirs), "best_label_agree": len(same),
+            "max_iou_diff_agreeing": max((abs(float(theirs[u]["score"]) - mine[u][2]) for u in same), default=float("nan")),
+            "max_best_iou_diff": max(abs(float(theirs[u]["score"]) - mine[u][2]) for u in theirs),
+            "category_pairs": len(pairs), "category_label_agree": len(cat_same),
+            "max_category_iou_diff_agreeing": max((abs(float(theirs[u][f"{c}-iou"]) - tops[layer, u, c][1])
+                                                   for u, c in cat_same), default=float("nan")),
+            "max_threshold_diff": float(np.nanmax(np.abs(ref - thr))),
+            "max_threshold_rel_diff": float(np.nanmax(np.abs(ref - thr) / np.maximum(np.abs(thr), 1e-12))),
+            "disagreements": [{"unit": u, "netdissect": [theirs[u]["label"], theirs[u]["category"], float(theirs[u]["score"])],
+                               "project": list(mine[u])} for u in sorted(set(theirs) - set(same))],
+        }
+    return result
+
+
+def report(out: dict[str, Any]) -> None:
+    """The readable table."""
+    nd, pr = out["netdissect"], out["project"]
+    print(f"\n{out['images']} concept images, layers {' '.join(out['layers'])}, quantile {out['quantile']}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, numpy {np.__version__}")
+    print("NetDissect-Lite (patched copy)            seconds")
+    t = nd["times"]
+    rows = [("FeatureOperator()", t["FeatureOperator()"]), ("feature_extraction", t["feature_extraction"]),
+            ("construct + features", t["FeatureOperator()"] + t["feature_extraction"])]
+    rows += [(f"{layer} quantile_threshold", t[f"{layer} quantile_threshold"]) for layer in out["layers"]]
+    rows += [(f"{layer} tally", t[f"{layer} tally"]) for layer in out["layers"]]
+    for name, secs in rows + [("total", nd["total"])]:
+        print(f"  {name:38s} {secs:8.2f}")
+    print("project: neuron-catalog run --stages dissection (needs and runs activations too)")
+    print(f"  command wall time (subprocess)         {pr['wall']:8.2f}" + (f"   runs: {', '.join(f'{w:.2f}' for w in pr['runs'])}, median"
+                                                                           if len(pr["runs"]) > 1 else ""))
+    print("  its own steps: " + ", ".join(f"{k} {v:.2f}" for k, v in pr["steps"].items()))
+    print(f"ratio NetDissect-Lite total / project wall: {out['ratio']:.2f}x"
+          + (f" (dissection step alone: {nd['total'] / pr['steps']['dissection']:.1f}x)" if "dissection" in pr["steps"] else ""))
+    print(f"agreement   best label   max|dIoU|   per-category top   max|dIoU|   max|d threshold| (rel)")
+    for layer, a in out["agreement"].items():
+        print(f"  {layer:8s} {a['best_label_agree']:4d}/{a['units']:<4d} {a['max_iou_diff_agreeing']:11.2e}"
+              f"   {a['category_label_agree']:5d}/{a['category_pairs']:<5d} {a['max_category_iou_diff_agreeing']:12.2e}"
+              f"   {a['max_threshold_diff']:.2e} ({a['max_threshold_rel_diff']:.1e})")
+    agree, total = (sum(a[k] for a in out["agreement"].values()) for k in ("best_label_agree", "units"))
+    print(f"  all      {agree:4d}/{total:<4d}")
+    for layer, a in out["agreement"].items():
+        for d in a["disagreements"][:5]:
+            print(f"  differs: {layer} unit {d['unit']}: NetDissect-Lite {d['netdissect'][0]} ({d['netdissect'][1]}, "
+                  f"{d['netdissect'][2]:.3f}), project {d['project'][0]} ({d['project'][1]}, {d['project'][2]:.3f})")
+
+
+def main() -> None:
+    """Run both sides, compare, print; optionally write JSON."""
+    args = get_args_parser().parse_args()
+    try:
+        job = load_job(args.job)
+        prepare_inputs(job)  # make the demo's concept world and model if missing (a no-op when present)
+    except UserError as exc:
+        sys.exit(f"{args.job}: {exc}")
+    broden = job.concepts.broden
+    if broden is None:
+        sys.exit(f"{args.job}: no [concepts] broden")
+    size = broden_image_size(broden)
+    if size != job.model.input_size:
+        sys.exit(f"the Broden's images are {size} px but the job's input_size is {job.model.input_size}: NetDissect-Lite "
+                 "feeds images at their file size, so the two sides would not see the same input. Stopping.")
+    model = build_model(recipe_from_config(job.model)).eval()
+    shape = (len(job.model.mean), size, size)
+    layers = resolve_layers(model, tuple(args.layers) if args.layers else job.model.layers)
+    infos = {info.name: info for info in survey_model(model, layers, shape).layers}
+    flat = [n for n in layers if len(infos[n].shape) != 3]
+    if args.layers and flat:
+        sys.exit(f"--layers {' '.join(flat)}: no spatial map; NetDissect-Lite's tally needs [C, H, W] features")
+    layers = [n for n in layers if n not in flat]  # model order: NetDissect-Lite's hooks append in forward order
+    quantile = args.quantile if args.quantile is not None else STAGES["dissection"].settings(job).quantile
+    with open(broden / "category.csv", newline="") as f:
+        categories = [r["name"] for r in csv.DictReader(f)]
+    categories = [c for c in categories if job.concepts.categories is None or c in job.concepts.categories]
+    gpu = bool(args.gpu and torch.cuda.is_available())
+    tmp = Path(tempfile.mkdtemp(prefix="bench_netdissect_"))
+    try:
+        settings = {"GPU": gpu, "TEST_MODE": False, "CLEAN": False, "QUANTILE": quantile, "PARALLEL": 1, "CATAGORIES": categories,
+                    "OUTPUT_FOLDER": str(tmp / "netdissect_out"), "DATA_DIRECTORY": str(broden), "IMG_SIZE": size,
+                    "FEATURE_NAMES": layers, "WORKERS": 12, "BATCH_SIZE": 128, "TALLY_BATCH_SIZE": 16, "TALLY_AHEAD": 4,
+                    "INDEX_FILE": "index.csv", "MEAN": list(job.model.mean), "STD": list(job.model.std)}
+        patched_copy(args.netdissect, tmp / "netdissect", settings)
+        nd = run_netdissect(tmp / "netdissect", model, layers, gpu, args.verbose)
+        nd["total"] = sum(nd["times"].values())
+        shutil.rmtree(tmp / "netdissect_out")  # the memory-mapped features (float64) before the project runs
+        walls, steps, catalog = run_project(tmp, job, layers, quantile, args.repeat, args.verbose)
+        wall = statistics.median(walls)
+        out = {"job": str(args.job), "layers": layers, "quantile": quantile, "categories": categories, "images": len(pd.read_csv(broden / "index.csv")),
+               "netdissect": {"times": nd["times"], "total": nd["total"]},
+               "project": {"runs": walls, "wall": wall, "steps": steps}, "ratio": nd["total"] / wall,
+               "agreement": compare(nd, catalog), "patches": [{"file": p[0], "old": p[1], "new": p[2], "reason": p[4]} for p in PATCHES],
+               "netdissect_settings": settings}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(out)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=float))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
