@@ -218,3 +218,21 @@ def test_counts_ious_and_labels_equal_netdissect_lite(tmp_path, size):
     if size > MASK:  # bilinear sampling without antialiasing activates other pixels
         sampled = d.compute_tally(acts, thresholds, masks, labels, space, resize="bilinear")
         assert (sampled.unit_area != ours.unit_area).any()
+
+
+@pytest.mark.parametrize("source, size", [((64, 64), (32, 32)), ((224, 224), (112, 112)), ((24, 24), (12, 12)),
+                                          ((12, 12), (5, 5)), ((5, 5), (12, 12)), ((7, 7), (112, 112)),
+                                          ((7, 9), (3, 4)), ((20, 64), (40, 32)), ((1, 1), (4, 4))])
+def test_pil_resize_equals_pillow_and_its_threshold_test_equals_the_whole_resize(source, size):
+    rng = np.random.default_rng(5)
+    maps = (rng.standard_normal((40, *source)) * 3).astype(np.float32)
+    maps[:10] = np.round(maps[:10])  # constant patches: values tie with the threshold
+    pillow = np.stack([_imresize(m, size) for m in maps])
+    resize = d.PilResize.build(source, size)
+    whole = resize.resize(torch.from_numpy(maps))
+    np.testing.assert_array_equal(whole.numpy(), pillow)
+    for thr in (torch.from_numpy(np.quantile(maps.reshape(40, -1), 0.9, axis=1).astype(np.float32)),
+                whole.reshape(40, -1)[:, 0].clone()):  # the second: thresholds equal to a resized value
+        expected = torch.nonzero(whole.reshape(40, -1) > thr[:, None], as_tuple=True)
+        found = resize.on_pixels(torch.from_numpy(maps), thr)
+        assert all(torch.equal(a, b) for a, b in zip(expected, found))

@@ -122,13 +122,14 @@ def load_image(path: Path, size: int, channels: int = 3, crop: bool = True) -> n
         raise
     except Exception as exc:  # corrupt, truncated, not an image, decompression bomb found while decoding
         raise SkippedImage(failure_reason(exc, path)) from None
-    import torchvision.transforms.functional as TF  # here: importing torchvision costs every process 1.3 s (torch._dynamo)
+    if img.size != (size, size):  # already the input size: resizing and cropping would change nothing
+        import torchvision.transforms.functional as TF  # here: importing torchvision costs every process 1.3 s (torch._dynamo)
 
-    bilinear = TF.InterpolationMode.BILINEAR
-    if crop:
-        img = TF.center_crop(TF.resize(img, size, interpolation=bilinear, antialias=True), [size, size])
-    else:
-        img = TF.resize(img, [size, size], interpolation=bilinear, antialias=True)
+        bilinear = TF.InterpolationMode.BILINEAR
+        if crop:
+            img = TF.center_crop(TF.resize(img, size, interpolation=bilinear, antialias=True), [size, size])
+        else:
+            img = TF.resize(img, [size, size], interpolation=bilinear, antialias=True)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 

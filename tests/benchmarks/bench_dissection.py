@@ -162,7 +162,7 @@ def bench_stage(job_path: str, threads: int) -> None:
     torch.set_num_threads(threads)
     job = load_job(job_path)
     prepare_inputs(job)
-    cfg = job.stages.dissection
+    cfg = job.stages.sections["dissection"]
     model = build_model(recipe_from_config(job.model)).eval()
     shape = (len(job.model.mean), job.model.input_size, job.model.input_size)
     layers = survey_model(model, resolve_layers(model, job.model.layers), shape).layers

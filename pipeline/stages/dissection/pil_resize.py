@@ -82,16 +82,71 @@ class PilResize:
     rows: _Taps
     cols: _Taps
     size: tuple[int, int]
+    dense_rows: torch.Tensor  # float32 [sh, h]: the same coefficients, for the fast float32 pass
+    dense_cols: torch.Tensor  # float32 [w, sw]
+    error: float  # a bound on |float32 products - Pillow's values|, relative to a map's largest |value|
 
     @classmethod
     def build(cls, source: tuple[int, int], size: tuple[int, int], device: torch.device | str = "cpu") -> PilResize:
         (h, w), (sh, sw) = source, size
-        return cls(_Taps.build(h, sh, device), _Taps.build(w, sw, device), tuple(size))
+        dense = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+        # float32 dot products of length n with weights summing to 1 err by at most n * 2^-24 * max|x| each
+        # (any order, FMA or not); Pillow's two float32 roundings add 2^-24 * max|x| each; doubled for margin
+        error = 2.0 * (w + h + 4) * 2.0 ** -24
+        return cls(_Taps.build(h, sh, device), _Taps.build(w, sw, device), tuple(size),
+                   dense(pil_weights(h, sh)), dense(pil_weights(w, sw).T), error)
 
     def resize(self, maps: torch.Tensor) -> torch.Tensor:
+        """Every pixel, exactly as Pillow."""
         x = maps.float()
         if x.shape[-1] != self.size[1]:  # columns first, as Pillow's ImagingResampleInner; an axis whose size stays is skipped
             x = self.cols.apply(x, -1)
         if x.shape[-2] != self.size[0]:
             x = self.rows.apply(x, -2)
         return x
+
+    def on_pixels(self, maps: torch.Tensor, thr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(map index, flat pixel index) of every pixel of `resize(maps)` that is `> thr` [M].
+
+        Decided from a float32 resize (two matrix products) wherever it lies farther from the threshold
+        than its error bound; the few pixels within it are evaluated exactly as Pillow does (`_exact_at`).
+        """
+        x = maps.float()
+        fast = x
+        if x.shape[-1] != self.size[1]:
+            fast = fast @ self.dense_cols
+        if x.shape[-2] != self.size[0]:
+            fast = self.dense_rows @ fast
+        if fast is x:
+            return torch.nonzero(x.reshape(len(x), -1) > thr[:, None], as_tuple=True)
+        scale = x.abs().amax(dim=(1, 2))
+        bound = torch.where(torch.isfinite(scale), scale * self.error, torch.inf)[:, None, None]
+        d = fast - thr[:, None, None]
+        on = d > bound
+        unsure = ~(on | (d < -bound))  # NaN included
+        m, i, j = torch.nonzero(unsure, as_tuple=True)
+        if len(m):
+            on[m, i, j] = self._exact_at(x, m, i, j) > thr.index_select(0, m)
+        return torch.nonzero(on.reshape(len(x), -1), as_tuple=True)
+
+    def _exact_at(self, x: torch.Tensor, m: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """float32 [P]: Pillow's value at pixels (m, i, j): the column pass at each row the pixel reads,
+        rounded to float32, then the row pass, each summed tap by tap in float64."""
+        xp = torch.nn.functional.pad(x, (0, 1, 0, 1))  # index n_in: an exact zero for padded taps
+        cols = x.shape[-1] != self.size[1]
+        rows = self.rows.index.index_select(1, i) if x.shape[-2] != self.size[0] else i[None]
+        across = []
+        for r in rows:
+            if not cols:
+                across.append(xp[m, r, j])
+                continue
+            total = torch.zeros(len(m), dtype=torch.float64, device=x.device)
+            for index, weight in zip(self.cols.index, self.cols.weight):
+                total = total + xp[m, r, index.index_select(0, j)].double() * weight.index_select(0, j)
+            across.append(total.float())
+        if len(rows) == 1 and x.shape[-2] == self.size[0]:
+            return across[0]
+        total = torch.zeros(len(m), dtype=torch.float64, device=x.device)
+        for value, weight in zip(across, self.rows.weight):
+            total = total + value.double() * weight.index_select(0, i)
+        return total.float()

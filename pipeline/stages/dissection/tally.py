@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
     encoded by `encode_masks` with this `union`, to share the work between layers).
 
     `resize`: "netdissect-lite", Pillow's bilinear resize (`PilResize`, antialiased when the map is
-    larger than the mask); "bilinear", bilinear sampling without antialiasing (`Bilinear`, evaluated
+    larger than the mask; decided in float32 but for the pixels within rounding of the threshold); "bilinear", bilinear sampling without antialiasing (`Bilinear`, evaluated
     only in the cells with a corner near the threshold); "torch", F.interpolate (its reference).
 
     `union`, the category term Ucat of a unit's union with a label: "netdissect-lite" counts a unit's
@@ -95,7 +96,7 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
     pixel = torch.from_numpy(encoded.pixel).to(dev).view(n * s, planes)
     x = acts.detach().float()
     bilinear = Bilinear.build(tuple(x.shape[2:]), size, dev) if resize == "bilinear" else None
-    pil = PilResize.build(tuple(x.shape[2:]), size, dev) if resize == "netdissect-lite" else None
+    pil = _pil_resize(tuple(x.shape[2:]), tuple(size), str(dev)) if resize == "netdissect-lite" else None
     thr = torch.tensor(np.asarray(thresholds, dtype=np.float32), device=dev)
     near = thr - thr.abs() * 1e-5
     img, unit = torch.nonzero(x.amax(dim=(2, 3)) > near, as_tuple=True)
@@ -110,9 +111,10 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
         im, un = img[start:start + step], unit[start:start + step]
         if resize == "bilinear":
             row, pos = bilinear.on_pixels(x[im, un], thr[un], near[un])
+        elif resize == "netdissect-lite":
+            row, pos = pil.on_pixels(x[im, un], thr[un])
         else:
-            maps = pil.resize(x[im, un]) if pil is not None else upsample(x[im, un], size)
-            row, pos = torch.nonzero(maps.reshape(len(im), s) > thr[un][:, None], as_tuple=True)
+            row, pos = torch.nonzero(upsample(x[im, un], size).reshape(len(im), s) > thr[un][:, None], as_tuple=True)
         on = torch.bincount(row, minlength=len(im))
         counts[im, un] = on
         hit = scalar_cat.index_select(0, im) if by_hits else None  # [maps, C]
@@ -134,6 +136,11 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
         unit_area=exact(by_image.sum(axis=1)),
         images=n,
     )
+
+
+@lru_cache(maxsize=64)
+def _pil_resize(source: tuple[int, int], size: tuple[int, int], device: str) -> PilResize:
+    return PilResize.build(source, size, device)  # once per layer and mask size: its coefficients take Python loops
 
 
 def _mask_size(masks: Sequence[Mapping[str, np.ndarray]]) -> tuple[int, int]:

@@ -79,20 +79,18 @@ def compute_thresholds(acts: torch.Tensor, quantile: float, total_count: int,
 
 def _values_above(x: torch.Tensor, floor: np.ndarray) -> np.ndarray:
     """float32 [U, most kept]: each unit's values of `x` [N, U, hw] above its floor, padded with -inf.
-    Only maps whose maximum passes the floor are looked at."""
+    Unit-major, so that a boolean selection returns them already grouped by unit."""
     units = x.shape[1]
     low = torch.tensor(np.asarray(floor, np.float32), device=x.device)
-    img, unit = torch.nonzero(x.amax(dim=2) > low, as_tuple=True)
-    maps = x[img, unit]
-    keep = maps > low[unit][:, None]
-    rows = unit.repeat_interleave(keep.sum(dim=1))  # the unit of each kept value, in map order
-    vals = maps[keep]
-    order = torch.argsort(rows, stable=True)
-    rows, vals = rows[order], vals[order]
-    counts = torch.bincount(rows, minlength=units)
-    starts = torch.cumsum(counts, 0) - counts
-    out = torch.full((units, int(counts.max()) if len(rows) else 0), float("-inf"), device=x.device)
-    out[rows, torch.arange(len(rows), device=x.device) - starts[rows]] = vals
+    flat = x.transpose(0, 1).reshape(units, -1)
+    keep = flat > low[:, None]
+    counts = keep.sum(dim=1)
+    vals = flat[keep]
+    out = torch.full((units, int(counts.max()) if len(vals) else 0), float("-inf"), device=x.device)
+    if len(vals):
+        rows = torch.repeat_interleave(torch.arange(units, device=x.device), counts)
+        starts = torch.cumsum(counts, 0) - counts
+        out[rows, torch.arange(len(vals), device=x.device) - starts.index_select(0, rows)] = vals
     return out.cpu().numpy()
 
 
