@@ -1,4 +1,8 @@
-"""Bilinear upsampling of feature maps to the concept-mask size, as NetDissect does (imresize mode 'F').
+"""Bilinear sampling of feature maps at the concept-mask size: the `resize = "bilinear"` option.
+
+It equals NetDissect-Lite's imresize (mode 'F', `pil_resize.py`) up to an ulp when a map is smaller
+than its mask; when larger, Pillow antialiases (averages every map pixel a mask pixel covers) and
+this reads only the nearest four.
 
 `upsample` is F.interpolate (align_corners=False); `Bilinear` evaluates the same sample positions and
 weights with a fixed order of float32 operations, so a pixel's value is the same whether the whole
@@ -16,7 +20,7 @@ import torch.nn.functional as F
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """`F.interpolate` (bilinear, align_corners=False) of maps [M, h, w], each as its own [1, 1, h, w]
-    image, so batched and one-at-a-time results are identical. The `resize="torch"` reference."""
+    image, so batched and one-at-a-time results are identical. The tally's `resize="torch"` reference."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
@@ -56,8 +60,8 @@ class _Axis:
 
 @dataclass(frozen=True)
 class Bilinear:
-    """The `resize="cells"` upsampling: F.interpolate's sample positions and weights (bilinear,
-    align_corners=False, as NetDissect-Lite's imresize mode 'F'), evaluated in float32 as
+    """The `resize="bilinear"` sampling: F.interpolate's sample positions and weights (bilinear,
+    align_corners=False), evaluated in float32 as
     t_y = x[y, x0] + b * (x[y, x1] - x[y, x0]), out = t_y0 + a * (t_y1 - t_y0), each operation
     rounded once: a pixel's value is the same whether the whole map is resized (`resize`) or only
     the cells that may exceed a threshold (`on_pixels`). It differs from F.interpolate by a few

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.stages.dissection.bilinear import Bilinear
+
 
 def pil_weights(n_in: int, n_out: int) -> np.ndarray:
     """float64 [n_out, n_in]: Pillow's bilinear coefficients (`precompute_coeffs`) of one axis."""
@@ -85,6 +87,7 @@ class PilResize:
     dense_rows: torch.Tensor  # float32 [sh, h]: the same coefficients, for the fast float32 pass
     dense_cols: torch.Tensor  # float32 [w, sw]
     error: float  # a bound on |float32 products - Pillow's values|, relative to a map's largest |value|
+    bilinear: Bilinear  # when no axis shrinks: Pillow's weights, in float32, evaluated near the threshold only
 
     @classmethod
     def build(cls, source: tuple[int, int], size: tuple[int, int], device: torch.device | str = "cpu") -> PilResize:
@@ -94,7 +97,7 @@ class PilResize:
         # (any order, FMA or not); Pillow's two float32 roundings add 2^-24 * max|x| each; doubled for margin
         error = 2.0 * (w + h + 4) * 2.0 ** -24
         return cls(_Taps.build(h, sh, device), _Taps.build(w, sw, device), tuple(size),
-                   dense(pil_weights(h, sh)), dense(pil_weights(w, sw).T), error)
+                   dense(pil_weights(h, sh)), dense(pil_weights(w, sw).T), error, Bilinear.build(source, size, device))
 
     def resize(self, maps: torch.Tensor) -> torch.Tensor:
         """Every pixel, exactly as Pillow."""
@@ -112,6 +115,9 @@ class PilResize:
         than its error bound; the few pixels within it are evaluated exactly as Pillow does (`_exact_at`).
         """
         x = maps.float()
+        scale = x.abs().amax(dim=(1, 2))
+        if x.shape[-2] <= self.size[0] and x.shape[-1] <= self.size[1] and bool(torch.isfinite(scale).all()):
+            return self._on_pixels_upsampled(x, thr, scale)
         fast = x
         if x.shape[-1] != self.size[1]:
             fast = fast @ self.dense_cols
@@ -119,7 +125,6 @@ class PilResize:
             fast = self.dense_rows @ fast
         if fast is x:
             return torch.nonzero(x.reshape(len(x), -1) > thr[:, None], as_tuple=True)
-        scale = x.abs().amax(dim=(1, 2))
         bound = torch.where(torch.isfinite(scale), scale * self.error, torch.inf)[:, None, None]
         d = fast - thr[:, None, None]
         on = d > bound
@@ -128,6 +133,18 @@ class PilResize:
         if len(m):
             on[m, i, j] = self._exact_at(x, m, i, j) > thr.index_select(0, m)
         return torch.nonzero(on.reshape(len(x), -1), as_tuple=True)
+
+    def _on_pixels_upsampled(self, x: torch.Tensor, thr: torch.Tensor, scale: torch.Tensor):
+        """Upsampling is bilinear interpolation, Pillow's and `Bilinear`'s alike, with weights that differ in
+        rounding only (far below 2^-10 of a map's largest |value|): the pixels `Bilinear` finds above the
+        threshold less that margin are the candidates, each then evaluated exactly as Pillow."""
+        low = thr - scale * 2.0 ** -10
+        m, pos = self.bilinear.on_pixels(x, low, low - low.abs() * 1e-5)
+        i, j = pos // self.size[1], pos % self.size[1]
+        keep = self._exact_at(x, m, i, j) > thr.index_select(0, m)
+        m, pos = m[keep], pos[keep]
+        order = torch.argsort(m * (self.size[0] * self.size[1]) + pos)  # row-major, as torch.nonzero
+        return m.index_select(0, order), pos.index_select(0, order)
 
     def _exact_at(self, x: torch.Tensor, m: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """float32 [P]: Pillow's value at pixels (m, i, j): the column pass at each row the pixel reads,

@@ -38,12 +38,14 @@ class ThresholdPartial:
         return cls(np.zeros((units, 0), np.float32), 0, top_count(quantile, total_count), quantile)
 
 
-def _keep_top(values: np.ndarray, capacity: int) -> np.ndarray:
-    """Each row's `capacity` largest values, unordered; columns that would only hold -inf are dropped.
+def _keep_top(values: np.ndarray, capacity: int, finite: int | None = None) -> np.ndarray:
+    """Each row's `capacity` largest values, unordered; columns that would only hold -inf are dropped
+    (`finite`: the most finite values in a row, when the caller knows it).
 
     np.partition (introselect) is linear; torch.topk sorts, about 4x slower for a large `capacity`."""
     values = np.asarray(values, dtype=np.float32)
-    finite = int(np.isfinite(values).sum(axis=1).max()) if values.size else 0  # pruned values are -inf
+    if finite is None:
+        finite = int(np.isfinite(values).sum(axis=1).max()) if values.size else 0  # pruned values are -inf
     keep = min(capacity, finite)
     if keep == values.shape[1]:
         return values
@@ -77,21 +79,17 @@ def compute_thresholds(acts: torch.Tensor, quantile: float, total_count: int,
     return partial
 
 
-def _values_above(x: torch.Tensor, floor: np.ndarray) -> np.ndarray:
-    """float32 [U, most kept]: each unit's values of `x` [N, U, hw] above its floor, padded with -inf.
-    Unit-major, so that a boolean selection returns them already grouped by unit."""
+def _values_above(x: torch.Tensor, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [U, most kept], int [U]): each unit's values of `x` [N, U, hw] above its floor, padded
+    with -inf, and how many there are.
+    Unit-major, so that a boolean selection returns them already grouped by unit, row after row."""
     units = x.shape[1]
-    low = torch.tensor(np.asarray(floor, np.float32), device=x.device)
-    flat = x.transpose(0, 1).reshape(units, -1)
-    keep = flat > low[:, None]
-    counts = keep.sum(dim=1)
-    vals = flat[keep]
-    out = torch.full((units, int(counts.max()) if len(vals) else 0), float("-inf"), device=x.device)
-    if len(vals):
-        rows = torch.repeat_interleave(torch.arange(units, device=x.device), counts)
-        starts = torch.cumsum(counts, 0) - counts
-        out[rows, torch.arange(len(vals), device=x.device) - starts.index_select(0, rows)] = vals
-    return out.cpu().numpy()
+    flat = x.transpose(0, 1).reshape(units, -1).cpu().numpy()
+    keep = flat > np.asarray(floor, np.float32)[:, None]
+    counts = np.count_nonzero(keep, axis=1)
+    out = np.full((units, int(counts.max(initial=0))), -np.inf, np.float32)
+    out[np.arange(out.shape[1]) < counts[:, None]] = flat[keep]
+    return out, counts
 
 
 class TopValues:
@@ -103,6 +101,7 @@ class TopValues:
     def __init__(self, units: int, quantile: float, total_count: int, floor: np.ndarray | None = None):
         self.partial = ThresholdPartial.empty(units, quantile, total_count)
         self.floor, self.count, self.buffer, self.width = floor, 0, [], 0
+        self.finite = np.zeros(units, np.int64)  # per unit, finite values in partial.top and the buffer
 
     def add(self, acts: torch.Tensor) -> None:
         n, units = acts.shape[:2]
@@ -110,17 +109,21 @@ class TopValues:
         self.count += n * x.shape[2]
         floors = [f for f in (self.floor, pruning_floor(self.partial)) if f is not None]
         if floors:
-            values = _values_above(x, np.maximum.reduce(floors))
+            values, counts = _values_above(x, np.maximum.reduce(floors))
         else:
             values = x.transpose(0, 1).reshape(units, -1).cpu().numpy()
+            counts = np.count_nonzero(values > -np.inf, axis=1)  # +inf is a value; NaN and the padding are not
         self.buffer.append(values)
+        self.finite += counts
         self.width += values.shape[1]
         if self.width > self.partial.capacity:
             self._select()
 
     def _select(self) -> None:
         if self.buffer:
-            self.partial.top = _keep_top(np.concatenate([self.partial.top, *self.buffer], axis=1), self.partial.capacity)
+            self.partial.top = _keep_top(np.concatenate([self.partial.top, *self.buffer], axis=1), self.partial.capacity,
+                                         int(self.finite.max(initial=0)))
+            self.finite = np.minimum(self.finite, self.partial.capacity)
             self.buffer, self.width = [], 0
 
     def result(self) -> ThresholdPartial:
