@@ -363,10 +363,11 @@ def test_image_without_pixel_masks_needs_mask_size():
     assert t.intersection[0, 8] == 9 and t.label_area[8] == 9 and t.unit_cat[0].tolist() == [0, 0, 9]
 
 
-@pytest.mark.parametrize("quantile", [0.005, 0.05, 0.3, 1.0])
-def test_bounded_memory_thresholds_equal_the_exact_ones(quantile):
+@pytest.mark.parametrize("quantile, chunk", [(0.005, 1 << 22), (0.05, 1 << 22), (0.3, 1 << 22), (1.0, 1 << 22), (0.05, 50)])
+def test_bounded_memory_thresholds_equal_the_exact_ones(quantile, chunk):
     """Radix selection over float32 bit patterns (3 counting passes, shards merged by addition) finds
-    exactly the m-th largest value: zeros, ties, all-negative units, -0.0 and +0.0 included."""
+    exactly the m-th largest value: zeros, ties, all-negative units, -0.0 and +0.0 included; `chunk`
+    50 keys the units one at a time."""
     from pipeline.stages.dissection import radix
 
     rng = np.random.default_rng(7)
@@ -379,7 +380,7 @@ def test_bounded_memory_thresholds_equal_the_exact_ones(quantile):
     exact = th.finalize_thresholds(th.compute_thresholds(t, quantile, x.shape[0] * 16))
     state = radix.start(5)
     for _ in radix.PASSES:
-        parts = [radix.compute(t[s:s + 7], state) for s in range(0, 30, 7)]
+        parts = [radix.compute(t[s:s + 7], state, chunk) for s in range(0, 30, 7)]
         merged = parts[0]
         for part in parts[1:]:
             merged = radix.merge(merged, part)

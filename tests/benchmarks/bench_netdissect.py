@@ -7,17 +7,15 @@ Run by hand (not collected by pytest):
 
 DIR is a checkout of NetDissect-Lite: `git clone https://github.com/CSAILVision/NetDissect-Lite`.
 It is copied to a temp dir and changed only by the text replacements in PATCHES (what current Python,
-NumPy, SciPy and Pillow need, plus this project's preprocessing so both sides feed the model identical
-inputs), and a fresh settings.py. The job's model is built with the project's loader; NetDissect-Lite's
-`hook_feature` is registered on each layer as its model_loader does. Timed (time.perf_counter):
-`FeatureOperator()`, `feature_extraction(model=model)` (memmap, as main.py), then per layer
-`quantile_threshold` and `tally` (no savepath: nothing cached). The HTML report
-(`generate_html_summary`) is skipped: it is not part of the analysis.
-The project side: `neuron-catalog run` of a temp job with only [stages.dissection] (same model, data,
-concepts, layers, quantile, seed), timed as a subprocess by wall clock (Python start, Ray start and the
-activations stage, which dissection needs, included). Agreement: NetDissect-Lite's best label per unit
-(tally rows, units 1-based) vs units.parquet, its per-category top labels vs dissection.parquet's rank-0
-rows, its thresholds vs the `threshold` column.
+NumPy, SciPy and Pillow need, and this project's preprocessing so both sides feed the model identical
+inputs) and a fresh settings.py. The job's model comes from the project's loader, with NetDissect-Lite's
+`hook_feature` on each layer (as its model_loader). Timed: `FeatureOperator()`, `feature_extraction`
+(memmap, as main.py), per layer `quantile_threshold` and `tally` (no savepath: nothing cached); the HTML
+report (`generate_html_summary`) is skipped: it is not part of the analysis. The project side:
+`neuron-catalog run` of a temp job with only [stages.dissection] (same model, data, concepts, layers,
+quantile, seed), wall clock of the subprocess (Python and Ray start and the activations stage, which
+dissection needs, included). Agreement: NetDissect-Lite's best label per unit (tally rows, 1-based) vs
+units.parquet, its per-category top labels vs dissection.parquet's rank-0 rows, thresholds vs `threshold`.
 """
 
 from __future__ import annotations
@@ -112,9 +110,9 @@ def broden_image_size(broden: Path) -> int:
     """The one image size of the Broden's index.csv (ih = iw for every row), else exit."""
     with open(broden / "index.csv", newline="") as f:
         sizes = {(int(r["ih"]), int(r["iw"])) for r in csv.DictReader(f)}
-    if len(sizes) != 1 or len(next(iter(sizes))) != 2 or len(set(next(iter(sizes)))) != 1:
+    if len(sizes) != 1 or len(set(*sizes)) != 1:
         sys.exit(f"{broden}/index.csv: images of several or non-square sizes {sorted(sizes)[:4]}; both sides must see the same input")
-    return next(iter(sizes))[0]
+    return sizes.pop()[0]
 
 
 def patched_copy(src: Path, dst: Path, settings: dict[str, Any]) -> None:
@@ -165,14 +163,8 @@ def run_netdissect(work: Path, model: torch.nn.Module, layers: list[str], gpu: b
 
 
 def toml_text(table: dict[str, Any], prefix: str = "") -> str:
-    """A minimal TOML writer for a job's plain form (None values left out)."""
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return json.dumps(v) if isinstance(v, str) else repr(v)
-    lines = [f"{k} = {value(v)}\n" for k, v in table.items() if v is not None and not isinstance(v, dict)]
+    """A minimal TOML writer for a job's plain form (None values left out; JSON scalars and flat lists are TOML)."""
+    lines = [f"{k} = {json.dumps(v)}\n" for k, v in table.items() if v is not None and not isinstance(v, dict)]
     subs = [f"\n[{prefix}{k}]\n" + toml_text(v, f"{prefix}{k}.") for k, v in table.items() if isinstance(v, dict)]
     return "".join(lines) + "".join(subs)
 
@@ -232,43 +224,43 @@ def compare(nd: dict[str, Any], catalog: Path) -> dict[str, dict[str, Any]]:
             "max_category_iou_diff_agreeing": max((abs(float(theirs[u][f"{c}-iou"]) - tops[layer, u, c][1])
                                                    for u, c in cat_same), default=float("nan")),
             "max_threshold_diff": float(np.nanmax(np.abs(ref - thr))),
-            "max_threshold_rel_diff": float(np.nanmax(np.abs(ref - thr) / np.maximum(np.abs(thr), 1e-12))),
+            "max_threshold_rel_diff": float(np.nanmax(np.abs(ref - thr)) / np.nanmax(np.abs(thr))),  # of the layer's largest
+            "thresholds": {"netdissect": ref.tolist(), "project": thr.tolist()},
             "disagreements": [{"unit": u, "netdissect": [theirs[u]["label"], theirs[u]["category"], float(theirs[u]["score"])],
                                "project": list(mine[u])} for u in sorted(set(theirs) - set(same))],
+            "category_disagreements": [{"unit": u, "category": c, "netdissect": [theirs[u][f"{c}-label"], float(theirs[u][f"{c}-iou"])],
+                                        "project": list(tops[layer, u, c])} for u, c in pairs if (u, c) not in cat_same],
         }
     return result
 
 
 def report(out: dict[str, Any]) -> None:
     """The readable table."""
-    nd, pr = out["netdissect"], out["project"]
-    print(f"\n{out['images']} concept images, layers {' '.join(out['layers'])}, quantile {out['quantile']}, "
+    nd, pr, t, layers = out["netdissect"], out["project"], out["netdissect"]["times"], out["layers"]
+    print(f"\n{out['images']} concept images, layers {' '.join(layers)}, quantile {out['quantile']}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}, numpy {np.__version__}")
-    print("NetDissect-Lite (patched copy)            seconds")
-    t = nd["times"]
     rows = [("FeatureOperator()", t["FeatureOperator()"]), ("feature_extraction", t["feature_extraction"]),
             ("construct + features", t["FeatureOperator()"] + t["feature_extraction"])]
-    rows += [(f"{layer} quantile_threshold", t[f"{layer} quantile_threshold"]) for layer in out["layers"]]
-    rows += [(f"{layer} tally", t[f"{layer} tally"]) for layer in out["layers"]]
-    for name, secs in rows + [("total", nd["total"])]:
-        print(f"  {name:38s} {secs:8.2f}")
-    print("project: neuron-catalog run --stages dissection (needs and runs activations too)")
-    print(f"  command wall time (subprocess)         {pr['wall']:8.2f}" + (f"   runs: {', '.join(f'{w:.2f}' for w in pr['runs'])}, median"
-                                                                           if len(pr["runs"]) > 1 else ""))
-    print("  its own steps: " + ", ".join(f"{k} {v:.2f}" for k, v in pr["steps"].items()))
-    print(f"ratio NetDissect-Lite total / project wall: {out['ratio']:.2f}x"
-          + (f" (dissection step alone: {nd['total'] / pr['steps']['dissection']:.1f}x)" if "dissection" in pr["steps"] else ""))
-    print(f"agreement   best label   max|dIoU|   per-category top   max|dIoU|   max|d threshold| (rel)")
+    rows += [(f"{layer} {step}", t[f"{layer} {step}"]) for step in ("quantile_threshold", "tally") for layer in layers]
+    print("NetDissect-Lite (patched copy)            seconds")
+    print("".join(f"  {name:38s} {secs:8.2f}\n" for name, secs in rows + [("total", nd["total"])]), end="")
+    runs = f"   runs: {', '.join(f'{w:.2f}' for w in pr['runs'])}, median" if len(pr["runs"]) > 1 else ""
+    print(f"project: neuron-catalog run --stages dissection (needs and runs activations too)\n"
+          f"  command wall time (subprocess)         {pr['wall']:8.2f}{runs}\n"
+          "  its own steps: " + ", ".join(f"{k} {v:.2f}" for k, v in pr["steps"].items()))
+    alone = f" (dissection step alone: {nd['total'] / pr['steps']['dissection']:.1f}x)" if "dissection" in pr["steps"] else ""
+    print(f"ratio NetDissect-Lite total / project wall: {out['ratio']:.2f}x{alone}")
+    print("agreement   best label   max|dIoU|   per-category top   max|dIoU|   max|d threshold| (/ layer max)")
     for layer, a in out["agreement"].items():
         print(f"  {layer:8s} {a['best_label_agree']:4d}/{a['units']:<4d} {a['max_iou_diff_agreeing']:11.2e}"
               f"   {a['category_label_agree']:5d}/{a['category_pairs']:<5d} {a['max_category_iou_diff_agreeing']:12.2e}"
               f"   {a['max_threshold_diff']:.2e} ({a['max_threshold_rel_diff']:.1e})")
     agree, total = (sum(a[k] for a in out["agreement"].values()) for k in ("best_label_agree", "units"))
-    print(f"  all      {agree:4d}/{total:<4d}")
+    print(f"  all      {agree:4d}/{total:<4d}   (max|dIoU| over units / categories whose labels agree)")
     for layer, a in out["agreement"].items():
         for d in a["disagreements"][:5]:
-            print(f"  differs: {layer} unit {d['unit']}: NetDissect-Lite {d['netdissect'][0]} ({d['netdissect'][1]}, "
-                  f"{d['netdissect'][2]:.3f}), project {d['project'][0]} ({d['project'][1]}, {d['project'][2]:.3f})")
+            (nl, nc, ns), (ml, mc, ms) = d["netdissect"], d["project"]
+            print(f"  differs: {layer} unit {d['unit']}: NetDissect-Lite {nl} ({nc}, {ns:.3f}), project {ml} ({mc}, {ms:.3f})")
 
 
 def main() -> None:
@@ -279,8 +271,7 @@ def main() -> None:
         prepare_inputs(job)  # make the demo's concept world and model if missing (a no-op when present)
     except UserError as exc:
         sys.exit(f"{args.job}: {exc}")
-    broden = job.concepts.broden
-    if broden is None:
+    if (broden := job.concepts.broden) is None:
         sys.exit(f"{args.job}: no [concepts] broden")
     size = broden_image_size(broden)
     if size != job.model.input_size:
@@ -289,15 +280,13 @@ def main() -> None:
     model = build_model(recipe_from_config(job.model)).eval()
     shape = (len(job.model.mean), size, size)
     layers = resolve_layers(model, tuple(args.layers) if args.layers else job.model.layers)
-    infos = {info.name: info for info in survey_model(model, layers, shape).layers}
-    flat = [n for n in layers if len(infos[n].shape) != 3]
+    flat = [info.name for info in survey_model(model, layers, shape).layers if len(info.shape) != 3]
     if args.layers and flat:
         sys.exit(f"--layers {' '.join(flat)}: no spatial map; NetDissect-Lite's tally needs [C, H, W] features")
     layers = [n for n in layers if n not in flat]  # model order: NetDissect-Lite's hooks append in forward order
     quantile = args.quantile if args.quantile is not None else STAGES["dissection"].settings(job).quantile
-    with open(broden / "category.csv", newline="") as f:
-        categories = [r["name"] for r in csv.DictReader(f)]
-    categories = [c for c in categories if job.concepts.categories is None or c in job.concepts.categories]
+    with open(broden / "category.csv", newline="") as f:  # the job's categories, else all of category.csv
+        categories = [r["name"] for r in csv.DictReader(f) if job.concepts.categories in (None, ()) or r["name"] in job.concepts.categories]
     gpu = bool(args.gpu and torch.cuda.is_available())
     tmp = Path(tempfile.mkdtemp(prefix="bench_netdissect_"))
     try:

@@ -17,6 +17,7 @@ import torch
 from pipeline.stages.dissection.thresholds import top_count
 
 PASSES = ((20, 12), (10, 10), (0, 10))  # (shift, bits) of the key bucketed by each pass: 32 bits in all
+CHUNK = 1 << 22  # values keyed at once: each int32 temporary of a pass is at most 16 MB
 
 
 @dataclass(frozen=True)
@@ -41,28 +42,41 @@ def start(units: int) -> RadixState:
     return RadixState(np.zeros(units, np.int64), np.zeros(units, np.int64), 0)
 
 
-def sortable_keys(x: torch.Tensor) -> torch.Tensor:
-    """int64 keys in [0, 2**32) whose order is the order of the float32 values."""
-    bits = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    positive = bits < 0x80000000
-    return torch.where(positive, bits | 0x80000000, (~bits) & 0xFFFFFFFF)
-
-
 def empty(units: int, step: int) -> RadixPartial:
     return RadixPartial(np.zeros((units, 1 << PASSES[step][1]), np.int64), 0)
 
 
-def compute(acts: torch.Tensor, state: RadixState) -> RadixPartial:
-    """One batch `acts` [N, U, h, w] (or [N, U]) counted for pass `state.step`."""
+def _signed_keys(x: torch.Tensor) -> torch.Tensor:
+    """int32 keys whose signed order is the order of the float32 values (negative values: every bit but
+    the sign flipped); the unsigned key of `RadixState.prefix` and `thresholds` is this plus 2**31."""
+    bits = x.contiguous().view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def compute(acts: torch.Tensor, state: RadixState, chunk: int = CHUNK) -> RadixPartial:
+    """One batch `acts` [N, U, h, w] (or [N, U]) counted for pass `state.step`, `chunk` values at a
+    time (units in groups), so the pass's temporaries stay bounded whatever the layer and batch."""
     shift, bits = PASSES[state.step]
+    mask = (1 << bits) - 1
     n, units = acts.shape[:2]
-    keys = sortable_keys(acts.detach().float().reshape(n, units, -1))
-    prefix = torch.as_tensor(state.prefix, device=keys.device)[None, :, None]
-    share = (keys >> (shift + bits)) == prefix
-    bucket = (keys >> shift) & ((1 << bits) - 1)
-    index = torch.arange(units, device=keys.device)[None, :, None] * (1 << bits) + bucket
-    hist = torch.bincount(index[share], minlength=units << bits).reshape(units, 1 << bits)
-    return RadixPartial(hist.cpu().numpy().astype(np.int64), int(keys.shape[0] * keys.shape[2]))
+    x = acts.detach().float().reshape(n, units, -1)
+    hist = np.zeros((units, 1 << bits), np.int64)
+    group = max(1, chunk // max(1, n * x.shape[2]))
+    for u0 in range(0, units, group):
+        keys = _signed_keys(x[:, u0:u0 + group])  # int32 [n, c, hw]
+        c = keys.shape[1]
+        if state.step == 0:  # every value shares the empty prefix; a signed key's top bits, offset to 0..4095
+            bucket = ((keys >> shift) + (1 << (31 - shift))) & mask
+            index = bucket + (torch.arange(c, device=keys.device, dtype=torch.int32)[None, :, None] << bits)
+        else:  # a signed key >> s is the unsigned key >> s less 2**(31 - s)
+            prefix = torch.as_tensor(state.prefix[u0:u0 + c] - (1 << (31 - shift - bits)), dtype=torch.int32,
+                                     device=keys.device)
+            share = (keys >> (shift + bits)) == prefix[None, :, None]
+            _, unit, _ = torch.nonzero(share, as_tuple=True)
+            index = ((keys[share] >> shift) & mask) + (unit.to(torch.int32) << bits)
+        counts = torch.bincount(index.reshape(-1), minlength=c << bits)
+        hist[u0:u0 + c] = counts.reshape(c, 1 << bits).cpu().numpy()
+    return RadixPartial(hist, int(n * x.shape[2]))
 
 
 def merge(a: RadixPartial, b: RadixPartial) -> RadixPartial:
