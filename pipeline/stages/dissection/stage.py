@@ -170,11 +170,9 @@ def _batches(worker: Worker, broden: Shared, shard: ConceptShard, skipped: list,
 
 def threshold_shard(worker: Worker, shard: ConceptShard, broden: Shared, layers: list[LayerInfo], quantile: float,
                     totals: dict[str, int], floor: dict) -> passes.ConceptPartial:
-    import time, sys; t0 = time.perf_counter(); worker.model(); print("TH model", time.perf_counter()-t0, file=sys.stderr)
     skipped: list[tuple[int, str]] = []
     partial = passes.threshold_pass(worker.model(), layers, _batches(worker, broden, shard, skipped), quantile, totals, floor)
     partial.skipped = sorted(skipped)
-    print("TH shard", shard.index, time.perf_counter()-t0, file=sys.stderr)
     return partial
 
 
@@ -188,10 +186,8 @@ def radix_shard(worker: Worker, shard: ConceptShard, broden: Shared, layers: lis
 
 def tally_shard(worker: Worker, shard: ConceptShard, broden: Shared, layers: list[LayerInfo], thresholds: dict,
                 space: LabelSpace, union: str, resize: str) -> passes.ConceptPartial:
-    import time, sys; t0 = time.perf_counter()
     skipped: list[tuple[int, str]] = []
     partial = passes.tally_pass(worker.model(), layers, _batches(worker, broden, shard, skipped, masks=True), thresholds, space,
                                 union, resize)
     partial.skipped = sorted(skipped)
-    print("TALLY shard", shard.index, time.perf_counter()-t0, file=sys.stderr)
     return partial
