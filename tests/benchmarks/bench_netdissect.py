@@ -159,6 +159,28 @@ def run_netdissect(work: Path, model: torch.nn.Module, layers: list[str], gpu: b
             out["rows"][name] = fo.tally(features[i], out["thresholds"][name])
             times[f"{name} tally"] = time.perf_counter() - t0
     out["times"], out["categories"] = times, fo.data.category_names()
+    out["operator"], out["features"] = fo, features  # for `same_counts` (not written to JSON)
+    return out
+
+
+def same_counts(nd: dict[str, Any], catalog: Path) -> dict[str, list[int]]:
+    """NetDissect-Lite's own tally again, given the project's exact thresholds: per layer [rows whose label,
+    intersection and union equal the catalog's rank-0 row of that unit and category, rows compared]."""
+    diss = pd.read_parquet(catalog / "dissection.parquet")
+    top = {(r.layer, r.unit, r.category): (r.concept, int(r.intersection), int(r.union))
+           for r in diss[diss["rank"] == 0].itertuples()}
+    out = {}
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        for i, layer in enumerate(nd["rows"]):
+            thr = diss[diss.layer == layer].groupby("unit")["threshold"].first().sort_index().to_numpy(np.float32)
+            rows = nd["operator"].tally(nd["features"][i], thr.astype(np.float64))
+            pairs = [((int(r["unit"]) - 1, c), (r[f"{c}-label"], int(r[f"{c}-intersect"]),
+                      int(r[f"{c}-activation"] + r[f"{c}-truth"] - r[f"{c}-intersect"])))
+                     for r in rows for c in nd["categories"] if (layer, int(r["unit"]) - 1, c) in top]
+            mine = [top[layer, u, c] for (u, c), _ in pairs]
+            # a category's top label at IoU 0 is the first of its labels for both, but NetDissect-Lite names label 0
+            same = sum(theirs == ours or (theirs[1] == ours[1] == 0) for (_, theirs), ours in zip(pairs, mine))
+            out[layer] = [same, len(pairs)]
     return out
 
 
@@ -257,6 +279,8 @@ def report(out: dict[str, Any]) -> None:
               f"   {a['max_threshold_diff']:.2e} ({a['max_threshold_rel_diff']:.1e})")
     agree, total = (sum(a[k] for a in out["agreement"].values()) for k in ("best_label_agree", "units"))
     print(f"  all      {agree:4d}/{total:<4d}   (max|dIoU| over units / categories whose labels agree)")
+    print("NetDissect-Lite's own tally given the project's exact thresholds: rank-0 rows with the same label, "
+          "intersection and union: " + ", ".join(f"{layer} {a}/{b}" for layer, (a, b) in out["same_counts_with_project_thresholds"].items()))
     for layer, a in out["agreement"].items():
         for d in a["disagreements"][:5]:
             (nl, nc, ns), (ml, mc, ms) = d["netdissect"], d["project"]
@@ -292,18 +316,18 @@ def main() -> None:
     try:
         settings = {"GPU": gpu, "TEST_MODE": False, "CLEAN": False, "QUANTILE": quantile, "PARALLEL": 1, "CATAGORIES": categories,
                     "OUTPUT_FOLDER": str(tmp / "netdissect_out"), "DATA_DIRECTORY": str(broden), "IMG_SIZE": size,
-                    "FEATURE_NAMES": layers, "WORKERS": 12, "BATCH_SIZE": 128, "TALLY_BATCH_SIZE": 16, "TALLY_AHEAD": 4,
+                    "FEATURE_NAMES": layers, "WORKERS": 12, "BATCH_SIZE": job.data.batch_size, "TALLY_BATCH_SIZE": 16, "TALLY_AHEAD": 4,
                     "INDEX_FILE": "index.csv", "MEAN": list(job.model.mean), "STD": list(job.model.std)}
         patched_copy(args.netdissect, tmp / "netdissect", settings)
         nd = run_netdissect(tmp / "netdissect", model, layers, gpu, args.verbose)
         nd["total"] = sum(nd["times"].values())
-        shutil.rmtree(tmp / "netdissect_out")  # the memory-mapped features (float64) before the project runs
         walls, steps, catalog = run_project(tmp, job, layers, quantile, args.repeat, args.verbose)
+        counts = same_counts(nd, catalog)
         wall = statistics.median(walls)
         out = {"job": str(args.job), "layers": layers, "quantile": quantile, "categories": categories, "images": len(pd.read_csv(broden / "index.csv")),
                "netdissect": {"times": nd["times"], "total": nd["total"]},
                "project": {"runs": walls, "wall": wall, "steps": steps}, "ratio": nd["total"] / wall,
-               "agreement": compare(nd, catalog), "patches": [{"file": p[0], "old": p[1], "new": p[2], "reason": p[4]} for p in PATCHES],
+               "agreement": compare(nd, catalog), "same_counts_with_project_thresholds": counts, "patches": [{"file": p[0], "old": p[1], "new": p[2], "reason": p[4]} for p in PATCHES],
                "netdissect_settings": settings}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

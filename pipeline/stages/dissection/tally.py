@@ -67,36 +67,23 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
     encoded by `encode_masks` with this `union`, to share the work between layers).
 
     `resize`: "netdissect-lite", Pillow's bilinear resize (`PilResize`, antialiased when the map is
-    larger than the mask; decided in float32 but for the pixels within rounding of the threshold); "bilinear", bilinear sampling without antialiasing (`Bilinear`, evaluated
-    only in the cells with a corner near the threshold); "torch", F.interpolate (its reference).
+    larger than the mask; decided in float32 except for pixels within rounding of the threshold);
+    "bilinear", bilinear sampling without antialiasing (`Bilinear`, evaluated only in the cells with
+    a corner near the threshold); "torch", F.interpolate (its reference).
 
     `union`, the category term Ucat of a unit's union with a label: "netdissect-lite" counts a unit's
     activated pixels in an image for a category when one of them lies on a label of that category
     or the image has an image-level label of it (NetDissect-Lite's `tally_job`); "image" counts them
     whenever the image carries a label of the category anywhere.
 
-    Only maps whose raw maximum comes near the threshold can be on anywhere (a resized value is a
-    convex combination of the map's; the margin covers rounding). Maps go `chunk_elements // (sh*sw)`
-    at a time. The activated pixels are looked up in the batch's label map [N, S, planes] and counted
-    per (unit, label) with one bincount; image-level labels are (units x images) @ (images x labels).
+    Only maps whose maximum comes near the threshold are resized, `chunk_elements // (sh*sw)` at a time;
+    activated pixels are counted per (unit, label) with one bincount of the batch's label map.
     """
     n, units = acts.shape[:2]
-    if len(masks_per_image) != n or len(image_labels_per_image) != n:
-        raise ValueError(f"{n} images of activations, {len(masks_per_image)} of masks, "
-                         f"{len(image_labels_per_image)} of labels")
-    if resize not in RESIZES:
-        raise ValueError(f"resize must be one of {RESIZES}, not {resize!r}")
-    if encoded is None:
-        size = tuple(mask_size) if mask_size is not None else _mask_size(masks_per_image)
-        encoded = encode_masks(masks_per_image, image_labels_per_image, label_space, size, union)
-    elif encoded.union != union:
-        raise ValueError(f"masks encoded for union {encoded.union!r}, tally asked for {union!r}")
+    encoded = _checked(n, masks_per_image, image_labels_per_image, label_space, mask_size, resize, union, encoded)
     size, s, nlab, dev = encoded.size, encoded.size[0] * encoded.size[1], label_space.size, acts.device
-    ncat, planes = len(label_space.category_names), encoded.pixel.shape[2]
+    ncat, planes, x = len(label_space.category_names), encoded.pixel.shape[2], acts.detach().float()
     pixel = torch.from_numpy(encoded.pixel).to(dev).view(n * s, planes)
-    x = acts.detach().float()
-    bilinear = Bilinear.build(tuple(x.shape[2:]), size, dev) if resize == "bilinear" else None
-    pil = _pil_resize(tuple(x.shape[2:]), tuple(size), str(dev)) if resize == "netdissect-lite" else None
     thr = torch.tensor(np.asarray(thresholds, dtype=np.float32), device=dev)
     near = thr - thr.abs() * 1e-5
     img, unit = torch.nonzero(x.amax(dim=(2, 3)) > near, as_tuple=True)
@@ -109,12 +96,7 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
     step = max(1, chunk_elements // s)
     for start in range(0, len(img), step):
         im, un = img[start:start + step], unit[start:start + step]
-        if resize == "bilinear":
-            row, pos = bilinear.on_pixels(x[im, un], thr[un], near[un])
-        elif resize == "netdissect-lite":
-            row, pos = pil.on_pixels(x[im, un], thr[un])
-        else:
-            row, pos = torch.nonzero(upsample(x[im, un], size).reshape(len(im), s) > thr[un][:, None], as_tuple=True)
+        row, pos = _activated(resize, x, im, un, thr, near, size)
         on = torch.bincount(row, minlength=len(im))
         counts[im, un] = on
         hit = scalar_cat.index_select(0, im) if by_hits else None  # [maps, C]
@@ -123,8 +105,7 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
             keys = torch.where(labs > 0, un.index_select(0, row)[:, None] * nlab + labs - 1, units * nlab)
             both += torch.bincount(keys.view(-1), minlength=units * nlab + 1)[:-1]  # the last bin: no label
             if by_hits:
-                cats = row[:, None] * (ncat + 1) + label_cat[labs]
-                hit = hit | (torch.bincount(cats.view(-1), minlength=len(im) * (ncat + 1)).view(len(im), ncat + 1)[:, :ncat] > 0)
+                hit = hit | _categories_hit(row, labs, label_cat, len(im), ncat)
         if by_hits:
             unit_cat.index_add_(0, un, on[:, None] * hit)
     by_image = counts.cpu().numpy().T.astype(np.float64)  # [U, n]; float64 products are exact below 2^53
@@ -138,9 +119,47 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
     )
 
 
+def _checked(n: int, masks: Sequence[Mapping[str, np.ndarray]], labels: Sequence[Mapping[str, Sequence[int]]],
+             space: LabelSpace, mask_size: tuple[int, int] | None, resize: str, union: str,
+             encoded: EncodedMasks | None) -> EncodedMasks:
+    """The batch's encoded masks, after checking the arguments agree."""
+    if len(masks) != n or len(labels) != n:
+        raise ValueError(f"{n} images of activations, {len(masks)} of masks, {len(labels)} of labels")
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {RESIZES}, not {resize!r}")
+    if encoded is None:
+        size = tuple(mask_size) if mask_size is not None else _mask_size(masks)
+        return encode_masks(masks, labels, space, size, union)
+    if encoded.union != union:
+        raise ValueError(f"masks encoded for union {encoded.union!r}, tally asked for {union!r}")
+    return encoded
+
+
+def _activated(resize: str, x: torch.Tensor, im: torch.Tensor, un: torch.Tensor, thr: torch.Tensor,
+               near: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(map index into im/un, flat pixel index) of the pixels of maps x[im, un] resized to `size` above thr[un]."""
+    maps, source, device = x[im, un], tuple(x.shape[2:]), str(x.device)
+    if resize == "bilinear":
+        return _bilinear(source, tuple(size), device).on_pixels(maps, thr[un], near[un])
+    if resize == "netdissect-lite":
+        return _pil_resize(source, tuple(size), device).on_pixels(maps, thr[un])
+    return torch.nonzero(upsample(maps, size).reshape(len(im), -1) > thr[un][:, None], as_tuple=True)
+
+
+def _categories_hit(row: torch.Tensor, labs: torch.Tensor, label_cat: torch.Tensor, maps: int, ncat: int) -> torch.Tensor:
+    """bool [maps, C]: some activated pixel of the map lies on a label of the category (NetDissect-Lite's tally_cat > 0)."""
+    cats = row[:, None] * (ncat + 1) + label_cat[labs]
+    return torch.bincount(cats.view(-1), minlength=maps * (ncat + 1)).view(maps, ncat + 1)[:, :ncat] > 0
+
+
 @lru_cache(maxsize=64)
 def _pil_resize(source: tuple[int, int], size: tuple[int, int], device: str) -> PilResize:
     return PilResize.build(source, size, device)  # once per layer and mask size: its coefficients take Python loops
+
+
+@lru_cache(maxsize=64)
+def _bilinear(source: tuple[int, int], size: tuple[int, int], device: str) -> Bilinear:
+    return Bilinear.build(source, size, device)
 
 
 def _mask_size(masks: Sequence[Mapping[str, np.ndarray]]) -> tuple[int, int]:
