@@ -213,8 +213,9 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 
 def to_model_input(batch: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 [N, H, W, C] -> normalized float [N, C, H, W]."""
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+    """uint8 [N, H, W, C] -> normalized float [N, C, H, W], contiguous: a channels-last view would make the
+    model's convolutions take other kernels (slower on CPU, and other rounding than a plain NCHW batch)."""
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return x.sub_(m).div_(s)

@@ -179,8 +179,11 @@ def same_counts(nd: dict[str, Any], catalog: Path) -> dict[str, list[int]]:
                      for r in rows for c in nd["categories"] if (layer, int(r["unit"]) - 1, c) in top]
             mine = [top[layer, u, c] for (u, c), _ in pairs]
             # a category's top label at IoU 0 is the first of its labels for both, but NetDissect-Lite names label 0
-            same = sum(theirs == ours or (theirs[1] == ours[1] == 0) for (_, theirs), ours in zip(pairs, mine))
-            out[layer] = [same, len(pairs)]
+            alike = [theirs == ours or (theirs[1] == ours[1] == 0) for (_, theirs), ours in zip(pairs, mine)]
+            out[layer] = [sum(alike), len(pairs)]
+            differ = [(key, theirs, ours) for ((key, theirs), ours, a) in zip(pairs, mine, alike) if not a]
+            for (u, c), theirs, ours in differ[:3]:
+                print(f"  {layer} unit {u} {c}: NetDissect-Lite {theirs}, project {ours}", file=sys.stderr)
     return out
 
 
