@@ -36,6 +36,10 @@ def _run(job, capsys) -> tuple[int, str]:
     (lambda t: t.replace("[ray]", "[ray]\n[ray]"), "is not valid TOML"),
     (lambda t: t.replace("[stages.activations]", "[stages.featviz]\n[stages.activations]"), "Did you mean 'featvis'?"),
     (lambda t: t.replace('factory = "tiny_models.py:planted"', 'torchvision = "resnet81"'), "Closest: resnet18"),
+    (lambda t: t.replace("[ray]", "[stages.dissection]\nunion = 'pixel'\n[ray]"),
+     "'stages.dissection.union' must be 'netdissect-lite' or 'image', got 'pixel'"),
+    (lambda t: t.replace("[ray]", "[stages.dissection]\nresize = 'nearest'\n[ray]"),
+     "'stages.dissection.resize' must be 'netdissect-lite' or 'bilinear', got 'nearest'"),
 ])
 def test_bad_job_files_exit_2_naming_the_key(tmp_path, capsys, edit, expected):
     job = planted_job(tmp_path)
