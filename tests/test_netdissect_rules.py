@@ -222,7 +222,8 @@ def test_counts_ious_and_labels_equal_netdissect_lite(tmp_path, size):
 
 @pytest.mark.parametrize("source, size", [((64, 64), (32, 32)), ((224, 224), (112, 112)), ((24, 24), (12, 12)),
                                           ((12, 12), (5, 5)), ((5, 5), (12, 12)), ((7, 7), (112, 112)),
-                                          ((7, 9), (3, 4)), ((20, 64), (40, 32)), ((1, 1), (4, 4))])
+                                          ((7, 9), (3, 4)), ((20, 64), (40, 32)), ((1, 1), (4, 4)), ((13, 13), (7, 7)),
+                                          ((112, 112), (14, 14)), ((64, 20), (32, 40)), ((9, 8), (6, 7))])
 def test_pil_resize_equals_pillow_and_its_threshold_test_equals_the_whole_resize(source, size):
     rng = np.random.default_rng(5)
     maps = (rng.standard_normal((40, *source)) * 3).astype(np.float32)

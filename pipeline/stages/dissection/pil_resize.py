@@ -6,13 +6,10 @@ map is larger than its mask, every mask pixel averages all the map pixels it cov
 where plain bilinear sampling (`bilinear.py`, F.interpolate) reads only the nearest four. When the
 map is smaller, both are the same bilinear interpolation.
 
-`PilResize` applies Pillow's normalized filter coefficients (float64) one axis at a time, columns
-first, adding the taps in Pillow's order in float64 and rounding to float32 after each pass (Pillow
-keeps the first pass in a float32 image). Checked bit for bit against Pillow 13 on square maps and
-masks (64->32, 224->112, 24->12, 12->5, 5->12, 7->112, 16->32) and on 7x9->3x4, 64x32->32x16,
-20x64->40x32. Elsewhere values can differ by an ulp: 13->7 in 3 pixels of 2,450, and where the rows
-shrink more than the columns (64x20->32x40, 100x37->33x36) Pillow 13 appears to take the rows first.
-Batched, on whatever device the maps are on.
+`PilResize` applies Pillow's normalized filter coefficients (float64, computed as its
+`precompute_coeffs` does) one axis at a time, in Pillow 13's order, adding the taps in order in
+float64 and rounding to float32 after each pass (Pillow keeps the first pass in a float32 image).
+Bit for bit equal to Pillow 13 (tests/test_netdissect_rules.py). Batched, on the maps' device.
 """
 
 from __future__ import annotations
@@ -30,14 +27,17 @@ def pil_weights(n_in: int, n_out: int) -> np.ndarray:
     scale = n_in / n_out
     filterscale = max(scale, 1.0)
     support = filterscale  # the triangle's support, 1, widened when shrinking
+    inverse = 1.0 / filterscale  # Pillow multiplies by it (not the same rounding as dividing)
     weights = np.zeros((n_out, n_in))
     for out in range(n_out):
         center = (out + 0.5) * scale
         lo = max(int(center - support + 0.5), 0)  # int(): truncation toward zero, as C's cast
         hi = min(int(center + support + 0.5), n_in)
-        k = np.array([max(0.0, 1.0 - abs((x - center + 0.5) / filterscale)) for x in range(lo, hi)])
-        total = k.sum()
-        weights[out, lo:hi] = k / total if total != 0.0 else k
+        k = [max(0.0, 1.0 - abs((x - center + 0.5) * inverse)) for x in range(lo, hi)]
+        total = 0.0
+        for value in k:  # summed in order, as Pillow (np.sum adds pairwise)
+            total += value
+        weights[out, lo:hi] = [value / total for value in k] if total != 0.0 else k
     return weights
 
 
@@ -102,10 +102,12 @@ class PilResize:
     def resize(self, maps: torch.Tensor) -> torch.Tensor:
         """Every pixel, exactly as Pillow."""
         x = maps.float()
-        if x.shape[-1] != self.size[1]:  # columns first, as Pillow's ImagingResampleInner; an axis whose size stays is skipped
-            x = self.cols.apply(x, -1)
-        if x.shape[-2] != self.size[0]:
-            x = self.rows.apply(x, -2)
+        (h, w), (sh, sw) = x.shape[-2:], self.size
+        for axis in ("rows", "cols") if _rows_first(h, w, sh, sw) else ("cols", "rows"):  # an axis whose size stays is skipped
+            if axis == "cols" and w != sw:
+                x = self.cols.apply(x, -1)
+            elif axis == "rows" and h != sh:
+                x = self.rows.apply(x, -2)
         return x
 
     def on_pixels(self, maps: torch.Tensor, thr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,23 +149,36 @@ class PilResize:
         return m.index_select(0, order), pos.index_select(0, order)
 
     def _exact_at(self, x: torch.Tensor, m: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        """float32 [P]: Pillow's value at pixels (m, i, j): the column pass at each row the pixel reads,
-        rounded to float32, then the row pass, each summed tap by tap in float64."""
+        """float32 [P]: Pillow's value at pixels (m, i, j): its first pass at each source line the second
+        pass reads, rounded to float32, then the second pass, each summed tap by tap in float64."""
         xp = torch.nn.functional.pad(x, (0, 1, 0, 1))  # index n_in: an exact zero for padded taps
-        cols = x.shape[-1] != self.size[1]
-        rows = self.rows.index.index_select(1, i) if x.shape[-2] != self.size[0] else i[None]
-        across = []
-        for r in rows:
-            if not cols:
-                across.append(xp[m, r, j])
-                continue
-            total = torch.zeros(len(m), dtype=torch.float64, device=x.device)
-            for index, weight in zip(self.cols.index, self.cols.weight):
-                total = total + xp[m, r, index.index_select(0, j)].double() * weight.index_select(0, j)
-            across.append(total.float())
-        if len(rows) == 1 and x.shape[-2] == self.size[0]:
-            return across[0]
-        total = torch.zeros(len(m), dtype=torch.float64, device=x.device)
-        for value, weight in zip(across, self.rows.weight):
-            total = total + value.double() * weight.index_select(0, i)
-        return total.float()
+        (h, w), (sh, sw) = x.shape[-2:], self.size
+        if _rows_first(h, w, sh, sw):
+            lines = self.cols.index.index_select(1, j) if w != sw else j[None]
+            firsts = [_taps_at(self.rows, i, lambda r, c=c: xp[m, r, c]) if h != sh else xp[m, i, c] for c in lines]
+            return _combine(firsts, self.cols, j) if w != sw else firsts[0]
+        lines = self.rows.index.index_select(1, i) if h != sh else i[None]
+        firsts = [_taps_at(self.cols, j, lambda c, r=r: xp[m, r, c]) if w != sw else xp[m, r, j] for r in lines]
+        return _combine(firsts, self.rows, i) if h != sh else firsts[0]
+
+
+def _rows_first(h: int, w: int, sh: int, sw: int) -> bool:
+    """Pillow 13's pass order (ImagingResampleInner): rows first when they shrink by more than twice
+    as many pixels as the columns do."""
+    return h - sh > 0 and h - sh > (w - sw) * 2
+
+
+def _taps_at(taps: _Taps, at: torch.Tensor, source) -> torch.Tensor:
+    """float32: the pass `taps` at output positions `at`, source(index) giving the input at each tap."""
+    total = torch.zeros(len(at), dtype=torch.float64, device=at.device)
+    for index, weight in zip(taps.index, taps.weight):
+        total = total + source(index.index_select(0, at)).double() * weight.index_select(0, at)
+    return total.float()
+
+
+def _combine(values: list[torch.Tensor], taps: _Taps, at: torch.Tensor) -> torch.Tensor:
+    """float32: the second pass over the first pass's values at each of its taps."""
+    total = torch.zeros(len(at), dtype=torch.float64, device=at.device)
+    for value, weight in zip(values, taps.weight):
+        total = total + value.double() * weight.index_select(0, at)
+    return total.float()
