@@ -32,9 +32,7 @@ def ray_local():
     a subprocess instead."""
     ray = pytest.importorskip("ray")
     from pipeline.runner import keep_workers
-    from pipeline.runner.session import quiet_threads
 
-    quiet_threads()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", address="local")
     with keep_workers():
         yield ray
