@@ -28,9 +28,10 @@ class ConceptBatch:
 
 
 def iter_concept_batches(broden: Broden, ids: Sequence[int], prep: Preprocess,
-                         skipped: list[tuple[int, str]], device: str = "cpu", masks: bool = True) -> Iterator[ConceptBatch]:
+                         skipped: list[tuple[int, str]], device: str = "cpu",
+                         with_masks: bool = True) -> Iterator[ConceptBatch]:
     """Batches of `prep.batch_size` consecutive ids; unusable images are appended to `skipped`.
-    Without `masks` (the threshold passes), masks are not decoded: batch.masks holds empty dicts, and an
+    Without `with_masks` (the threshold passes), masks are not decoded: batch.masks holds empty dicts, and an
     image whose masks are unreadable is used (the tally, which reads them, skips it: see `stage.py`).
 
     Shards hold whole global batches (ids `b * batch_size` onwards), so an image always meets the
@@ -38,15 +39,13 @@ def iter_concept_batches(broden: Broden, ids: Sequence[int], prep: Preprocess,
     """
     groups = [list(ids[s:s + prep.batch_size]) for s in range(0, len(ids), prep.batch_size)]
 
-    want_masks = masks
-
     def decode(group: list[int]):
         kept, pixels, masks, labels, sizes, bad = [], [], [], [], [], []
         for i in group:
             image: ConceptImage = broden.images[i]
             try:
                 pixels.append(load_image(broden.root / "images" / image.image, prep.input_size, prep.channels, crop=False))
-                masks.append(load_masks(broden, image) if want_masks else {})
+                masks.append(load_masks(broden, image) if with_masks else {})
             except SkippedImage as exc:
                 if len(pixels) > len(masks):
                     pixels.pop()

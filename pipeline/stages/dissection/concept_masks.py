@@ -64,6 +64,7 @@ class LabelSpace:
         """Label indices (-1: none, unknown or another category's) of label numbers found in `category`."""
         return np.take(self.lut[category], values, mode="clip")  # 0, negative or too large: -1
 
+
 UNIONS = ("netdissect-lite", "image")
 
 

@@ -162,10 +162,10 @@ def _check_concepts_read(partial: passes.ConceptPartial, broden: Broden) -> None
                         f"(first: {partial.skipped[0][1] if partial.skipped else '?'}). Fix the images or their masks.")
 
 
-def _batches(worker: Worker, broden: Shared, shard: ConceptShard, skipped: list, masks: bool = False):
+def _batches(worker: Worker, broden: Shared, shard: ConceptShard, skipped: list, with_masks: bool = False):
     """The shard's concept batches; masks only for the tally (thresholds, like NetDissect-Lite's, come from
     every decodable image: one whose masks are unreadable is skipped by the tally alone)."""
-    return iter_concept_batches(worker.get(broden), shard.ids, worker.prep, skipped, worker.device, masks)
+    return iter_concept_batches(worker.get(broden), shard.ids, worker.prep, skipped, worker.device, with_masks)
 
 
 def threshold_shard(worker: Worker, shard: ConceptShard, broden: Shared, layers: list[LayerInfo], quantile: float,
@@ -187,7 +187,7 @@ def radix_shard(worker: Worker, shard: ConceptShard, broden: Shared, layers: lis
 def tally_shard(worker: Worker, shard: ConceptShard, broden: Shared, layers: list[LayerInfo], thresholds: dict,
                 space: LabelSpace, union: str, resize: str) -> passes.ConceptPartial:
     skipped: list[tuple[int, str]] = []
-    partial = passes.tally_pass(worker.model(), layers, _batches(worker, broden, shard, skipped, masks=True), thresholds, space,
-                                union, resize)
+    batches = _batches(worker, broden, shard, skipped, with_masks=True)
+    partial = passes.tally_pass(worker.model(), layers, batches, thresholds, space, union, resize)
     partial.skipped = sorted(skipped)
     return partial
