@@ -15,7 +15,10 @@ report (`generate_html_summary`) is skipped: it is not part of the analysis. The
 `neuron-catalog run` of a temp job with only [stages.dissection] (same model, data, concepts, layers,
 quantile, seed), wall clock of the subprocess (Python and Ray start and the activations stage, which
 dissection needs, included). Agreement: NetDissect-Lite's best label per unit (tally rows, 1-based) vs
-units.parquet, its per-category top labels vs dissection.parquet's rank-0 rows, thresholds vs `threshold`.
+units.parquet, its per-category top labels vs dissection.parquet's rank-0 rows, thresholds vs `threshold`;
+then NetDissect-Lite's `tally` once more with the project's exact thresholds, whose label, intersection
+and union must equal every rank-0 row of the catalog (`same_counts`). NetDissect-Lite's feature batches
+are the job's batch size, so both sides run the model on the same batches.
 """
 
 from __future__ import annotations
