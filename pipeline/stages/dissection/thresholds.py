@@ -84,11 +84,16 @@ def _values_above(x: torch.Tensor, floor: np.ndarray) -> tuple[np.ndarray, np.nd
     with -inf, and how many there are.
     Unit-major, so that a boolean selection returns them already grouped by unit, row after row."""
     units = x.shape[1]
-    flat = x.transpose(0, 1).reshape(units, -1).cpu().numpy()
-    keep = flat > np.asarray(floor, np.float32)[:, None]
-    counts = np.count_nonzero(keep, axis=1)
+    flat = x.transpose(0, 1).reshape(units, -1)
+    if flat.device.type == "cpu":  # NumPy's boolean reductions are the faster ones there
+        flat = flat.numpy()
+        keep = flat > np.asarray(floor, np.float32)[:, None]
+        counts, vals = np.count_nonzero(keep, axis=1), flat[keep]
+    else:  # select on the device: only the kept values travel
+        keep = flat > torch.as_tensor(np.asarray(floor, np.float32), device=flat.device)[:, None]
+        counts, vals = keep.sum(dim=1).cpu().numpy(), flat[keep].cpu().numpy()
     out = np.full((units, int(counts.max(initial=0))), -np.inf, np.float32)
-    out[np.arange(out.shape[1]) < counts[:, None]] = flat[keep]
+    out[np.arange(out.shape[1]) < counts[:, None]] = vals
     return out, counts
 
 
