@@ -234,6 +234,8 @@ def test_pil_resize_equals_pillow_and_its_threshold_test_equals_the_whole_resize
     np.testing.assert_array_equal(whole.numpy(), pillow)
     for thr in (torch.from_numpy(np.quantile(maps.reshape(40, -1), 0.9, axis=1).astype(np.float32)),
                 whole.reshape(40, -1)[:, 0].clone()):  # the second: thresholds equal to a resized value
-        expected = torch.nonzero(whole.reshape(40, -1) > thr[:, None], as_tuple=True)
-        found = resize.on_pixels(torch.from_numpy(maps), thr)
-        assert all(torch.equal(a, b) for a, b in zip(expected, found))
+        expected = whole.reshape(40, -1) > thr[:, None]
+        m, pos = resize.on_pixels(torch.from_numpy(maps), thr)
+        found = torch.zeros_like(expected)
+        found[m, pos] = True
+        assert len(m) == int(expected.sum()) and torch.equal(found, expected)  # the same pixels, each once

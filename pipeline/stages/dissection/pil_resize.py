@@ -49,7 +49,6 @@ class _Taps:
 
     index: torch.Tensor  # int64 [T, n_out]
     weight: torch.Tensor  # float64 [T, n_out]
-    n_in: int
 
     @classmethod
     def build(cls, n_in: int, n_out: int, device: torch.device | str) -> _Taps:
@@ -63,7 +62,7 @@ class _Taps:
             index[:hi - lo, j] = np.arange(lo, hi)
             weight[:hi - lo, j] = row[lo:hi]
         t = lambda a, dtype: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
-        return cls(t(index, torch.int64), t(weight, torch.float64), n_in)
+        return cls(t(index, torch.int64), t(weight, torch.float64))
 
     def apply(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         """float32 maps -> float32, resampled along `dim` (-1 or -2)."""
@@ -111,7 +110,8 @@ class PilResize:
         return x
 
     def on_pixels(self, maps: torch.Tensor, thr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(map index, flat pixel index) of every pixel of `resize(maps)` that is `> thr` [M].
+        """(map index, flat pixel index) of every pixel of `resize(maps)` that is `> thr` [M], each once
+        (in no fixed order: the tally only counts them).
 
         Decided from a float32 resize (two matrix products) wherever it lies farther from the threshold
         than its error bound; the few pixels within it are evaluated exactly as Pillow does (`_exact_at`).
@@ -144,9 +144,7 @@ class PilResize:
         m, pos = self.bilinear.on_pixels(x, low, low - low.abs() * 1e-5)
         i, j = pos // self.size[1], pos % self.size[1]
         keep = self._exact_at(x, m, i, j) > thr.index_select(0, m)
-        m, pos = m[keep], pos[keep]
-        order = torch.argsort(m * (self.size[0] * self.size[1]) + pos)  # row-major, as torch.nonzero
-        return m.index_select(0, order), pos.index_select(0, order)
+        return m[keep], pos[keep]
 
     def _exact_at(self, x: torch.Tensor, m: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """float32 [P]: Pillow's value at pixels (m, i, j): its first pass at each source line the second
