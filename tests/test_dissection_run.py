@@ -132,16 +132,17 @@ def test_a_bad_mask_skips_its_image_and_is_recorded(tmp_path):
 
 @pytest.mark.slow  # a run in a subprocess, killed
 def test_killed_dissection_resumes_from_finished_shards(tmp_path, capsys):
-    job, _ = dissection_job(tmp_path, batch=2, shard=2, images=80)  # 40 shards per pass
+    # 100 shards per pass: a tally shard of 2 images takes a few ms, and the kill must land before the last
+    job, _ = dissection_job(tmp_path, batch=2, shard=2, images=200)
     kill_run_when(job, "dissection-tally-*/shard-*.pkl", 2)
     work = tmp_path / "catalog" / ".work"
     tally = len(list(work.glob("dissection-tally-*/shard-*.pkl")))
-    assert 2 <= tally < 40 and len(list(work.glob("dissection-thresholds-*/shard-*.pkl"))) == 40
+    assert 2 <= tally < 100 and len(list(work.glob("dissection-thresholds-*/shard-*.pkl"))) == 100
     assert not (tmp_path / "catalog" / "manifest.json").exists()
 
     assert main(["run", str(job)]) == 0
-    reused = 40 + 40 + tally  # activations, thresholds, the finished part of the tally
-    assert f"resumed: {reused} shard(s) reused from the interrupted run, {120 - reused} computed" in capsys.readouterr().out
+    reused = 100 + 100 + tally  # activations, thresholds, the finished part of the tally
+    assert f"resumed: {reused} shard(s) reused from the interrupted run, {300 - reused} computed" in capsys.readouterr().out
     fresh = tmp_path / "fresh"
     assert main(["run", str(job), "--out", str(fresh)]) == 0
     for name in ("dissection", "units"):
