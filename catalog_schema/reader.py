@@ -66,19 +66,31 @@ class Catalog:
 
     def examples(self, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
         """Top and bottom examples, ordered top ranks first; optionally of one layer / unit."""
-        filters = [("layer", "==", layer)] if layer is not None else []
-        if unit is not None:
-            filters.append(("unit", "==", int(unit)))
-        file = self.path / table_file("examples")
-        if not file.exists():
-            return TABLES["examples"].empty_table().to_pandas()
-        return pd.read_parquet(file, filters=filters or None).reset_index(drop=True)
+        return self._rows_of("examples", layer, unit)
 
     def dissection(self) -> pd.DataFrame:
         return self.table("dissection")
 
     def shapley(self) -> pd.DataFrame:
         return self.table("shapley")
+
+    def similar(self, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
+        """The similarity stage's neighbours (of one layer / unit), nearest first within each (other_layer, kind)."""
+        return self._rows_of("similar", layer, unit)
+
+    def _rows_of(self, name: str, layer: str | None, unit: int | None) -> pd.DataFrame:
+        """A per-unit table's rows, of one layer and unit when given (read with Parquet filters)."""
+        filters = [("layer", "==", layer)] if layer is not None else []
+        if unit is not None:
+            filters.append(("unit", "==", int(unit)))
+        file = self.path / table_file(name)
+        if not file.exists():
+            return TABLES[name].empty_table().to_pandas()
+        return pd.read_parquet(file, filters=filters or None).reset_index(drop=True)
+
+    def concepts(self) -> pd.DataFrame:
+        """The concept labels the dissection used, with their synonyms."""
+        return self.table("concepts")
 
     def shapley_ablation(self) -> pd.DataFrame:
         return self.table("shapley_ablation")

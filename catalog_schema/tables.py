@@ -86,6 +86,42 @@ SHAPLEY_ABLATION = pa.schema([  # the paper's check: the metric after removing N
     pa.field("units", pa.string()),  # the removed units, "layer:unit" in layer, unit order, joined by ';' (random: the first draw)
 ])
 
+SIMILAR = pa.schema([  # the similarity stage: each unit's nearest units, per compared layer and kind
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("unit", pa.int32(), nullable=False),
+    pa.field("other_layer", pa.string(), nullable=False),  # the same layer, or the one just before or after it
+    pa.field("other_unit", pa.int32(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),  # 'activation' (Pearson, probe images) | 'weight' (cosine, same layer)
+    pa.field("score", pa.float32()),
+    pa.field("rank", pa.int32()),  # 0 = the nearest of its (other_layer, kind)
+])
+
+CONCEPTS = pa.schema([  # the concept data set's labels as the dissection used them, with their Broden synonyms
+    pa.field("concept_number", pa.int32(), nullable=False),  # as in label.csv
+    pa.field("concept", pa.string()),
+    pa.field("category", pa.string()),  # the label's primary category
+    pa.field("synonyms", pa.list_(pa.string())),  # label.csv `syns`, split at ';'
+])
+
+EVOLUTION = pa.schema([  # `neuron-catalog history`: every unit of every run, matched to its unit in the run before
+    pa.field("run", pa.int32(), nullable=False),  # 0 = the oldest catalog
+    pa.field("run_name", pa.string()),  # the catalog's folder name
+    pa.field("run_id", pa.string()),
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("unit", pa.int32(), nullable=False),
+    pa.field("matched_unit", pa.int32()),  # its counterpart in the run before (null: the first run, or none)
+    pa.field("matched_by", pa.string()),  # as `diff`: 'index' | 'correlation'
+    pa.field("activation_corr", pa.float32()),  # with its counterpart, on the shared probe images
+    pa.field("track", pa.int32()),  # the unit number in the first run of its chain of matches
+    pa.field("first_run", pa.int32()),  # the run that chain starts in
+    pa.field("label", pa.string()),  # the concept when interpretable, else null
+    pa.field("category", pa.string()),
+    pa.field("iou", pa.float32()),
+    pa.field("label_changed", pa.bool_()),  # the interpretable label differs from its counterpart's
+    pa.field("importance", pa.float32()),  # the Shapley value
+    pa.field("top_jaccard", pa.float32()),  # overlap of the top-k example images with its counterpart's (by path)
+])
+
 DIFF = pa.schema([  # `neuron-catalog diff OLD NEW --out FILE`: one row per unit of NEW (and per unmatched unit of OLD)
     pa.field("layer", pa.string(), nullable=False),
     pa.field("unit", pa.int32()),  # the unit in NEW; null: an OLD unit with no counterpart
@@ -120,6 +156,9 @@ TABLES: dict[str, pa.Schema] = {
     "shapley": SHAPLEY,
     "shapley_ablation": SHAPLEY_ABLATION,
     "diff": DIFF,
+    "similar": SIMILAR,
+    "concepts": CONCEPTS,
+    "evolution": EVOLUTION,
 }
 
 

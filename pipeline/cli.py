@@ -27,7 +27,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     query = verbs.add_parser("query", help="print units of a catalog")
     query.add_argument("catalog", type=Path)
     query.add_argument("--layer")
-    query.add_argument("--label", help="substring of the unit's concept label (case-insensitive)")
+    query.add_argument("--label", help="text in the unit's concept label or one of its synonyms (case-insensitive)")
+    query.add_argument("--category", help="only units whose concept is of this category (color, object, ...)")
+    query.add_argument("--similar-to", metavar="LAYER:UNIT",
+                       help="the unit's nearest units found by the similarity stage, instead of a list of units")
     query.add_argument("--min-iou", type=float)
     query.add_argument("--sort", help="column to sort by, largest first")
     query.add_argument("--ascending", action="store_true", help="sort smallest first")
@@ -113,10 +116,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from pipeline.catalog.query import format_units, query_units
+    from pipeline.catalog.query import NEIGHBOUR_COLUMNS, format_units, query_units, similar_to
 
     catalog = Catalog.open(args.catalog)
-    units = query_units(catalog, args.layer, args.label, args.min_iou, args.sort, args.ascending, args.limit)
+    if args.similar_to is not None:
+        near = similar_to(catalog, args.similar_to)
+        print(format_units(near.head(args.limit) if args.limit else near, args.format, NEIGHBOUR_COLUMNS))
+        return 0
+    units = query_units(catalog, args.layer, args.label, args.min_iou, args.sort, args.ascending, args.limit,
+                        args.category)
     print(format_units(units, args.format))
     return 0
 

@@ -7,6 +7,7 @@ import difflib
 import pandas as pd
 
 from catalog_schema import Catalog
+from pipeline.catalog.search import label_matches, synonyms_by_label
 from pipeline.errors import UserError
 
 SHOWN = ["layer", "unit", "act_mean", "act_max", "frac_active", "dead", "label", "category", "iou",
@@ -14,17 +15,22 @@ SHOWN = ["layer", "unit", "act_mean", "act_max", "frac_active", "dead", "label",
 
 
 def query_units(catalog: Catalog, layer: str | None = None, label: str | None = None, min_iou: float | None = None,
-                sort: str | None = None, ascending: bool = False, limit: int | None = None) -> pd.DataFrame:
-    """Units filtered by layer, label text (case-insensitive substring) and IoU, sorted (descending by default)."""
+                sort: str | None = None, ascending: bool = False, limit: int | None = None,
+                category: str | None = None) -> pd.DataFrame:
+    """Units filtered by layer, label text (case-insensitive substring of the concept's name or of one of its
+    synonyms), category and IoU, sorted (descending by default)."""
     units = catalog.units()
     if layer is not None:
-        if layer not in catalog.layers:
-            close = difflib.get_close_matches(layer, catalog.layers, n=3, cutoff=0.3)
-            raise UserError(f"--layer {layer!r} is not in catalog {catalog.path}; closest: {', '.join(close) or 'none'} "
-                            f"(all: {', '.join(catalog.layers)}).")
+        _check_layer(catalog, layer, "--layer")
         units = units[units["layer"] == layer]
     if label is not None:
-        units = units[units["label"].fillna("").str.contains(label, case=False, regex=False)]
+        units = units[label_matches(units["label"], label, synonyms_by_label(catalog))]
+    if category is not None:
+        known = sorted(set(catalog.units()["category"].dropna()) | set(catalog.concepts()["category"].dropna()))
+        if category not in known:
+            raise UserError(f"--category {category!r}: the catalog's concept categories are {', '.join(known) or 'none'} "
+                            "(a catalog without dissection results has none).")
+        units = units[units["category"] == category]
     if min_iou is not None:
         units = units[units["iou"].fillna(-1.0) >= min_iou]
     if sort is not None:
@@ -36,12 +42,46 @@ def query_units(catalog: Catalog, layer: str | None = None, label: str | None = 
     return units.reset_index(drop=True)
 
 
-def format_units(units: pd.DataFrame, fmt: str) -> str:
+NEIGHBOUR_COLUMNS = ["other_layer", "other_unit", "kind", "rank", "score", "label", "category", "iou", "act_max", "dead"]
+
+
+def similar_to(catalog: Catalog, spec: str) -> pd.DataFrame:
+    """The neighbours of the unit `spec` ("layer:unit") found by the similarity stage, with what the catalog says
+    of each (label, IoU, maximum activation)."""
+    layer, _, number = spec.rpartition(":")
+    if not layer or not number.strip().isdigit():
+        raise UserError(f"--similar-to {spec!r}: write the unit as LAYER:UNIT, e.g. {catalog.layers[0]}:0.")
+    unit = int(number)
+    _check_layer(catalog, layer, "--similar-to")
+    count = next(int(info["units"]) for info in catalog.manifest["layers"] if info["name"] == layer)
+    if unit >= count:
+        raise UserError(f"--similar-to {spec}: layer {layer} has units 0..{count - 1}.")
+    if "similarity" not in catalog.manifest["stages_done"]:
+        raise UserError(f"catalog {catalog.path} has no similarity results: add a [stages.similarity] table to the job "
+                        "(or run it with --stages similarity) and run it again.")
+    near = catalog.similar(layer, unit)
+    units = catalog.units()[["layer", "unit", "label", "category", "iou", "act_max", "dead"]]
+    near = near.merge(units.rename(columns={"layer": "other_layer", "unit": "other_unit"}), how="left",
+                      on=["other_layer", "other_unit"])
+    order = {name: i for i, name in enumerate(catalog.layers)}
+    near["_kind"] = near["kind"] != "activation"
+    near["_layer"] = near["other_layer"].map(order)
+    return near.sort_values(["_kind", "_layer", "rank"], kind="stable")[NEIGHBOUR_COLUMNS].reset_index(drop=True)
+
+
+def _check_layer(catalog: Catalog, layer: str, option: str) -> None:
+    if layer not in catalog.layers:
+        close = difflib.get_close_matches(layer, catalog.layers, n=3, cutoff=0.3)
+        raise UserError(f"{option} {layer!r} is not in catalog {catalog.path}; closest: {', '.join(close) or 'none'} "
+                        f"(all: {', '.join(catalog.layers)}).")
+
+
+def format_units(units: pd.DataFrame, fmt: str, shown: list[str] = SHOWN) -> str:
     if fmt == "csv":
         return units.to_csv(index=False)
     if fmt == "json":
         return units.to_json(orient="records", indent=1)
-    shown = [c for c in SHOWN if c in units.columns and units[c].notna().any()]
+    shown = [c for c in shown if c in units.columns and units[c].notna().any()]
     if units.empty:
         return "(no units match)"
     return units[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}")

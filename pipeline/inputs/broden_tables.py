@@ -26,6 +26,7 @@ class Label:
     category: str  # primary category (largest count in label.csv's `category` cell; ties -> first listed)
     coverage: float
     frequency: int
+    synonyms: tuple[str, ...] = ()  # label.csv `syns`, ';'-joined there
 
 
 def read_csv(path: Path, expected: Sequence[str], fix: str) -> tuple[list[str], Iterator[tuple[int, int, list[str]]]]:
@@ -67,7 +68,7 @@ def where(path: Path, row: int, line: int, column: str) -> str:
 def read_labels(path: Path) -> dict[int, Label]:
     """Every row of label.csv as a Label with its primary category."""
     header, rows = read_csv(path, LABEL_COLUMNS, "label.csv lists every label: number,name,category,frequency,coverage,syns.")
-    col = {c: header.index(c) for c in (*LABEL_COLUMNS, "frequency", "coverage") if c in header}
+    col = {c: header.index(c) for c in (*LABEL_COLUMNS, "frequency", "coverage", "syns") if c in header}
     labels: dict[int, Label] = {}
     for row, line, cells in rows:
         raw = cells[col["number"]].strip()
@@ -101,7 +102,8 @@ def read_labels(path: Path) -> dict[int, Label]:
         except ValueError:
             raise UserError(f"{path}: row {row} (line {line}): frequency {frequency_cell!r} must be an integer "
                             f"and coverage {coverage_cell!r} a number. Fix the row.") from None
-        labels[number] = Label(number, cells[col["name"]], primary, coverage, frequency)
+        synonyms = tuple(s.strip() for s in cells[col["syns"]].split(";") if s.strip()) if "syns" in col else ()
+        labels[number] = Label(number, cells[col["name"]], primary, coverage, frequency, synonyms)
     return labels
 
 

@@ -14,12 +14,14 @@ from pipeline.stages.dissection.stage import DissectionStage
 from pipeline.stages.featvis.stage import FeatvisStage
 from pipeline.stages.protocol import Stage
 from pipeline.stages.shapley.stage import ShapleyStage
+from pipeline.stages.similarity.stage import SimilarityStage
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     ActivationsStage(),
     FeatvisStage(),
     DissectionStage(),
     ShapleyStage(),
+    SimilarityStage(),
 )}
 
 

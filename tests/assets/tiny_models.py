@@ -142,3 +142,36 @@ class NonFinite(nn.Module):
 
 def non_finite() -> nn.Module:
     return NonFinite()
+
+
+class Twins(nn.Module):
+    """Planted similar units, for the similarity stage. conv1 units 1 and 4 have the same weights (activation
+    correlation 1, weight cosine 1); conv1 unit 5 has zero weights (a constant: no neighbours); relu1 (its own
+    module, not in place) passes conv1 on; conv2 unit 0 is 2 x relu1 unit 2 + 0.3 (correlation 1 across the
+    layers); conv2 unit 4 is 3 x conv2 unit 3 (correlation 1, cosine 1). Other units are random, fixed by seed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(6, 5, 1)
+        self.avg = nn.AdaptiveAvgPool2d(1)
+        with torch.no_grad():
+            self.conv1.weight[4] = self.conv1.weight[1]
+            self.conv1.bias[4] = self.conv1.bias[1]
+            self.conv1.weight[5].zero_()
+            self.conv1.bias[5] = -1.0
+            self.conv2.weight[0].zero_()
+            self.conv2.weight[0, 2] = 2.0
+            self.conv2.bias[0] = 0.3
+            self.conv2.weight[4] = 3 * self.conv2.weight[3]
+            self.conv2.bias[3] = 0.0
+            self.conv2.bias[4] = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.avg(self.conv2(self.relu1(self.conv1(x)))), 1)
+
+
+def twins() -> nn.Module:
+    return Twins()

@@ -1,5 +1,6 @@
 """What the dissection stage puts in the catalog: dissection.parquet, each unit's best concept in the units
-table, per layer the interpretable units and distinct concepts, the concept data set as used."""
+table, the concept labels with their synonyms (concepts.parquet), per layer the interpretable units and
+distinct concepts, the concept data set as used."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def write_dissection(draft: Draft, plan: RunPlan, out: DissectionOutput, broden:
     units["interpretable"] = units["interpretable"] & ~units["dead"].astype(bool)
     rows = [out.layers[n].concepts for n in names]
     draft.table("dissection", {c: np.concatenate([r[c] for r in rows]) for c in rows[0]})
+    labels = [broden.labels[n] for n in sorted(broden.labels)]
+    draft.table("concepts", {"concept_number": [lb.number for lb in labels], "concept": [lb.name for lb in labels],
+                             "category": [lb.category for lb in labels], "synonyms": [list(lb.synonyms) for lb in labels]})
     manifest = draft.manifest
     interpretable = units["interpretable"].astype(bool)
     for layer in manifest["layers"]:

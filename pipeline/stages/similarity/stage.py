@@ -1,0 +1,135 @@
+"""The similarity stage: every unit's nearest units, in its own layer and the layers beside it.
+
+Two measures, as Neuronpedia and "Convergent Learning" (Li et al., ICLR 2016) compare features: the Pearson
+correlation of the units' mean activations on the probe images (stored by the activations stage), and,
+within a layer, the cosine of the units' weights. Exact (every pair is scored), in blocks of query units
+spread over the model actors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import nn
+
+from pipeline.errors import UserError
+from pipeline.inputs.fingerprints import json_fingerprint
+from pipeline.stages.activations.stage import ActivationsStage
+from pipeline.stages.activations.stage import settings_hash as activations_hash
+from pipeline.stages.protocol import Driver, LayerInputs, Shared, Stage, Worker
+from pipeline.stages.similarity.neighbours import Rows, correlation_rows, cosine_rows, nearest
+from pipeline.stages.similarity.settings import SimilaritySettings, check
+from pipeline.stages.similarity.write import write_similarity
+
+if TYPE_CHECKING:
+    from pipeline.catalog.writer import Draft
+    from pipeline.plan import RunPlan
+
+ACTIVATION, WEIGHT = "activation", "weight"
+BLOCK_UNITS = 2048  # query units per task
+
+
+@dataclass(frozen=True)
+class Comparison:
+    layer: str  # the query units' layer
+    other: str  # the candidates' layer
+    kind: str  # ACTIVATION | WEIGHT
+
+
+@dataclass(frozen=True)
+class Block:
+    comparison: Comparison
+    start: int  # query units start..stop
+    stop: int
+
+
+@dataclass
+class SimilarityResult:
+    comparisons: list[Comparison]
+    neighbours: dict[Comparison, tuple[np.ndarray, np.ndarray]]  # (indices [units, k], scores [units, k]); -1 / NaN pad
+    without: dict[tuple[str, str], int]  # (layer, kind) -> units with no direction (constant, or all-zero weights)
+    probe_images: int
+
+
+class SimilarityStage(Stage):
+    name = "similarity"
+    Settings = SimilaritySettings
+
+    def check(self, settings: SimilaritySettings, key: str) -> None:
+        check(settings, key)
+
+    def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> dict[str, np.ndarray]:
+        """The weights [units, fan-in] of every selected layer that has weights of its own, one row per unit."""
+        acts = ActivationsStage().settings(plan.job)
+        if acts.probe_images < 3:
+            raise UserError(f"stage 'similarity' correlates units on the probe images, but stages.activations.probe_images "
+                            f"is {acts.probe_images}: set it to 3 or more (the default is 256).")
+        modules = dict(model.named_modules())
+        weights = {}
+        for info in plan.layers:
+            weight = getattr(modules[info.name], "weight", None)
+            if weight is not None and weight.ndim >= 2 and weight.shape[0] == info.units:
+                weights[info.name] = weight.detach().reshape(info.units, -1).float().cpu().numpy()
+        return weights
+
+    def inputs(self, plan: RunPlan) -> LayerInputs:
+        fp = plan.fingerprints
+        settings = json_fingerprint({"similarity": asdict(self.settings(plan.job)), "activations": activations_hash(plan)})
+        return {info.name: {"layer": fp["layers"][info.name], "data": fp["data"], "settings": settings}
+                for info in plan.layers}
+
+    def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: Any) -> SimilarityResult:
+        settings, names = self.settings(plan.job), [info.name for info in plan.layers]
+        rows, probes = unit_rows(results["activations"].layers, plan.parts[self.name], names)
+        comparisons = comparisons_of(names, settings, rows)
+        sizes = {info.name: info.units for info in plan.layers}
+        blocks = [Block(c, s, min(sizes[c.layer], s + BLOCK_UNITS)) for c in comparisons
+                  for s in range(0, sizes[c.layer], BLOCK_UNITS)]
+        shared = driver.share(rows)
+        found = driver.map(block_neighbours, blocks, shared, settings.neighbours)
+        neighbours = {c: (np.concatenate([f[0] for b, f in zip(blocks, found) if b.comparison == c]),
+                          np.concatenate([f[1] for b, f in zip(blocks, found) if b.comparison == c])) for c in comparisons}
+        without = {key: int((~r.valid).sum()) for key, r in rows.items()}
+        return SimilarityResult(comparisons, neighbours, without, probes)
+
+    def write(self, draft: Draft, plan: RunPlan, result: SimilarityResult) -> None:
+        write_similarity(draft, self.settings(plan.job), result)
+
+
+def unit_rows(layers: dict[str, Any], weights: dict[str, np.ndarray], names: list[str]) -> tuple[dict[tuple[str, str], Rows], int]:
+    """(layer, kind) -> the layer's units as unit vectors, on the probe images every layer holds; and their number."""
+    shared = set.intersection(*(set(layers[n].probe_ids.tolist()) for n in names))
+    if len(shared) < 3:
+        raise UserError(f"stage 'similarity' needs the units' activations on 3 or more probe images, but only "
+                        f"{len(shared)} were read: raise stages.activations.probe_images or add images to data.images.")
+    ids = np.array(sorted(shared))
+    rows = {}
+    for name in names:
+        res = layers[name]
+        where = {int(i): j for j, i in enumerate(res.probe_ids)}
+        rows[(name, ACTIVATION)] = correlation_rows(res.probe[:, [where[int(i)] for i in ids]])
+        if name in weights:
+            rows[(name, WEIGHT)] = cosine_rows(weights[name])
+    return rows, len(ids)
+
+
+def comparisons_of(names: list[str], settings: SimilaritySettings, rows: dict[tuple[str, str], Rows]) -> list[Comparison]:
+    """Each layer against itself (activations, then weights), then against the layers before and after it."""
+    out = []
+    for i, name in enumerate(names):
+        out.append(Comparison(name, name, ACTIVATION))
+        if settings.weights and (name, WEIGHT) in rows:
+            out.append(Comparison(name, name, WEIGHT))
+        if settings.adjacent:
+            out += [Comparison(name, names[j], ACTIVATION) for j in (i - 1, i + 1) if 0 <= j < len(names)]
+    return out
+
+
+def block_neighbours(worker: Worker, block: Block, shared: Shared, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """On an actor: the nearest candidates of one block of query units."""
+    rows = worker.get(shared)
+    c = block.comparison
+    return nearest(rows[(c.layer, c.kind)], rows[(c.other, c.kind)], k, block.start, block.stop,
+                   same=c.layer == c.other, device=worker.device)
