@@ -100,7 +100,7 @@ CONCEPTS = pa.schema([  # the concept data set's labels as the dissection used t
     pa.field("concept_number", pa.int32(), nullable=False),  # as in label.csv
     pa.field("concept", pa.string()),
     pa.field("category", pa.string()),  # the label's primary category
-    pa.field("synonyms", pa.list_(pa.string())),  # label.csv `syns`, split at ';'
+    pa.field("synonyms", pa.string()),  # label.csv `syns`: ';'-joined, as there (null: none)
 ])
 
 EVOLUTION = pa.schema([  # `neuron-catalog history`: every unit of every run, matched to its unit in the run before

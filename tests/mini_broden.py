@@ -22,6 +22,7 @@ LABELS = [  # number, name, category
     (1, "redthing", "object"), (2, "wheel", "part"), (3, "redpart", "part"),
     (4, "greenland", "scene"), (5, "grayland", "scene"),
 ]
+SYNONYMS = {"redthing": "scarlet blob;crimson thing", "greenland": "meadow"}  # label.csv `syns`
 
 
 @dataclass
@@ -72,7 +73,7 @@ def write_mini_broden(root: Path, images: int = 12, size: int = 32, seed: int = 
         reds.append(red), greens.append(green), blues.append(blue), scenes.append(scene)
     _csv(root / "index.csv", ["image", "split", "ih", "iw", "sh", "sw", "object", "part", "scene"], rows)
     _csv(root / "label.csv", ["number", "name", "category", "frequency", "coverage", "syns"],
-         [[n, name, f"{cat}({images})", images, 0.5, ""] for n, name, cat in LABELS])
+         [[n, name, f"{cat}({images})", images, 0.5, SYNONYMS.get(name, "")] for n, name, cat in LABELS])
     _csv(root / "category.csv", ["name", "first", "last", "count", "frequency"],
          [["object", 1, 1, 1, images], ["part", 2, 3, 2, images], ["scene", 4, 5, 2, images]])
     for cat in ("object", "part", "scene"):

@@ -73,6 +73,24 @@ def test_describe_and_query_show_concepts(dissected, capsys):
     assert Catalog.open(catalog).dissection().shape[0] == 15
 
 
+def test_query_finds_units_by_synonym_and_category(dissected, capsys):
+    """mini_broden's label.csv gives redthing the synonyms "scarlet blob;crimson thing", greenland "meadow"
+    (units 1 and 2 are labelled greenland; unit 1 is not interpretable)."""
+    catalog, _ = dissected
+    concepts = Catalog.open(catalog).concepts().set_index("concept")
+    assert concepts.loc["redthing", "synonyms"] == "scarlet blob;crimson thing"
+    assert concepts.loc["wheel", ["concept_number", "category"]].tolist() == [2, "part"]
+    for argv, units in ((["--label", "CRIMSON"], [0]), (["--label", "meadow"], [1, 2]), (["--label", "land"], [1, 2]),
+                        (["--category", "scene"], [1, 2]), (["--category", "object"], [0]),
+                        (["--label", "meadow", "--min-iou", "0.04"], [2]),
+                        (["--label", "scarlet", "--category", "scene"], [])):
+        assert main(["query", str(catalog), *argv, "--format", "json"]) == 0
+        assert [r["unit"] for r in json.loads(capsys.readouterr().out)] == units, argv
+    assert main(["query", str(catalog), "--category", "colour"]) == 2
+    err = capsys.readouterr().err
+    assert "--category 'colour'" in err and "object, part, scene" in err
+
+
 def test_same_dissection_whatever_the_shards_and_workers(tmp_path, dissected):
     catalog, _ = dissected
     job, _ = dissection_job(tmp_path, shard=2, workers=2)  # 6 shards of one batch each

@@ -17,7 +17,7 @@ def synonyms_by_label(catalog: Catalog) -> dict[str, list[str]]:
     concepts = catalog.concepts()
     for name, syns in zip(concepts["concept"], concepts["synonyms"]):
         known = out.setdefault(name, [])
-        known += [s for s in (list(syns) if syns is not None else []) if s not in known and s != name]
+        known += [s for s in (syns.split(";") if isinstance(syns, str) else []) if s not in known and s != name]
     return out
 
 

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.concepts.vocabulary import CATEGORY_LABELS, SCENE_NAMES
+from pipeline.concepts.vocabulary import CATEGORY_LABELS, SCENE_NAMES, SYNONYMS
 from pipeline.concepts.world import Drawing, draw_image
 from pipeline.errors import UserError
 
@@ -182,7 +182,8 @@ def _write_tables(root: Path, vocab: _Vocabulary, stats: _Stats) -> None:
         cats = [c for c in CATEGORIES if number in vocab.numbers[c]]
         category = ";".join(f"{c}({stats.images[c, number]})" for c in cats)
         freq = stats.label_images[number]
-        labels.append((number, name, category, freq, f"{stats.label_cover[number] / max(freq, 1):.6f}", ""))
+        labels.append((number, name, category, freq, f"{stats.label_cover[number] / max(freq, 1):.6f}",
+                       ";".join(SYNONYMS.get(name, ()))))
     _write_csv(root / "label.csv", ("number", "name", "category", "frequency", "coverage", "syns"), labels)
     categories = []
     for cat in CATEGORIES:

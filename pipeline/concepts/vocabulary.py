@@ -142,3 +142,12 @@ CATEGORY_LABELS: dict[str, tuple[str, ...]] = {
     "material": MATERIAL_NAMES, "scene": SCENE_NAMES, "texture": TEXTURE_NAMES,
 }
 MAP_NAMES = ("color", "object", "part_1", "part_2", "material")
+
+# Synonyms, as Broden's label.csv `syns` lists WordNet's (searched by `query --label` and the site's search box).
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "grey": ("gray",), "red": ("crimson", "scarlet"), "purple": ("violet",), "house": ("home", "dwelling"),
+    "car": ("automobile", "auto"), "boat": ("ship", "vessel"), "lamp": ("lantern",), "cup": ("mug",),
+    "crown": ("treetop", "canopy"), "hull": ("hulk",), "wood": ("timber", "lumber"),
+    "asphalt": ("tarmac", "blacktop"), "water": ("h2o",), "harbor": ("harbour", "port"), "street": ("road",),
+    "striped": ("banded", "stripy"), "checkered": ("chequered", "checked"), "dotted": ("polka dot",),
+}

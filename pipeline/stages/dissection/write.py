@@ -31,7 +31,7 @@ def write_dissection(draft: Draft, plan: RunPlan, out: DissectionOutput, broden:
     draft.table("dissection", {c: np.concatenate([r[c] for r in rows]) for c in rows[0]})
     labels = [broden.labels[n] for n in sorted(broden.labels)]
     draft.table("concepts", {"concept_number": [lb.number for lb in labels], "concept": [lb.name for lb in labels],
-                             "category": [lb.category for lb in labels], "synonyms": [list(lb.synonyms) for lb in labels]})
+                             "category": [lb.category for lb in labels], "synonyms": [";".join(lb.synonyms) or None for lb in labels]})
     manifest = draft.manifest
     interpretable = units["interpretable"].astype(bool)
     for layer in manifest["layers"]:
