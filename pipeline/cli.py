@@ -1,4 +1,4 @@
-"""The `neuron-catalog` command line: run, query, render, diff, describe, make-concepts."""
+"""The `neuron-catalog` command line: run, query, render, diff, history, export, describe, make-concepts."""
 
 from __future__ import annotations
 
@@ -53,6 +53,19 @@ def get_args_parser() -> argparse.ArgumentParser:
                            "auto: by number unless their activations no longer correlate")
     diff.add_argument("--limit", type=int, default=10, help="changed units listed on the terminal")
 
+    history = verbs.add_parser("history", help="follow every unit through a series of catalogs (checkpoints, re-analyses)")
+    history.add_argument("catalogs", type=Path, nargs="+",
+                         help="a catalog history folder ([output] history = true), or catalogs oldest first")
+    history.add_argument("--out", type=Path, default=None,
+                         help="evolution.parquet to write (default: inside the history folder)")
+    history.add_argument("--site", type=Path, default=None, help="also render every run and an evolution page here")
+    history.add_argument("--match", default="auto", choices=["auto", "index", "correlation"], help="as for diff")
+
+    export = verbs.add_parser("export", help="write every table of a catalog as CSV or JSON Lines files")
+    export.add_argument("catalog", type=Path)
+    export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    export.add_argument("--out", type=Path, required=True, help="directory for the files (created when missing)")
+
     describe = verbs.add_parser("describe", help="summarize a catalog")
     describe.add_argument("catalog", type=Path)
 
@@ -68,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         return {"run": _run, "query": _query, "render": _render, "describe": _describe, "diff": _diff,
-                "make-concepts": _make_concepts}[args.verb](args)
+                "history": _history, "export": _export, "make-concepts": _make_concepts}[args.verb](args)
     except (UserError, CatalogError) as exc:  # a bad job, input or catalog: the message names it and the fix
         print(f"neuron-catalog: error: {exc}", file=sys.stderr)
         return 2
@@ -157,6 +170,38 @@ def _diff(args: argparse.Namespace) -> int:
     if args.out is not None:
         write_diff(result, args.out)
         print(f"\nper-unit comparison written: {args.out}")
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from pipeline.catalog.evolution import evolution, history_catalogs, write_evolution
+
+    catalogs = history_catalogs(args.catalogs)
+    out = args.out
+    if out is None:
+        if len(args.catalogs) > 1:
+            raise UserError("history: give --out FILE.parquet when the catalogs are listed one by one.")
+        out = args.catalogs[0] / "evolution.parquet"
+    table = evolution(catalogs, args.match)
+    write_evolution(table, out)
+    last = table[table["run"] == table["run"].max()]
+    print(f"evolution of {last['unit'].size} units over {len(catalogs)} runs written: {out}")
+    for run, rows in table.groupby("run"):
+        print(f"  run {run} {rows['run_name'].iloc[0]}: {int(rows['label'].notna().sum())} interpretable units, "
+              f"{rows['label'].nunique()} concepts, {int(rows['label_changed'].fillna(False).astype(bool).sum())} labels changed")
+    if args.site is not None:
+        from pipeline.render.evolution_page import render_history
+
+        pages = render_history(catalogs, table, args.site)
+        print(f"site written: {args.site} ({pages} pages); open {args.site / 'index.html'}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pipeline.catalog.export import export_catalog
+
+    files = export_catalog(Catalog.open(args.catalog), args.format, args.out)
+    print(f"exported {len(files)} files to {args.out}: {', '.join(f.name for f in files)}")
     return 0
 
 

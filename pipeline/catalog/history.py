@@ -50,6 +50,14 @@ def point_latest(root: Path, folder: Path) -> None:
     os.replace(tmp, root / LATEST)
 
 
+def finished_runs(root: Path) -> list[Path]:
+    """The history's finished catalogs, oldest first (by their folders' UTC time, then the -N of a same-second run)."""
+    def order(path: Path) -> tuple[str, int]:
+        stamp, _, n = path.name.partition("-")
+        return stamp, int(n) if n.isdigit() else 0
+    return sorted((p for p in _runs(root) if (p / MANIFEST).exists()), key=order)
+
+
 def _runs(root: Path) -> list[Path]:
     if not root.is_dir():
         return []

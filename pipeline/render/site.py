@@ -13,8 +13,10 @@ import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import jinja2
 import numpy as np
@@ -25,10 +27,12 @@ from pipeline.errors import UserError
 from pipeline.render import pictures
 from pipeline.render.chart import concept_chart
 from pipeline.render.diff_page import diff_context
+from pipeline.render.relations import neighbour_strips, write_search_index
 
 MARKER = ".neuron-catalog-site"  # tells a site this command may replace from any other folder
 FEATVIS_VIEWS = ("positive", "negative", "diverse")
 UNITS_PER_TASK = 256
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,31 +63,38 @@ def render_site(catalog: Catalog, out: Path, workers: int | None = None,
     `diff`: (the earlier catalog's name, the per-unit diff table) adds a page of what changed."""
     started = time.perf_counter()
     out = Path(out)
+    pages, images = replace_site(out, lambda tmp: _write(catalog, tmp, workers or os.cpu_count() or 1, diff))
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return RenderSummary(out, pages, images, size, time.perf_counter() - started)
+
+
+def replace_site(out: Path, build: Callable[[Path], T]) -> T:
+    """build(a fresh folder), then that folder moved to `out`: a site already there is replaced, and a failed
+    build leaves it as it was. Refuses a folder that is not a site this command wrote."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
-        raise UserError(f"--out {out} exists and is not a site written by `neuron-catalog render`; "
+        raise UserError(f"--out {out} exists and is not a site written by `neuron-catalog`; "
                         "choose a new or empty directory.")
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        pages, images = _write(catalog, tmp, workers or os.cpu_count() or 1, diff)
-        (tmp / MARKER).write_text("written by neuron-catalog render\n")
+        result = build(tmp)
+        (tmp / MARKER).write_text("written by neuron-catalog\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return RenderSummary(out, pages, images, size, time.perf_counter() - started)
+    return result
 
 
-def _environment() -> jinja2.Environment:
+def environment() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.PackageLoader("pipeline.render", "templates"),
                               autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
 
 
 def _write(catalog: Catalog, site: Path, workers: int, diff: tuple[str, pd.DataFrame] | None) -> tuple[int, int]:
-    env = _environment()
+    env = environment()
     m = catalog.manifest
     units = catalog.units()
     dissection = catalog.dissection()
@@ -92,6 +103,7 @@ def _write(catalog: Catalog, site: Path, workers: int, diff: tuple[str, pd.DataF
     shutil.copytree(Path(__file__).parent / "static", site / "static")
     common = {"model_name": m.get("model", {}).get("name", "model")}
     images = _write_pictures(catalog, site, slug, workers)
+    searchable = write_search_index(catalog, units, slug, site)
     layers = [_layer_summary(layer, units, slug) for layer in m["layers"]]
     pages = 1
     for info in layers:
@@ -101,13 +113,14 @@ def _write(catalog: Catalog, site: Path, workers: int, diff: tuple[str, pd.DataF
         (site / "layers").mkdir(exist_ok=True)
         (site / "layers" / f"{info['slug']}.html").write_text(env.get_template("layer.html").render(
             **common, title=f"{info['name']} - {common['model_name']}", root="../", layer=info, cards=cards))
-        pages += 1 + _write_unit_pages(env, common, catalog, site, info, rows, dissection, featvis)
+        pages += 1 + _write_unit_pages(env, common, catalog, site, info, rows, dissection, featvis,
+                                       neighbour_strips(catalog, info["name"], slug))
     if diff is not None:
         (site / "diff.html").write_text(env.get_template("diff.html").render(
             **common, title=f"changes - {common['model_name']}", root="", **diff_context(diff[1], diff[0], slug)))
         pages += 1
     (site / "index.html").write_text(env.get_template("index.html").render(
-        **common, title=common["model_name"], root="", diff_old=diff[0] if diff else None,
+        **common, title=common["model_name"], root="", diff_old=diff[0] if diff else None, search=searchable,
         **_index_context(catalog, units, layers, slug)))
     return pages, images
 
@@ -142,7 +155,7 @@ STATS = ("act_mean", "act_std", "act_max", "act_min", "frac_active", "dead", "la
 
 
 def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, site: Path, info: dict,
-                      rows: pd.DataFrame, dissection: pd.DataFrame, featvis: bool) -> int:
+                      rows: pd.DataFrame, dissection: pd.DataFrame, featvis: bool, strips: dict[int, list[dict]]) -> int:
     template = env.get_template("unit.html")
     folder = site / "units" / info["slug"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -164,7 +177,7 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
             pictures={"top": f"img/{info['slug']}/{u}-top.jpg", "bottom": f"img/{info['slug']}/{u}-bottom.jpg"},
             visualizations=[(FEATVIS_VIEWS[v] if v < len(FEATVIS_VIEWS) else f"view {v}", f"img/{info['slug']}/{u}-fv{v}.png")
                             for v in range(views)] + ([("filter", f"img/{info['slug']}/{u}-filter.png")] if has_filters else []),
-            concepts=mine.to_dict("records") if mine is not None else [], stats=stats,
+            concepts=mine.to_dict("records") if mine is not None else [], stats=stats, similar=strips.get(u, []),
             projections=[(method, f"img/{info['slug']}/{u}-{method}.png") for method in ("deconvnet", "guided")]
             if has_projections else [],
             threshold=float(mine["threshold"].iloc[0]) if mine is not None and len(mine) else 0.0)

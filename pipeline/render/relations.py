@@ -1,0 +1,41 @@
+"""What the site shows of units in relation: each unit's nearest units as a strip of their thumbnails (from the
+similarity stage), and the static search index the index page's search box reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from catalog_schema import Catalog
+from pipeline.catalog.search import search_index
+
+SEARCH_INDEX = "search-index.js"  # a script, not a .json file: browsers refuse to fetch() a file:// URL
+
+
+def neighbour_strips(catalog: Catalog, layer: str, slug: dict[str, str]) -> dict[int, list[dict]]:
+    """unit -> one strip per (compared layer, kind): its neighbours' cards, nearest first (empty without the stage)."""
+    near = catalog.similar(layer)
+    order = {name: i for i, name in enumerate(catalog.layers)}
+    near = near.assign(_kind=near["kind"] != "activation", _layer=near["other_layer"].map(order))
+    out: dict[int, list[dict]] = {}
+    for (unit, _, _, other, kind), rows in near.sort_values(["unit", "_kind", "_layer", "rank"], kind="stable").groupby(
+            ["unit", "_kind", "_layer", "other_layer", "kind"], sort=False):
+        measure = "activation correlation" if kind == "activation" else "weight cosine"
+        out.setdefault(int(unit), []).append({
+            "title": f"nearest in {other} by {measure}",
+            "units": [{"layer": other, "unit": int(u), "score": f"{s:.3f}",
+                       "href": f"../{slug[other]}/{int(u)}.html", "picture": f"img/{slug[other]}/{int(u)}-card.jpg"}
+                      for u, s in zip(rows["other_unit"], rows["score"])]})
+    return out
+
+
+def write_search_index(catalog: Catalog, units: pd.DataFrame, slug: dict[str, str], site: Path) -> bool:
+    """static/search-index.js for the index page's search box; False (nothing written) when no unit has a label."""
+    index = search_index(catalog, units, slug)
+    if not index["units"]:
+        return False
+    text = json.dumps(index, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
+    (site / "static" / SEARCH_INDEX).write_text(f"window.NEURON_CATALOG_SEARCH = {text};\n", encoding="utf-8")
+    return True
