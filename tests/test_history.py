@@ -133,3 +133,13 @@ def test_history_input_errors(history, tmp_path, capsys):
     assert "two catalogs or more" in capsys.readouterr().err
     assert main(["history", *runs[:2], "--out", str(tmp_path / "e.parquet")]) == 0
     assert pd.read_parquet(tmp_path / "e.parquet")["run"].max() == 1
+
+
+def test_runs_of_one_second_keep_their_order(tmp_path):
+    names = ["20261202T010000Z-10", "20261202T010000Z", "20261202T010000Z-2", "20261201T230000Z", "20261202T010000Z-1"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text("{}")
+    (tmp_path / "20261202T020000Z").mkdir()  # unfinished: no manifest
+    assert [p.name for p in finished_runs(tmp_path)] == [
+        "20261201T230000Z", "20261202T010000Z", "20261202T010000Z-1", "20261202T010000Z-2", "20261202T010000Z-10"]

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import catalog_schema as cs
+from catalog_schema import Catalog
 from catalog_schema.storage import write_array
 from conftest import check_page, dissection_job
 from pipeline.cli import main
@@ -40,7 +41,7 @@ def full_site(tmp_path_factory) -> Path:
         target.mkdir(exist_ok=True)
         (folder / "images" / f"{i:03d}.png").rename(target / f"{i:03d}.png")
     job.write_text(job.read_text().replace("[ray]", "[stages.shapley]\nlayers = [\"relu\"]\nrounds = 2\n"
-                                                    "permutations_per_round = 2\n[ray]"))
+                                                    "permutations_per_round = 2\n[stages.similarity]\n[ray]"))
     assert main(["run", str(job)]) == 0
     assert main(["render", str(folder / "catalog"), "--out", str(folder / "site")]) == 0
     return folder / "site"
@@ -74,6 +75,35 @@ def test_filter_and_sort_change_what_is_shown(browser, full_site):
     assert page.evaluate(cards) == expected.tolist() != ["0", "1", "2"]
     page.select_option("#sort", "shapley")
     assert len(page.evaluate(cards)) == 3
+    page.close()
+
+
+def test_the_search_box_finds_units_of_every_layer_by_name_synonym_and_category(browser, full_site):
+    """mini_broden: unit 0 is labelled redthing (synonyms "scarlet blob;crimson thing"), units 1 and 2 greenland
+    (synonym "meadow")."""
+    page = browser.new_page()
+    page.goto((full_site / "index.html").as_uri())
+    found = "Array.from(document.querySelectorAll('#search-results a')).map(a => a.textContent)"
+    page.fill("#search", "CRIMSON")
+    assert page.evaluate(found) == ["relu unit 0"] and page.inner_text("#search-count") == "1 unit"
+    page.fill("#search", "meadow")
+    assert sorted(page.evaluate(found)) == ["relu unit 1", "relu unit 2"]
+    page.fill("#search", "")
+    page.select_option("#search-category", "object")
+    assert page.evaluate(found) == ["relu unit 0"]
+    page.click("#search-results a")
+    assert page.url.endswith("units/relu/0.html")
+    page.close()
+
+
+def test_each_unit_page_shows_its_nearest_units(browser, full_site):
+    near = Catalog.open(full_site.parent / "catalog").similar("relu", 0).sort_values("rank")
+    page = browser.new_page()
+    page.goto((full_site / "units" / "relu" / "0.html").as_uri())
+    links = page.evaluate("Array.from(document.querySelectorAll('.similar a')).map(a => a.getAttribute('href'))")
+    assert links == [f"../relu/{u}.html" for u in near["other_unit"]] and len(links) == 2
+    assert all((full_site / "units" / "relu" / link).resolve().is_file() for link in links)
+    assert "nearest in relu by activation correlation" in page.inner_text("body")
     page.close()
 
 

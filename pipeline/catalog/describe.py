@@ -31,6 +31,8 @@ def describe(catalog: Catalog) -> str:
         lines += _concept_lines(m)
     if "shapley" in m:
         lines += ["", *_shapley_lines(catalog, m["shapley"], m["settings"]["shapley"])]
+    if "similarity" in m:
+        lines += ["", _similarity_line(m)]
     for item in data["skipped"][:5]:
         lines.append(f"skipped      {item['path']}: {item['reason']}")
     if len(data["skipped"]) > 5:
@@ -97,6 +99,15 @@ def _concept_lines(m: dict) -> list[str]:
     for item in c["skipped"][:5]:
         lines.append(f"skipped      {item['image']}: {item['reason']}")
     return lines
+
+
+def _similarity_line(m: dict) -> str:
+    info, settings = m["similarity"], m["settings"]["similarity"]
+    kinds = sorted({(c["other_layer"] == c["layer"], c["kind"]) for c in info["comparisons"]},
+                   key=lambda k: (not k[0], k[1] != "activation"))
+    shown = ", ".join(f"{'same layer' if same else 'adjacent layers'} by {kind}" for same, kind in kinds)
+    return (f"similarity   {settings['neighbours']} nearest units each ({shown}) on {info['probe_images']} probe images; "
+            f"query CATALOG --similar-to LAYER:UNIT")
 
 
 def _shapley_lines(catalog: Catalog, info: dict, settings: dict) -> list[str]:

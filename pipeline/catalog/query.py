@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 
+import numpy as np
 import pandas as pd
 
 from catalog_schema import Catalog
@@ -63,10 +64,17 @@ def similar_to(catalog: Catalog, spec: str) -> pd.DataFrame:
     units = catalog.units()[["layer", "unit", "label", "category", "iou", "act_max", "dead"]]
     near = near.merge(units.rename(columns={"layer": "other_layer", "unit": "other_unit"}), how="left",
                       on=["other_layer", "other_unit"])
-    order = {name: i for i, name in enumerate(catalog.layers)}
-    near["_kind"] = near["kind"] != "activation"
-    near["_layer"] = near["other_layer"].map(order)
-    return near.sort_values(["_kind", "_layer", "rank"], kind="stable")[NEIGHBOUR_COLUMNS].reset_index(drop=True)
+    return near.iloc[neighbour_order(near, catalog.layers)][NEIGHBOUR_COLUMNS].reset_index(drop=True)
+
+
+def neighbour_order(near: pd.DataFrame, layers: list[str]):
+    """Row order of a similar table: per unit its own layer first (by activation, then by weight), then the
+    other layers in model order; nearest first within each."""
+    position = {name: i for i, name in enumerate(layers)}
+    keys = pd.DataFrame({"unit": near["unit"], "other": near["other_layer"] != near["layer"],
+                         "kind": near["kind"] != "activation", "layer": near["other_layer"].map(position),
+                         "rank": near["rank"]})
+    return np.lexsort([keys[c].to_numpy() for c in ("rank", "layer", "kind", "other", "unit")])
 
 
 def _check_layer(catalog: Catalog, layer: str, option: str) -> None:

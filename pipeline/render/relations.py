@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from catalog_schema import Catalog
+from pipeline.catalog.query import neighbour_order
 from pipeline.catalog.search import search_index
 
 SEARCH_INDEX = "search-index.js"  # a script, not a .json file: browsers refuse to fetch() a file:// URL
@@ -17,11 +18,9 @@ SEARCH_INDEX = "search-index.js"  # a script, not a .json file: browsers refuse 
 def neighbour_strips(catalog: Catalog, layer: str, slug: dict[str, str]) -> dict[int, list[dict]]:
     """unit -> one strip per (compared layer, kind): its neighbours' cards, nearest first (empty without the stage)."""
     near = catalog.similar(layer)
-    order = {name: i for i, name in enumerate(catalog.layers)}
-    near = near.assign(_kind=near["kind"] != "activation", _layer=near["other_layer"].map(order))
+    near = near.iloc[neighbour_order(near, catalog.layers)]
     out: dict[int, list[dict]] = {}
-    for (unit, _, _, other, kind), rows in near.sort_values(["unit", "_kind", "_layer", "rank"], kind="stable").groupby(
-            ["unit", "_kind", "_layer", "other_layer", "kind"], sort=False):
+    for (unit, other, kind), rows in near.groupby(["unit", "other_layer", "kind"], sort=False):
         measure = "activation correlation" if kind == "activation" else "weight cosine"
         out.setdefault(int(unit), []).append({
             "title": f"nearest in {other} by {measure}",
