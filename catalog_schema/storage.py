@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,18 @@ except (OSError, AttributeError):  # not Linux, or a C library without it
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """write(a temporary file beside `path`), then a rename onto `path`; a failed write leaves `path` as it was."""
+    path = Path(path)
+    tmp = _tmp(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def write_table(catalog: Path, name: str, table: pa.Table) -> None:

@@ -53,6 +53,20 @@ def get_args_parser() -> argparse.ArgumentParser:
                            "auto: by number unless their activations no longer correlate")
     diff.add_argument("--limit", type=int, default=10, help="changed units listed on the terminal")
 
+    _history_and_export(verbs)
+
+    describe = verbs.add_parser("describe", help="summarize a catalog")
+    describe.add_argument("catalog", type=Path)
+
+    concepts = verbs.add_parser("make-concepts", help="write the procedural concept world in Broden format")
+    concepts.add_argument("out", type=Path)
+    concepts.add_argument("--images", type=int, default=600)
+    concepts.add_argument("--size", type=int, default=64)
+    concepts.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _history_and_export(verbs: argparse._SubParsersAction) -> None:
     history = verbs.add_parser("history", help="follow every unit through a series of catalogs (checkpoints, re-analyses)")
     history.add_argument("catalogs", type=Path, nargs="+",
                          help="a catalog history folder ([output] history = true), or catalogs oldest first")
@@ -65,16 +79,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     export.add_argument("catalog", type=Path)
     export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     export.add_argument("--out", type=Path, required=True, help="directory for the files (created when missing)")
-
-    describe = verbs.add_parser("describe", help="summarize a catalog")
-    describe.add_argument("catalog", type=Path)
-
-    concepts = verbs.add_parser("make-concepts", help="write the procedural concept world in Broden format")
-    concepts.add_argument("out", type=Path)
-    concepts.add_argument("--images", type=int, default=600)
-    concepts.add_argument("--size", type=int, default=64)
-    concepts.add_argument("--seed", type=int, default=0)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

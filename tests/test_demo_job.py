@@ -31,7 +31,7 @@ def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
     assert not model["cached"] and 0.0 <= model["heldout_accuracy"] <= 1.0
     assert manifest["data"]["classes"] == sorted(manifest["data"]["classes"]) and len(manifest["data"]["classes"]) == 6
     assert [layer["name"] for layer in manifest["layers"]] == ["conv1", "conv2", "conv3", "conv4", "fc"]
-    assert manifest["stages_done"] == ["activations", "featvis", "dissection", "shapley"]
+    assert manifest["stages_done"] == ["activations", "featvis", "dissection", "shapley", "similarity"]
 
     assert main(["run", str(jobs / "demo.toml")]) == 0
     assert "demo model: cached" in capsys.readouterr().out

@@ -1,21 +1,21 @@
 """`neuron-catalog export`: every table of a catalog as plain CSV or JSON Lines files, for tools outside Python.
 
-Values are written as the Parquet files hold them: a null is an empty CSV cell or a JSON null, a NaN is
-`nan` in CSV and null in JSON (JSON has no NaN nor infinity: those are null too). The arrays (pictures, maps) stay in arrays.zarr.
+Values are written as the Parquet files hold them: a null is an empty unquoted CSV cell or a JSON null,
+a NaN is `nan` in CSV and null in JSON (JSON has no NaN nor infinity: those are null too). Each file is
+written through a temporary file and a rename. The arrays (pictures, maps) stay in arrays.zarr.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import pyarrow.csv as pacsv
 
 from catalog_schema import MANIFEST, Catalog
+from catalog_schema.storage import write_atomically
 from catalog_schema.tables import TABLES, table_file
 from pipeline.errors import UserError
 
@@ -33,8 +33,8 @@ def export_catalog(catalog: Catalog, fmt: str, out: Path) -> list[Path]:
     written = []
     for name in TABLES:
         if (catalog.path / table_file(name)).exists():
-            written.append(_atomic(out / f"{name}.{fmt}", lambda tmp, n=name: _write(catalog, n, fmt, tmp)))
-    written.append(_atomic(out / MANIFEST, lambda tmp: shutil.copyfile(catalog.path / MANIFEST, tmp)))
+            written.append(write_atomically(out / f"{name}.{fmt}", lambda tmp, n=name: _write(catalog, n, fmt, tmp)))
+    written.append(write_atomically(out / MANIFEST, lambda tmp: shutil.copyfile(catalog.path / MANIFEST, tmp)))
     return written
 
 
@@ -48,14 +48,3 @@ def _write(catalog: Catalog, name: str, fmt: str, path: Path) -> None:
             for row in batch.to_pylist():
                 f.write(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
                                     for k, v in row.items()}, allow_nan=False) + "\n")
-
-
-def _atomic(path: Path, write) -> Path:
-    """Write through a temporary file and a rename: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from torchvision import datasets, transforms
 
 from pipeline.concepts.vocabulary import SCENE_NAMES
 from pipeline.demo.model import ARCHITECTURE, ConceptCNN
+from catalog_schema.storage import write_atomically
 from pipeline.errors import UserError
 
 MEAN = (0.5, 0.5, 0.5)
@@ -138,16 +138,6 @@ def _fit(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, batch_size: i
     return model
 
 
-def _save_atomic(path: Path, write) -> None:
-    """Write via a temporary file in the same folder, then os.replace."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def train_demo_model(world: Path, weights_out: Path, *, epochs: int, seed: int, batch_size: int = 64,
                      lr: float = DEFAULT_LR) -> TrainResult:
     """Train ConceptCNN on world/scenes and save its state_dict to `weights_out`, unless the cache says it is there."""
@@ -166,10 +156,10 @@ def train_demo_model(world: Path, weights_out: Path, *, epochs: int, seed: int, 
     chance = float(torch.bincount(scored).max()) / len(scored)
     seconds = time.perf_counter() - start
     weights_out.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomic(weights_out, lambda p: torch.save(model.state_dict(), p))
+    write_atomically(weights_out, lambda p: torch.save(model.state_dict(), p))
     record = {"fingerprint": fingerprint, "weights_sha256": _sha256(weights_out), "architecture": ARCHITECTURE,
               "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr, "mean": list(MEAN), "std": list(STD),
               "classes": list(SCENE_NAMES), "train_images": int((~held).sum()), "heldout_images": int(held.sum()),
               "train_accuracy": train_acc, "heldout_accuracy": held_acc, "chance": chance, "seconds": seconds}
-    _save_atomic(_sidecar(weights_out), lambda p: p.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n"))
+    write_atomically(_sidecar(weights_out), lambda p: p.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n"))
     return TrainResult(train_acc, held_acc, chance, seconds, False, fingerprint)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from catalog_schema import Catalog
 from pipeline.errors import UserError
-from pipeline.render import pictures
+import pipeline.render.pictures as pictures
 from pipeline.render.chart import concept_chart
 from pipeline.render.diff_page import diff_context
 from pipeline.render.relations import neighbour_strips, write_search_index
