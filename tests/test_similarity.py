@@ -167,3 +167,10 @@ def test_no_probe_images_is_a_job_error(tmp_path):
     job = write_job(tmp_path, job_toml("twins", LAYERS, activations={"probe_images": 0}, similarity={}))
     code, _, err = _cli("run", str(job))
     assert code == 2 and "stages.activations.probe_images" in err
+
+
+def test_no_neighbours_is_a_job_error(tmp_path):
+    make_images(tmp_path / "images", count=4)
+    job = write_job(tmp_path, job_toml("twins", LAYERS, similarity={"neighbours": 0}))
+    code, _, err = _cli("run", str(job))
+    assert code == 2 and "stages.similarity.neighbours" in err and "Traceback" not in err
