@@ -138,7 +138,11 @@ def _query(args: argparse.Namespace) -> int:
     catalog = Catalog.open(args.catalog)
     if args.similar_to is not None:
         near = similar_to(catalog, args.similar_to)
-        print(format_units(near.head(args.limit) if args.limit else near, args.format, NEIGHBOUR_COLUMNS))
+        if near.empty and args.format == "table":
+            print(f"{args.similar_to} has no neighbours: its activations do not vary on the probe images "
+                  "(a dead unit), and its layer has no weights of its own or its weights are all zero.")
+        else:
+            print(format_units(near.head(args.limit) if args.limit else near, args.format, NEIGHBOUR_COLUMNS))
         return 0
     units = query_units(catalog, args.layer, args.label, args.min_iou, args.sort, args.ascending, args.limit,
                         args.category)

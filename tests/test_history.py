@@ -131,6 +131,10 @@ def test_history_input_errors(history, tmp_path, capsys):
     assert "catalog history" in capsys.readouterr().err
     assert main(["history", runs[0], "--out", str(tmp_path / "e.parquet")]) == 2
     assert "two catalogs or more" in capsys.readouterr().err
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    assert main(["history", *runs[:2], "--out", str(tmp_path / "e.parquet"), "--site", str(tmp_path / "notes")]) == 2
+    assert "--site" in capsys.readouterr().err and (tmp_path / "notes" / "mine.txt").read_text() == "keep"
     assert main(["history", *runs[:2], "--out", str(tmp_path / "e.parquet")]) == 0
     assert pd.read_parquet(tmp_path / "e.parquet")["run"].max() == 1
 

@@ -152,6 +152,8 @@ def test_query_similar_to(twins):
     first = rows[(rows["other_layer"] == "conv1") & (rows["kind"] == "weight")].iloc[0]
     assert first["other_unit"] == 4 and first["score"] == pytest.approx(1.0, abs=1e-6)
     assert set(rows["other_layer"]) == {"conv1", "relu1"}
+    code, out, _ = _cli("query", str(twins.path), "--similar-to", "conv1:5")
+    assert code == 0 and "conv1:5 has no neighbours" in out
     for spec, says in (("conv1", "LAYER:UNIT"), ("conv9:0", "conv9"), ("conv1:6", "units 0..5")):
         code, _, err = _cli("query", str(twins.path), "--similar-to", spec)
         assert code == 2 and says in err and "Traceback" not in err

@@ -30,7 +30,7 @@ def render_history(catalogs: list[Catalog], table: pd.DataFrame, out: Path, work
             title="evolution", **evolution_context(catalogs, folders, table)))
         return pages
 
-    return replace_site(Path(out), build)
+    return replace_site(Path(out), build, "--site")
 
 
 def evolution_context(catalogs: list[Catalog], folders: list[str], table: pd.DataFrame) -> dict:

@@ -12,8 +12,8 @@ import os
 import re
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -68,11 +68,11 @@ def render_site(catalog: Catalog, out: Path, workers: int | None = None,
     return RenderSummary(out, pages, images, size, time.perf_counter() - started)
 
 
-def replace_site(out: Path, build: Callable[[Path], T]) -> T:
+def replace_site(out: Path, build: Callable[[Path], T], option: str = "--out") -> T:
     """build(a fresh folder), then that folder moved to `out`: a site already there is replaced, and a failed
     build leaves it as it was. Refuses a folder that is not a site this command wrote."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
-        raise UserError(f"--out {out} exists and is not a site written by `neuron-catalog`; "
+        raise UserError(f"{option} {out} exists and is not a site written by `neuron-catalog`; "
                         "choose a new or empty directory.")
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

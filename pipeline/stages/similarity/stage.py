@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from pipeline.errors import UserError
@@ -69,8 +70,10 @@ class SimilarityStage(Stage):
         modules = dict(model.named_modules())
         weights = {}
         for info in plan.layers:
-            weight = getattr(modules[info.name], "weight", None)
-            if weight is not None and weight.ndim >= 2 and weight.shape[0] == info.units:
+            module = modules[info.name]
+            weight = getattr(module, "weight", None)
+            transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)  # its weight is [in, out, ...]
+            if isinstance(weight, torch.Tensor) and weight.ndim >= 2 and weight.shape[0] == info.units and not transposed:
                 weights[info.name] = weight.detach().reshape(info.units, -1).float().cpu().numpy()
         return weights
 
