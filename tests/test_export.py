@@ -59,7 +59,9 @@ def test_jsonl_export_has_one_object_per_row_with_nulls(catalog, tmp_path):
                 assert r[column] is None
             else:
                 assert r[column] == pytest.approx(value, rel=1e-7) if isinstance(value, float) else r[column] == value
-    assert any(r["label"] is None for r in rows) or units["label"].notna().all()
+    # Shapley's players are conv2's units (conftest.ALL_STAGES): the other layers' values are nulls
+    assert {r["layer"] for r in rows if r["shapley"] is not None} == {"conv2"}
+    assert sum(r["shapley"] is None for r in rows) == int((units["layer"] != "conv2").sum()) > 0
 
 
 def test_export_errors(catalog, tmp_path, capsys):

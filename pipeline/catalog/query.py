@@ -21,13 +21,14 @@ def query_units(catalog: Catalog, layer: str | None = None, label: str | None = 
     """Units filtered by layer, label text (case-insensitive substring of the concept's name or of one of its
     synonyms), category and IoU, sorted (descending by default)."""
     units = catalog.units()
+    categories = set(units["category"].dropna())
     if layer is not None:
         _check_layer(catalog, layer, "--layer")
         units = units[units["layer"] == layer]
     if label is not None:
         units = units[label_matches(units["label"], label, synonyms_by_label(catalog))]
     if category is not None:
-        known = sorted(set(catalog.units()["category"].dropna()) | set(catalog.concepts()["category"].dropna()))
+        known = sorted(categories | set(catalog.concepts()["category"].dropna()))
         if category not in known:
             raise UserError(f"--category {category!r}: the catalog's concept categories are {', '.join(known) or 'none'} "
                             "(a catalog without dissection results has none).")

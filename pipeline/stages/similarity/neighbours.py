@@ -30,7 +30,7 @@ def correlation_rows(values: np.ndarray) -> Rows:
     vary (relative to its magnitude) has no correlation with anything."""
     x = np.asarray(values, np.float64)
     x = x - x.mean(axis=1, keepdims=True)
-    return _normalized(x, np.abs(values).max(axis=1, initial=0.0) if x.size else np.zeros(len(x)))
+    return _normalized(x, np.abs(values).max(axis=1, initial=0.0))
 
 
 def cosine_rows(values: np.ndarray) -> Rows:
