@@ -19,6 +19,7 @@ ACTIVATION_COLUMNS = ("layer", "unit", "act_mean", "act_std", "act_max", "act_mi
 FEATVIS_COLUMNS = ("featvis_activation", "featvis_ratio", "featvis_flat")
 DISSECTION_COLUMNS = ("label", "category", "iou", "interpretable")
 SHAPLEY_COLUMNS = ("shapley", "shapley_ci_low", "shapley_ci_high")
+BANZHAF_COLUMNS = ("banzhaf", "banzhaf_ci_low", "banzhaf_ci_high")
 
 
 def shard_file(index: int) -> str:

@@ -74,6 +74,22 @@ class Catalog:
     def shapley(self) -> pd.DataFrame:
         return self.table("shapley")
 
+    def banzhaf(self) -> pd.DataFrame:
+        return self.table("banzhaf")
+
+    def importance(self) -> pd.DataFrame:
+        """Each player's value for the whole metric with an `estimator` column: Shapley (TMC) when the run
+        estimated it, else Banzhaf; empty when the importance stage did not run."""
+        for estimator in ("shapley", "banzhaf"):
+            values = self.table(estimator)
+            if not values.empty:
+                return values.assign(estimator="tmc" if estimator == "shapley" else "banzhaf")
+        return self.table("shapley").assign(estimator=pd.Series(dtype=str))
+
+    def importance_by_class(self, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
+        """Per-class values (of one layer / unit), each estimator's rows by class."""
+        return self._rows_of("importance_by_class", layer, unit)
+
     def similar(self, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
         """The similarity stage's neighbours (of one layer / unit), nearest first within each (other_layer, kind)."""
         return self._rows_of("similar", layer, unit)

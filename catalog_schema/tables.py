@@ -23,6 +23,9 @@ UNITS = pa.schema([
     pa.field("shapley", pa.float32()),
     pa.field("shapley_ci_low", pa.float32()),
     pa.field("shapley_ci_high", pa.float32()),
+    pa.field("banzhaf", pa.float32()),  # the Banzhaf value (maximum sample reuse) for the same metric
+    pa.field("banzhaf_ci_low", pa.float32()),
+    pa.field("banzhaf_ci_high", pa.float32()),
     pa.field("featvis_activation", pa.float32()),  # the objective on the stored visualization, no transform
     pa.field("featvis_ratio", pa.float32()),  # the unit's max on it / its max over the data set (act_max)
     pa.field("featvis_flat", pa.bool_()),  # the visualization stayed (nearly) uniform
@@ -76,11 +79,26 @@ SHAPLEY = pa.schema([
     pa.field("samples", pa.int64()),
 ])
 
+BANZHAF = SHAPLEY  # banzhaf.parquet: the same columns; `samples` = the coalitions evaluated
+
+IMPORTANCE_BY_CLASS = pa.schema([  # each player's value for the metric on one class's evaluation images
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("unit", pa.int32(), nullable=False),
+    pa.field("estimator", pa.string(), nullable=False),  # 'tmc' (Shapley) | 'banzhaf'
+    pa.field("metric", pa.string()),
+    pa.field("class", pa.int32(), nullable=False),  # the class index (the sorted class folders)
+    pa.field("class_name", pa.string()),
+    pa.field("value", pa.float32()),  # null: no evaluation image of that class
+    pa.field("ci_low", pa.float32()),
+    pa.field("ci_high", pa.float32()),
+    pa.field("samples", pa.int64()),
+])
+
 SHAPLEY_ABLATION = pa.schema([  # the paper's check: the metric after removing N units chosen three ways
     pa.field("metric", pa.string()),
     pa.field("target_class", pa.int32()),
     pa.field("n", pa.int32()),  # units removed
-    pa.field("method", pa.string()),  # 'shapley' (top-N values) | 'single_ablation' (top-N alone) | 'random'
+    pa.field("method", pa.string()),  # 'shapley' | 'banzhaf' (top-N values of the run's first estimator) | 'single_ablation' (top-N alone) | 'random'
     pa.field("value", pa.float32()),  # the metric after removal (random: mean over the draws)
     pa.field("drop", pa.float32()),  # V(all units) - value
     pa.field("units", pa.string()),  # the removed units, "layer:unit" in layer, unit order, joined by ';' (random: the first draw)
@@ -155,6 +173,8 @@ TABLES: dict[str, pa.Schema] = {
     "dissection": DISSECTION,
     "shapley": SHAPLEY,
     "shapley_ablation": SHAPLEY_ABLATION,
+    "banzhaf": BANZHAF,
+    "importance_by_class": IMPORTANCE_BY_CLASS,
     "diff": DIFF,
     "similar": SIMILAR,
     "concepts": CONCEPTS,

@@ -47,12 +47,16 @@ def _ablator(model, layer, units, x, y, metric="accuracy", batch=5, mean_maps=No
     return Ablator(split, [(layer, units)], mean_maps, cache_eval_set(split, pairs), metric)
 
 
-def _estimate(ablator, permutations, seed=0, settings=sh.WalkSettings(), bandit_k=None):
-    """The stage's own loop (rounds.run_estimator), one permutation per round, on an in-process evaluator."""
-    cfg = ShapleySettings(rounds=permutations, permutations_per_round=1, bandit=bandit_k is not None,
-                          top_k=bandit_k or 1, tolerance=settings.tolerance, patience=settings.patience)
-    result, _ = run_estimator(lambda items: [ablator.evaluate(r) for r in items], _walks(ablator), ablator.players, cfg, seed)
-    return result, result.v_full, result.v_none
+def _estimate(ablator, permutations, seed=0, settings=sh.WalkSettings(), bandit_k=None, estimator="tmc"):
+    """The stage's own loop (rounds.run_estimator), one permutation per round, on an in-process evaluator:
+    the first estimate with its whole-metric column only, V(all) and V(none)."""
+    cfg = ShapleySettings(rounds=permutations, permutations_per_round=1, bandit=bandit_k is not None, antithetic=False,
+                          top_k=bandit_k or 1, tolerance=settings.tolerance, patience=settings.patience, estimator=estimator)
+    estimates, v_full, v_none, _ = run_estimator(lambda items: [ablator.evaluate(r) for r in items], _walks(ablator),
+                                                 ablator.players, cfg, seed)
+    e = estimates[0]
+    whole = sh.Estimate(e.estimator, e.value[:, 0], e.ci_low[:, 0], e.ci_high[:, 0], e.samples, e.evaluations, e.details)
+    return whole, float(v_full[0]), float(v_none[0])
 
 
 def _walks(ablator):
@@ -141,7 +145,7 @@ def test_truncation_and_bandit_save_evaluations_and_keep_the_top():
     assert res.evaluations < 10 * 4
     stats = sh.SampleStats.empty(3)
     for _ in range(5):
-        stats.add(np.array([1.0, 0.0, np.nan]))
+        stats.add(np.array([[1.0], [0.0], [np.nan]]))
     assert sh.unsettled(stats, 1, 0.2).tolist() == [False, False, True]  # never sampled: unsettled
 
 
@@ -153,11 +157,12 @@ def test_walk_truncates_near_the_empty_value():
         return 1.0 - masks[:, :2].sum(axis=1) / 2  # only players 0 and 1 matter
     order = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
     out = sh.walk(evaluate, order, np.ones(10, bool), 1.0, 0.0, sh.WalkSettings(tolerance=0.01, patience=2, chunk=1))
-    assert out.tolist() == [0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] and sum(calls) == 3
+    assert out[:, 0].tolist() == [0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] and sum(calls) == 3
 
 
-@pytest.mark.parametrize("layers, cut", [(["layer2.0.conv2"], 2), (["layer3"], 1), (["conv1"], 1)])
-def test_split_suffix_reproduces_the_model(layers, cut):
+@pytest.mark.parametrize("layers, cut, site", [(["layer2.0.conv2"], 2, (128, 8, 8)), (["layer3"], 1, (256, 4, 4)),
+                                               (["conv1"], 1, (64, 16, 16))])
+def test_split_suffix_reproduces_the_model(layers, cut, site):
     model = torchvision.models.resnet18(num_classes=7).eval()
     x = torch.randn(2, 3, 64, 64)
     split = split_model(model, layers)
@@ -165,11 +170,13 @@ def test_split_suffix_reproduces_the_model(layers, cut):
     with torch.no_grad():
         values = split.prefix(x)
         assert len(values) == cut  # layer2.0.conv2 also needs the block input for the residual
-        seen = []  # the first player runs in the prefix: its output is one of the cached values
+        seen = []  # the first player runs in the prefix: the value at its site is one of the cached values
         handle = model.get_submodule(layers[0]).register_forward_hook(lambda m, i, o: seen.append(o.clone()))
         model(x)
         handle.remove()
-        assert list(split.outputs) == layers and torch.equal(values[split.outputs[layers[0]]], seen[0])
+        cached = values[split.outputs[layers[0]]]
+        assert list(split.outputs) == layers and torch.equal(cached, split.chains[layers[0]](seen[0]))
+        assert tuple(cached.shape[1:]) == site  # conv1's site is past bn1, relu and the max pool; conv2's past bn2
         torch.testing.assert_close(split.suffix(*values), model(x), rtol=0, atol=1e-5)
 
 
@@ -185,7 +192,7 @@ def test_ablating_the_cached_output_equals_ablating_in_the_whole_model():
     values = []
     for split in (split_model(model, [name for name, _ in layers]), whole_model(model)):
         pairs = [(x[:4], y[:4]), (x[4:], y[4:])]
-        values.append(Ablator(split, layers, means, cache_eval_set(split, pairs), "cross_entropy").evaluate(removed))
+        values.append(Ablator(split, layers, means, cache_eval_set(split, pairs), "cross_entropy").evaluate(removed)[:, 0])
     np.testing.assert_allclose(values[0], values[1], rtol=1e-5)
     assert len(set(np.round(values[0], 6))) > 1  # the coalitions differ: the comparison can fail
 
@@ -213,13 +220,13 @@ def test_the_rounds_resume_from_a_checkpoint_to_the_values_of_an_uninterrupted_r
     torch.manual_seed(4)
     x, y = torch.randn(30, 3, 8, 8), torch.randint(0, 3, (30,))
     ablator = _ablator(model, "0", 6, x, y, metric="cross_entropy", batch=7)
-    v_full, v_none = ablator.evaluate(np.stack([np.zeros(6, bool), np.ones(6, bool)]))
-    cfg = ShapleySettings(rounds=6, permutations_per_round=3, top_k=2, tolerance=0.0)
+    v_full, v_none = ablator.evaluate(np.stack([np.zeros(6, bool), np.ones(6, bool)]))  # whole metric, then 3 classes
+    cfg = ShapleySettings(rounds=6, permutations_per_round=3, top_k=2, tolerance=0.0, antithetic=True)
     walks = lambda orders, chosen: _walks(ablator)(orders, chosen, v_full, v_none, sh.WalkSettings(0.0))  # noqa: E731
     saved = []
-    whole, history, rounds = estimate(walks, 6, cfg, seed=5, save=lambda state: saved.append(copy.deepcopy(state)))
+    whole, history, rounds = estimate(walks, 6, cfg, seed=5, save=lambda state: saved.append(copy.deepcopy(state)), columns=4)
     assert rounds == len(saved) and history == saved[-1][1]
-    resumed, history_resumed, _ = estimate(walks, 6, cfg, seed=5, state=copy.deepcopy(saved[1]))
+    resumed, history_resumed, _ = estimate(walks, 6, cfg, seed=5, state=copy.deepcopy(saved[1]), columns=4)
     np.testing.assert_array_equal(resumed.total, whole.total)
     np.testing.assert_array_equal(resumed.count, whole.count)
     assert history_resumed == history and resumed.evaluations == whole.evaluations

@@ -4,22 +4,28 @@ of the network with some units replaced by their mean activation (mean ablation)
 The forward is traced with torch.fx (player layers kept as leaves) and split into a prefix, run
 once per evaluation image to cache every value the rest of the network needs (the output of the
 first player layer and, say, a residual branch that skips it), and a suffix that every
-evaluation runs. The first player layer runs only in the prefix: its units are ablated in its cached
-output, so an evaluation of a single player layer runs none of the layer itself. A model fx cannot
-trace keeps the whole forward as its suffix.
+evaluation runs. The first player layer runs only in the prefix, and so do the per-channel
+operations after it (ReLU, pooling: sites.py): its units are ablated in the cached value there, so an
+evaluation of a single player layer runs none of the layer itself. A model fx cannot trace keeps the
+whole forward as its suffix.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from pipeline.stages.shapley.sites import AblationPoint, ablate, chain, chain_module, insert_points, site_value
+
 METRICS = ("accuracy", "cross_entropy")
+FORWARD_BYTES = {False: 4 << 20, True: 1 << 30}  # cached values per suffix forward, on CPU (about a cache) and a GPU
 
 
 class _PlayersAsLeaves(fx.Tracer):
@@ -34,13 +40,18 @@ class _PlayersAsLeaves(fx.Tracer):
 @dataclass
 class Split:
     """`suffix(*prefix(x))` equals `model(x)`; `traced` is False when fx could not trace the model.
-    `outputs`: player layer -> the position among the prefix's values of that layer's output (its units are
-    ablated there, not by a hook in the suffix)."""
+
+    Where each player layer's units are ablated: `outputs` (the first player) the position among the prefix's
+    values of its site's value; `points` (later players) the AblationPoint after their site in the suffix;
+    `chains` the module from a player's output to its site (see sites.py). A player in none of them is ablated
+    by a forward hook on its module."""
 
     prefix: nn.Module
     suffix: nn.Module
     traced: bool
     outputs: dict[str, int] = field(default_factory=dict)
+    points: dict[str, AblationPoint] = field(default_factory=dict)
+    chains: dict[str, nn.Module] = field(default_factory=dict)
 
 
 class _Whole(nn.Module):
@@ -56,28 +67,35 @@ def whole_model(model: nn.Module) -> Split:
 
 
 def split_model(model: nn.Module, players: Sequence[str]) -> Split:
-    """Cut the forward just after the first call of any player layer."""
+    """Cut the forward just after the site of the first call of any player layer (its output, past the
+    per-channel operations that follow it); the later players are ablated at their sites in the suffix."""
     try:
-        tracer = _PlayersAsLeaves(players)
-        graph = tracer.trace(model)
+        graph = _PlayersAsLeaves(players).trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure means: run the whole model
         return whole_model(model)
     nodes = list(graph.nodes)
-    first = next((i for i, n in enumerate(nodes) if n.op == "call_module" and n.target in set(players)), None)
-    if first is None or sum(n.op == "call_module" and n.target == nodes[first].target for n in nodes) > 1:
-        return split_before(model, nodes, first) if first is not None else whole_model(model)  # a layer called twice
-    later = set(nodes[first + 1:])
-    cut = [n for n in nodes[:first + 1] if n.op != "get_attr" and any(u in later for u in n.users)]
-    if nodes[first] not in cut:  # nothing reads the player's output: there is nothing to ablate after it
-        return split_before(model, nodes, first)
-    first += 1
-    split = _cut(model, nodes, first, cut)
-    split.outputs = {nodes[first - 1].target: cut.index(nodes[first - 1])}
+    calls = [n for n in nodes if n.op == "call_module" and n.target in set(players)]
+    if not calls:
+        return whole_model(model)
+    first = calls[0]
+    if sum(n.target == first.target for n in calls) > 1:  # a layer called twice: it runs, hooked, in the suffix
+        return split_before(model, nodes, nodes.index(first))
+    steps = chain(first, dict(model.named_modules()), set(calls))
+    site = (steps or [first])[-1]
+    at = nodes.index(site) + 1
+    later = set(nodes[at:])
+    cut = [n for n in nodes[:at] if n.op != "get_attr" and any(u in later for u in n.users)]
+    if site not in cut:  # nothing reads the player's output: there is nothing to ablate after it
+        return split_before(model, nodes, nodes.index(first))
+    split = _cut(model, nodes, at, cut)
+    split.outputs = {first.target: cut.index(site)}
+    split.points, split.chains = insert_points(split.suffix, set(players) - {first.target})
+    split.chains[first.target] = chain_module(model, steps, first)
     return split
 
 
 def split_before(model: nn.Module, nodes: list[fx.Node], first: int) -> Split:
-    """Cut just before node `first` (a player layer): the player runs, and is ablated by its hook, in the suffix."""
+    """Cut just before node `first` (a player layer): the players run, and are ablated by hooks, in the suffix."""
     later = set(nodes[first:])
     return _cut(model, nodes, first, [n for n in nodes[:first] if n.op != "get_attr" and any(u in later for u in n.users)])
 
@@ -119,30 +137,59 @@ def cache_eval_set(split: Split, batches: Sequence[tuple[torch.Tensor, torch.Ten
     cuts, labels = [], []
     with torch.inference_mode():
         for inputs, y in batches:
-            cuts.append(tuple(v.clone() if isinstance(v, torch.Tensor) else v for v in split.prefix(inputs)))
+            cuts.append(tuple(_channels_last(v.clone()) if isinstance(v, torch.Tensor) else v for v in split.prefix(inputs)))
             labels.append(y)
     return EvalSet(cuts, labels)
 
 
-class Ablator:
-    """V(removed): the metric of the suffix with the removed units set to their mean activation.
+def _channels_last(v: torch.Tensor) -> torch.Tensor:
+    """Image-like values in channels-last order: oneDNN's convolutions and pooling run several times faster so."""
+    return v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
 
-    `layers` lists (module path, units); players are numbered layer after layer. Several coalitions
-    are evaluated in one forward (the cached batch repeated, each copy with its own units removed).
+
+def _suffix_copy(split: Split) -> tuple[nn.Module, dict[int, Any]]:
+    """The suffix in channels-last order, a copy (the worker's model keeps its own layout for the other stages),
+    with the map from each original submodule's id to its copy; the suffix itself when it cannot be copied."""
+    memo: dict[int, Any] = {}
+    try:
+        suffix = copy.deepcopy(split.suffix, memo).to(memory_format=torch.channels_last)
+    except Exception:  # noqa: BLE001 - an uncopyable model is evaluated as it is
+        return split.suffix, {}
+    return suffix, memo
+
+
+class Ablator:
+    """V(removed): the metric of the suffix with the removed units set to their mean activation, for the whole
+    evaluation set and for each class's images, from the same forward.
+
+    `layers` lists (module path, units); players are numbered layer after layer. `mean_maps` are shaped like one
+    image's output of each layer. Several coalitions are evaluated in one forward (the cached batch repeated, each
+    copy with its own units removed).
     """
 
     def __init__(self, split: Split, layers: Sequence[tuple[str, int]], mean_maps: Sequence[np.ndarray],
-                 eval_set: EvalSet, metric: str, device: str = "cpu") -> None:
+                 eval_set: EvalSet, metric: str, device: str = "cpu", classes: int | None = None) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
         self.split, self.eval_set, self.metric, self.device = split, eval_set, metric, device
+        self.classes = classes if classes is not None else 1 + max((int(y.max()) for y in eval_set.labels if len(y)),
+                                                                   default=0)
         self.offsets = np.cumsum([0] + [units for _, units in layers])
         self.means = [torch.tensor(np.asarray(m, np.float32), device=device) for m in mean_maps]
+        self.fills = [site_value(split.chains[name], m) if name in split.chains else m
+                      for (name, _), m in zip(layers, self.means)]
         self.masks: list[torch.Tensor | None] = [None] * len(layers)
-        modules = dict(split.suffix.named_modules())
-        self.handles = [modules[name].register_forward_hook(self._hook(i))
-                        for i, (name, _) in enumerate(layers) if name not in split.outputs]
+        self.suffix, copies = _suffix_copy(split)
+        self.points = {i: copies.get(id(split.points[name]), split.points[name])
+                       for i, (name, _) in enumerate(layers) if name in split.points}
+        for i, point in self.points.items():
+            point.fill = self.fills[i]
         self.cached = {split.outputs[name]: i for i, (name, _) in enumerate(layers) if name in split.outputs}
+        modules = dict(self.suffix.named_modules())
+        hooked = [i for i, (name, _) in enumerate(layers) if name not in split.outputs and name not in split.points]
+        self.handles = [modules[layers[i][0]].register_forward_hook(self._hook(i)) for i in hooked]
+        self.class_counts = np.bincount(np.concatenate([y.numpy() for y in eval_set.labels] or [np.zeros(0, int)]),
+                                        minlength=self.classes)[:self.classes]
         self.evaluations = 0
 
     @property
@@ -151,47 +198,55 @@ class Ablator:
 
     def _hook(self, index: int):
         def hook(_module: nn.Module, _inputs, out: torch.Tensor) -> torch.Tensor | None:
-            return None if self.masks[index] is None else self._ablate(index, out.clone())  # `out` may alias an input
+            mask = self.masks[index]
+            return None if mask is None else ablate(out.clone(), mask, self.fills[index])  # `out` may alias an input
         return hook
 
-    def _ablate(self, index: int, out: torch.Tensor) -> torch.Tensor:
-        """`out` (a player layer's output for the repeated batch), its removed units set to their mean, in place:
-        only the removed (row, unit) maps are written (a broadcast `where` rewrites all of them, several times slower)."""
-        rows, units = self.masks[index].nonzero(as_tuple=True)
-        mean = self.means[index] if out.dim() == 4 else self.means[index].reshape(len(self.means[index]), -1)[:, 0]
-        out[rows, units] = mean[units].to(out.dtype)
-        return out
-
     def evaluate(self, removed: np.ndarray) -> np.ndarray:
-        """float64 [C]: the metric for each row of `removed` (bool [C, players])."""
+        """float64 [C, 1 + classes]: for each row of `removed` (bool [C, players]), the metric on every evaluation
+        image (column 0), then on each class's images (NaN for a class with none)."""
         removed = np.atleast_2d(np.asarray(removed, bool))
-        c = len(removed)
-        totals = np.zeros(c)
-        count = 0
+        totals = np.zeros((len(removed), self.classes))
         with torch.inference_mode():
             for cut, y in zip(self.eval_set.cuts, self.eval_set.labels):
-                b = len(y)
-                rows = torch.as_tensor(np.repeat(removed, b, axis=0), device=self.device)  # [C*B, players]
-                for i in range(len(self.masks)):
-                    block = rows[:, self.offsets[i]:self.offsets[i + 1]]
-                    self.masks[i] = block if bool(block.any()) else None
-                inputs = [v.repeat(c, *([1] * (v.dim() - 1))) if isinstance(v, torch.Tensor) else v for v in cut]
-                for at, i in self.cached.items():  # `repeat` made a copy: the cache is never written
-                    if self.masks[i] is not None:
-                        self._ablate(i, inputs[at])
-                logits = self.split.suffix(*inputs).float().reshape(c, b, -1)
-                totals += self._score(logits, y.to(self.device)).cpu().double().numpy()
-                count += b
+                size = sum(v.element_size() * v.nelement() for v in cut if isinstance(v, torch.Tensor))
+                group = max(1, FORWARD_BYTES[self.device.startswith("cuda")] // max(size, 1))  # coalitions per forward
+                for s in range(0, len(removed), group):
+                    totals[s:s + group] += self._forward(cut, y.to(self.device), removed[s:s + group])
         self.masks = [None] * len(self.masks)
-        self.evaluations += c
-        return totals / max(count, 1)
+        for point in self.points.values():
+            point.removed = None
+        self.evaluations += len(removed)
+        whole = totals.sum(axis=1, keepdims=True) / max(int(self.class_counts.sum()), 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            by_class = np.where(self.class_counts > 0, totals / self.class_counts, np.nan)
+        return np.concatenate([whole, by_class], axis=1)
+
+    def _forward(self, cut: tuple, y: torch.Tensor, removed: np.ndarray) -> np.ndarray:
+        """float64 [C, classes]: the summed per-image metric of each class for C coalitions in one forward (the
+        cached batch repeated C times)."""
+        c, b = len(removed), len(y)
+        rows = torch.as_tensor(np.repeat(removed, b, axis=0), device=self.device)  # [C*B, players]
+        for i in range(len(self.masks)):
+            block = rows[:, self.offsets[i]:self.offsets[i + 1]]
+            self.masks[i] = block if bool(block.any()) else None
+            if i in self.points:
+                self.points[i].removed = self.masks[i]
+        inputs = [_channels_last(v.repeat(c, *([1] * (v.dim() - 1))) if c > 1 else v.clone())
+                  if isinstance(v, torch.Tensor) else v for v in cut]
+        for at, i in self.cached.items():  # a copy: the cache is never written
+            if self.masks[i] is not None:
+                ablate(inputs[at], self.masks[i], self.fills[i])
+        logits = self.suffix(*inputs).float().reshape(c, b, -1)
+        per_class = torch.zeros(c, self.classes, device=self.device).index_add_(1, y, self._score(logits, y))
+        return per_class.cpu().double().numpy()
 
     def _score(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per coalition, the sum over the batch: correct predictions, or minus the cross-entropy."""
+        """float32 [C, B]: per coalition and image, 1 for a correct prediction (else 0), or the log-probability."""
         if self.metric == "accuracy":
-            return (logits.argmax(dim=2) == y[None]).sum(dim=1)
+            return (logits.argmax(dim=2) == y[None]).float()
         logp = F.log_softmax(logits, dim=2)
-        return logp.gather(2, y[None, :, None].expand(len(logits), -1, 1))[..., 0].sum(dim=1)
+        return logp.gather(2, y[None, :, None].expand(len(logits), -1, 1))[..., 0]
 
     def close(self) -> None:
         for handle in self.handles:

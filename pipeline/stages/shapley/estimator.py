@@ -25,45 +25,51 @@ class WalkSettings:
     chunk: int = 8  # coalitions evaluated per forward (fixed: results must not depend on workers)
 
 
-def walk(evaluate: Evaluate, order: np.ndarray, chosen: np.ndarray, v_full: float, v_none: float,
-         settings: WalkSettings) -> np.ndarray:
-    """float64 [players]: the chosen players' marginal contributions in this permutation (NaN for the
-    others: not sampled).
+def walk(evaluate: Evaluate, order: np.ndarray, chosen: np.ndarray, v_full: np.ndarray | float,
+         v_none: np.ndarray | float, settings: WalkSettings) -> np.ndarray:
+    """float64 [players, M]: the chosen players' marginal contributions in this permutation, for each of the M
+    columns `evaluate` returns (the whole metric, then per class); NaN rows for the others (not sampled).
 
     V is needed only just before and just after each chosen player's removal: with every player
-    chosen that is the whole walk; with a few, a few evaluations of the permutation's prefixes."""
+    chosen that is the whole walk; with a few, a few evaluations of the permutation's prefixes, and the
+    walk stops at the last chosen player. Truncation looks at column 0 (the whole metric)."""
     players = len(order)
-    out = np.full(players, np.nan)
     at = np.flatnonzero(chosen[order])  # positions of the chosen players in the permutation
-    if not len(at):
-        return out
     needed = np.union1d(at, at + 1)  # prefix lengths k: V with order[:k] removed
     needed = needed[needed > 0]
-    value = {0: v_full}
+    value = {0: np.atleast_1d(np.asarray(v_full, float))}
+    v_none = float(np.atleast_1d(v_none)[0])
     near = 0
     for start in range(0, len(needed), settings.chunk):
         ks = needed[start:start + settings.chunk]
         masks = np.zeros((len(ks), players), bool)
         for t, k in enumerate(ks):
             masks[t, order[:k]] = True
-        for k, v in zip(ks, evaluate(masks)):
-            value[int(k)] = float(v)
-            near = near + 1 if abs(v - v_none) < settings.tolerance else 0
+        rows = np.atleast_2d(evaluate(masks).T).T  # a 1-D evaluator (tests) gives one column
+        for k, v in zip(ks, rows):
+            value[int(k)] = v
+            near = near + 1 if abs(v[0] - v_none) < settings.tolerance else 0
             if near >= settings.patience:  # truncated: whatever comes after contributes nothing
-                for j in at:
-                    out[order[j]] = value[j] - value[j + 1] if j + 1 <= k else 0.0
-                return out
+                return _marginals(order, at, value, int(k))
+    return _marginals(order, at, value, players)
+
+
+def _marginals(order: np.ndarray, at: np.ndarray, value: dict[int, np.ndarray], reached: int) -> np.ndarray:
+    """Each chosen player's V(before) - V(after) (0 beyond `reached`, where the walk was truncated)."""
+    out = np.full((len(order), len(value[0])), np.nan)
     for j in at:
-        out[order[j]] = value[j] - value[j + 1]
+        out[order[j]] = value[j] - value[j + 1] if j + 1 <= reached else 0.0
     return out
 
 
 @dataclass
 class SampleStats:
-    """Running per-player sums of the marginal samples (order-independent, so exact across workers)."""
+    """Running per-player sums of the marginal samples, per column (the whole metric, then each class);
+    order-independent, so exact across workers. `weight` counts a sample once (a warm start carries
+    earlier samples at less)."""
 
-    count: np.ndarray
-    total: np.ndarray
+    count: np.ndarray  # float64 [players]: the (weighted) number of samples
+    total: np.ndarray  # float64 [players, M]
     squares: np.ndarray
     low: np.ndarray
     high: np.ndarray
@@ -71,29 +77,33 @@ class SampleStats:
     permutations: int = 0
 
     @classmethod
-    def empty(cls, players: int) -> SampleStats:
-        z = np.zeros(players)
-        return cls(z.astype(np.int64), z.copy(), z.copy(), np.full(players, np.inf), np.full(players, -np.inf))
+    def empty(cls, players: int, columns: int = 1) -> SampleStats:
+        z = np.zeros((players, columns))
+        return cls(np.zeros(players), z, z.copy(), np.full_like(z, np.inf), np.full_like(z, -np.inf))
 
     def add(self, samples: np.ndarray) -> None:
-        """One walk's marginals (NaN: not sampled)."""
-        seen = ~np.isnan(samples)
-        x = np.where(seen, samples, 0.0)
+        """One walk's marginals [players, M] (NaN rows: not sampled)."""
+        samples = samples.reshape(len(self.count), -1)
+        seen = ~np.isnan(samples[:, 0])
+        x = np.where(seen[:, None], samples, 0.0)
         self.count += seen
         self.total += x
         self.squares += x * x
-        self.low = np.where(seen, np.minimum(self.low, x), self.low)
-        self.high = np.where(seen, np.maximum(self.high, x), self.high)
+        self.low = np.where(seen[:, None], np.minimum(self.low, x), self.low)
+        self.high = np.where(seen[:, None], np.maximum(self.high, x), self.high)
         self.permutations += 1
 
     @property
     def mean(self) -> np.ndarray:
-        return np.divide(self.total, self.count, out=np.zeros(len(self.total)), where=self.count > 0)
+        """float64 [players, M] (0 where a player has no sample)."""
+        n = self.count[:, None]
+        return np.divide(self.total, n, out=np.zeros_like(self.total), where=n > 0)
 
     def bound(self, delta: float) -> np.ndarray:
-        """Empirical Bernstein half-width (Maurer & Pontil; as the paper): inf below 2 samples."""
-        n = self.count.astype(float)
-        var = np.divide(self.squares - n * self.mean ** 2, n - 1, out=np.zeros(len(n)), where=n > 1)
+        """[players, M] empirical Bernstein half-width (Maurer & Pontil; as the paper): inf below 2 samples."""
+        n = np.broadcast_to(self.count[:, None], self.total.shape)
+        mean = self.mean
+        var = np.divide(self.squares - n * mean ** 2, n - 1, out=np.zeros_like(mean), where=n > 1)
         spread = np.where(n > 0, self.high - self.low, 0.0)
         log = np.log(2 / delta)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -102,47 +112,49 @@ class SampleStats:
 
 
 def unsettled(stats: SampleStats, top_k: int, delta: float) -> np.ndarray:
-    """bool [players]: players whose place in or out of the top k is not yet settled (the paper's
-    rule: v - CB < thresh < v + CB, thresh the (k+1)-th largest mean)."""
+    """bool [players]: players whose place in or out of the top k (of the whole metric) is not yet settled
+    (the paper's rule: v - CB < thresh < v + CB, thresh the (k+1)-th largest mean)."""
     players = len(stats.count)
-    cb = stats.bound(delta)
+    cb = stats.bound(delta)[:, 0]
     if top_k >= players:
         return ~np.isfinite(cb)
-    mean = stats.mean
+    mean = stats.mean[:, 0]
     thresh = np.sort(mean)[::-1][top_k]
     return (mean - cb < thresh) & (thresh < mean + cb)
 
 
 @dataclass(frozen=True)
-class ShapleyResult:
-    value: np.ndarray  # float64 [players]
+class Estimate:
+    """One estimator's values per player: column 0 for the whole metric, then one column per class."""
+
+    estimator: str  # 'tmc' (Shapley) | 'banzhaf'
+    value: np.ndarray  # float64 [players, M]
     ci_low: np.ndarray
     ci_high: np.ndarray
-    samples: np.ndarray  # int64
-    v_full: float
-    v_none: float
+    samples: np.ndarray  # int64 [players]: marginals sampled (TMC) or coalitions evaluated (Banzhaf)
     evaluations: int
-    permutations: int
-    rounds: int
-    history: list = field(default_factory=list)  # per round: (evaluations so far, unsettled players)
+    details: dict = field(default_factory=dict)  # for the manifest
 
 
-def summarize(stats: SampleStats, v_full: float, v_none: float, rounds: int, ci_delta: float,
-              history: list) -> ShapleyResult:
-    """Values with their confidence interval (empirical Bernstein at 1 - ci_delta)."""
+def summarize(stats: SampleStats, rounds: int, ci_delta: float, history: list, **details) -> Estimate:
+    """TMC values with their confidence interval (empirical Bernstein at 1 - ci_delta)."""
     cb = stats.bound(ci_delta)
     mean = stats.mean
-    return ShapleyResult(mean, mean - cb, mean + cb, stats.count.copy(), v_full, v_none, stats.evaluations,
-                         stats.permutations, rounds, history)
+    return Estimate("tmc", mean, mean - cb, mean + cb, np.rint(stats.count).astype(np.int64), stats.evaluations,
+                    {"rounds": rounds, "permutations": stats.permutations, "evaluations": stats.evaluations,
+                     "unsettled_per_round": [int(u) for _, u in history], **details})
 
 
 @dataclass(frozen=True)
 class ShapleyOutput:
     """What the stage hands the catalog writer."""
 
-    result: ShapleyResult
+    estimates: list[Estimate]
+    v_full: np.ndarray  # float64 [M]: V with no unit removed, whole metric then per class
+    v_none: np.ndarray
     ablation: list  # (N, method, value, drop, removed bool [players] of the first draw)
     eval_images: int
+    warm_start: dict | None = None
 
 
 ABLATION_COUNTS = (1, 2, 5, 10, 20)
@@ -156,7 +168,7 @@ def ablation_coalitions(values: np.ndarray, single_effect: np.ndarray, seed: int
     rng = np.random.default_rng([seed, 7])
     out = []
     for n in (n for n in ABLATION_COUNTS if n <= players):
-        for method, pick in (("shapley", np.argsort(-values, kind="stable")[:n]),
+        for method, pick in (("values", np.argsort(-values, kind="stable")[:n]),
                              ("single_ablation", np.argsort(-single_effect, kind="stable")[:n])):
             out.append((n, method, np.isin(np.arange(players), pick)))
         for _ in range(draws):

@@ -1,4 +1,4 @@
-"""[stages.shapley]: the metric, the players and the bandit of Neuron Shapley."""
+"""[stages.shapley]: the metric, the players, the estimators and the bandit of the importance stage."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pipeline.errors import UserError
 from pipeline.job.checks import at_least_one
 
+ESTIMATORS = ("auto", "tmc", "banzhaf", "both")
+AUTO_TMC_PLAYERS = 256  # "auto": Shapley by truncated Monte-Carlo up to this many players, Banzhaf above
+
 
 @dataclass(frozen=True)
 class ShapleySettings:
@@ -14,23 +17,39 @@ class ShapleySettings:
     eval_images: int = 256  # a seeded subset of the labelled images
     target_class: int = -1  # -1: the whole metric; N: the metric on class N's images
     layers: tuple[str, ...] = ()  # player layers (paths or globs among model.layers); empty: all of them
+    estimator: str = "auto"  # "tmc" (Shapley) | "banzhaf" (MSR) | "both" | "auto" (see AUTO_TMC_PLAYERS)
     top_k: int = 10  # the bandit settles membership in the top k
     rounds: int = 30  # at most this many rounds of permutations
     permutations_per_round: int = 8
     bandit: bool = True  # false: plain truncated Monte-Carlo (every player sampled in every walk)
+    antithetic: bool = True  # each round's second half walks the first half's permutations reversed
     tolerance: float = 0.01  # truncate a walk once V stays within this of V(all units removed)...
     patience: int = 6  # ... for this many evaluations in a row (tolerance 0: never truncate)
     delta: float = 0.2  # the bandit's confidence parameter (the paper's)
     ci_delta: float = 0.05  # reported intervals hold with probability 1 - ci_delta
+    banzhaf_samples: int = 1024  # random coalitions evaluated by the Banzhaf estimator
+    banzhaf_keep: float = 0.5  # the probability a unit stays in a Banzhaf coalition (0.5: the Banzhaf value)
+    bootstrap: int = 200  # Poisson bootstrap resamplings for the Banzhaf intervals
+
+
+def estimators(s: ShapleySettings, players: int) -> tuple[str, ...]:
+    """The estimators a run uses: "auto" is TMC up to AUTO_TMC_PLAYERS players, Banzhaf above."""
+    if s.estimator == "auto":
+        return ("tmc",) if players <= AUTO_TMC_PLAYERS else ("banzhaf",)
+    return ("tmc", "banzhaf") if s.estimator == "both" else (s.estimator,)
 
 
 def check(s: ShapleySettings, key: str) -> None:
     if s.metric not in ("accuracy", "cross_entropy"):
         raise UserError(f"job key '{key}.metric' must be \"accuracy\" or \"cross_entropy\", got {s.metric!r}.")
-    for name in ("delta", "ci_delta"):
+    if s.estimator not in ESTIMATORS:
+        raise UserError(f"job key '{key}.estimator' must be one of {', '.join(map(repr, ESTIMATORS))}, got {s.estimator!r}.")
+    for name in ("delta", "ci_delta", "banzhaf_keep"):
         if not 0 < getattr(s, name) < 1:
             raise UserError(f"job key '{key}.{name}' must be between 0 and 1, got {getattr(s, name)}.")
     if s.tolerance < 0:
         raise UserError(f"job key '{key}.tolerance' must be 0 or more, got {s.tolerance}.")
+    if s.bootstrap < 0:
+        raise UserError(f"job key '{key}.bootstrap' must be 0 or more, got {s.bootstrap}.")
     at_least_one({f"{key}.{name}": getattr(s, name)
-                  for name in ("eval_images", "top_k", "rounds", "permutations_per_round", "patience")})
+                  for name in ("eval_images", "top_k", "rounds", "permutations_per_round", "patience", "banzhaf_samples")})

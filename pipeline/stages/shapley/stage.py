@@ -1,5 +1,7 @@
-"""The shapley stage (Neuron Shapley): how much of the model's accuracy rests on each player unit, with a
-confidence interval, and the ablation check; computed for the model as a whole, so reused all or nothing."""
+"""The shapley stage (importance): how much of the model's metric rests on each player unit, as a Shapley value
+(Neuron Shapley's truncated Monte-Carlo) and/or a Banzhaf value, for the whole evaluation set and for each class
+from the same evaluations, with intervals, and the ablation check; computed for the model as a whole, so reused
+all or nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 
 from catalog_schema import Catalog
-from catalog_schema.layout import SHAPLEY_COLUMNS
+from catalog_schema.layout import BANZHAF_COLUMNS, SHAPLEY_COLUMNS
 from pipeline.errors import UserError
 from pipeline.inputs.batches import iter_batches
 from pipeline.inputs.fingerprints import json_fingerprint
@@ -23,7 +25,7 @@ from pipeline.stages.shapley import estimator as est
 from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model
 from pipeline.stages.shapley.rounds import run_estimator
 from pipeline.stages.shapley.settings import ShapleySettings, check
-from pipeline.stages.shapley.write import copy_shapley, write_shapley
+from pipeline.stages.shapley.write import TABLES, copy_shapley, write_shapley
 
 if TYPE_CHECKING:
     from pipeline.catalog.writer import Draft
@@ -36,6 +38,8 @@ ROUNDS = "rounds.pkl"  # the stage's checkpoint: the state after the last finish
 class ShapleyPart:
     players: tuple[tuple[str, int], ...]  # player layers (path, units)
     eval_set: tuple[ImageRecord, ...]  # the evaluation images
+    shapes: tuple[tuple[int, ...], ...] = ()  # each player layer's output shape for one image
+    classes: tuple[str, ...] = ()  # the class names, in label-index order
 
 
 class ShapleyStage(Stage):
@@ -48,8 +52,11 @@ class ShapleyStage(Stage):
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> ShapleyPart:
         cfg = self.settings(plan.job)
-        part = ShapleyPart(player_layers(cfg, model, plan.layers), eval_records(plan.images, cfg, plan.job.seed))
+        players = player_layers(cfg, model, plan.layers)
+        shapes = {info.name: tuple(info.shape) for info in plan.layers}
         classes = plan.images.classes
+        part = ShapleyPart(players, eval_records(plan.images, cfg, plan.job.seed), tuple(shapes[n] for n, _ in players),
+                           tuple(classes))
         if not isinstance(survey.output, tuple) or len(survey.output) != 2 or survey.output[1] < len(classes):
             raise UserError(f"stage 'shapley' scores the model's class outputs, but the model returns {survey.output} for "
                             f"{len(classes)} classes in data.images ({', '.join(classes)}): it needs "
@@ -66,14 +73,16 @@ class ShapleyStage(Stage):
     def load(self, plan: RunPlan, previous: Catalog, layers: list[str]) -> dict:
         """The previous run's tables, manifest sections and units columns (the model and evaluation set are unchanged)."""
         units = previous.arrow("units")
-        values = zip(*(units.column(c).to_pylist() for c in ("layer", "unit", *SHAPLEY_COLUMNS)))
-        return {"shapley": previous.arrow("shapley"), "shapley_ablation": previous.arrow("shapley_ablation"),
+        values = zip(*(units.column(c).to_pylist() for c in ("layer", "unit", *SHAPLEY_COLUMNS, *BANZHAF_COLUMNS)))
+        return {**{table: previous.arrow(table) for table in TABLES},
                 "manifest": previous.manifest["shapley"], "settings": previous.manifest["settings"]["shapley"],
-                "units": {(layer, unit): tuple(rest) for layer, unit, *rest in values if rest[0] is not None}}
+                "units": {(layer, unit): tuple(rest) for layer, unit, *rest in values
+                          if rest[0] is not None or rest[len(SHAPLEY_COLUMNS)] is not None}}
 
     def other_checkpoints(self, plan: RunPlan) -> dict[str, int]:
-        saved = plan.saved(self.name, ROUNDS)
-        return {"Shapley round(s)": saved[2] if saved else 0}
+        saved = plan.saved(self.name, ROUNDS) or {}
+        return {"Shapley round(s)": saved["tmc"][2] if "tmc" in saved else 0,
+                **({"Banzhaf coalition(s)": len(saved["banzhaf"])} if "banzhaf" in saved else {})}
 
     def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: dict | None) -> Any:
         if reused is not None:
@@ -81,7 +90,8 @@ class ShapleyStage(Stage):
         cfg, part = self.settings(plan.job), plan.parts[self.name]
         layers = list(part.players)
         maps = results["activations"].layers
-        setup = driver.share((list(part.eval_set), layers, [maps[name].mean_map for name, _ in layers], cfg.metric))
+        means = [maps[name].mean_map.reshape(shape) for (name, _), shape in zip(layers, part.shapes)]
+        setup = driver.share((list(part.eval_set), layers, means, cfg.metric, len(part.classes)))
         images: list[int] = []
 
         def evaluate(items: list[np.ndarray]) -> list[np.ndarray]:
@@ -95,13 +105,14 @@ class ShapleyStage(Stage):
         walks = lambda orders, chosen, v_full, v_none, settings: driver.map(  # noqa: E731
             walk_permutation, orders, setup, chosen, v_full, v_none, settings)
         players = sum(units for _, units in layers)
-        result, ablation = run_estimator(evaluate, walks, players, cfg, plan.job.seed, driver.load(ROUNDS),
-                                         lambda state: driver.save(ROUNDS, state))
-        return est.ShapleyOutput(result, ablation, images[0])
+        estimates, v_full, v_none, ablation = run_estimator(evaluate, walks, players, cfg, plan.job.seed,
+                                                            driver.load(ROUNDS), lambda state: driver.save(ROUNDS, state))
+        return est.ShapleyOutput(estimates, v_full, v_none, ablation, images[0])
 
     def write(self, draft: Draft, plan: RunPlan, result: Any) -> None:
         if isinstance(result, est.ShapleyOutput):
-            write_shapley(draft, plan.parts[self.name].players, self.settings(plan.job), result)
+            part = plan.parts[self.name]
+            write_shapley(draft, part.players, self.settings(plan.job), result, list(part.classes))
         else:
             copy_shapley(draft, result)
 
@@ -137,14 +148,14 @@ def eval_records(images: ImageSet, cfg: ShapleySettings, seed: int) -> tuple[Ima
 
 def _ablator(worker: Worker, setup: tuple) -> Ablator:
     """The evaluator on an actor: the model split before its first player layer, the evaluation set cached."""
-    records, layers, mean_maps, metric = setup
+    records, layers, mean_maps, metric, classes = setup
     split = split_model(worker.model(), [name for name, _ in layers])
     size = worker.prep.batch_size
     batches = iter_batches(worker.root, [records[s:s + size] for s in range(0, len(records), size)], worker.prep, [],
                            worker.device)
     labels = {r.image_id: r.label_index for r in records}
     pairs = [(b.inputs, torch.as_tensor([labels[int(i)] for i in b.image_ids])) for b in batches]
-    return Ablator(split, layers, mean_maps, cache_eval_set(split, pairs), metric, worker.device)
+    return Ablator(split, layers, mean_maps, cache_eval_set(split, pairs), metric, worker.device, classes)
 
 
 def evaluate_coalitions(worker: Worker, removed: np.ndarray, setup: Shared) -> tuple[np.ndarray, int]:
@@ -153,8 +164,8 @@ def evaluate_coalitions(worker: Worker, removed: np.ndarray, setup: Shared) -> t
     return ablator.evaluate(removed), ablator.eval_set.images
 
 
-def walk_permutation(worker: Worker, order: np.ndarray, setup: Shared, chosen: np.ndarray, v_full: float, v_none: float,
-                     settings: est.WalkSettings) -> tuple[np.ndarray, int]:
+def walk_permutation(worker: Worker, order: np.ndarray, setup: Shared, chosen: np.ndarray, v_full: np.ndarray,
+                     v_none: np.ndarray, settings: est.WalkSettings) -> tuple[np.ndarray, int]:
     """On an actor: one permutation's marginals and the evaluations it took."""
     ablator = worker.memo("shapley", setup, lambda s: _ablator(worker, s))
     before = ablator.evaluations

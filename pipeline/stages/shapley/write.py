@@ -1,5 +1,6 @@
-"""What the shapley stage puts in the catalog: shapley.parquet, shapley_ablation.parquet, the value columns of
-the units table (null for units that are not players) and the manifest's shapley section."""
+"""What the importance stage puts in the catalog: shapley.parquet (TMC) and banzhaf.parquet, the per-class
+values (importance_by_class.parquet), shapley_ablation.parquet, the value columns of the units table (null
+for units that are not players) and the manifest's shapley section."""
 
 from __future__ import annotations
 
@@ -8,48 +9,91 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from catalog_schema.layout import SHAPLEY_COLUMNS
-from pipeline.stages.shapley.estimator import ShapleyOutput
+from catalog_schema.layout import BANZHAF_COLUMNS, SHAPLEY_COLUMNS
+from pipeline.stages.shapley.estimator import Estimate, ShapleyOutput
 from pipeline.stages.shapley.settings import ShapleySettings
 
 if TYPE_CHECKING:
     from pipeline.catalog.writer import Draft
 
+TABLES = ("shapley", "banzhaf", "importance_by_class", "shapley_ablation")
+UNIT_COLUMNS = {"tmc": SHAPLEY_COLUMNS, "banzhaf": BANZHAF_COLUMNS}
+TABLE_OF = {"tmc": "shapley", "banzhaf": "banzhaf"}
 
-def write_shapley(draft: Draft, players: tuple[tuple[str, int], ...], cfg: ShapleySettings, out: ShapleyOutput) -> None:
-    res, units = out.result, draft.units
+
+def write_shapley(draft: Draft, players: tuple[tuple[str, int], ...], cfg: ShapleySettings, out: ShapleyOutput,
+                  classes: list[str]) -> None:
     names = [name for name, n in players for _ in range(n)]
     unit_ids = [u for _, n in players for u in range(n)]
     count = len(names)
-    draft.table("shapley", {
-        "layer": names, "unit": unit_ids, "metric": [cfg.metric] * count, "target_class": [cfg.target_class] * count,
-        "value": res.value, "ci_low": res.ci_low, "ci_high": res.ci_high, "samples": res.samples})
-    label = [f"{n}:{u}" for n, u in zip(names, unit_ids)]
-    draft.table("shapley_ablation", {
-        "metric": [cfg.metric] * len(out.ablation), "target_class": [cfg.target_class] * len(out.ablation),
-        "n": [row[0] for row in out.ablation], "method": [row[1] for row in out.ablation],
-        "value": [row[2] for row in out.ablation], "drop": [row[3] for row in out.ablation],
-        "units": [";".join(label[i] for i in np.flatnonzero(row[4])) for row in out.ablation]})
-    where = {key: i for i, key in enumerate(zip(names, unit_ids))}
-    rows = [where.get((layer, int(unit))) for layer, unit in zip(units["layer"], units["unit"])]
-    for column, values in zip(SHAPLEY_COLUMNS, (res.value, res.ci_low, res.ci_high)):
-        units[column] = [float(values[r]) if r is not None else None for r in rows]  # null: not a player
+    by_class: dict[str, list] = {k: [] for k in ("layer", "unit", "estimator", "metric", "class", "class_name",
+                                                  "value", "ci_low", "ci_high", "samples")}
+    for e in out.estimates:
+        draft.table(TABLE_OF[e.estimator], {
+            "layer": names, "unit": unit_ids, "metric": [cfg.metric] * count, "target_class": [cfg.target_class] * count,
+            "value": e.value[:, 0], "ci_low": e.ci_low[:, 0], "ci_high": e.ci_high[:, 0], "samples": e.samples})
+        _add_by_class(by_class, e, names, unit_ids, cfg.metric, classes)
+        _unit_columns(draft, names, unit_ids, e)
+    draft.table("importance_by_class", by_class)
+    _ablation_table(draft, out, cfg, names, unit_ids)
     draft.manifest["settings"]["shapley"] = asdict(cfg)
+    first = out.estimates[0].details
     draft.manifest["shapley"] = {
-        "players": int(len(res.value)), "layers": [name for name, _ in players],
-        "eval_images": out.eval_images, "v_all": res.v_full, "v_none": res.v_none, "rounds": res.rounds,
-        "permutations": res.permutations, "evaluations": res.evaluations,
-        "unsettled_per_round": [int(u) for _, u in res.history],
+        "players": count, "layers": [name for name, _ in players], "eval_images": out.eval_images,
+        "classes": list(classes), "v_all": float(out.v_full[0]), "v_none": float(out.v_none[0]),
+        "v_all_by_class": _floats(out.v_full[1:]), "v_none_by_class": _floats(out.v_none[1:]),
+        "estimators": [e.estimator for e in out.estimates],
+        **{key: first[key] for key in ("rounds", "permutations", "evaluations", "unsettled_per_round") if key in first},
+        **{e.estimator: e.details for e in out.estimates},
+        "warm_start": out.warm_start,
     }
 
 
+def _floats(values: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in values]
+
+
+def _add_by_class(rows: dict[str, list], e: Estimate, names: list[str], unit_ids: list[int], metric: str,
+                  classes: list[str]) -> None:
+    for c, class_name in enumerate(classes):
+        column = e.value[:, 1 + c]
+        rows["layer"] += names
+        rows["unit"] += unit_ids
+        rows["estimator"] += [e.estimator] * len(names)
+        rows["metric"] += [metric] * len(names)
+        rows["class"] += [c] * len(names)
+        rows["class_name"] += [class_name] * len(names)
+        for key, values in (("value", column), ("ci_low", e.ci_low[:, 1 + c]), ("ci_high", e.ci_high[:, 1 + c])):
+            rows[key] += [None if not np.isfinite(v) else float(v) for v in values]  # null: no image of the class
+        rows["samples"] += [int(s) for s in e.samples]
+
+
+def _unit_columns(draft: Draft, names: list[str], unit_ids: list[int], e: Estimate) -> None:
+    units = draft.units
+    where = {key: i for i, key in enumerate(zip(names, unit_ids))}
+    rows = [where.get((layer, int(unit))) for layer, unit in zip(units["layer"], units["unit"])]
+    for column, values in zip(UNIT_COLUMNS[e.estimator], (e.value[:, 0], e.ci_low[:, 0], e.ci_high[:, 0])):
+        units[column] = [float(values[r]) if r is not None else None for r in rows]  # null: not a player
+
+
+def _ablation_table(draft: Draft, out: ShapleyOutput, cfg: ShapleySettings, names: list[str], unit_ids: list[int]) -> None:
+    label = [f"{n}:{u}" for n, u in zip(names, unit_ids)]
+    ranked = "shapley" if out.estimates[0].estimator == "tmc" else "banzhaf"
+    rows = out.ablation
+    draft.table("shapley_ablation", {
+        "metric": [cfg.metric] * len(rows), "target_class": [cfg.target_class] * len(rows),
+        "n": [row[0] for row in rows], "method": [ranked if row[1] == "values" else row[1] for row in rows],
+        "value": [row[2] for row in rows], "drop": [row[3] for row in rows],
+        "units": [";".join(label[i] for i in np.flatnonzero(row[4])) for row in rows]})
+
+
 def copy_shapley(draft: Draft, previous: dict) -> None:
-    """The previous run's Shapley tables, unit columns and manifest sections, as they were."""
-    for table in ("shapley", "shapley_ablation"):
+    """The previous run's importance tables, unit columns and manifest sections, as they were."""
+    for table in TABLES:
         draft.table(table, previous[table])
     units = draft.units
     values = [previous["units"].get((layer, int(unit))) for layer, unit in zip(units["layer"], units["unit"])]
-    for j, column in enumerate(SHAPLEY_COLUMNS):
+    for j, column in enumerate(SHAPLEY_COLUMNS + BANZHAF_COLUMNS):
         units[column] = [None if v is None else v[j] for v in values]
     draft.manifest["settings"]["shapley"] = previous["settings"]
     draft.manifest["shapley"] = previous["manifest"]
