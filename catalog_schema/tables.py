@@ -77,6 +77,8 @@ SHAPLEY = pa.schema([
     pa.field("ci_low", pa.float32()),
     pa.field("ci_high", pa.float32()),
     pa.field("samples", pa.int64()),
+    pa.field("sample_std", pa.float32()),  # TMC: the standard deviation of the unit's marginal samples (a warm start's input)
+    pa.field("sample_range", pa.float32()),  # TMC: their largest minus their smallest
 ])
 
 BANZHAF = SHAPLEY  # banzhaf.parquet: the same columns; `samples` = the coalitions evaluated
@@ -92,6 +94,8 @@ IMPORTANCE_BY_CLASS = pa.schema([  # each player's value for the metric on one c
     pa.field("ci_low", pa.float32()),
     pa.field("ci_high", pa.float32()),
     pa.field("samples", pa.int64()),
+    pa.field("sample_std", pa.float32()),  # as in shapley.parquet (TMC only)
+    pa.field("sample_range", pa.float32()),
 ])
 
 SHAPLEY_ABLATION = pa.schema([  # the paper's check: the metric after removing N units chosen three ways

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class RunPlan:
     prepared: dict  # what [prepare] made (demo inputs), recorded in the manifest
     parts: dict[str, Any]  # stage name -> the stage's own part of the plan
     compute: dict[str, tuple[str, ...]] | None = None  # per stage the layers to compute (None: all); others are reused
+    priors: dict[str, Any] = field(default_factory=dict)  # stage name -> what it starts from in the previous catalog
 
     @property
     def shard_images(self) -> int:

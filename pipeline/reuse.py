@@ -79,3 +79,11 @@ def load(plan: RunPlan, previous: Catalog | None) -> dict[str, Any]:
         if keep:
             out[name] = STAGES[name].load(plan, previous, keep)
     return out
+
+
+def priors(plan: RunPlan, previous: Catalog | None) -> dict[str, Any]:
+    """Per stage that computes something, what it may start from in the previous catalog (Stage.prior)."""
+    if previous is None or plan.compute is None:
+        return {}
+    found = {name: STAGES[name].prior(plan, previous) for name in plan.stages if plan.compute.get(name)}
+    return {name: value for name, value in found.items() if value is not None}

@@ -95,6 +95,7 @@ def _run(job: JobConfig, address: str | None, catalog: Path, stages: tuple[str, 
     compute, record = reuse.decide(inputs, previous)
     plan = dataclasses.replace(plan, compute=compute, fingerprints={**plan.fingerprints, "inputs": inputs})
     reused = reuse.load(plan, previous)
+    plan = dataclasses.replace(plan, priors=reuse.priors(plan, previous))
     address = address or job.ray.address or os.environ.get("RAY_ADDRESS", "")
     passes = [(stage, name, shards) for stage in plan.stages for name, shards in STAGES[stage].checkpoints(plan)]
     resumed, total = _shards_done(plan, passes), sum(len(shards) for _, _, shards in passes)

@@ -14,6 +14,7 @@ import catalog_schema as cs
 from catalog_schema import Catalog
 from catalog_schema.storage import write_array
 from conftest import check_page, dissection_job
+from test_shapley_run import shapley_job
 from pipeline.cli import main
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -142,4 +143,91 @@ def test_feature_visualizations_show_when_the_catalog_has_them(browser, tmp_path
     assert page.evaluate("document.querySelectorAll('.card img[alt^=\"feature visualization\"]').length") == 4
     page.goto((tmp_path / "site" / "layers" / "conv2.html").as_uri())  # a layer without: examples only
     assert page.evaluate("document.querySelectorAll('.card img[alt^=\"feature visualization\"]').length") == 0
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def importance_sites(tmp_path_factory) -> dict[str, Path]:
+    """test_shapley_run's planted model (classes a_bg, b_warm, c_green): 'banzhaf' values the units of both
+    layers by Banzhaf only; 'both' runs TMC then Banzhaf on relu's units (fc's units are not players)."""
+    sites = {}
+    for name, settings in (("banzhaf", {"estimator": "banzhaf", "banzhaf_samples": 64, "layers": ["relu", "fc"]}),
+                           ("both", {"estimator": "both", "banzhaf_samples": 64})):
+        folder = tmp_path_factory.mktemp(f"render-{name}")
+        assert main(["run", str(shapley_job(folder, **settings))]) == 0
+        assert main(["render", str(folder / "catalog"), "--out", str(folder / "site")]) == 0
+        sites[name] = folder / "site"
+    return sites
+
+
+def _expected_by_layer(values: pd.DataFrame, layers: list[str]) -> list[tuple[str, int, int, int]]:
+    """(layer, players, units among the top 10% (at least 1) by value, units with ci_low > 0), from the table."""
+    n = max(1, len(values) // 10)
+    top = values.sort_values(["value", "layer", "unit"], ascending=[False, True, True]).head(n)
+    return [(layer, int((values["layer"] == layer).sum()), int((top["layer"] == layer).sum()),
+             int(((values["layer"] == layer) & (values["ci_low"] > 0)).sum())) for layer in layers]
+
+
+@pytest.mark.parametrize("name, table, layers, estimator", [
+    ("banzhaf", "banzhaf", ["relu", "fc"], "Banzhaf"),
+    ("both", "shapley", ["relu"], "Shapley (TMC)"),
+], ids=["banzhaf only", "tmc and banzhaf"])
+def test_the_index_charts_important_units_by_layer(browser, importance_sites, name, table, layers, estimator):
+    site = importance_sites[name]
+    values = pd.read_parquet(site.parent / "catalog" / f"{table}.parquet")
+    expected = _expected_by_layer(values, layers)
+    assert sum(positive for *_, positive in expected) >= 2  # the planted units' intervals are above 0
+    assert check_page(browser, (site / "index.html").as_uri()) == ([], [])
+    page = browser.new_page()
+    page.goto((site / "index.html").as_uri())
+    shown = page.eval_on_selector_all(".importance-chart .layer-bars", """groups => groups.map(g => [
+        g.querySelector('.bar-label').textContent, Number(g.querySelector('.top .count').textContent),
+        Number(g.querySelector('.positive .count').textContent)])""")
+    assert shown == [[f"{layer} ({players})", top, positive] for layer, players, top, positive in expected]
+    body = page.inner_text("body")
+    n = max(1, len(values) // 10)
+    assert f"top N = {n} of all {len(values)} players" in body and "10% of the players, at least 1" in body
+    assert f"Units the metric rests on ({estimator} value: accuracy)" in body
+    page.close()
+
+
+def test_a_player_unit_page_shows_one_bar_per_class(browser, importance_sites):
+    """Each player's page: a bar per class of the run's first estimator (Banzhaf alone; TMC when both ran),
+    from zero to its value, with its interval; nothing on a unit that is not a player."""
+    for name, estimator, players in (("banzhaf", "banzhaf", ["relu", "fc"]), ("both", "tmc", ["relu"])):
+        site = importance_sites[name]
+        by_class = pd.read_parquet(site.parent / "catalog" / "importance_by_class.parquet")
+        by_class = by_class[by_class["estimator"] == estimator]
+        page = browser.new_page()
+        for (layer, unit), rows in by_class.groupby(["layer", "unit"]):
+            assert layer in players
+            page.goto((site / "units" / layer / f"{unit}.html").as_uri())
+            shown = page.eval_on_selector_all(".class-importance tbody tr", """rows => rows.map(r => {
+                const bars = r.querySelectorAll('rect.class-bar'), zero = r.querySelector('svg > line:last-child');
+                const bar = bars[0];
+                return [r.querySelector('.class-name').textContent, bars.length, r.querySelector('.class-value').textContent,
+                        Number(bar.getAttribute('x')), Number(bar.getAttribute('width')), Number(zero.getAttribute('x1'))];
+            })""")
+            rows = rows.sort_values("class")
+            assert [s[:3] for s in shown] == [[r.class_name, 1, f"{r.value:.4g} [{r.ci_low:.4g}, {r.ci_high:.4g}]"]
+                                              for r in rows.itertuples()]
+            assert [s[0] for s in shown] == ["a_bg", "b_warm", "c_green"]
+            for (_, _, _, x, width, zero), value in zip(shown, rows["value"]):  # from zero towards the value
+                assert (x == pytest.approx(zero) if value > 0 else x + width == pytest.approx(zero)) or width == 0
+        page.goto((site / "units" / "fc" / "0.html").as_uri())
+        assert page.locator("#importance-by-class").count() == (1 if "fc" in players else 0)
+        page.close()
+
+
+def test_no_class_bars_without_the_per_class_table(browser, tmp_path, importance_sites):
+    """An older catalog (no importance_by_class.parquet): the unit pages have no per-class section."""
+    catalog = tmp_path / "catalog"
+    shutil.copytree(importance_sites["both"].parent / "catalog", catalog, symlinks=True)
+    (catalog / "importance_by_class.parquet").unlink()
+    assert main(["render", str(catalog), "--out", str(tmp_path / "site")]) == 0
+    page = browser.new_page()
+    page.goto((tmp_path / "site" / "units" / "relu" / "1.html").as_uri())
+    assert page.locator("#importance-by-class").count() == 0 and "shapley_ci_low" in page.inner_text("body")
+    page.goto((tmp_path / "site" / "index.html").as_uri())
+    assert page.locator(".importance-chart .layer-bars").count() == 1
     page.close()

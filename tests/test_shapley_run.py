@@ -97,3 +97,31 @@ def test_unlabelled_images_exit_2(tmp_path, capsys):
     job.write_text(job.read_text().replace('images = "images"', 'images = "flat"'))
     assert main(["run", str(job)]) == 2
     assert "stage 'shapley' needs labelled images" in capsys.readouterr().err
+
+
+def test_warm_start_from_the_previous_catalog_saves_evaluations(tmp_path, valued):
+    """A retrained model (fc's class-0 bias moved: the same closed-form values) starts from the previous samples."""
+    import sys
+    import torch
+    sys.path.insert(0, str(Path(__file__).parent / "assets"))
+    from tiny_models import ShapleyPlanted
+    model = ShapleyPlanted()
+    with torch.no_grad():
+        model.fc.bias[0] = 0.1
+    runs = {}
+    for name, previous in (("cold", None), ("warm", valued)):
+        folder = tmp_path / name
+        job = shapley_job(folder)
+        torch.save(model.state_dict(), folder / "tuned.pt")
+        job.write_text(job.read_text().replace("[model]\n", '[model]\nweights = "tuned.pt"\n'))
+        assert main(["run", str(job)] + (["--previous", str(previous)] if previous else [])) == 0
+        runs[name] = Catalog.open(folder / "catalog")
+    cold, warm = (runs[n].manifest["shapley"] for n in ("cold", "warm"))
+    assert cold["warm_start"] is None
+    info = warm["warm_start"]
+    assert info["previous_run_id"] == Catalog.open(valued).manifest["run_id"]
+    assert info["units_carried"] == 3  # the dead unit 2 has no activation correlation to match it by
+    assert info["weight_of_v"] == 1.0 and info["samples_carried"] > 0 and info["evaluations_saved"] > 0
+    assert warm["evaluations"] < cold["evaluations"]
+    for run in runs.values():
+        np.testing.assert_allclose(run.shapley()["value"], [6 / 24, 8 / 24, 0, 2 / 24], atol=1e-6)

@@ -96,9 +96,9 @@ def _small_cnn() -> nn.Module:
                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3))
 
 
-def _exact_shapley(model, layer, x, y, mean_map) -> np.ndarray:
-    """Enumeration over every coalition, with a plain hook: V(K) = minus the mean cross-entropy with
-    the units outside K replaced by their mean map."""
+def _coalition_values(model, layer, x, y, mean_map) -> dict[tuple, np.ndarray]:
+    """Every coalition K (the units kept) -> [whole, class 0, 1, 2]: minus the mean cross-entropy on all images and
+    on each class's images, with the units outside K replaced by their mean map by a plain hook."""
     module = dict(model.named_modules())[layer]
     players = mean_map.shape[0]
     values = {}
@@ -109,18 +109,27 @@ def _exact_shapley(model, layer, x, y, mean_map) -> np.ndarray:
             return torch.where(keep[None, :, None, None], out, torch.as_tensor(mean_map)[None])
         handle = module.register_forward_hook(hook)
         with torch.no_grad():
-            values[kept] = -nn.functional.cross_entropy(model(x), y).item()
+            loss = nn.functional.cross_entropy(model(x), y, reduction="none")
         handle.remove()
-    phi = np.zeros(players)
+        values[kept] = np.array([-loss.mean().item()] + [-loss[y == c].mean().item() for c in range(3)])
+    return values
+
+
+def _exact(values: dict[tuple, np.ndarray], weight) -> np.ndarray:
+    """[players, 4]: sum over coalitions S without i of weight(|S|) * (V(S + i) - V(S))."""
+    players = len(next(iter(values)))
+    phi = np.zeros((players, 4))
     for i in range(players):
         for kept, v in values.items():
-            if kept[i]:
-                continue
-            with_i = tuple(True if j == i else k for j, k in enumerate(kept))
-            size = sum(kept)
-            weight = math.factorial(size) * math.factorial(players - size - 1) / math.factorial(players)
-            phi[i] += weight * (values[with_i] - v)
+            if not kept[i]:
+                with_i = tuple(True if j == i else k for j, k in enumerate(kept))
+                phi[i] += weight(sum(kept), players) * (values[with_i] - v)
     return phi
+
+
+def _exact_shapley(model, layer, x, y, mean_map) -> np.ndarray:
+    return _exact(_coalition_values(model, layer, x, y, mean_map),
+                  lambda size, n: math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n))[:, 0]
 
 
 def test_estimates_match_exact_enumeration_within_their_intervals():
@@ -134,6 +143,64 @@ def test_estimates_match_exact_enumeration_within_their_intervals():
     np.testing.assert_allclose(res.value, exact, atol=0.02 * np.abs(exact).max())
     assert res.value.sum() == pytest.approx(v_full - v_none, abs=1e-9)  # efficiency: every walk telescopes
     assert exact.sum() == pytest.approx(v_full - v_none, abs=1e-5)
+
+
+def _cnn_game(batch=7):
+    model = _small_cnn().eval()
+    torch.manual_seed(4)
+    x, y = torch.randn(30, 3, 8, 8), torch.randint(0, 3, (30,))
+    ablator = _ablator(model, "0", 6, x, y, metric="cross_entropy", batch=batch)
+    return model, x, y, ablator, _coalition_values(model, "0", x, y, ablator.means[0].numpy())
+
+
+def _run(ablator, **settings):
+    cfg = ShapleySettings(metric="cross_entropy", tolerance=0.0, bandit=False, **settings)
+    estimates, v_full, v_none, _ = run_estimator(lambda items: [ablator.evaluate(r) for r in items], _walks(ablator),
+                                                 ablator.players, cfg, seed=1)
+    return estimates, v_full, v_none
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.8])
+def test_banzhaf_matches_exact_enumeration_for_the_whole_metric_and_every_class(keep):
+    _, _, y, ablator, values = _cnn_game()
+    exact = _exact(values, lambda size, n: keep ** size * (1 - keep) ** (n - 1 - size))
+    before = ablator.evaluations
+    (e,), _, _ = _run(ablator, estimator="banzhaf", banzhaf_samples=3000, banzhaf_keep=keep)
+    assert e.estimator == "banzhaf" and e.value.shape == (6, 4) and (e.samples == 3000).all()
+    assert ablator.evaluations - before == 2 + 3000 + 6 + _ablation_rows(6)  # ends, samples, check: none per class
+    np.testing.assert_allclose(e.value, exact, atol=0.06 * np.abs(exact).max())
+    inside = (e.ci_low <= exact) & (exact <= e.ci_high)
+    assert inside.mean() >= 0.85  # 95% intervals, 24 of them
+    assert np.corrcoef(e.value[:, 0], exact[:, 0])[0, 1] > 0.95
+
+
+def _ablation_rows(players: int) -> int:
+    """Coalitions the ablation check evaluates: top-N and single-effect top-N once, random N five times."""
+    return sum(7 for n in sh.ABLATION_COUNTS if n <= players)
+
+
+def test_per_class_shapley_matches_exact_enumeration_and_adds_up_to_the_whole_metric():
+    _, _, y, ablator, values = _cnn_game()
+    exact = _exact(values, lambda size, n: math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n))
+    (e,), v_full, v_none = _run(ablator, estimator="tmc", rounds=40, permutations_per_round=8)
+    assert e.value.shape == (6, 4) and ((e.ci_low <= exact) & (exact <= e.ci_high)).all()
+    np.testing.assert_allclose(e.value, exact, atol=0.03 * np.abs(exact).max())
+    np.testing.assert_allclose(e.value.sum(axis=0), v_full - v_none, atol=1e-9)  # efficiency, class by class
+    share = np.bincount(y.numpy(), minlength=3) / len(y)  # V is the class-weighted mean of the class metrics
+    np.testing.assert_allclose(e.value[:, 1:] @ share, e.value[:, 0], atol=1e-9)
+
+
+def test_a_class_without_evaluation_images_has_no_value():
+    model, x, y, _, _ = _cnn_game()
+    keep = y != 2
+    split = split_model(model, ["0"])
+    pairs = [(x[keep][s:s + 7], y[keep][s:s + 7]) for s in range(0, int(keep.sum()), 7)]
+    means = [_ablator(model, "0", 6, x, y).means[0].numpy()]
+    ablator = Ablator(split, [("0", 6)], means, cache_eval_set(split, pairs), "cross_entropy", classes=3)
+    estimates, v_full, _ = _run(ablator, estimator="both", rounds=2, permutations_per_round=2, banzhaf_samples=16)
+    assert [e.estimator for e in estimates] == ["tmc", "banzhaf"] and np.isnan(v_full[3])
+    for e in estimates:
+        assert np.isnan(e.value[:, 3]).all() and np.isfinite(e.value[:, :3]).all()
 
 
 def test_truncation_and_bandit_save_evaluations_and_keep_the_top():

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from catalog_schema import Catalog
 from pipeline.catalog.query import interpretable_by_category
+
+ESTIMATOR_NAMES = {"tmc": "Shapley", "banzhaf": "Banzhaf"}
+CLASS_LINES = 30  # classes listed one a line; the rest are counted
 
 
 def describe(catalog: Catalog) -> str:
@@ -111,16 +116,22 @@ def _similarity_line(m: dict) -> str:
 
 
 def _shapley_lines(catalog: Catalog, info: dict, settings: dict) -> list[str]:
-    """The players, the top units by Shapley value, and the ablation check."""
+    """The players, each estimator's cost, the top units, the per-class values and the ablation check."""
     target = f", class {settings['target_class']}" if settings["target_class"] >= 0 else ""
-    lines = [f"shapley      {settings['metric']}{target} on {info['eval_images']} images: {info['players']} players in "
-             f"{', '.join(info['layers'])}; V(all) {info['v_all']:.4g}, V(none) {info['v_none']:.4g}; "
-             f"{info['permutations']} permutations in {info['rounds']} rounds, {info['evaluations']} evaluations",
-             "top units by Shapley value (interval at "
-             f"{1 - settings['ci_delta']:.0%}):"]
-    top = catalog.shapley().sort_values(["value", "layer", "unit"], ascending=[False, True, True]).head(10)
-    lines.append(top[["layer", "unit", "value", "ci_low", "ci_high", "samples"]].to_string(
-        index=False, float_format=lambda v: f"{v:.4g}"))
+    estimators = [("tmc" if e == "shapley" else e) for e in info.get("estimators") or ["tmc"]]
+    lines = [f"importance   {settings['metric']}{target} on {info['eval_images']} images: {info['players']} players in "
+             f"{', '.join(info['layers'])}; V(all) {info['v_all']:.4g}, V(none) {info['v_none']:.4g}",
+             "estimators   " + "; ".join(_estimator_cost(e, info) for e in estimators)]
+    if info.get("warm_start"):
+        lines.append(f"warm start   {json.dumps(info['warm_start'], sort_keys=True, default=str)}")
+    values = catalog.importance()
+    if not values.empty:
+        estimator = str(values["estimator"].iloc[0])
+        lines.append(f"top units by {ESTIMATOR_NAMES.get(estimator, estimator)} value ({estimator}; interval at "
+                     f"{1 - settings['ci_delta']:.0%}):")
+        lines.append(_ranked(values).head(10)[["layer", "unit", "value", "ci_low", "ci_high", "samples"]].to_string(
+            index=False, float_format=lambda v: f"{v:.4g}"))
+    lines += _class_lines(catalog, info, estimators[0])
     ablation = catalog.shapley_ablation()
     if not ablation.empty:
         lines.append("metric after removing N units (the paper's check):")
@@ -129,3 +140,54 @@ def _shapley_lines(catalog: Catalog, info: dict, settings: dict) -> list[str]:
         for method, row in chosen.iterrows():
             lines.append(f"  {method}, N = {row['n']}: {row['units']}")
     return lines
+
+
+def _estimator_cost(estimator: str, info: dict) -> str:
+    """What one estimator spent: TMC's permutations, rounds and evaluations, Banzhaf's sampled coalitions."""
+    if estimator == "tmc":
+        d = info.get("tmc") or info  # an older catalog: the TMC keys at the top of the section
+        return (f"tmc (Shapley): {d.get('permutations', '?')} permutations in {d.get('rounds', '?')} rounds, "
+                f"{d.get('evaluations', '?')} evaluations")
+    if estimator == "banzhaf":
+        d = info.get("banzhaf") or {}
+        return (f"banzhaf: {d.get('samples', '?')} sampled coalitions (keep {d.get('keep', '?')}, "
+                f"{d.get('bootstrap', '?')} bootstrap resamplings)")
+    return estimator
+
+
+def _ranked(values: pd.DataFrame) -> pd.DataFrame:
+    return values.sort_values(["value", "layer", "unit"], ascending=[False, True, True], na_position="last")
+
+
+def _class_lines(catalog: Catalog, info: dict, estimator: str) -> list[str]:
+    """Per class: its top 3 units by value and how many are important for it (interval above 0: ci_low > 0);
+    then how many units are important for exactly one class. Empty for a catalog without per-class values."""
+    table = catalog.importance_by_class()
+    table = table[table["estimator"] == estimator]
+    if table.empty:
+        return []
+    v_all, v_none = info.get("v_all_by_class") or [], info.get("v_none_by_class") or []
+    groups = list(table.groupby("class", sort=True))
+    labels = {c: f"{c} {g['class_name'].iloc[0]}" for c, g in groups}
+    width = max(map(len, labels.values()))
+    lines = [f"per class ({estimator}; important = interval above 0; top 3 units by value):"]
+    for c, group in groups[:CLASS_LINES]:
+        top = _ranked(group.dropna(subset=["value"])).head(3)
+        shown = ", ".join(f"{r.layer}:{r.unit} {r.value:.4g}" for r in top.itertuples()) or "no evaluation image"
+        v = f"V(all) {_number(v_all, c)}, V(none) {_number(v_none, c)}"
+        lines.append(f"  {labels[c]:<{width}}  {v}  {int((group['ci_low'] > 0).sum())} important  top {shown}")
+    if len(groups) > CLASS_LINES:
+        lines.append(f"  ... and {len(groups) - CLASS_LINES} more classes (Catalog.importance_by_class() reads them all)")
+    important = table[table["ci_low"] > 0]
+    per_unit = important.groupby(["layer", "unit"])["class_name"].agg(list)
+    one = per_unit[per_unit.map(len) == 1]
+    players = len(table[["layer", "unit"]].drop_duplicates())
+    named = ", ".join(f"{layer}:{unit} {names[0]}" for (layer, unit), names in one.head(10).items())
+    lines.append(f"important for one class only: {len(one)} of {players} units"
+                 + (f" ({named}{', ...' if len(one) > 10 else ''})" if len(one) else "")
+                 + f"; for two or more: {int((per_unit.map(len) > 1).sum())}; for none: {players - len(per_unit)}")
+    return lines
+
+
+def _number(values: list, i: int) -> str:
+    return f"{values[i]:.4g}" if i < len(values) and values[i] is not None else "-"

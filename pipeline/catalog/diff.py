@@ -46,7 +46,7 @@ def diff_catalogs(old: Catalog, new: Catalog, match: str = "auto") -> CatalogDif
             summary.append({"layer": layer, "units_old": 0, "units_new": _count(new, layer), "matched_by": "only in new"})
             continue
         corr, probes = _correlation(sides, layer)
-        pairs, how = _match(corr, match, _count(old, layer), _count(new, layer))
+        pairs, how = match_units(corr, match, _count(old, layer), _count(new, layer))
         layer_rows = [_unit_row(layer, o, n, how, corr, sides) for o, n in pairs]
         rows += layer_rows
         frame = _frame(layer_rows)
@@ -106,11 +106,17 @@ def _correlation(sides: list[_Side], layer: str) -> tuple[np.ndarray | None, int
     for side in sides:
         values, ids = side.catalog.probes(layer)
         columns.append((values, [side.paths[int(i)] for i in ids]))
-    shared = sorted(set(columns[0][1]) & set(columns[1][1]))
+    return correlate(columns[0], columns[1])
+
+
+def correlate(old: tuple[np.ndarray, list[str]], new: tuple[np.ndarray, list[str]]) -> tuple[np.ndarray | None, int]:
+    """Pearson correlation [old units, new units] of (probe activations [units, m], the probe images' paths) over the
+    images both hold, and their number (None below 3 shared images)."""
+    shared = sorted(set(old[1]) & set(new[1]))
     if len(shared) < 3:
         return None, len(shared)
     z = []
-    for values, paths in columns:
+    for values, paths in (old, new):
         where = {p: i for i, p in enumerate(paths)}
         x = values[:, [where[p] for p in shared]].astype(np.float64)
         x -= x.mean(axis=1, keepdims=True)
@@ -119,7 +125,7 @@ def _correlation(sides: list[_Side], layer: str) -> tuple[np.ndarray | None, int
     return z[0] @ z[1].T, len(shared)
 
 
-def _match(corr: np.ndarray | None, match: str, n_old: int, n_new: int) -> tuple[list[tuple[int | None, int | None]], str]:
+def match_units(corr: np.ndarray | None, match: str, n_old: int, n_new: int) -> tuple[list[tuple[int | None, int | None]], str]:
     """Pairs (old unit, new unit) and how they were matched; unmatched units pair with None."""
     same = min(n_old, n_new)
     if match == "correlation" and corr is None:

@@ -27,6 +27,7 @@ from pipeline.errors import UserError
 import pipeline.render.pictures as pictures
 from pipeline.render.chart import concept_chart
 from pipeline.render.diff_page import diff_context
+from pipeline.render.importance import class_bars, importance_context
 from pipeline.render.relations import neighbour_strips, write_search_index
 
 MARKER = ".neuron-catalog-site"  # tells a site this command may replace from any other folder
@@ -151,7 +152,8 @@ def _card(row: dict, slug: str, featvis: bool) -> dict:
 
 
 STATS = ("act_mean", "act_std", "act_max", "act_min", "frac_active", "dead", "label", "category", "iou", "interpretable",
-         "shapley", "shapley_ci_low", "shapley_ci_high", "featvis_activation")
+         "shapley", "shapley_ci_low", "shapley_ci_high", "banzhaf", "banzhaf_ci_low", "banzhaf_ci_high",
+         "featvis_activation")
 
 
 def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, site: Path, info: dict,
@@ -165,6 +167,7 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
     has_filters = catalog.has_array("weights", info["name"])
     has_projections = catalog.has_array("projections", info["name"])
     records = rows.to_dict("records")
+    by_class = class_bars(catalog, info["name"])
     for i, row in enumerate(records):
         u = int(row["unit"])
         mine = concepts.get(u)
@@ -178,6 +181,7 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
             visualizations=[(FEATVIS_VIEWS[v] if v < len(FEATVIS_VIEWS) else f"view {v}", f"img/{info['slug']}/{u}-fv{v}.png")
                             for v in range(views)] + ([("filter", f"img/{info['slug']}/{u}-filter.png")] if has_filters else []),
             concepts=mine.to_dict("records") if mine is not None else [], stats=stats, similar=strips.get(u, []),
+            class_importance=by_class.get(u),
             projections=[(method, f"img/{info['slug']}/{u}-{method}.png") for method in ("deconvnet", "guided")]
             if has_projections else [],
             threshold=float(mine["threshold"].iloc[0]) if mine is not None and len(mine) else 0.0)
@@ -204,22 +208,11 @@ def _index_context(catalog: Catalog, units: pd.DataFrame, layers: list[dict], sl
     context = {"model_kind": model.get("kind", ""), "input_size": model.get("input_size", ""), "data_root": data["root"],
                "images_used": data["used"], "images_total": data["images"], "classes": len(data.get("classes") or []),
                "started": m["started"], "finished": m["finished"], "stages": ", ".join(m["stages_done"]), "layers": layers,
-               "concepts": "", "shapley": [], "shapley_metric": "", "ablation": [], "ablation_methods": []}
+               "concepts": ""}
     if "concepts" in m:
         c = m["concepts"]
         context["concepts"] = f"{c['root']}: {c['labels']} labels in {', '.join(c['categories'])}, {c['used']} images"
-    values = catalog.shapley()
-    if not values.empty:
-        labels = units.set_index(["layer", "unit"])["label"]
-        top = values.sort_values(["value", "layer", "unit"], ascending=[False, True, True]).head(20)
-        context["shapley"] = [{**row, "href": f"units/{slug[row['layer']]}/{int(row['unit'])}.html",
-                               "label": labels.get((row["layer"], row["unit"])) or ""} for row in top.to_dict("records")]
-        context["shapley_metric"] = str(values["metric"].iloc[0])
-        ablation = catalog.shapley_ablation()
-        if not ablation.empty:
-            table = ablation.pivot(index="n", columns="method", values="value")
-            context["ablation_methods"] = list(table.columns)
-            context["ablation"] = [(int(n), [float(v) for v in row]) for n, row in table.iterrows()]
+    context.update(importance_context(catalog, units, slug))
     return context
 
 

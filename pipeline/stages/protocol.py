@@ -109,6 +109,11 @@ class Stage:
         A stage that does not override it is computed in full by every run."""
         return None
 
+    def prior(self, plan: RunPlan, previous: Catalog) -> Any:
+        """What a stage computed anew may start from in the previous catalog (a warm start), read before anything is
+        written; the run gives it back in `plan.priors[name]`. None: nothing."""
+        return None
+
     def reuses(self) -> bool:
         return type(self).load is not Stage.load
 

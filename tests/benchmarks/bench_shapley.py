@@ -1,46 +1,67 @@
-"""Benchmark: evaluations and seconds to find the top-10 Shapley units of the demo model, with the
-bandit vs plain truncated Monte-Carlo, and with vs without the suffix-only forward.
+"""Benchmark: evaluations and seconds to the top-10 units by importance, for the TMC bandit variants against
+plain truncated Monte-Carlo, the Banzhaf (MSR) estimator's agreement with a long TMC reference, and the
+suffix-only forward against the whole model.
 
 Run by hand after `make demo` (it reads the demo job's model and images):
 
-    .venv/bin/python tests/benchmarks/bench_shapley.py [--job jobs/demo.toml] [--reference 200] [--max-rounds 40]
-        [--threads 2]
+    .venv/bin/python tests/benchmarks/bench_shapley.py [--job jobs/demo.toml] [--layers conv1,conv2,conv3,conv4]
+        [--reference 400] [--max-rounds 40] [--banzhaf 256,512,1024] [--keep 0.5,0.8] [--threads 2]
+        [--cache /tmp/reference.npz]
 
-In one process (no Ray), on the job's [stages.shapley] players and evaluation images:
-1. a long plain-TMC run (`--reference` permutations) gives the reference top 10;
-2. plain TMC and the bandit each run rounds of `permutations_per_round` permutations; after each
-   round the current top 10 (by mean) is compared with the reference; reported: evaluations and
-   seconds until the precision first reaches 0.9 and stays there for the rest of the run;
-3. the same evaluations timed with the model run whole (no cached prefix) instead of the suffix.
+In one process (no Ray), on the job's [stages.shapley] players (or --layers) and evaluation images:
+1. a long plain-TMC run (`--reference` permutations, its own seed) gives the reference values and top 10
+   (`--cache` keeps them between runs);
+2. plain TMC and each bandit variant run rounds of `permutations_per_round` permutations; after each round
+   the current top 10 (by mean) is compared with the reference; reported: evaluations and seconds until the
+   precision first reaches 0.9 and stays there for the rest of the run, and the ratio to plain TMC;
+3. Banzhaf with `--banzhaf` coalitions at each `--keep`: Spearman correlation of all values with the
+   reference, top-10 precision, and its evaluations as a share of the reference's;
+4. the same evaluations timed with the model run whole (no cached prefix) instead of the suffix.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
+import pandas as pd
 
 from pipeline.inputs.batches import Preprocess, iter_batches
-from pipeline.job.load import load_job
 from pipeline.inputs.images import list_images
 from pipeline.inputs.model_survey import survey_model
 from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
-from pipeline.stages.shapley.stage import ShapleyStage, eval_records, player_layers
+from pipeline.job.load import load_job
 from pipeline.job.prepare import prepare_inputs
 from pipeline.stages.shapley import estimator as sh
 from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model, whole_model
+from pipeline.stages.shapley.banzhaf import banzhaf_values
+from pipeline.stages.shapley.rounds import banzhaf_rounds, permutations
+from pipeline.stages.shapley.stage import ShapleyStage, eval_records, player_layers
+
+VARIANTS = {  # name: (bandit, antithetic, bound)
+    "plain TMC": (False, False, "bernstein"),
+    "bandit (paper)": (True, False, "bernstein"),
+    "bandit + antithetic": (True, True, "bernstein"),
+    "bandit + normal bound": (True, False, "normal"),
+    "bandit + antithetic + normal": (True, True, "normal"),
+}
 
 
-def setup(job_path: str):
+def setup(job_path: str, layers: str | None):
     job = load_job(job_path)
     prepare_inputs(job)
     cfg = ShapleyStage().settings(job)
+    if layers:
+        cfg = replace(cfg, layers=tuple(layers.split(",")))
     model = build_model(recipe_from_config(job.model)).eval()
     shape = (len(job.model.mean), job.model.input_size, job.model.input_size)
-    layers = survey_model(model, resolve_layers(model, job.model.layers), shape).layers
-    players = list(player_layers(cfg, model, layers))
+    infos = survey_model(model, resolve_layers(model, job.model.layers), shape).layers
+    players = list(player_layers(cfg, model, infos))
+    shapes = {info.name: info.shape for info in infos}
     images = list_images(job.data.images, job.data.limit, job.seed)
     prep = Preprocess(job.model.input_size, job.model.mean, job.model.std, job.data.batch_size)
     groups = [list(images.records[s:s + prep.batch_size]) for s in range(0, len(images.records), prep.batch_size)]
@@ -53,37 +74,46 @@ def setup(job_path: str):
             model(batch.inputs)
     for h in hooks:
         h.remove()
-    means = [(sums[name] / len(images.records)).numpy() for name, _ in players]
+    means = [(sums[name] / len(images.records)).reshape(shapes[name]).numpy() for name, _ in players]
     records = list(eval_records(images, cfg, job.seed))
     eval_groups = [records[s:s + prep.batch_size] for s in range(0, len(records), prep.batch_size)]
     labels = {r.image_id: r.label_index for r in records}
     pairs = [(b.inputs, torch.as_tensor([labels[int(i)] for i in b.image_ids]))
              for b in iter_batches(images.root, eval_groups, prep, [])]
-    return job, cfg, model, players, means, pairs
+    return job, cfg, model, players, means, pairs, len(images.classes)
 
 
-def ablator(model, players, means, pairs, metric: str, suffix: bool) -> Ablator:
+def ablator(model, players, means, pairs, metric: str, classes: int, suffix: bool) -> Ablator:
     split = split_model(model, [name for name, _ in players]) if suffix else whole_model(model)
-    return Ablator(split, players, means, cache_eval_set(split, pairs), metric)
+    return Ablator(split, players, means, cache_eval_set(split, pairs), metric, classes=classes)
 
 
-def run(ab: Ablator, cfg, seed: int, rounds: int, bandit: bool, reference: np.ndarray | None):
-    """Rounds as the runner plays them; per round (evaluations, seconds, precision of the top 10)."""
+def run(ab: Ablator, cfg, seed: int, rounds: int, variant: tuple, reference: np.ndarray | None):
+    """Rounds as the stage plays them; per round (evaluations, seconds, precision of the top k)."""
+    bandit, antithetic, bound = variant
     players = ab.players
     v_full, v_none = ab.evaluate(np.stack([np.zeros(players, bool), np.ones(players, bool)]))
     settings = sh.WalkSettings(cfg.tolerance, cfg.patience)
-    stats, trace, start, spent = sh.SampleStats.empty(players), [], time.perf_counter(), ab.evaluations
-    for r in range(1, rounds + 1):
-        chosen = sh.unsettled(stats, cfg.top_k, cfg.delta) if bandit else np.ones(players, bool)
+    stats, trace, start, spent = sh.SampleStats.empty(players, len(v_full)), [], time.perf_counter(), ab.evaluations
+    for r in range(rounds):
+        chosen = sh.unsettled(stats, cfg.top_k, cfg.delta, bound) if bandit else np.ones(players, bool)
         if not chosen.any():
             break
-        for i in range(cfg.permutations_per_round):
-            order = np.random.default_rng([seed, r, i]).permutation(players)
+        for order in permutations(players, seed, r, cfg.permutations_per_round, antithetic):
             stats.add(sh.walk(ab.evaluate, order, chosen, v_full, v_none, settings))
-        top = np.argsort(-stats.mean, kind="stable")[:cfg.top_k]
-        precision = len(set(top) & set(reference)) / cfg.top_k if reference is not None else float("nan")
-        trace.append((ab.evaluations - spent, time.perf_counter() - start, precision))
+        trace.append((ab.evaluations - spent, time.perf_counter() - start, precision(stats.mean[:, 0], reference, cfg.top_k)))
     return stats, trace
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(pd.Series(a).corr(pd.Series(b), method="spearman"))
+
+
+def precision(values: np.ndarray, reference: np.ndarray | None, k: int) -> float:
+    if reference is None:
+        return float("nan")
+    top = np.argsort(-values, kind="stable")[:k]
+    return len(set(top) & set(np.argsort(-reference, kind="stable")[:k])) / k
 
 
 def first_settled(trace, goal: float = 0.9):
@@ -94,37 +124,35 @@ def first_settled(trace, goal: float = 0.9):
     return None
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--job", default="jobs/demo.toml")
-    ap.add_argument("--reference", type=int, default=200, help="permutations of the long plain-TMC run")
-    ap.add_argument("--max-rounds", type=int, default=40)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    job, cfg, model, players, means, pairs = setup(args.job)
-    suffix = ablator(model, players, means, pairs, cfg.metric, suffix=True)
-    per_round = cfg.permutations_per_round
+def reference_values(ab: Ablator, cfg, permutations_: int, cache: str | None) -> tuple[np.ndarray, int, float]:
+    """Per-player values [players, M] of a long plain TMC run (seed 12345), its evaluations and seconds."""
+    if cache and Path(cache).exists():
+        saved = np.load(cache)
+        if saved["value"].shape[0] == ab.players and int(saved["permutations"]) == permutations_:
+            return saved["value"], int(saved["evaluations"]), float(saved["seconds"])
     t0 = time.perf_counter()
-    ref_stats, _ = run(suffix, cfg, 12345, max(1, args.reference // per_round), False, None)
-    reference = np.argsort(-ref_stats.mean, kind="stable")[:cfg.top_k]
-    print(f"{sum(u for _, u in players)} players in {', '.join(n for n, _ in players)}, {suffix.eval_set.images} "
-          f"evaluation images, metric {cfg.metric}; reference: {ref_stats.permutations} plain TMC permutations "
-          f"({time.perf_counter() - t0:.0f} s), top {cfg.top_k} = {sorted(reference.tolist())}")
-    results = {}
-    for name, bandit in (("plain TMC", False), ("bandit", True)):
-        stats, trace = run(suffix, cfg, job.seed, args.max_rounds, bandit, reference)
-        hit = first_settled(trace)
-        results[name] = hit
-        final = trace[-1]
-        print(f"  {name:10s} top-{cfg.top_k} precision >= 0.9 from "
-              + (f"{hit[0]:6d} evaluations, {hit[1]:6.1f} s" if hit else "never")
-              + f"  (run: {len(trace)} rounds, {final[0]} evaluations, {final[1]:.1f} s, final precision {final[2]:.1f})")
-    if results["plain TMC"] and results["bandit"]:
-        print(f"  bandit / plain TMC: {results['bandit'][0] / results['plain TMC'][0]:.2f}x the evaluations, "
-              f"{results['bandit'][1] / results['plain TMC'][1]:.2f}x the seconds")
-    whole = ablator(model, players, means, pairs, cfg.metric, suffix=False)
-    masks = np.random.default_rng(0).random((64, suffix.players)) < 0.5
+    stats, trace = run(ab, cfg, 12345, max(1, permutations_ // cfg.permutations_per_round), VARIANTS["plain TMC"], None)
+    seconds = time.perf_counter() - t0
+    if cache:
+        np.savez(cache, value=stats.mean, permutations=permutations_, evaluations=trace[-1][0], seconds=seconds)
+    return stats.mean, trace[-1][0], seconds
+
+
+def compare_banzhaf(ab: Ablator, cfg, seed: int, reference: np.ndarray, ref_evaluations: int, sizes, keeps) -> None:
+    for keep in keeps:
+        values = banzhaf_rounds(lambda items: [ab.evaluate(m) for m in items], ab.players,
+                                replace(cfg, banzhaf_samples=max(sizes), banzhaf_keep=keep), seed)
+        for m in sizes:
+            e = banzhaf_values(values[:m], ab.players, seed, keep, 0, cfg.ci_delta)
+            rho = spearman(e.value[:, 0], reference[:, 0])
+            by_class = np.nanmean([spearman(e.value[:, c], reference[:, c]) for c in range(1, e.value.shape[1])])
+            print(f"  Banzhaf keep {keep:.2f}, {m:5d} coalitions ({m / ref_evaluations:6.1%} of the reference's evaluations): "
+                  f"Spearman {rho:.3f} (per class, mean {by_class:.3f}), top-{cfg.top_k} precision "
+                  f"{precision(e.value[:, 0], reference[:, 0], cfg.top_k):.1f}")
+
+
+def time_forward(suffix: Ablator, whole: Ablator) -> None:
+    masks = np.random.default_rng(0).random((32, suffix.players)) < 0.5
     timing = {}
     for name, ab in (("suffix", suffix), ("whole model", whole)):
         ab.evaluate(masks[:8])
@@ -134,8 +162,46 @@ def main() -> None:
         timing[name] = (time.perf_counter() - t0) / len(masks)
         print(f"  {name:11s} {timing[name] * 1000:7.2f} ms per evaluation")
     print(f"  whole model / suffix: {timing['whole model'] / timing['suffix']:.2f}x the seconds per evaluation")
-    np.testing.assert_allclose(suffix.evaluate(masks[:8]), whole.evaluate(masks[:8]), atol=1e-6)
+    np.testing.assert_allclose(suffix.evaluate(masks[:8]), whole.evaluate(masks[:8]), atol=1e-5)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--job", default="jobs/demo.toml")
+    ap.add_argument("--layers", default=None, help="player layers, comma-separated (default: the job's)")
+    ap.add_argument("--reference", type=int, default=400, help="permutations of the long plain-TMC run")
+    ap.add_argument("--max-rounds", type=int, default=40)
+    ap.add_argument("--banzhaf", default="256,512,1024", help="coalition counts for the Banzhaf comparison")
+    ap.add_argument("--keep", default="0.5", help="Banzhaf keep probabilities, comma-separated")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="TMC variants to run (names, comma-separated)")
+    ap.add_argument("--cache", default=None, help="an .npz file keeping the reference between runs")
+    ap.add_argument("--threads", type=int, default=2)
+    return ap
+
+
+def main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    job, cfg, model, players, means, pairs, classes = setup(args.job, args.layers)
+    suffix = ablator(model, players, means, pairs, cfg.metric, classes, suffix=True)
+    reference, ref_evaluations, seconds = reference_values(suffix, cfg, args.reference, args.cache)
+    print(f"{suffix.players} players in {', '.join(n for n, _ in players)}, {suffix.eval_set.images} evaluation images, "
+          f"{classes} classes, metric {cfg.metric}; reference: {args.reference} plain TMC permutations, "
+          f"{ref_evaluations} evaluations ({seconds:.0f} s), top {cfg.top_k} = "
+          f"{sorted(np.argsort(-reference[:, 0], kind='stable')[:cfg.top_k].tolist())}")
+    hits = {}
+    for name in args.variants.split(","):
+        stats, trace = run(suffix, cfg, job.seed, args.max_rounds, VARIANTS[name], reference[:, 0])
+        hits[name] = hit = first_settled(trace)
+        final = trace[-1]
+        ratio = f", {hit[0] / hits['plain TMC'][0]:.2f}x plain TMC's" if hit and hits.get("plain TMC") else ""
+        print(f"  {name:28s} top-{cfg.top_k} precision >= 0.9 from "
+              + (f"{hit[0]:6d} evaluations, {hit[1]:6.1f} s{ratio}" if hit else "never")
+              + f"  (run: {len(trace)} rounds, {final[0]} evaluations, {final[1]:.1f} s, final precision {final[2]:.1f},"
+              f" Spearman {spearman(stats.mean[:, 0], reference[:, 0]):.3f})")
+    compare_banzhaf(suffix, cfg, job.seed, reference, ref_evaluations, [int(m) for m in args.banzhaf.split(",")],
+                    [float(k) for k in args.keep.split(",")])
+    time_forward(suffix, ablator(model, players, means, pairs, cfg.metric, classes, suffix=False))
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

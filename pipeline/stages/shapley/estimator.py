@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
-Evaluate = Callable[[np.ndarray], np.ndarray]  # bool [C, players] removed -> float [C] metric
+Evaluate = Callable[[np.ndarray], np.ndarray]  # bool [C, players] removed -> float [C, M] metric (whole, per class)
 
 
 @dataclass(frozen=True)
@@ -99,23 +100,27 @@ class SampleStats:
         n = self.count[:, None]
         return np.divide(self.total, n, out=np.zeros_like(self.total), where=n > 0)
 
-    def bound(self, delta: float) -> np.ndarray:
-        """[players, M] empirical Bernstein half-width (Maurer & Pontil; as the paper): inf below 2 samples."""
+    def bound(self, delta: float, kind: str = "bernstein") -> np.ndarray:
+        """[players, M] half-width at confidence 1 - delta: empirical Bernstein (Maurer & Pontil; as the paper), or
+        the normal approximation (z * standard error, tighter once there are a few samples); inf below 2 samples."""
         n = np.broadcast_to(self.count[:, None], self.total.shape)
         mean = self.mean
-        var = np.divide(self.squares - n * mean ** 2, n - 1, out=np.zeros_like(mean), where=n > 1)
-        spread = np.where(n > 0, self.high - self.low, 0.0)
-        log = np.log(2 / delta)
+        var = np.maximum(np.divide(self.squares - n * mean ** 2, n - 1, out=np.zeros_like(mean), where=n > 1), 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            cb = np.sqrt(2 * np.maximum(var, 0) * log / n) + 7 / 3 * spread * log / (n - 1)
+            if kind == "normal":
+                cb = NormalDist().inv_cdf(1 - delta / 2) * np.sqrt(var / n)
+            else:
+                spread = np.where(n > 0, self.high - self.low, 0.0)
+                log = np.log(2 / delta)
+                cb = np.sqrt(2 * var * log / n) + 7 / 3 * spread * log / (n - 1)
         return np.where(n > 1, cb, np.inf)
 
 
-def unsettled(stats: SampleStats, top_k: int, delta: float) -> np.ndarray:
+def unsettled(stats: SampleStats, top_k: int, delta: float, kind: str = "bernstein") -> np.ndarray:
     """bool [players]: players whose place in or out of the top k (of the whole metric) is not yet settled
     (the paper's rule: v - CB < thresh < v + CB, thresh the (k+1)-th largest mean)."""
     players = len(stats.count)
-    cb = stats.bound(delta)[:, 0]
+    cb = stats.bound(delta, kind)[:, 0]
     if top_k >= players:
         return ~np.isfinite(cb)
     mean = stats.mean[:, 0]
@@ -134,15 +139,20 @@ class Estimate:
     samples: np.ndarray  # int64 [players]: marginals sampled (TMC) or coalitions evaluated (Banzhaf)
     evaluations: int
     details: dict = field(default_factory=dict)  # for the manifest
+    std: np.ndarray | None = None  # TMC: [players, M] the samples' standard deviation, and their range
+    spread: np.ndarray | None = None
 
 
 def summarize(stats: SampleStats, rounds: int, ci_delta: float, history: list, **details) -> Estimate:
     """TMC values with their confidence interval (empirical Bernstein at 1 - ci_delta)."""
     cb = stats.bound(ci_delta)
     mean = stats.mean
+    n = stats.count[:, None]
+    std = np.sqrt(np.maximum(np.divide(stats.squares - n * mean ** 2, n - 1, out=np.full_like(mean, np.nan), where=n > 1), 0))
     return Estimate("tmc", mean, mean - cb, mean + cb, np.rint(stats.count).astype(np.int64), stats.evaluations,
                     {"rounds": rounds, "permutations": stats.permutations, "evaluations": stats.evaluations,
-                     "unsettled_per_round": [int(u) for _, u in history], **details})
+                     "unsettled_per_round": [int(u) for _, u in history], **details},
+                    std, np.where(n > 0, stats.high - stats.low, np.nan))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def estimate(walks: Walks, players: int, cfg: ShapleySettings, seed: int, state:
     `state`: a checkpoint saved after an earlier round (resumed from there); `save` is called after each round."""
     stats, history, rounds = state or (est.SampleStats.empty(players, columns), [], 0)
     while rounds < cfg.rounds:
-        chosen = est.unsettled(stats, cfg.top_k, cfg.delta) if cfg.bandit else np.ones(players, bool)
+        chosen = est.unsettled(stats, cfg.top_k, cfg.delta, cfg.bound) if cfg.bandit else np.ones(players, bool)
         if not chosen.any():
             break
         orders = permutations(players, seed, rounds, cfg.permutations_per_round, cfg.antithetic)
@@ -95,12 +95,14 @@ def _whole(results: list[np.ndarray]) -> np.ndarray:
 
 def run_estimator(evaluate: Evaluations, walks: Callable[..., Any], players: int, cfg: ShapleySettings, seed: int,
                   state: dict | None = None, save: Callable[[dict], None] = lambda _state: None,
+                  warm: Callable[[np.ndarray], est.SampleStats | None] = lambda _v: None,
                   ) -> tuple[list[est.Estimate], np.ndarray, np.ndarray, list]:
     """The whole estimate: V(no unit removed) and V(all removed), each estimator's rounds and summary, and the
     ablation check (ranked by the first estimator). Returns (estimates, v_full, v_none, ablation rows).
 
     `walks(orders, chosen, v_full, v_none, settings)` as in `estimate`, given the end values and est.WalkSettings.
-    `state` / `save`: the checkpoint, {"tmc": TmcState, "banzhaf": values} as far as each got."""
+    `state` / `save`: the checkpoint, {"tmc": TmcState, "banzhaf": values} as far as each got. `warm(v_full)`: the
+    statistics TMC starts from when there is no checkpoint (a warm start), or None."""
     ends = np.atleast_2d(np.asarray(evaluate([np.stack([np.zeros(players, bool), np.ones(players, bool)])])[0]).T).T
     v_full, v_none = ends[0], ends[1]
     state = dict(state or {})
@@ -109,8 +111,12 @@ def run_estimator(evaluate: Evaluations, walks: Callable[..., Any], players: int
         keep = lambda part, name=name: save({**state, name: part})  # noqa: E731
         if name == "tmc":
             settings = est.WalkSettings(cfg.tolerance, cfg.patience)
+            begin = state.get("tmc")
+            if begin is None:
+                stats = warm(v_full)
+                begin = (stats, [], 0) if stats is not None else None
             state["tmc"] = estimate(lambda orders, chosen: walks(orders, chosen, v_full, v_none, settings),
-                                    players, cfg, seed, state.get("tmc"), keep, columns=len(v_full))
+                                    players, cfg, seed, begin, keep, columns=len(v_full))
             stats, history, rounds = state["tmc"]
             out.append(est.summarize(stats, rounds, cfg.ci_delta, history))
         else:

@@ -26,6 +26,7 @@ class ShapleySettings:
     tolerance: float = 0.01  # truncate a walk once V stays within this of V(all units removed)...
     patience: int = 6  # ... for this many evaluations in a row (tolerance 0: never truncate)
     delta: float = 0.2  # the bandit's confidence parameter (the paper's)
+    bound: str = "bernstein"  # the bandit's bounds: "bernstein" (the paper's) | "normal" (z * standard error)
     ci_delta: float = 0.05  # reported intervals hold with probability 1 - ci_delta
     banzhaf_samples: int = 1024  # random coalitions evaluated by the Banzhaf estimator
     banzhaf_keep: float = 0.5  # the probability a unit stays in a Banzhaf coalition (0.5: the Banzhaf value)
@@ -42,6 +43,8 @@ def estimators(s: ShapleySettings, players: int) -> tuple[str, ...]:
 def check(s: ShapleySettings, key: str) -> None:
     if s.metric not in ("accuracy", "cross_entropy"):
         raise UserError(f"job key '{key}.metric' must be \"accuracy\" or \"cross_entropy\", got {s.metric!r}.")
+    if s.bound not in ("bernstein", "normal"):
+        raise UserError(f"job key '{key}.bound' must be \"bernstein\" or \"normal\", got {s.bound!r}.")
     if s.estimator not in ESTIMATORS:
         raise UserError(f"job key '{key}.estimator' must be one of {', '.join(map(repr, ESTIMATORS))}, got {s.estimator!r}.")
     for name in ("delta", "ci_delta", "banzhaf_keep"):

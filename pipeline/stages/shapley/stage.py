@@ -24,7 +24,8 @@ from pipeline.stages.protocol import WHOLE_MODEL, Driver, LayerInputs, Shared, S
 from pipeline.stages.shapley import estimator as est
 from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model
 from pipeline.stages.shapley.rounds import run_estimator
-from pipeline.stages.shapley.settings import ShapleySettings, check
+from pipeline.stages.shapley.settings import ShapleySettings, check, estimators
+from pipeline.stages.shapley.warm import Prior, read_prior, warm_stats
 from pipeline.stages.shapley.write import TABLES, copy_shapley, write_shapley
 
 if TYPE_CHECKING:
@@ -79,6 +80,16 @@ class ShapleyStage(Stage):
                 "units": {(layer, unit): tuple(rest) for layer, unit, *rest in values
                           if rest[0] is not None or rest[len(SHAPLEY_COLUMNS)] is not None}}
 
+    def prior(self, plan: RunPlan, previous: Catalog) -> Prior | None:
+        """The previous catalog's TMC samples and probes, when this run uses TMC with the same metric and classes."""
+        cfg, part = self.settings(plan.job), plan.parts[self.name]
+        if "tmc" not in estimators(cfg, sum(n for _, n in part.players)):
+            return None
+        prior = read_prior(previous, [name for name, _ in part.players])
+        if prior is None or (prior.metric, prior.target_class, prior.classes) != (cfg.metric, cfg.target_class, part.classes):
+            return None
+        return prior
+
     def other_checkpoints(self, plan: RunPlan) -> dict[str, int]:
         saved = plan.saved(self.name, ROUNDS) or {}
         return {"Shapley round(s)": saved["tmc"][2] if "tmc" in saved else 0,
@@ -105,9 +116,17 @@ class ShapleyStage(Stage):
         walks = lambda orders, chosen, v_full, v_none, settings: driver.map(  # noqa: E731
             walk_permutation, orders, setup, chosen, v_full, v_none, settings)
         players = sum(units for _, units in layers)
+        warm: list[dict] = []
+
+        def start(v_full: np.ndarray) -> est.SampleStats | None:  # the warm start, once V(all) is known
+            found = warm_start(plan, results, layers, v_full)
+            warm.extend(found[1:])
+            return found[0]
+
         estimates, v_full, v_none, ablation = run_estimator(evaluate, walks, players, cfg, plan.job.seed,
-                                                            driver.load(ROUNDS), lambda state: driver.save(ROUNDS, state))
-        return est.ShapleyOutput(estimates, v_full, v_none, ablation, images[0])
+                                                            driver.load(ROUNDS), lambda state: driver.save(ROUNDS, state),
+                                                            start)
+        return est.ShapleyOutput(estimates, v_full, v_none, ablation, images[0], warm[0] if warm else None)
 
     def write(self, draft: Draft, plan: RunPlan, result: Any) -> None:
         if isinstance(result, est.ShapleyOutput):
@@ -115,6 +134,18 @@ class ShapleyStage(Stage):
             write_shapley(draft, part.players, self.settings(plan.job), result, list(part.classes))
         else:
             copy_shapley(draft, result)
+
+
+def warm_start(plan: RunPlan, results: dict[str, Any], layers: list[tuple[str, int]], v_full: np.ndarray) -> tuple:
+    """(stats, manifest record) from the previous catalog's samples, or (None,) when there is no prior."""
+    prior = plan.priors.get("shapley")
+    if prior is None:
+        return (None,)
+    paths = {r.image_id: r.path for r in plan.images.records}
+    maps = results["activations"].layers
+    probes = {name: (maps[name].probe, [paths[int(i)] for i in maps[name].probe_ids]) for name, _ in layers}
+    found = warm_stats(prior, layers, probes, float(v_full[0]), len(v_full))
+    return found if found is not None else (None,)
 
 
 def player_layers(cfg: ShapleySettings, model: nn.Module, layers: list[LayerInfo]) -> tuple[tuple[str, int], ...]:

@@ -26,12 +26,13 @@ def write_shapley(draft: Draft, players: tuple[tuple[str, int], ...], cfg: Shapl
     names = [name for name, n in players for _ in range(n)]
     unit_ids = [u for _, n in players for u in range(n)]
     count = len(names)
-    by_class: dict[str, list] = {k: [] for k in ("layer", "unit", "estimator", "metric", "class", "class_name",
-                                                  "value", "ci_low", "ci_high", "samples")}
+    by_class: dict[str, list] = {k: [] for k in ("layer", "unit", "estimator", "metric", "class", "class_name", "value",
+                                                  "ci_low", "ci_high", "samples", "sample_std", "sample_range")}
     for e in out.estimates:
         draft.table(TABLE_OF[e.estimator], {
             "layer": names, "unit": unit_ids, "metric": [cfg.metric] * count, "target_class": [cfg.target_class] * count,
-            "value": e.value[:, 0], "ci_low": e.ci_low[:, 0], "ci_high": e.ci_high[:, 0], "samples": e.samples})
+            "value": e.value[:, 0], "ci_low": e.ci_low[:, 0], "ci_high": e.ci_high[:, 0], "samples": e.samples,
+            **({"sample_std": _nullable(e.std[:, 0]), "sample_range": _nullable(e.spread[:, 0])} if e.std is not None else {})})
         _add_by_class(by_class, e, names, unit_ids, cfg.metric, classes)
         _unit_columns(draft, names, unit_ids, e)
     draft.table("importance_by_class", by_class)
@@ -53,6 +54,9 @@ def _floats(values: np.ndarray) -> list[float | None]:
     return [None if not np.isfinite(v) else float(v) for v in values]
 
 
+_nullable = _floats  # a column with null where the value is not finite
+
+
 def _add_by_class(rows: dict[str, list], e: Estimate, names: list[str], unit_ids: list[int], metric: str,
                   classes: list[str]) -> None:
     for c, class_name in enumerate(classes):
@@ -64,8 +68,10 @@ def _add_by_class(rows: dict[str, list], e: Estimate, names: list[str], unit_ids
         rows["class"] += [c] * len(names)
         rows["class_name"] += [class_name] * len(names)
         for key, values in (("value", column), ("ci_low", e.ci_low[:, 1 + c]), ("ci_high", e.ci_high[:, 1 + c])):
-            rows[key] += [None if not np.isfinite(v) else float(v) for v in values]  # null: no image of the class
+            rows[key] += _floats(values)  # null: no image of the class
         rows["samples"] += [int(s) for s in e.samples]
+        for key, values in (("sample_std", e.std), ("sample_range", e.spread)):
+            rows[key] += [None] * len(names) if values is None else _floats(values[:, 1 + c])
 
 
 def _unit_columns(draft: Draft, names: list[str], unit_ids: list[int], e: Estimate) -> None:
