@@ -121,7 +121,7 @@ def layer_chart(values: pd.DataFrame, layer_order: list[str]) -> LayerChart | No
     layers = [name for name in layer_order if (values["layer"] == name).any()]
     layers += [name for name in dict.fromkeys(values["layer"]) if name not in layers]
     counts = [(name, int((values["layer"] == name).sum()), int((top["layer"] == name).sum()),
-               int(((values["layer"] == name) & (values["ci_low"] >= 0)).sum())) for name in layers]
+               int(((values["layer"] == name) & (values["ci_low"] > 0)).sum())) for name in layers]
     most = max(1, *(max(t, p) for _, _, t, p in counts))
     bars = [LayerBars(name, players, t, p, GROUP_GAP + i * (2 * BAR + GROUP_GAP),
                       round(HEIGHT * t / most), round(HEIGHT * p / most))

@@ -39,11 +39,11 @@ class Prior:
 def read_prior(previous: Catalog, layers: list[str]) -> Prior | None:
     """The previous catalog's TMC samples and probes, or None when it has none to start from."""
     info, settings = previous.manifest.get("shapley"), previous.manifest.get("settings", {}).get("shapley")
-    table = previous.shapley()
+    table = previous.arrow("shapley").to_pandas()  # with the current columns: an older catalog's are null
     if not info or not settings or table.empty or "tmc" not in info.get("estimators", []) or table["sample_std"].isna().all():
         return None
     classes = tuple(info.get("classes", []))
-    by_class = previous.importance_by_class()
+    by_class = previous.arrow("importance_by_class").to_pandas()
     by_class = by_class[by_class["estimator"] == "tmc"].set_index(["layer", "unit", "class"])
     samples = {}
     for r in table.itertuples():
