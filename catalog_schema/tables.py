@@ -140,7 +140,7 @@ EVOLUTION = pa.schema([  # `neuron-catalog history`: every unit of every run, ma
     pa.field("category", pa.string()),
     pa.field("iou", pa.float32()),
     pa.field("label_changed", pa.bool_()),  # the interpretable label differs from its counterpart's
-    pa.field("importance", pa.float32()),  # the Shapley value
+    pa.field("importance", pa.float32()),  # the Shapley value (the Banzhaf value in a run with Banzhaf only)
     pa.field("top_jaccard", pa.float32()),  # overlap of the top-k example images with its counterpart's (by path)
 ])
 

@@ -71,8 +71,15 @@ def _units_of(cat: Catalog, run: int) -> pd.DataFrame:
         "unit": units["unit"].astype("int64"), "matched_unit": np.nan, "matched_by": None, "activation_corr": np.nan,
         "track": units["unit"].astype("int64"), "first_run": run,
         "label": units["label"].where(interpretable, None), "category": units["category"].where(interpretable, None),
-        "iou": units["iou"], "label_changed": None, "importance": units["shapley"], "top_jaccard": np.nan,
+        "iou": units["iou"], "label_changed": None, "importance": _importance(units), "top_jaccard": np.nan,
     })
+
+
+def _importance(units: pd.DataFrame) -> pd.Series:
+    """The Shapley value where the run estimated it, else the Banzhaf value (a run with Banzhaf only)."""
+    if "banzhaf" in units and units["shapley"].isna().all():
+        return units["banzhaf"]
+    return units["shapley"]
 
 
 def _column(table: pd.DataFrame, name: str) -> list:
