@@ -173,7 +173,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-rounds", type=int, default=40)
     ap.add_argument("--banzhaf", default="256,512,1024", help="coalition counts for the Banzhaf comparison")
     ap.add_argument("--keep", default="0.5", help="Banzhaf keep probabilities, comma-separated")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="TMC variants to run (names, comma-separated)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="TMC variants to run (names, comma-separated; '' for none)")
     ap.add_argument("--cache", default=None, help="an .npz file keeping the reference between runs")
     ap.add_argument("--threads", type=int, default=2)
     return ap
@@ -189,7 +189,7 @@ def main(args: argparse.Namespace) -> None:
           f"{ref_evaluations} evaluations ({seconds:.0f} s), top {cfg.top_k} = "
           f"{sorted(np.argsort(-reference[:, 0], kind='stable')[:cfg.top_k].tolist())}")
     hits = {}
-    for name in args.variants.split(","):
+    for name in [v for v in args.variants.split(",") if v]:
         stats, trace = run(suffix, cfg, job.seed, args.max_rounds, VARIANTS[name], reference[:, 0])
         hits[name] = hit = first_settled(trace)
         final = trace[-1]
