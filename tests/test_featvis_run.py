@@ -60,4 +60,4 @@ def test_same_visualizations_whatever_the_workers(tmp_path, rendered):
 
 def test_bad_featvis_settings_exit_2(tmp_path, capsys):
     assert main(["run", str(featvis_job(tmp_path, objective="smile"))]) == 2
-    assert "'stages.featvis.objective' must be one of channel" in capsys.readouterr().err
+    assert "'stages.featvis.objective' must be one of rectified, channel" in capsys.readouterr().err

@@ -14,13 +14,14 @@ from torch import nn
 from pipeline.inputs.batches import Batch
 from pipeline.inputs.models import LayerInfo
 from pipeline.stages.featvis import optimize as fv
+from pipeline.stages.featvis.truncate import LayerForward, forward_to
 from pipeline.stages.featvis.projections import ProjectionRequest, project
 from pipeline.stages.featvis import objectives as obj
 from pipeline.inputs.model_survey import survey_model
 from pipeline.stages.featvis.filters import filter_images
 
 sys.path.insert(0, str(Path(__file__).parent / "assets"))
-from tiny_models import PatternDetectors  # noqa: E402
+from tiny_models import ExactColors, PatternDetectors  # noqa: E402
 
 SETTINGS = fv.FeatvisSettings(steps=256, size=32, batch_units=8)
 
@@ -30,11 +31,11 @@ def rendered() -> fv.FeatvisChunk:
     return fv.visualize(PatternDetectors().eval(), "relu", 1, [0, 1, 2, 3], SETTINGS, seed=0)
 
 
-def _objective(model, layer, images_uint8, units) -> np.ndarray:
+def _objective(model, layer, images_uint8, units, objective: str = SETTINGS.objective) -> np.ndarray:
     x = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 255
-    acts, _ = fv.forward_to(model, layer, (x - 0.5) / 0.5, False)
+    acts, _ = forward_to(model, layer, (x - 0.5) / 0.5, False)
     ctx = obj.Context(acts, torch.tensor(units), torch.arange(len(units)))
-    return obj.channel()(ctx).detach().numpy()
+    return obj.NAMED[objective]()(ctx).detach().numpy()
 
 
 def _orientation(image: np.ndarray) -> tuple[float, float]:
@@ -79,9 +80,8 @@ def test_a_unit_renders_the_same_alone_or_in_any_batch():
 def test_negative_visualization_lowers_the_activation():
     model = PatternDetectors().eval()
     out = fv.visualize(model, "conv", 0, [0, 1], replace(SETTINGS, steps=96), seed=0)
-    positive = _objective(model, "conv", out.images[:, 0], [0, 1])
-    negative = _objective(model, "conv", out.images[:, 1], [0, 1])
-    gray = _objective(model, "conv", np.full((2, 32, 32, 3), 128, np.uint8), [0, 1])
+    positive, negative, gray = (_objective(model, "conv", images, [0, 1], "channel") for images in
+                                (out.images[:, 0], out.images[:, 1], np.full((2, 32, 32, 3), 128, np.uint8)))
     assert (negative < gray - 0.3).all() and (positive > gray + 0.3).all()
     cyan = out.images[0, 1].reshape(-1, 3).mean(axis=0)  # inhibiting "red" pushes towards cyan
     assert cyan[1] > cyan[0] + 30 and cyan[2] > cyan[0] + 30
@@ -203,7 +203,63 @@ def test_a_model_that_cannot_take_channels_last_renders_in_the_default_layout():
     x = torch.rand(2, 3, 16, 16)
     with pytest.raises(RuntimeError):
         model(x.contiguous(memory_format=torch.channels_last))  # the case the trial forward detects
-    assert fv.fast_layout(model, "fc", x, needs_output=False) == torch.contiguous_format
-    assert fv.fast_layout(PatternDetectors().eval(), "relu", x, needs_output=False) == torch.channels_last
+    assert fv.fast_layout(lambda y: forward_to(model, "fc", y, False), x) == torch.contiguous_format
+    assert fv.fast_layout(LayerForward(PatternDetectors().eval(), "relu", False), x) == torch.channels_last
     chunk = fv.visualize(model, "fc", 0, [0, 1], replace(SETTINGS, steps=4, size=16, transforms="none"), seed=0)
     assert chunk.images.shape == (2, 2, 16, 16, 3)
+
+
+def test_saturated_color_units_reach_their_closed_form_optimum():
+    """Exact color detectors (optimum: a flat image of full contrast, value 1). At the defaults every unit's
+    image beats a data set that holds its color at 90% contrast (value 0.9-0.95) and comes within 2% of the
+    optimum, hue right; Lucid's recipe (plain mean, its color basis, constant lr 0.05) falls short on this."""
+    model, units = ExactColors().eval(), list(range(8))
+    flat = (0.5 + 0.9 * (ExactColors.optima() - 0.5))[:, :, None, None].expand(-1, -1, 32, 32)
+    with torch.no_grad():
+        best = forward_to(model, "conv", flat, False)[0].amax(dim=(2, 3)).amax(dim=0).numpy()
+    assert best.min() >= 0.9
+    settings = fv.FeatvisSettings(size=32, negative=False, batch_units=8, mean=(0.0,) * 3, std=(1.0,) * 3)
+    out = fv.visualize(model, "conv", 0, units, settings, seed=0)
+    assert (out.peak >= best).all() and (out.peak >= 0.98).all()
+    hue = out.images[:, 0].reshape(8, -1, 3).mean(axis=1)
+    wanted = ExactColors.optima().numpy() > 0
+    assert all(hue[u][wanted[u]].min() > hue[u][~wanted[u]].max(initial=0) + 60 for u in units[:6])
+    lucid = replace(settings, objective="channel", lr=0.05, schedule="constant", chroma=0.0, polish=0)
+    assert (fv.visualize(model, "conv", 0, units, lucid, seed=0).peak[:6] < 0.9).all()
+
+
+class _ConvBN(nn.Module):
+    """conv -> batch norm -> ReLU -> conv -> batch norm; when `shared`, the second convolution once more, then bn3."""
+
+    def __init__(self, shared: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.bn1, self.relu = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+        self.conv2, self.bn2, self.bn3 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        self.shared = shared
+        for bn in (self.bn1, self.bn2, self.bn3):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.data.uniform_(0.5, 2)
+
+    def forward(self, x):
+        x = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.bn3(self.conv2(x)) if self.shared else x
+
+
+@pytest.mark.parametrize("shared, layer, path", [(False, "bn1", "folded"), (False, "relu", "folded"), (False, "bn2", "folded"),
+                                                 (False, "conv2", "folded"), (True, "bn3", "truncated"), (True, "conv2", "hook")])
+def test_truncated_folded_forward_computes_the_layer_and_leaves_the_model_alone(shared, layer, path):
+    """Batch norms are folded, except where a convolution is called twice (its weights serve both calls); a layer
+    called twice is read through the hook (its last call), as forward_to does."""
+    x = torch.randn(2, 3, 16, 16)
+    model = _ConvBN(shared).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    forward = LayerForward(model, layer, needs_output=False)
+    if path == "hook":
+        assert forward.module is None
+    else:
+        assert any(isinstance(m, nn.BatchNorm2d) for m in forward.module.modules()) == (path == "truncated")
+    with torch.no_grad():
+        torch.testing.assert_close(forward(x)[0], forward_to(model, layer, x, False)[0], rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -55,6 +55,35 @@ def color_detectors() -> nn.Module:
     return ColorDetectors()
 
 
+COLOR_MIXES = {"red": (1, -.5, -.5), "green": (-.5, 1, -.5), "blue": (-.5, -.5, 1), "yellow": (.5, .5, -1),
+               "cyan": (-1, .5, .5), "magenta": (.5, -1, .5), "white": (1 / 3, 1 / 3, 1 / 3)}
+
+
+class ExactColors(nn.Module):
+    """For inputs in [0, 1] (mean 0 / std 1), `conv` unit i is COLOR_MIXES[i] . rgb at the centre tap of a 3x3
+    kernel, and the last unit is 1 - mean(rgb) ("black"). Each unit's optimum is known in closed form: a flat
+    image of full contrast on its mix (pure red, ..., white, black), where it is exactly 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, len(COLOR_MIXES) + 1, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            for i, mix in enumerate(COLOR_MIXES.values()):
+                self.conv.weight[i, :, 1, 1] = torch.tensor(mix)
+            self.conv.weight[-1, :, 1, 1] = -1 / 3
+            self.conv.bias[-1] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    @staticmethod
+    def optima() -> torch.Tensor:
+        """Each unit's optimal flat color [units, 3] in [0, 1]."""
+        return (torch.tensor(list(COLOR_MIXES.values()) + [(-1 / 3,) * 3]) > 0).float()
+
+
 class ShapleyPlanted(nn.Module):
     """Neuron Shapley with closed-form values. With mean 0.5 / std 0.5 input, `relu` units 0, 1 and 3
     are exactly 1 on pure red, green and blue pixels (0 elsewhere); unit 2 never fires. From the

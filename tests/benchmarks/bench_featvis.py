@@ -27,6 +27,7 @@ import torchvision
 from torch import nn
 
 from pipeline.stages.featvis import optimize as fv
+from pipeline.stages.featvis.truncate import forward_to
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -49,7 +50,7 @@ def reached(model: nn.Module, layer: str, images: np.ndarray, units: list[int], 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
     x = (x - torch.tensor(mean)[None, :, None, None]) / torch.tensor(std)[None, :, None, None]
     with torch.no_grad():
-        acts, _ = fv.forward_to(model, layer, x, False)
+        acts, _ = forward_to(model, layer, x, False)
     return float(torch.stack([acts[i, u].mean() for i, u in enumerate(units)]).mean())
 
 

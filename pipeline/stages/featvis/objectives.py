@@ -1,5 +1,6 @@
 """Objectives for feature visualization: per image, a value to maximize. They compose like Lucent's:
-`channel() + 0.5 * diversity()`, `-channel()` (inhibit), `2 * neuron()`.
+`channel() + 0.5 * diversity()`, `-channel()` (inhibit), `2 * neuron()`. The inhibiting image of an
+objective maximizes its `inhibit` (minus the objective, or the objective's own inverse).
 
 An objective reads a `Context`: the target layer's output for the batch, the unit each image
 renders, the model's output (for class objectives) and each image's group (the images of one
@@ -23,24 +24,33 @@ class Context:
 
 
 class Objective:
-    """A per-image value to maximize; `needs_output` when it reads the model's final output."""
+    """A per-image value to maximize; `needs_output` when it reads the model's final output. `inhibit` is the value
+    that the inhibiting (negative) image maximizes: minus the objective, unless `inverse` says otherwise."""
 
-    def __init__(self, fn: Callable[[Context], torch.Tensor], name: str, needs_output: bool = False):
+    def __init__(self, fn: Callable[[Context], torch.Tensor], name: str, needs_output: bool = False,
+                 inverse: Callable[[Context], torch.Tensor] | None = None):
         self.fn, self.name, self.needs_output = fn, name, needs_output
+        self.inverse = inverse or (lambda c: -fn(c))
 
     def __call__(self, ctx: Context) -> torch.Tensor:
         return self.fn(ctx)
 
+    def inhibit(self, ctx: Context) -> torch.Tensor:
+        return self.inverse(ctx)
+
     def __add__(self, other: Objective) -> Objective:
-        return Objective(lambda c: self(c) + other(c), f"{self.name} + {other.name}", self.needs_output or other.needs_output)
+        return Objective(lambda c: self(c) + other(c), f"{self.name} + {other.name}", self.needs_output or other.needs_output,
+                         lambda c: self.inhibit(c) + other.inhibit(c))
 
     def __mul__(self, k: float) -> Objective:
-        return Objective(lambda c: k * self(c), f"{k} * {self.name}", self.needs_output)
+        if k < 0:
+            return -(self * -k)
+        return Objective(lambda c: k * self(c), f"{k} * {self.name}", self.needs_output, lambda c: k * self.inhibit(c))
 
     __rmul__ = __mul__
 
     def __neg__(self) -> Objective:
-        return self * -1.0
+        return Objective(self.inverse, f"-{self.name}", self.needs_output, self.fn)
 
 
 def _own(ctx: Context) -> torch.Tensor:
@@ -51,6 +61,17 @@ def _own(ctx: Context) -> torch.Tensor:
 def channel() -> Objective:
     """The unit's mean activation over positions (for [N, C] layers: the activation)."""
     return Objective(lambda c: _own(c).reshape(len(c.units), -1).mean(dim=1), "channel")
+
+
+def rectified(slope: float = 0.1) -> Objective:
+    """The unit's mean rectified activation over positions, plus `slope` times its mean: what a following ReLU
+    passes on. On a pre-ReLU layer Lucid's plain mean is dominated by where a sparse unit is negative, so its
+    image makes the unit less negative everywhere instead of firing; the slope keeps a gradient where it does not
+    fire yet. The inhibiting image maximizes the same on minus the activation."""
+    def on(c: Context, sign: float) -> torch.Tensor:
+        a = sign * _own(c).reshape(len(c.units), -1)
+        return a.clamp(min=0).mean(dim=1) + slope * a.mean(dim=1)
+    return Objective(lambda c: on(c, 1.0), "rectified", inverse=lambda c: on(c, -1.0))
 
 
 def neuron() -> Objective:
@@ -97,4 +118,4 @@ def diversity() -> Objective:
     return Objective(fn, "diversity")
 
 
-NAMED = {"channel": channel, "neuron": neuron, "layer": layer, "class_logit": class_logit, "class_prob": class_prob}
+NAMED = {"rectified": rectified, "channel": channel, "neuron": neuron, "layer": layer, "class_logit": class_logit, "class_prob": class_prob}

@@ -10,6 +10,8 @@ that units which never fire still get one.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +19,9 @@ import torch
 from torch import nn
 
 from pipeline.stages.featvis import objectives as obj
-from pipeline.stages.featvis.param import init_params, to_images
+from pipeline.stages.featvis.param import ImageParam, init_params
 from pipeline.stages.featvis.transforms import Transforms
+from pipeline.stages.featvis.truncate import LayerForward
 from pipeline.stages.featvis.relu_rules import parameters_frozen, relus_replaced
 from pipeline.stages.featvis.settings import FeatvisSettings
 
@@ -34,10 +37,6 @@ class FeatvisChunk:
     objective: np.ndarray
     peak: np.ndarray
     flat: np.ndarray
-
-
-class _Stop(Exception):
-    pass
 
 
 class _RedirectedReLU(torch.autograd.Function):
@@ -60,37 +59,18 @@ class _RedirectedReLU(torch.autograd.Function):
         return grad.masked_fill(blocked, 0.0)
 
 
-def fast_layout(model: nn.Module, layer: str, x: torch.Tensor, needs_output: bool) -> torch.memory_format:
+def fast_layout(forward: Callable[[torch.Tensor], object], x: torch.Tensor) -> torch.memory_format:
     """channels_last (convolutions and max pooling run about twice as fast in it on a CPU, and it suits cuDNN),
     unless the model's code cannot take it (a `.view` of a feature map): then the default layout."""
     if x.dim() != 4:
         return torch.contiguous_format
     try:
         with torch.no_grad():
-            forward_to(model, layer, x.contiguous(memory_format=torch.channels_last), needs_output)  # not x[:1]: a
+            forward(x.contiguous(memory_format=torch.channels_last))  # not x[:1]: a
             # single image's channels_last strides are also contiguous ones, and would pass
     except RuntimeError:
         return torch.contiguous_format
     return torch.channels_last
-
-
-def forward_to(model: nn.Module, layer: str, x: torch.Tensor, needs_output: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(the layer's output, the model's output or None): without `needs_output` nothing after the layer runs."""
-    module = dict(model.named_modules())[layer]
-    seen: list[torch.Tensor] = []
-
-    def hook(_m, _i, out):
-        seen.append(out)
-        if not needs_output:
-            raise _Stop
-    handle = module.register_forward_hook(hook)
-    try:
-        out = model(x)
-    except _Stop:
-        out = None
-    finally:
-        handle.remove()
-    return seen[-1], out
 
 
 def _frequency_penalty(images: torch.Tensor, settings: FeatvisSettings) -> torch.Tensor:
@@ -105,6 +85,20 @@ def _frequency_penalty(images: torch.Tensor, settings: FeatvisSettings) -> torch
         blurred = torch.nn.functional.conv2d(images, kernel, padding=1, groups=images.shape[1]).detach()
         penalty = penalty + settings.blur * (images - blurred).pow(2).mean(dim=(1, 2, 3))
     return penalty
+
+
+def lr_factor(settings: FeatvisSettings):
+    """The learning rate's multiplier at each step: constant (Lucid), or a linear warm-up then a cosine decay."""
+    warm = max(1, round(settings.warmup * settings.steps))
+
+    def factor(step: int) -> float:
+        if settings.schedule == "constant":
+            return 1.0
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, settings.steps - warm)
+        return settings.final_lr + (1 - settings.final_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    return factor
 
 
 def _objective(settings: FeatvisSettings) -> obj.Objective:
@@ -144,29 +138,32 @@ def _optimize(model: nn.Module, layer: str, layer_index: int, units: list[int], 
     groups = torch.tensor([i if k != "diverse" else -1 - i // len(views) for i, k in enumerate(kinds)], device=device)
     mean = torch.tensor(settings.mean, device=device)[None, :, None, None]
     std = torch.tensor(settings.std, device=device)[None, :, None, None]
-    decorrelate = settings.param == "fourier"
+    image = ImageParam(settings.param, size, channels, settings.param == "fourier", settings.chroma, device)
+    forward = LayerForward(model, layer, objective.needs_output)
     with torch.no_grad():
-        layout = fast_layout(model, layer, to_images(params, settings.param, size, decorrelate), objective.needs_output)
+        layout = fast_layout(forward, image(params))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(settings))
     for step in range(settings.steps):
         opt.zero_grad(set_to_none=True)
-        x = to_images(params, settings.param, size, decorrelate)
-        if transforms is not None:
+        x = image(params)
+        polish = step >= settings.steps - settings.polish
+        if transforms is not None and not polish:
             x = transforms.apply(x, [transforms.draw(r) for r in rngs])
-        with relus_replaced(model, _RedirectedReLU.apply if step < settings.redirect_steps else None):
-            acts, output = forward_to(model, layer, ((x - mean) / std).contiguous(memory_format=layout), objective.needs_output)
+        with relus_replaced(forward.relu_owner(), _RedirectedReLU.apply if step < settings.redirect_steps else None):
+            acts, output = forward(((x - mean) / std).contiguous(memory_format=layout))
         ctx = obj.Context(acts, ctx_units, groups, output)
-        value = sign * objective(ctx)
+        value = torch.where(sign < 0, objective.inhibit(ctx), objective(ctx))
         if settings.diversity > 1:
             value = value + settings.diversity_weight * torch.where(diverse, obj.diversity()(ctx), torch.zeros_like(value))
         if settings.tv or settings.blur:
-            value = value - _frequency_penalty(to_images(params, settings.param, size, decorrelate), settings)
+            value = value - _frequency_penalty(image(params), settings)
         (-value.sum()).backward()
         opt.step()
+        sched.step()
     with torch.no_grad():
-        final = to_images(params, settings.param, size, decorrelate)
+        final = image(params)
         pixels = (final * 255).round().clamp(0, 255).to(torch.uint8)
-        acts, output = forward_to(model, layer, ((pixels.float() / 255 - mean) / std).contiguous(memory_format=layout),
-                                  objective.needs_output)
+        acts, output = forward(((pixels.float() / 255 - mean) / std).contiguous(memory_format=layout))
         reached = objective(obj.Context(acts, ctx_units, groups, output)).reshape(len(units), len(views))[:, 0]
         own = acts[torch.arange(len(jobs)), ctx_units].reshape(len(jobs), -1).amax(dim=1)
     pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()

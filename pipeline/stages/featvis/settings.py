@@ -10,12 +10,15 @@ from pipeline.job.checks import at_least_one
 
 @dataclass(frozen=True)
 class FeatvisSection:
-    steps: int = 512
+    steps: int = 128
     size: int = 0  # 0: 128 px, or the model's input size when that is smaller
-    lr: float = 0.05
+    lr: float = 0.2  # Adam's peak learning rate (Lucid: 0.05, constant)
+    schedule: str = "cosine"  # warm-up over the first 10% of the steps, then cosine decay to 5% of lr; or "constant" (Lucid)
+    chroma: float = 1.0  # color preconditioning (param.py): 1 gives every color direction the same step; 0 is Lucid's basis
+    polish: int = 16  # the last steps run without transforms (0: none, as Lucid)
     param: str = "fourier"  # or "pixel"
     transforms: str = "standard"  # or "none"
-    objective: str = "channel"  # neuron | layer | class_logit | class_prob
+    objective: str = "rectified"  # channel (Lucid's) | neuron | layer | class_logit | class_prob
     negative: bool = True  # also render an image that inhibits the unit
     diversity: int = 0  # also render a diverse set of this many images per unit
     batch_units: int = 32  # images optimized together (fixed: results must not depend on it)
@@ -30,6 +33,8 @@ class FeatvisSettings(FeatvisSection):
 
     size: int = 128
     diversity_weight: float = 1.0
+    warmup: float = 0.1
+    final_lr: float = 0.05
     redirect_steps: int = 16  # steps with Lucid's redirected ReLU gradient
     flat_std: float = 0.01  # a positive image whose pixels vary less than this (in [0, 1]) is flagged flat
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -50,9 +55,12 @@ class FeatvisSettings(FeatvisSection):
 def check(s: FeatvisSection, key: str) -> None:
     at_least_one({f"{key}.steps": s.steps, f"{key}.batch_units": s.batch_units})
     for name, allowed in (("param", ("fourier", "pixel")), ("transforms", ("standard", "none")),
-                          ("objective", ("channel", "neuron", "layer", "class_logit", "class_prob"))):
+                          ("schedule", ("cosine", "constant")),
+                          ("objective", ("rectified", "channel", "neuron", "layer", "class_logit", "class_prob"))):
         if getattr(s, name) not in allowed:
             raise UserError(f"job key '{key}.{name}' must be one of {', '.join(allowed)}, got {getattr(s, name)!r}.")
+    if s.chroma < 0 or s.polish < 0:
+        raise UserError(f"job keys '{key}.chroma' and '{key}.polish' must be 0 or more, got {s.chroma} and {s.polish}.")
     if s.size < 0 or s.diversity < 0 or s.diversity == 1 or s.lr <= 0 or s.tv < 0 or s.blur < 0:
         raise UserError(f"job keys '{key}.size' (0: automatic), 'diversity' (0, or 2 and more), 'lr' "
                         f"(positive), 'tv' and 'blur' (0 or more) got {s.size}, {s.diversity}, {s.lr}, {s.tv}, {s.blur}.")

@@ -1,0 +1,71 @@
+"""The part of a model that featvis runs: only up to the target layer, with eval-mode batch norms folded into
+the convolutions before them. Every optimization step runs it forward and backward, and on a CPU batch
+norm's backward costs as much as the convolutions' (a quarter of a resnet18 step): folding removes it."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import torch
+from torch import nn
+from torch.fx.experimental.optimization import fuse
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+
+class _Stop(Exception):
+    pass
+
+
+def forward_to(model: nn.Module, layer: str, x: torch.Tensor, needs_output: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the layer's output, the model's output or None): without `needs_output` nothing after the layer runs."""
+    module = dict(model.named_modules())[layer]
+    seen: list[torch.Tensor] = []
+
+    def hook(_m, _i, out):
+        seen.append(out)
+        if not needs_output:
+            raise _Stop
+    handle = module.register_forward_hook(hook)
+    try:
+        out = model(x)
+    except _Stop:
+        out = None
+    finally:
+        handle.remove()
+    return seen[-1], out
+
+
+class LayerForward:
+    """Calls as `forward_to(model, layer, x, needs_output)` does, on a truncated, folded copy when the model can be
+    traced (torch.fx) and the model's output is not needed; on the model itself, through a hook, otherwise."""
+
+    def __init__(self, model: nn.Module, layer: str, needs_output: bool) -> None:
+        self.model, self.layer, self.needs_output = model, layer, needs_output
+        self.module = None if needs_output or model.training else _truncated(model, layer)
+
+    def relu_owner(self) -> nn.Module:
+        """The module whose nn.ReLU submodules the forward runs through (for relus_replaced)."""
+        return self.module if self.module is not None else self.model
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.module is None:
+            return forward_to(self.model, self.layer, x, self.needs_output)
+        return self.module(x)["out"], None
+
+
+def _truncated(model: nn.Module, layer: str) -> nn.Module | None:
+    try:
+        if f"{layer}_1" in get_graph_node_names(model)[1]:
+            return None  # the layer is called twice: the hook reads its last call
+        graph = create_feature_extractor(model, {layer: "out"})
+    except Exception:  # noqa: BLE001 - any model torch.fx cannot trace keeps the hook path
+        return None
+    modules = dict(graph.named_modules())
+    calls = Counter(n.target for n in graph.graph.nodes if n.op == "call_module"
+                    and isinstance(modules[n.target], (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)))
+    # a convolution called twice shares its weights between calls: folding one call's batch norm would change the other
+    folded = copy.deepcopy(graph).eval()  # create_feature_extractor shares the model's modules: fold a copy
+    if max(calls.values(), default=1) == 1:
+        folded = fuse(folded, inplace=True, no_trace=True)
+    return folded.eval().requires_grad_(False)
