@@ -55,17 +55,19 @@ class LayerForward:
 
 
 def _truncated(model: nn.Module, layer: str) -> nn.Module | None:
+    """The truncated, folded copy; None where torch.fx cannot trace the model or the copy cannot be made (a
+    module holding a non-leaf tensor, as hooks that keep their outputs do)."""
     try:
         if f"{layer}_1" in get_graph_node_names(model)[1]:
             return None  # the layer is called twice: the hook reads its last call
         graph = create_feature_extractor(model, {layer: "out"})
-    except Exception:  # noqa: BLE001 - any model torch.fx cannot trace keeps the hook path
+        folded = copy.deepcopy(graph).eval()  # create_feature_extractor shares the model's modules: fold a copy
+    except Exception:  # noqa: BLE001 - any model that cannot be traced or copied keeps the hook path
         return None
-    modules = dict(graph.named_modules())
-    calls = Counter(n.target for n in graph.graph.nodes if n.op == "call_module"
+    modules = dict(folded.named_modules())
+    calls = Counter(n.target for n in folded.graph.nodes if n.op == "call_module"
                     and isinstance(modules[n.target], (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)))
     # a convolution called twice shares its weights between calls: folding one call's batch norm would change the other
-    folded = copy.deepcopy(graph).eval()  # create_feature_extractor shares the model's modules: fold a copy
     if max(calls.values(), default=1) == 1:
         folded = fuse(folded, inplace=True, no_trace=True)
     return folded.eval().requires_grad_(False)
