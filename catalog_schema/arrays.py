@@ -28,6 +28,8 @@ class ArrayKind:
 
 EXAMPLES = ArrayKind("examples", "uint8", "[units, 2k, P, P, 3] receptive-field crops, top k then bottom k")
 HEATMAPS = ArrayKind("heatmaps", "uint8", "[units, 2k, P, P] activation over each crop; 255 = the unit's max (top) or min (bottom)")
+SPECTRUM = ArrayKind("spectrum", "uint8", "[units, Q*k, P, P, 3] receptive-field crops of the activation spectrum's "
+                     "examples, in rank order (by quantile, then nearest first)")
 FEATVIS = ArrayKind("featvis", "uint8", "[units, V, S, S, 3] feature visualizations")
 MEAN_MAPS = ArrayKind("mean_maps", "float32", "[units, H, W] mean activation map over the data set (for ablation)")
 PROJECTIONS = ArrayKind("projections", "uint8", "[units, k, 2, P, P, 3] deconvnet and guided-backprop projections of "
@@ -36,4 +38,4 @@ PROBES = ArrayKind("probes", "float32", "[units, m] mean activation on each prob
                    "the fixed image sample `diff` correlates units on")
 WEIGHTS = ArrayKind("weights", "uint8", "[units, kh, kw, 3] filters of a layer that convolves the input, 128 = 0")
 
-ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, FEATVIS, MEAN_MAPS, PROBES, PROJECTIONS, WEIGHTS)}
+ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, SPECTRUM, FEATVIS, MEAN_MAPS, PROBES, PROJECTIONS, WEIGHTS)}

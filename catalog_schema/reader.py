@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from catalog_schema.arrays import EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS, PROBES, PROJECTIONS, STORE, WEIGHTS, ArrayKind
+from catalog_schema.arrays import (EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS, PROBES, PROJECTIONS, SPECTRUM, STORE, WEIGHTS,
+                                   ArrayKind)
 from catalog_schema.manifest import LATEST, MANIFEST, CatalogError, read_manifest
 from catalog_schema.tables import TABLES, table_file
 
@@ -68,6 +69,11 @@ class Catalog:
         """Top and bottom examples, ordered top ranks first; optionally of one layer / unit."""
         return self._rows_of("examples", layer, unit)
 
+    def spectrum(self, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
+        """The activation spectrum: examples at evenly spaced quantiles of each unit's spatial maxima, in rank order
+        (by quantile, then nearest first); optionally of one layer / unit. Empty for a catalog without it."""
+        return self._rows_of("spectrum", layer, unit)
+
     def dissection(self) -> pd.DataFrame:
         return self.table("dissection")
 
@@ -123,6 +129,14 @@ class Catalog:
         A slice of units (or None: the whole layer) gives [units, 2k, ...]."""
         pick = _units(unit)
         return self._array(EXAMPLES, layer)[pick], self._array(HEATMAPS, layer)[pick]
+
+    def spectrum_images(self, layer: str, unit: int | slice | None = None) -> np.ndarray | None:
+        """Crops uint8 [Q*k, P, P, 3] of one unit's spectrum examples, in rank order ([units, Q*k, ...] for a slice
+        or None); None when the catalog has no spectrum for the layer (an older catalog, or spectrum_quantiles = 0)."""
+        self._check_layer(layer)
+        if not self.has_array(SPECTRUM.group, layer):
+            return None
+        return self._array(SPECTRUM, layer)[_units(unit)]
 
     def has_array(self, group: str, layer: str) -> bool:
         """Whether the catalog holds that array (e.g. 'featvis') for the layer."""

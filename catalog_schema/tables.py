@@ -46,6 +46,22 @@ EXAMPLES = pa.schema([
     pa.field("box_x1", pa.int32()),
 ])
 
+SPECTRUM = pa.schema([  # the activation spectrum: examples at evenly spaced quantiles of each unit's spatial maxima
+    pa.field("layer", pa.string(), nullable=False),
+    pa.field("unit", pa.int32(), nullable=False),
+    pa.field("quantile", pa.float32(), nullable=False),  # the level q_i = (i + 0.5) / Q
+    pa.field("rank", pa.int32(), nullable=False),  # i * spectrum_k + j: by quantile, then nearest first
+    pa.field("image_id", pa.int64(), nullable=False),
+    pa.field("activation", pa.float32()),  # the image's spatial max (what top examples rank by)
+    pa.field("y", pa.int32()),  # arg-max position in the layer's feature map
+    pa.field("x", pa.int32()),
+    pa.field("box_y0", pa.int32()),  # receptive field in input pixels, half-open, clipped
+    pa.field("box_x0", pa.int32()),
+    pa.field("box_y1", pa.int32()),
+    pa.field("box_x1", pa.int32()),
+    pa.field("quantile_value", pa.float32()),  # the empirical quantile (np.quantile, linear) the images are nearest to
+])
+
 IMAGES = pa.schema([
     pa.field("image_id", pa.int64(), nullable=False),
     pa.field("path", pa.string(), nullable=False),  # relative to the data root
@@ -173,6 +189,7 @@ DIFF = pa.schema([  # `neuron-catalog diff OLD NEW --out FILE`: one row per unit
 TABLES: dict[str, pa.Schema] = {
     "units": UNITS,
     "examples": EXAMPLES,
+    "spectrum": SPECTRUM,
     "images": IMAGES,
     "dissection": DISSECTION,
     "shapley": SHAPLEY,

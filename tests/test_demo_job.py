@@ -18,7 +18,7 @@ def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     text = DEMO.read_text().replace("images = 1000", "images = 60").replace("epochs = 20", "epochs = 2")
-    text = text.replace("steps = 192", "steps = 4").replace("banzhaf_samples = 1024", "banzhaf_samples = 16")  # every stage, briefly
+    text = text.replace("steps = 96", "steps = 4").replace("banzhaf_samples = 1024", "banzhaf_samples = 16")  # every stage, briefly
     text = text.replace("k = 16", "k = 2").replace("patch_size = 48", "patch_size = 16")  # few, small crops and projections
     text = text.replace("eval_images = 256", "eval_images = 24").replace("batch_units = 32", "batch_units = 32\nsize = 16")
     for setting in ("steps = 4", "banzhaf_samples = 16", "k = 2", "patch_size = 16", "eval_images = 24", "size = 16"):

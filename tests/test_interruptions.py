@@ -50,7 +50,7 @@ def _kill_when(job: Path, ready, delay: float = 0.0, timeout: float = 240) -> No
 
 def _tables(path: Path) -> dict[str, pd.DataFrame]:
     cat = Catalog.open(path)
-    return {name: cat.table(name) for name in ("units", "examples", "images", "dissection", "shapley", "shapley_ablation")}
+    return {name: cat.table(name) for name in ("units", "examples", "spectrum", "images", "dissection", "shapley", "shapley_ablation")}
 
 
 def _assert_same_catalog(a: Path, b: Path) -> None:
@@ -152,7 +152,7 @@ def _mount_small_disk(path: Path, size: str) -> None:
 
 def test_a_full_disk_while_writing_leaves_the_catalog_as_it_was(tmp_path, capsys):
     disk = tmp_path / "disk"
-    _mount_small_disk(disk, "1200k")
+    _mount_small_disk(disk, "2000k")  # room for the first catalog (with its activation spectrum), not the second
     try:
         job = all_stages_job(disk, patch=8)
         assert main(["run", str(job)]) == 0

@@ -94,7 +94,7 @@ def test_fine_tuned_last_layer_recomputes_only_what_depends_on_it(runs):
 
 
 def _frames(cat: Catalog) -> dict[str, pd.DataFrame]:
-    return {name: cat.table(name) for name in ("units", "examples", "dissection", "shapley", "shapley_ablation", "images")}
+    return {name: cat.table(name) for name in ("units", "examples", "spectrum", "dissection", "shapley", "shapley_ablation", "images")}
 
 
 def test_reused_catalog_equals_a_fresh_run_of_the_new_model(runs):

@@ -32,6 +32,10 @@ def describe(catalog: Catalog) -> str:
     lines.append(_layer_table(m, units))
     lines.append("")
     lines += _unit_lines(m, units)
+    spectrum = m.get("settings", {}).get("activations", {})
+    if spectrum.get("spectrum_quantiles"):
+        lines.append(f"spectrum     examples at {spectrum['spectrum_quantiles']} quantiles of each unit's spatial maxima, "
+                     f"{spectrum['spectrum_k']} each (spectrum.parquet, Catalog.spectrum)")
     if "concepts" in m:
         lines += _concept_lines(m)
     if "shapley" in m:

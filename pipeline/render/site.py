@@ -2,7 +2,8 @@
 pictures they show and a contact sheet per layer. Relative links only; no remote reference.
 
 Layout of SITE: index.html, static/, layers/<layer>.html, units/<layer>/<unit>.html,
-img/<layer>/<unit>-{card,top,bottom}.jpg (+ -fv<v>.png), contact/<layer>.png.
+img/<layer>/<unit>-{card,top,bottom}.jpg (+ -fv<v>.png; the spectrum's -q<i>.jpg, -min.jpg, -max.jpg),
+contact/<layer>.png.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pipeline.render.chart import concept_chart
 from pipeline.render.diff_page import diff_context
 from pipeline.render.importance import class_bars, importance_context
 from pipeline.render.relations import neighbour_strips, write_search_index
+from pipeline.render.spectrum import featvis_kinds, spectrum_pictures, spectrum_strips
 
 MARKER = ".neuron-catalog-site"  # tells a site this command may replace from any other folder
 FEATVIS_VIEWS = ("positive", "negative", "diverse")
@@ -168,6 +170,8 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
     has_projections = catalog.has_array("projections", info["name"])
     records = rows.to_dict("records")
     by_class = class_bars(catalog, info["name"])
+    spectra = spectrum_strips(catalog, info["name"], info["slug"], rows,
+                              featvis_kinds(catalog.manifest, views, FEATVIS_VIEWS) if featvis else [])
     for i, row in enumerate(records):
         u = int(row["unit"])
         mine = concepts.get(u)
@@ -181,7 +185,7 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
             visualizations=[(FEATVIS_VIEWS[v] if v < len(FEATVIS_VIEWS) else f"view {v}", f"img/{info['slug']}/{u}-fv{v}.png")
                             for v in range(views)] + ([("filter", f"img/{info['slug']}/{u}-filter.png")] if has_filters else []),
             concepts=mine.to_dict("records") if mine is not None else [], stats=stats, similar=strips.get(u, []),
-            class_importance=by_class.get(u),
+            class_importance=by_class.get(u), spectrum=spectra.get(u, []),
             projections=[(method, f"img/{info['slug']}/{u}-{method}.png") for method in ("deconvnet", "guided")]
             if has_projections else [],
             threshold=float(mine["threshold"].iloc[0]) if mine is not None and len(mine) else 0.0)
@@ -267,4 +271,5 @@ def _unit_pictures(task: tuple[str, str, int, int, str]) -> tuple[int, np.ndarra
             tiles.append(featvis[i, 0])
         else:
             tiles.append(pictures.overlay(crops[i, 0], heat[i, 0]))
+    written += spectrum_pictures(catalog, layer, start, stop, crops, out)
     return written, np.stack(tiles)

@@ -204,3 +204,23 @@ class Twins(nn.Module):
 
 def twins() -> nn.Module:
     return Twins()
+
+
+class Brightness(nn.Module):
+    """For the activation spectrum: `conv` unit 0 is each pixel's brightness (the mean of its three channels, so with
+    mean 0 / std 1 input value / 255 on a gray pixel), unit 1 its negative; a 1x1 convolution, so each position's
+    receptive field is its own pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]])[:, :, None, None] / 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.conv(x)), 1)
+
+
+def brightness() -> nn.Module:
+    return Brightness()

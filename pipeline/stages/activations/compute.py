@@ -1,4 +1,5 @@
-"""The activations stage: per-unit statistics and top/bottom dataset examples, as mergeable partials.
+"""The activations stage: per-unit statistics, top/bottom dataset examples and the activation spectrum, as
+mergeable partials.
 
 `compute` reduces one batch (every selected layer from one forward pass),
 `merge` combines partials associatively, `finalize` turns the merged partial
@@ -19,6 +20,7 @@ from torch import nn
 from pipeline.inputs.batches import Batch
 from pipeline.inputs.layer_taps import tapped
 from pipeline.inputs.models import LayerInfo
+from pipeline.stages.activations.spectrum import Maxima, select
 
 if TYPE_CHECKING:
     from pipeline.inputs.receptive_field import ReceptiveField
@@ -65,6 +67,7 @@ class LayerPartial:
     nonfinite: np.ndarray  # int64 [C] NaN or infinite values (counted as 0 in every statistic)
     probe_ids: np.ndarray  # int64 [m] the probe images seen, in the order of `probe`
     probe: np.ndarray  # float32 [m, C] each probe image's mean activation per unit
+    maxima: Maxima = field(default_factory=Maxima.none)  # every image's spatial max (kept for the spectrum only)
 
     @classmethod
     def empty(cls, info: LayerInfo, k: int) -> LayerPartial:
@@ -79,6 +82,7 @@ class LayerPartial:
             np.maximum(self.vmax, o.vmax), np.minimum(self.vmin, o.vmin), self.map_sum + o.map_sum,
             self.top.merged(o.top, True), self.bottom.merged(o.bottom, False), self.nonfinite + o.nonfinite,
             np.concatenate([self.probe_ids, o.probe_ids]), np.concatenate([self.probe, o.probe]),
+            self.maxima.merged(o.maxima),
         )
 
 
@@ -108,7 +112,7 @@ _TINY = 2.0**-100  # a power of two: summing up to 2**24 of them per map is exac
 
 
 def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int, scratch: torch.Tensor | None = None,
-                 probe: np.ndarray | None = None) -> LayerPartial:
+                 probe: np.ndarray | None = None, spectrum: bool = False) -> LayerPartial:
     """One layer's output for a batch ([N, C, H, W]) reduced to a partial.
 
     Per-image reductions run in float32 (exact enough over one map, and cheap); sums across
@@ -117,7 +121,7 @@ def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int, scratch: torc
     shape, saves allocating (and page-faulting) a large temporary on every batch. `probe`
     marks the rows whose per-unit mean activation is kept (the probe set `diff` correlates on).
     NaN and infinite values are counted per unit and then read as 0, so one bad unit cannot
-    poison the statistics of the run.
+    poison the statistics of the run. `spectrum` keeps every image's spatial max and its arg-max (first occurrence).
     """
     n, c = out.shape[:2]
     flat = out.detach().reshape(n, c, -1).float()
@@ -129,7 +133,12 @@ def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int, scratch: torc
         flat = torch.where(finite, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
         per_image = flat.sum(dim=2)
     rows = np.flatnonzero(probe) if probe is not None else np.zeros(0, np.int64)
-    vmax, vmin = flat.amax(dim=2), flat.amin(dim=2)
+    if spectrum:
+        vmax, argmax = flat.max(dim=2)
+        maxima = Maxima.of_batch(vmax, argmax, image_ids, flat.shape[2])
+    else:
+        vmax, maxima = flat.amax(dim=2), Maxima.none()
+    vmin = flat.amin(dim=2)
     # positives counted as a sum of clamp(x, 0, TINY) / TINY: one pass, no bool-to-int conversion
     marks = torch.clamp(flat, 0.0, _TINY, out=scratch.view(flat.shape) if scratch is not None else None)
     return LayerPartial(
@@ -145,6 +154,7 @@ def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int, scratch: torc
         nonfinite=nonfinite,
         probe_ids=image_ids[rows].astype(np.int64),
         probe=(per_image[torch.as_tensor(rows, device=flat.device)] / flat.shape[2]).cpu().numpy().astype(np.float32),
+        maxima=maxima,
     )
 
 
@@ -159,9 +169,9 @@ def _batch_ranked(flat: torch.Tensor, extreme: torch.Tensor, image_ids: np.ndarr
 
 
 def compute(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch], k: int,
-            probe_ids: frozenset[int] = frozenset()) -> ActivationsPartial:
+            probe_ids: frozenset[int] = frozenset(), spectrum: bool = False) -> ActivationsPartial:
     """Reduce batches to one partial; every layer is read from a single forward pass per batch.
-    Images in `probe_ids` also keep their per-unit mean activation."""
+    Images in `probe_ids` also keep their per-unit mean activation; `spectrum`: every image keeps its maxima."""
     acc = empty(layers, k)
     current: dict[str, LayerPartial] = {}
     ids_now: list[np.ndarray] = []
@@ -171,7 +181,7 @@ def compute(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch],
         if scratch[0].numel() < out.numel() or scratch[0].device != out.device:
             scratch[0] = torch.empty(out.numel(), dtype=torch.float32, device=out.device)
         probe = np.fromiter((int(i) in probe_ids for i in ids_now[0]), bool, len(ids_now[0]))
-        current[name] = reduce_batch(out, ids_now[0], k, scratch[0][: out.numel()], probe)
+        current[name] = reduce_batch(out, ids_now[0], k, scratch[0][: out.numel()], probe, spectrum)
 
     with tapped(model, layers, reduce) as run:
         with torch.inference_mode():
@@ -180,22 +190,26 @@ def compute(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch],
                 current.clear()
                 run(batch.inputs)
                 acc = merge(acc, ActivationsPartial(dict(current), len(batch.image_ids)))
+    for part in acc.layers.values():
+        part.maxima = part.maxima.compacted()
     return acc
 
 
 @dataclass(frozen=True)
 class LayerResult:
-    """Finalized statistics of one layer: column arrays for the units and examples tables."""
+    """Finalized statistics of one layer: column arrays for the units, examples and spectrum tables."""
 
     units: dict[str, np.ndarray]
     examples: dict[str, np.ndarray]
     mean_map: np.ndarray  # float32 [C, H, W]
     probe: np.ndarray  # float32 [C, m] mean activation on each probe image, in `probe_ids` order
     probe_ids: np.ndarray  # int64 [m], ascending
+    spectrum: dict[str, np.ndarray] = field(default_factory=dict)  # empty: no spectrum (spectrum_quantiles = 0)
 
 
-def finalize(partial: ActivationsPartial, info: LayerInfo, rf: ReceptiveField, input_hw: tuple[int, int]) -> LayerResult:
-    """Per-unit statistics and the ranked examples of one layer."""
+def finalize(partial: ActivationsPartial, info: LayerInfo, rf: ReceptiveField, input_hw: tuple[int, int],
+             spectrum: tuple[int, int] = (0, 0)) -> LayerResult:
+    """Per-unit statistics, the ranked examples and (`spectrum` = (quantiles, k), quantiles > 0) the spectrum of one layer."""
     p = partial.layers[info.name]
     c, (h, w) = info.units, info.spatial
     count = max(p.images * h * w, 1)
@@ -219,17 +233,9 @@ def finalize(partial: ActivationsPartial, info: LayerInfo, rf: ReceptiveField, i
     for sign, ranked in (("top", p.top), ("bottom", p.bottom)):
         real = ranked.image_id != PAD_ID
         unit_idx, rank = np.nonzero(real)
-        pos = ranked.position[real]
-        y, x = pos // w, pos % w
-        boxes = rf.boxes(y, x, *input_hw)
-        part = {
-            "layer": np.full(len(unit_idx), info.name, dtype=object), "unit": unit_idx.astype(np.int32),
-            "sign": np.full(len(unit_idx), sign, dtype=object), "rank": rank.astype(np.int32),
-            "image_id": ranked.image_id[real], "activation": ranked.value[real].astype(np.float32),
-            "y": y.astype(np.int32), "x": x.astype(np.int32),
-            "box_y0": boxes[:, 0].astype(np.int32), "box_x0": boxes[:, 1].astype(np.int32),
-            "box_y1": boxes[:, 2].astype(np.int32), "box_x1": boxes[:, 3].astype(np.int32),
-        }
+        part = {"sign": np.full(len(unit_idx), sign, dtype=object),
+                **example_columns(info, rf, input_hw, unit_idx, rank, ranked.image_id[real], ranked.value[real],
+                                  ranked.position[real])}
         for key, arr in part.items():
             cols.setdefault(key, []).append(arr)
     examples = {key: np.concatenate(parts) for key, parts in cols.items()}
@@ -237,4 +243,35 @@ def finalize(partial: ActivationsPartial, info: LayerInfo, rf: ReceptiveField, i
     examples = {key: arr[order] for key, arr in examples.items()}
     mean_map = (p.map_sum / max(p.images, 1)).astype(np.float32)
     order = np.argsort(p.probe_ids, kind="stable")
-    return LayerResult(units, examples, mean_map, np.ascontiguousarray(p.probe[order].T), p.probe_ids[order])
+    return LayerResult(units, examples, mean_map, np.ascontiguousarray(p.probe[order].T), p.probe_ids[order],
+                       spectrum_columns(p, info, rf, input_hw, *spectrum))
+
+
+def example_columns(info: LayerInfo, rf: ReceptiveField, input_hw: tuple[int, int], unit: np.ndarray, rank: np.ndarray,
+                    image_id: np.ndarray, value: np.ndarray, position: np.ndarray) -> dict[str, np.ndarray]:
+    """The columns an example row has wherever it is listed (examples, spectrum): which image, its activation, the
+    arg-max position (y, x) in the feature map and that position's receptive field box."""
+    w = info.spatial[1]
+    y, x = position // w, position % w
+    boxes = rf.boxes(y, x, *input_hw)
+    return {
+        "layer": np.full(len(unit), info.name, dtype=object), "unit": unit.astype(np.int32), "rank": rank.astype(np.int32),
+        "image_id": image_id.astype(np.int64), "activation": value.astype(np.float32),
+        "y": y.astype(np.int32), "x": x.astype(np.int32),
+        "box_y0": boxes[:, 0].astype(np.int32), "box_x0": boxes[:, 1].astype(np.int32),
+        "box_y1": boxes[:, 2].astype(np.int32), "box_x1": boxes[:, 3].astype(np.int32),
+    }
+
+
+def spectrum_columns(p: LayerPartial, info: LayerInfo, rf: ReceptiveField, input_hw: tuple[int, int], quantiles: int,
+                     k: int) -> dict[str, np.ndarray]:
+    """The spectrum table's rows of one layer, by unit then rank (rank = i * k + j: level i, j-th nearest)."""
+    if quantiles <= 0 or not p.maxima.image_ids:
+        return {}
+    chosen = select(p.maxima, quantiles, k)
+    c, q, kk = chosen.image_id.shape
+    unit, level, j = (a.ravel() for a in np.indices((c, q, kk)))
+    return {**example_columns(info, rf, input_hw, unit, level * k + j, chosen.image_id.ravel(), chosen.value.ravel(),
+                              chosen.position.ravel()),
+            "quantile": chosen.levels[level].astype(np.float32),
+            "quantile_value": chosen.quantile_value[unit, level].astype(np.float32)}

@@ -1,4 +1,5 @@
-"""Receptive-field crops of the top and bottom examples, with the unit's activation heat map over each.
+"""Receptive-field crops of the top and bottom examples (and of the spectrum's), with the unit's activation heat
+map over each.
 
 Runs after the activations stage has chosen the examples: the few images
 involved are run through the model again and each example is cut out of
@@ -23,7 +24,8 @@ from pipeline.inputs.models import LayerInfo
 
 @dataclass(frozen=True)
 class CropRequest:
-    """One example slot to fill: `slot` is the rank for top examples and k + rank for bottom ones."""
+    """One example slot to fill: `slot` is the rank for top examples, k + rank for bottom ones and 2k + rank for
+    the activation spectrum's."""
 
     layer: str
     unit: int

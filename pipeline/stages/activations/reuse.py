@@ -16,14 +16,15 @@ from pipeline.stages.activations.compute import LayerResult
 
 
 def read_layer(previous: Catalog, units: pa.Table, layer: str) -> LayerResult:
-    """One layer's units rows, examples, mean map and probes."""
+    """One layer's units rows, examples, spectrum, mean map and probes."""
     rows = rows_of_layer(units, layer).sort_by("unit")
     columns = {c: from_table(rows, c) for c in ACTIVATION_COLUMNS}
     columns["nonfinite"] = np.array([v or 0 for v in columns["nonfinite"]], np.int64)  # null in older catalogs
     examples = previous.arrow("examples", filters=[("layer", "==", layer)])
+    spectrum = previous.arrow("spectrum", filters=[("layer", "==", layer)])  # empty in a catalog without one
     probe, ids = previous.probes(layer)
     return LayerResult(columns, {c: from_table(examples, c) for c in examples.column_names}, previous.mean_map(layer),
-                       probe, ids)
+                       probe, ids, {c: from_table(spectrum, c) for c in spectrum.column_names} if len(spectrum) else {})
 
 
 def read_skipped(previous: Catalog) -> list[tuple[int, str]]:

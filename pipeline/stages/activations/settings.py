@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from pipeline.errors import UserError
 from pipeline.job.checks import at_least_one
+
+SPECTRUM_KEYS = ("spectrum_quantiles", "spectrum_k", "spectrum_memory_mb")  # what only the spectrum depends on
 
 
 @dataclass(frozen=True)
@@ -13,9 +15,19 @@ class ActivationsSettings:
     k: int = 16
     patch_size: int = 64  # pixels of the stored receptive-field crops
     probe_images: int = 256  # images whose per-unit mean activation is kept for `diff` (0: none)
+    spectrum_quantiles: int = 8  # the activation spectrum: examples at Q evenly spaced quantiles (0: none)
+    spectrum_k: int = 4  # examples per quantile
+    spectrum_memory_mb: int = 4096  # most driver memory the spectrum's per-image maxima may take; above, the run is refused
+
+    def without_spectrum(self) -> dict:
+        """The settings every other stage's results depend on (the spectrum's keys left out, so a catalog written
+        before the spectrum existed hashes the same)."""
+        return {key: value for key, value in asdict(self).items() if key not in SPECTRUM_KEYS}
 
 
 def check(s: ActivationsSettings, key: str) -> None:
-    at_least_one({f"{key}.k": s.k, f"{key}.patch_size": s.patch_size})
-    if s.probe_images < 0:
-        raise UserError(f"job key '{key}.probe_images' must be 0 or more, got {s.probe_images}.")
+    at_least_one({f"{key}.k": s.k, f"{key}.patch_size": s.patch_size, f"{key}.spectrum_k": s.spectrum_k,
+                  f"{key}.spectrum_memory_mb": s.spectrum_memory_mb})
+    for name, off in (("probe_images", "no probes"), ("spectrum_quantiles", "no activation spectrum")):
+        if getattr(s, name) < 0:
+            raise UserError(f"job key '{key}.{name}' must be 0 ({off}) or more, got {getattr(s, name)}.")

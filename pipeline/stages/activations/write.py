@@ -1,5 +1,5 @@
-"""What the activations stage puts in the catalog: the units and examples tables' rows, the images table,
-the example crops, heat maps, mean maps and probes, and the manifest's layers, data and summary."""
+"""What the activations stage puts in the catalog: the units, examples and spectrum tables' rows, the images table,
+the example and spectrum crops, heat maps, mean maps and probes, and the manifest's layers, data and summary."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pipeline.stages.activations.settings import ActivationsSettings
 
 if TYPE_CHECKING:
     from pipeline.catalog.writer import Draft
+    from pipeline.inputs.models import LayerInfo
+    from pipeline.stages.activations.crops import CropBatch
     from pipeline.plan import RunPlan
     from pipeline.stages.activations.stage import ActivationsResult
 
@@ -23,26 +25,40 @@ def write_activations(draft: Draft, plan: RunPlan, result: ActivationsResult, se
     draft.units.update({c: np.concatenate([layers[n].units[c] for n in names]) for c in layers[names[0]].units})
     draft.table("examples", {c: np.concatenate([layers[n].examples[c] for n in names]) for c in layers[names[0]].examples})
     draft.table("images", _image_columns(plan, result.skipped))
-    k, patch = settings.k, settings.patch_size
+    spectrum = settings.spectrum_quantiles > 0
+    if spectrum:
+        parts = [layers[n].spectrum for n in names if layers[n].spectrum]
+        draft.table("spectrum", {c: np.concatenate([p[c] for p in parts]) for c in cs.TABLES["spectrum"].names}
+                    if parts else cs.TABLES["spectrum"].empty_table())
     paths = {r.image_id: r.path for r in plan.images.records}
     for info in plan.layers:
         if info.name in result.reused:
-            for kind in (cs.EXAMPLES, cs.HEATMAPS):
-                draft.copy_array(result.previous.path, kind, info.name)
+            for kind in (cs.EXAMPLES, cs.HEATMAPS, *((cs.SPECTRUM,) if spectrum else ())):
+                if kind is not cs.SPECTRUM or result.previous.has_array(kind.group, info.name):
+                    draft.copy_array(result.previous.path, kind, info.name)
         else:
-            pics = np.zeros((info.units, 2 * k, patch, patch, 3), np.uint8)
-            heat = np.zeros((info.units, 2 * k, patch, patch), np.uint8)
-            for batch in result.crops.get(info.name, []):
-                pics[batch.unit, batch.slot] = batch.crops if batch.crops.shape[-1] == 3 else batch.crops.repeat(3, axis=-1)
-                heat[batch.unit, batch.slot] = batch.heat
-            draft.array(cs.EXAMPLES, info.name, pics)
-            draft.array(cs.HEATMAPS, info.name, heat)
+            _write_crops(draft, info, result.crops.get(info.name, []), settings)
         res = layers[info.name]
         draft.array(cs.MEAN_MAPS, info.name, res.mean_map)
         draft.array(cs.PROBES, info.name, res.probe, {"image_ids": [int(i) for i in res.probe_ids],
                                                        "paths": [paths[int(i)] for i in res.probe_ids]})
     draft.manifest.update(_manifest_sections(plan, draft.units, result.skipped))
     draft.manifest["settings"]["activations"] = asdict(settings)
+
+
+def _write_crops(draft: Draft, info: LayerInfo, batches: list[CropBatch], settings: ActivationsSettings) -> None:
+    """examples/, heatmaps/ and (with a spectrum) spectrum/ arrays of a computed layer; spectrum slots start at 2k."""
+    k, patch, slots = settings.k, settings.patch_size, settings.spectrum_quantiles * settings.spectrum_k
+    pics = np.zeros((info.units, 2 * k + slots, patch, patch, 3), np.uint8)
+    heat = np.zeros((info.units, 2 * k, patch, patch), np.uint8)
+    for batch in batches:
+        pics[batch.unit, batch.slot] = batch.crops if batch.crops.shape[-1] == 3 else batch.crops.repeat(3, axis=-1)
+        examples = batch.slot < 2 * k
+        heat[batch.unit[examples], batch.slot[examples]] = batch.heat[examples]
+    draft.array(cs.EXAMPLES, info.name, pics[:, :2 * k])
+    draft.array(cs.HEATMAPS, info.name, heat)
+    if slots:
+        draft.array(cs.SPECTRUM, info.name, pics[:, 2 * k:])
 
 
 def _image_columns(plan: RunPlan, skipped: list[tuple[int, str]]) -> dict[str, list]:
