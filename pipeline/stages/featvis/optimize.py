@@ -5,7 +5,8 @@ random transforms drawn from its own generator seeded by (seed, layer, unit, vie
 only up to the target layer, the batch always has the same size (padded with spare copies), and
 every per-image computation is independent of the others, so a unit's images do not depend on
 which units share its batch. For the first steps ReLUs pass a redirected gradient (as Lucid), so
-that units which never fire still get one.
+that units which never fire still get one. Adam's learning rate warms up, then decays (`lr_factor`), and the
+last `polish` steps optimize the image as it is stored, without transforms.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _frequency_penalty(images: torch.Tensor, settings: FeatvisSettings) -> torch
     return penalty
 
 
-def lr_factor(settings: FeatvisSettings):
+def lr_factor(settings: FeatvisSettings) -> Callable[[int], float]:
     """The learning rate's multiplier at each step: constant (Lucid), or a linear warm-up then a cosine decay."""
     warm = max(1, round(settings.warmup * settings.steps))
 

@@ -60,7 +60,3 @@ class ImageParam:
             raw = torch.einsum("nchw,dc->ndhw", raw, self.color)
         return torch.sigmoid(raw)
 
-
-def to_images(params: torch.Tensor, kind: str, size: int, decorrelate: bool, chroma: float = 0.0) -> torch.Tensor:
-    """[N, C, S, S] images in [0, 1] from a batch of parameters."""
-    return ImageParam(kind, size, params.shape[1], decorrelate, chroma, params.device)(params)
