@@ -53,7 +53,6 @@ VARIANTS = {
     "polish": dict(chroma=0.0, schedule="constant", polish=16),
     "all.1": dict(chroma=1.0, schedule="cosine", polish=16, lr=0.1),
     "all.2": dict(chroma=1.0, schedule="cosine", polish=16, lr=0.2),
-    "all.2r": dict(chroma=1.0, schedule="cosine", polish=16, lr=0.2, objective="rectified"),
     "all.3": dict(chroma=1.0, schedule="cosine", polish=16, lr=0.3),
     "all.5": dict(chroma=1.0, schedule="cosine", polish=16, lr=0.5),
     "all.2p32": dict(chroma=1.0, schedule="cosine", polish=32, lr=0.2),

@@ -33,9 +33,10 @@ def write_activations(draft: Draft, plan: RunPlan, result: ActivationsResult, se
     paths = {r.image_id: r.path for r in plan.images.records}
     for info in plan.layers:
         if info.name in result.reused:
-            for kind in (cs.EXAMPLES, cs.HEATMAPS, *((cs.SPECTRUM,) if spectrum else ())):
-                if kind is not cs.SPECTRUM or result.previous.has_array(kind.group, info.name):
-                    draft.copy_array(result.previous.path, kind, info.name)
+            for kind in (cs.EXAMPLES, cs.HEATMAPS):
+                draft.copy_array(result.previous.path, kind, info.name)
+            if spectrum and result.previous.has_array(cs.SPECTRUM.group, info.name):
+                draft.copy_array(result.previous.path, cs.SPECTRUM, info.name)
         else:
             _write_crops(draft, info, result.crops.get(info.name, []), settings)
         res = layers[info.name]
