@@ -84,12 +84,14 @@ class Catalog:
         return self.table("banzhaf")
 
     def importance(self) -> pd.DataFrame:
-        """Each player's value for the whole metric with an `estimator` column: Shapley (TMC) when the run
-        estimated it, else Banzhaf; empty when the importance stage did not run."""
-        for estimator in ("shapley", "banzhaf"):
-            values = self.table(estimator)
+        """Each player's value for the whole metric with an `estimator` column: the Shapley value ('tmc' or 'msr',
+        as the manifest lists) when the run estimated it, else Banzhaf; empty when the importance stage did not run."""
+        listed = (self.manifest.get("shapley") or {}).get("estimators") or ["tmc"]
+        shapley = "msr" if "msr" in listed else "tmc"
+        for table in ("shapley", "banzhaf"):
+            values = self.table(table)
             if not values.empty:
-                return values.assign(estimator="tmc" if estimator == "shapley" else "banzhaf")
+                return values.assign(estimator=shapley if table == "shapley" else "banzhaf")
         return self.table("shapley").assign(estimator=pd.Series(dtype=str))
 
     def importance_by_class(self, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:

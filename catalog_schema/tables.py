@@ -97,12 +97,12 @@ SHAPLEY = pa.schema([
     pa.field("sample_range", pa.float32()),  # TMC: their largest minus their smallest
 ])
 
-BANZHAF = SHAPLEY  # banzhaf.parquet: the same columns; `samples` = the coalitions evaluated
+BANZHAF = SHAPLEY  # banzhaf.parquet: the same columns; `samples` = the coalitions evaluated (so in shapley.parquet by MSR)
 
 IMPORTANCE_BY_CLASS = pa.schema([  # each player's value for the metric on one class's evaluation images
     pa.field("layer", pa.string(), nullable=False),
     pa.field("unit", pa.int32(), nullable=False),
-    pa.field("estimator", pa.string(), nullable=False),  # 'tmc' (Shapley) | 'banzhaf'
+    pa.field("estimator", pa.string(), nullable=False),  # 'tmc' or 'msr' (Shapley) | 'banzhaf'
     pa.field("metric", pa.string()),
     pa.field("class", pa.int32(), nullable=False),  # the class index (the sorted class folders)
     pa.field("class_name", pa.string()),

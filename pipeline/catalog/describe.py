@@ -9,7 +9,7 @@ import pandas as pd
 from catalog_schema import Catalog
 from pipeline.catalog.query import interpretable_by_category
 
-ESTIMATOR_NAMES = {"tmc": "Shapley", "banzhaf": "Banzhaf"}
+ESTIMATOR_NAMES = {"tmc": "Shapley", "msr": "Shapley", "banzhaf": "Banzhaf"}
 CLASS_LINES = 30  # classes listed one a line; the rest are counted
 
 
@@ -147,11 +147,15 @@ def _shapley_lines(catalog: Catalog, info: dict, settings: dict) -> list[str]:
 
 
 def _estimator_cost(estimator: str, info: dict) -> str:
-    """What one estimator spent: TMC's permutations, rounds and evaluations, Banzhaf's sampled coalitions."""
+    """What one estimator spent: TMC's permutations, rounds and evaluations, MSR's and Banzhaf's sampled coalitions."""
     if estimator == "tmc":
         d = info.get("tmc") or info  # an older catalog: the TMC keys at the top of the section
         return (f"tmc (Shapley): {d.get('permutations', '?')} permutations in {d.get('rounds', '?')} rounds, "
                 f"{d.get('evaluations', '?')} evaluations")
+    if estimator == "msr":
+        d = info.get("msr") or {}
+        return (f"msr (Shapley): {d.get('samples', '?')} sampled coalitions, surrogate-adjusted "
+                f"({d.get('bootstrap', '?')} bootstrap resamplings)")
     if estimator == "banzhaf":
         d = info.get("banzhaf") or {}
         return (f"banzhaf: {d.get('samples', '?')} sampled coalitions (keep {d.get('keep', '?')}, "

@@ -2,7 +2,7 @@
 (the Neuron Shapley paper's "distribution of important filters by layer"), and each player's per-class bars.
 
 Only geometry and numbers are computed here; the templates write the SVG (every name goes through autoescaping).
-Values come from `Catalog.importance()` (Shapley by TMC when it ran, else Banzhaf), so either estimator works.
+Values come from `Catalog.importance()` (Shapley by TMC or MSR when it ran, else Banzhaf), so any estimator works.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pandas as pd
 from catalog_schema import Catalog
 
 TOP_SHARE = 0.10  # the chart's top N: this share of the players, at least 1
-ESTIMATOR_NAMES = {"tmc": "Shapley (TMC)", "banzhaf": "Banzhaf"}
+ESTIMATOR_NAMES = {"tmc": "Shapley (TMC)", "msr": "Shapley (MSR)", "banzhaf": "Banzhaf"}
 BAR, GROUP_GAP, HEIGHT, COUNT_SPACE, LABEL_SPACE = 14, 12, 120, 14, 110
 CLASS_BAR_WIDTH = 240
 

@@ -1,11 +1,11 @@
 """Benchmark: evaluations and seconds to the top-10 units by importance, for the TMC bandit variants against
-plain truncated Monte-Carlo, the Banzhaf (MSR) estimator's agreement with a long TMC reference, and the
+plain truncated Monte-Carlo, the MSR Shapley and Banzhaf estimators' agreement with a long TMC reference, and the
 suffix-only forward against the whole model.
 
 Run by hand after `make demo` (it reads the demo job's model and images):
 
     .venv/bin/python tests/benchmarks/bench_shapley.py [--job jobs/demo.toml] [--layers conv1,conv2,conv3,conv4]
-        [--reference 400] [--max-rounds 40] [--banzhaf 256,512,1024] [--keep 0.5,0.8] [--threads 2]
+        [--reference 400] [--max-rounds 40] [--banzhaf 256,512,1024] [--keep 0.5,0.8] [--msr 1024,2048] [--threads 2]
         [--cache /tmp/reference.npz]
 
 In one process (no Ray), on the job's [stages.shapley] players (or --layers) and evaluation images:
@@ -16,6 +16,7 @@ In one process (no Ray), on the job's [stages.shapley] players (or --layers) and
    precision first reaches 0.9 and stays there for the rest of the run, and the ratio to plain TMC;
 3. Banzhaf with `--banzhaf` coalitions at each `--keep`: Spearman correlation of all values with the
    reference, top-10 precision, and its evaluations as a share of the reference's;
+   then the same for the MSR Shapley estimator with `--msr` coalitions (the job's seed);
 4. the same evaluations timed with the model run whole (no cached prefix) instead of the suffix.
 """
 
@@ -39,7 +40,8 @@ from pipeline.job.prepare import prepare_inputs
 from pipeline.stages.shapley import estimator as sh
 from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model, whole_model
 from pipeline.stages.shapley.banzhaf import banzhaf_values
-from pipeline.stages.shapley.rounds import banzhaf_rounds, permutations
+from pipeline.stages.shapley.msr import msr_values
+from pipeline.stages.shapley.rounds import banzhaf_rounds, msr_rounds, permutations
 from pipeline.stages.shapley.stage import ShapleyStage, eval_records, player_layers
 
 VARIANTS = {  # name: (bandit, antithetic, bound)
@@ -139,7 +141,7 @@ def reference_values(ab: Ablator, cfg, permutations_: int, cache: str | None) ->
 
 
 def compare_banzhaf(ab: Ablator, cfg, seed: int, reference: np.ndarray, ref_evaluations: int, sizes, keeps) -> None:
-    for keep in keeps:
+    for keep in keeps if sizes else ():
         values = banzhaf_rounds(lambda items: [ab.evaluate(m) for m in items], ab.players,
                                 replace(cfg, banzhaf_samples=max(sizes), banzhaf_keep=keep), seed)
         for m in sizes:
@@ -149,6 +151,22 @@ def compare_banzhaf(ab: Ablator, cfg, seed: int, reference: np.ndarray, ref_eval
             print(f"  Banzhaf keep {keep:.2f}, {m:5d} coalitions ({m / ref_evaluations:6.1%} of the reference's evaluations): "
                   f"Spearman {rho:.3f} (per class, mean {by_class:.3f}), top-{cfg.top_k} precision "
                   f"{precision(e.value[:, 0], reference[:, 0], cfg.top_k):.1f}")
+
+
+def compare_msr(ab: Ablator, cfg, seed: int, reference: np.ndarray, ref_evaluations: int, sizes) -> None:
+    if not sizes:
+        return
+    t0 = time.perf_counter()
+    values = msr_rounds(lambda items: [ab.evaluate(m) for m in items], ab.players, replace(cfg, msr_samples=max(sizes)), seed)
+    print(f"  MSR: {max(sizes)} coalitions evaluated in {time.perf_counter() - t0:.0f} s")
+    for m in sizes:
+        t0 = time.perf_counter()
+        e = msr_values(values[:m], ab.players, seed, 0, cfg.ci_delta)
+        rho = spearman(e.value[:, 0], reference[:, 0])
+        by_class = np.nanmean([spearman(e.value[:, c], reference[:, c]) for c in range(1, e.value.shape[1])])
+        print(f"  MSR {m:5d} coalitions ({m / ref_evaluations:6.1%} of the reference's evaluations): Spearman {rho:.3f} "
+              f"(per class, mean {by_class:.3f}), top-{cfg.top_k} precision "
+              f"{precision(e.value[:, 0], reference[:, 0], cfg.top_k):.1f}; estimate {time.perf_counter() - t0:.1f} s")
 
 
 def time_forward(suffix: Ablator, whole: Ablator) -> None:
@@ -171,7 +189,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--layers", default=None, help="player layers, comma-separated (default: the job's)")
     ap.add_argument("--reference", type=int, default=400, help="permutations of the long plain-TMC run")
     ap.add_argument("--max-rounds", type=int, default=40)
-    ap.add_argument("--banzhaf", default="256,512,1024", help="coalition counts for the Banzhaf comparison")
+    ap.add_argument("--banzhaf", default="256,512,1024", help="coalition counts for the Banzhaf comparison ('' for none)")
+    ap.add_argument("--msr", default="1024,2048", help="coalition counts for the MSR comparison ('' for none)")
     ap.add_argument("--keep", default="0.5", help="Banzhaf keep probabilities, comma-separated")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="TMC variants to run (names, comma-separated; '' for none)")
     ap.add_argument("--cache", default=None, help="an .npz file keeping the reference between runs")
@@ -198,8 +217,9 @@ def main(args: argparse.Namespace) -> None:
               + (f"{hit[0]:6d} evaluations, {hit[1]:6.1f} s{ratio}" if hit else "never")
               + f"  (run: {len(trace)} rounds, {final[0]} evaluations, {final[1]:.1f} s, final precision {final[2]:.1f},"
               f" Spearman {spearman(stats.mean[:, 0], reference[:, 0]):.3f})")
-    compare_banzhaf(suffix, cfg, job.seed, reference, ref_evaluations, [int(m) for m in args.banzhaf.split(",")],
+    compare_banzhaf(suffix, cfg, job.seed, reference, ref_evaluations, [int(m) for m in args.banzhaf.split(",") if m],
                     [float(k) for k in args.keep.split(",")])
+    compare_msr(suffix, cfg, job.seed, reference, ref_evaluations, [int(m) for m in args.msr.split(",") if m])
     time_forward(suffix, ablator(model, players, means, pairs, cfg.metric, classes, suffix=False))
 
 

@@ -1,5 +1,5 @@
 """The importance stage's outer loops: TMC's rounds of permutation walks (the bandit choosing whom to
-sample), Banzhaf's rounds of random coalitions, the checkpoint after each round, the summaries, and
+sample), MSR's and Banzhaf's rounds of random coalitions, the checkpoint after each round, the summaries, and
 the paper's ablation check.
 
 They see the evaluator only through two batch functions, so the same loops run on the Ray actors
@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.stages.shapley import estimator as est
-from pipeline.stages.shapley.banzhaf import banzhaf_values, coalitions
+from pipeline.stages.shapley import banzhaf, msr
 from pipeline.stages.shapley.settings import ShapleySettings, estimators
 
 Evaluations = Callable[[Sequence[np.ndarray]], list[np.ndarray]]  # bool [C, players] per item -> float [C, M]
 Walks = Callable[[Sequence[np.ndarray], np.ndarray], list[tuple[np.ndarray, int]]]  # orders, chosen -> (samples, evals)
 TmcState = tuple[est.SampleStats, list, int]  # the stats, the history, the rounds done
-BANZHAF_ROUND = 256  # coalitions per Banzhaf round (a checkpoint after each)
+COALITION_ROUND = 256  # coalitions per MSR or Banzhaf round (a checkpoint after each)
 CHUNK = 8  # coalitions per evaluation item (fixed: results must not depend on the workers)
 
 
@@ -57,18 +57,33 @@ def estimate(walks: Walks, players: int, cfg: ShapleySettings, seed: int, state:
     return stats, history, rounds
 
 
-def banzhaf_rounds(evaluate: Evaluations, players: int, cfg: ShapleySettings, seed: int,
-                   values: np.ndarray | None = None, save: Callable[[np.ndarray], None] = lambda _v: None) -> np.ndarray:
-    """float64 [banzhaf_samples, M]: V of every Banzhaf coalition, in rounds of BANZHAF_ROUND (resumed from `values`)."""
+def coalition_rounds(evaluate: Evaluations, draw: Callable[[int, int], np.ndarray], samples: int,
+                     values: np.ndarray | None = None, save: Callable[[np.ndarray], None] = lambda _v: None) -> np.ndarray:
+    """float64 [samples, M]: V of coalitions 0..samples-1 (`draw(start, stop)` gives their removed units), in rounds
+    of COALITION_ROUND (resumed from `values`, those of the first coalitions)."""
     done = [values] if values is not None else []
     start = 0 if values is None else len(values)
-    while start < cfg.banzhaf_samples:
-        stop = min(start + BANZHAF_ROUND, cfg.banzhaf_samples)
-        items = [coalitions(seed, s, min(s + CHUNK, stop), players, cfg.banzhaf_keep) for s in range(start, stop, CHUNK)]
+    while start < samples:
+        stop = min(start + COALITION_ROUND, samples)
+        items = [draw(s, min(s + CHUNK, stop)) for s in range(start, stop, CHUNK)]
         done.append(np.concatenate([np.atleast_2d(np.asarray(v).T).T for v in evaluate(items)]))
         start = stop
         save(np.concatenate(done))
     return np.concatenate(done)
+
+
+def banzhaf_rounds(evaluate: Evaluations, players: int, cfg: ShapleySettings, seed: int,
+                   values: np.ndarray | None = None, save: Callable[[np.ndarray], None] = lambda _v: None) -> np.ndarray:
+    """float64 [banzhaf_samples, M]: V of every Banzhaf coalition (resumed from `values`)."""
+    draw = lambda start, stop: banzhaf.coalitions(seed, start, stop, players, cfg.banzhaf_keep)  # noqa: E731
+    return coalition_rounds(evaluate, draw, cfg.banzhaf_samples, values, save)
+
+
+def msr_rounds(evaluate: Evaluations, players: int, cfg: ShapleySettings, seed: int,
+               values: np.ndarray | None = None, save: Callable[[np.ndarray], None] = lambda _v: None) -> np.ndarray:
+    """float64 [msr_samples, M]: V of every MSR coalition (resumed from `values`)."""
+    draw = lambda start, stop: msr.coalitions(seed, start, stop, players)  # noqa: E731
+    return coalition_rounds(evaluate, draw, cfg.msr_samples, values, save)
 
 
 def ablation_check(evaluate: Evaluations, values: np.ndarray, v_full: float, players: int,
@@ -101,7 +116,7 @@ def run_estimator(evaluate: Evaluations, walks: Callable[..., Any], players: int
     ablation check (ranked by the first estimator). Returns (estimates, v_full, v_none, ablation rows).
 
     `walks(orders, chosen, v_full, v_none, settings)` as in `estimate`, given the end values and est.WalkSettings.
-    `state` / `save`: the checkpoint, {"tmc": TmcState, "banzhaf": values} as far as each got. `warm(v_full)`: the
+    `state` / `save`: the checkpoint, {"tmc": TmcState, "msr": values, "banzhaf": values} as far as each got. `warm(v_full)`: the
     statistics TMC starts from when there is no checkpoint (a warm start), or None."""
     ends = np.atleast_2d(np.asarray(evaluate([np.stack([np.zeros(players, bool), np.ones(players, bool)])])[0]).T).T
     v_full, v_none = ends[0], ends[1]
@@ -119,7 +134,11 @@ def run_estimator(evaluate: Evaluations, walks: Callable[..., Any], players: int
                                     players, cfg, seed, begin, keep, columns=len(v_full))
             stats, history, rounds = state["tmc"]
             out.append(est.summarize(stats, rounds, cfg.ci_delta, history))
+        elif name == "msr":
+            state["msr"] = msr_rounds(evaluate, players, cfg, seed, state.get("msr"), keep)
+            out.append(msr.msr_values(state["msr"], players, seed, cfg.bootstrap, cfg.ci_delta))
         else:
             state["banzhaf"] = banzhaf_rounds(evaluate, players, cfg, seed, state.get("banzhaf"), keep)
-            out.append(banzhaf_values(state["banzhaf"], players, seed, cfg.banzhaf_keep, cfg.bootstrap, cfg.ci_delta))
+            out.append(banzhaf.banzhaf_values(state["banzhaf"], players, seed, cfg.banzhaf_keep, cfg.bootstrap,
+                                              cfg.ci_delta))
     return out, v_full, v_none, ablation_check(evaluate, out[0].value[:, 0], float(v_full[0]), players, seed)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pipeline.errors import UserError
 from pipeline.job.checks import at_least_one
 
-ESTIMATORS = ("auto", "tmc", "banzhaf", "both")
-AUTO_TMC_PLAYERS = 256  # "auto": Shapley by truncated Monte-Carlo up to this many players, Banzhaf above
+ESTIMATORS = ("auto", "tmc", "msr", "banzhaf", "both")
+AUTO_TMC_PLAYERS = 256  # "auto": Shapley by truncated Monte-Carlo up to this many players, by MSR above
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class ShapleySettings:
     eval_images: int = 256  # a seeded subset of the labelled images
     target_class: int = -1  # -1: the whole metric; N: the metric on class N's images
     layers: tuple[str, ...] = ()  # player layers (paths or globs among model.layers); empty: all of them
-    estimator: str = "auto"  # "tmc" (Shapley) | "banzhaf" (MSR) | "both" | "auto" (see AUTO_TMC_PLAYERS)
+    estimator: str = "auto"  # "tmc" | "msr" (both Shapley) | "banzhaf" | "both" (tmc and banzhaf) | "auto" (AUTO_TMC_PLAYERS)
     top_k: int = 10  # the bandit settles membership in the top k
     rounds: int = 30  # at most this many rounds of permutations
     permutations_per_round: int = 8
@@ -28,15 +28,16 @@ class ShapleySettings:
     delta: float = 0.2  # the bandit's confidence parameter (the paper's)
     bound: str = "bernstein"  # the bandit's bounds: "bernstein" (the paper's) | "normal" (z * standard error)
     ci_delta: float = 0.05  # reported intervals hold with probability 1 - ci_delta
+    msr_samples: int = 2048  # random coalitions evaluated by the MSR Shapley estimator
     banzhaf_samples: int = 1024  # random coalitions evaluated by the Banzhaf estimator
     banzhaf_keep: float = 0.5  # the probability a unit stays in a Banzhaf coalition (0.5: the Banzhaf value)
-    bootstrap: int = 200  # Poisson bootstrap resamplings for the Banzhaf intervals
+    bootstrap: int = 200  # Poisson bootstrap resamplings for the MSR and Banzhaf intervals
 
 
 def estimators(s: ShapleySettings, players: int) -> tuple[str, ...]:
-    """The estimators a run uses: "auto" is TMC up to AUTO_TMC_PLAYERS players, Banzhaf above."""
+    """The estimators a run uses: "auto" is TMC up to AUTO_TMC_PLAYERS players, MSR above."""
     if s.estimator == "auto":
-        return ("tmc",) if players <= AUTO_TMC_PLAYERS else ("banzhaf",)
+        return ("tmc",) if players <= AUTO_TMC_PLAYERS else ("msr",)
     return ("tmc", "banzhaf") if s.estimator == "both" else (s.estimator,)
 
 
@@ -55,4 +56,4 @@ def check(s: ShapleySettings, key: str) -> None:
     if s.bootstrap < 0:
         raise UserError(f"job key '{key}.bootstrap' must be 0 or more, got {s.bootstrap}.")
     at_least_one({f"{key}.{name}": getattr(s, name)
-                  for name in ("eval_images", "top_k", "rounds", "permutations_per_round", "patience", "banzhaf_samples")})
+                  for name in ("eval_images", "top_k", "rounds", "permutations_per_round", "patience", "msr_samples", "banzhaf_samples")})

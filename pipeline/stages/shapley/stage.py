@@ -1,5 +1,5 @@
 """The shapley stage (importance): how much of the model's metric rests on each player unit, as a Shapley value
-(Neuron Shapley's truncated Monte-Carlo) and/or a Banzhaf value, for the whole evaluation set and for each class
+(Neuron Shapley's truncated Monte-Carlo, or maximum sample reuse with a surrogate) and/or a Banzhaf value, for the whole evaluation set and for each class
 from the same evaluations, with intervals, and the ablation check; computed for the model as a whole, so reused
 all or nothing."""
 
@@ -93,6 +93,7 @@ class ShapleyStage(Stage):
     def other_checkpoints(self, plan: RunPlan) -> dict[str, int]:
         saved = plan.saved(self.name, ROUNDS) or {}
         return {"Shapley round(s)": saved["tmc"][2] if "tmc" in saved else 0,
+                **({"MSR coalition(s)": len(saved["msr"])} if "msr" in saved else {}),
                 **({"Banzhaf coalition(s)": len(saved["banzhaf"])} if "banzhaf" in saved else {})}
 
     def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: dict | None) -> Any:

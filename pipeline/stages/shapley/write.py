@@ -1,4 +1,4 @@
-"""What the importance stage puts in the catalog: shapley.parquet (TMC) and banzhaf.parquet, the per-class
+"""What the importance stage puts in the catalog: shapley.parquet (the Shapley value, by TMC or MSR) and banzhaf.parquet, the per-class
 values (importance_by_class.parquet), shapley_ablation.parquet, the value columns of the units table (null
 for units that are not players) and the manifest's shapley section."""
 
@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from pipeline.catalog.writer import Draft
 
 TABLES = ("shapley", "banzhaf", "importance_by_class", "shapley_ablation")
-UNIT_COLUMNS = {"tmc": SHAPLEY_COLUMNS, "banzhaf": BANZHAF_COLUMNS}
-TABLE_OF = {"tmc": "shapley", "banzhaf": "banzhaf"}
+UNIT_COLUMNS = {"tmc": SHAPLEY_COLUMNS, "msr": SHAPLEY_COLUMNS, "banzhaf": BANZHAF_COLUMNS}
+TABLE_OF = {"tmc": "shapley", "msr": "shapley", "banzhaf": "banzhaf"}
 
 
 def write_shapley(draft: Draft, players: tuple[tuple[str, int], ...], cfg: ShapleySettings, out: ShapleyOutput,
@@ -84,7 +84,7 @@ def _unit_columns(draft: Draft, names: list[str], unit_ids: list[int], e: Estima
 
 def _ablation_table(draft: Draft, out: ShapleyOutput, cfg: ShapleySettings, names: list[str], unit_ids: list[int]) -> None:
     label = [f"{n}:{u}" for n, u in zip(names, unit_ids)]
-    ranked = "shapley" if out.estimates[0].estimator == "tmc" else "banzhaf"
+    ranked = TABLE_OF[out.estimates[0].estimator]
     rows = out.ablation
     draft.table("shapley_ablation", {
         "metric": [cfg.metric] * len(rows), "target_class": [cfg.target_class] * len(rows),
