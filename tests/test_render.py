@@ -149,10 +149,12 @@ def test_feature_visualizations_show_when_the_catalog_has_them(browser, tmp_path
 @pytest.fixture(scope="module")
 def importance_sites(tmp_path_factory) -> dict[str, Path]:
     """test_shapley_run's planted model (classes a_bg, b_warm, c_green): 'banzhaf' values the units of both
-    layers by Banzhaf only; 'both' runs TMC then Banzhaf on relu's units (fc's units are not players)."""
+    layers by Banzhaf only; 'both' runs TMC then Banzhaf on relu's units (fc's units are not players); 'msr' values
+    the units of both layers by the MSR Shapley estimator."""
     sites = {}
     for name, settings in (("banzhaf", {"estimator": "banzhaf", "banzhaf_samples": 64, "layers": ["relu", "fc"]}),
-                           ("both", {"estimator": "both", "banzhaf_samples": 64})):
+                           ("both", {"estimator": "both", "banzhaf_samples": 64}),
+                           ("msr", {"estimator": "msr", "msr_samples": 256, "layers": ["relu", "fc"]})):
         folder = tmp_path_factory.mktemp(f"render-{name}")
         assert main(["run", str(shapley_job(folder, **settings))]) == 0
         assert main(["render", str(folder / "catalog"), "--out", str(folder / "site")]) == 0
@@ -171,7 +173,8 @@ def _expected_by_layer(values: pd.DataFrame, layers: list[str]) -> list[tuple[st
 @pytest.mark.parametrize("name, table, layers, estimator", [
     ("banzhaf", "banzhaf", ["relu", "fc"], "Banzhaf"),
     ("both", "shapley", ["relu"], "Shapley (TMC)"),
-], ids=["banzhaf only", "tmc and banzhaf"])
+    ("msr", "shapley", ["relu", "fc"], "Shapley (MSR)"),
+], ids=["banzhaf only", "tmc and banzhaf", "msr"])
 def test_the_index_charts_important_units_by_layer(browser, importance_sites, name, table, layers, estimator):
     site = importance_sites[name]
     values = pd.read_parquet(site.parent / "catalog" / f"{table}.parquet")
@@ -194,7 +197,8 @@ def test_the_index_charts_important_units_by_layer(browser, importance_sites, na
 def test_a_player_unit_page_shows_one_bar_per_class(browser, importance_sites):
     """Each player's page: a bar per class of the run's first estimator (Banzhaf alone; TMC when both ran),
     from zero to its value, with its interval; nothing on a unit that is not a player."""
-    for name, estimator, players in (("banzhaf", "banzhaf", ["relu", "fc"]), ("both", "tmc", ["relu"])):
+    for name, estimator, players in (("banzhaf", "banzhaf", ["relu", "fc"]), ("both", "tmc", ["relu"]),
+                                     ("msr", "msr", ["relu", "fc"])):
         site = importance_sites[name]
         by_class = pd.read_parquet(site.parent / "catalog" / "importance_by_class.parquet")
         by_class = by_class[by_class["estimator"] == estimator]

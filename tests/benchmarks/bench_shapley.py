@@ -5,7 +5,7 @@ suffix-only forward against the whole model.
 Run by hand after `make demo` (it reads the demo job's model and images):
 
     .venv/bin/python tests/benchmarks/bench_shapley.py [--job jobs/demo.toml] [--layers conv1,conv2,conv3,conv4]
-        [--reference 400] [--max-rounds 40] [--banzhaf 256,512,1024] [--keep 0.5,0.8] [--msr 1024,2048] [--threads 2]
+        [--reference 400] [--max-rounds 40] [--per-round 8] [--banzhaf 256,512,1024] [--keep 0.5,0.8] [--msr 1024,2048] [--threads 2]
         [--cache /tmp/reference.npz]
 
 In one process (no Ray), on the job's [stages.shapley] players (or --layers) and evaluation images:
@@ -46,6 +46,7 @@ from pipeline.stages.shapley.stage import ShapleyStage, eval_records, player_lay
 
 VARIANTS = {  # name: (bandit, antithetic, bound)
     "plain TMC": (False, False, "bernstein"),
+    "antithetic TMC": (False, True, "bernstein"),
     "bandit (paper)": (True, False, "bernstein"),
     "bandit + antithetic": (True, True, "bernstein"),
     "bandit + normal bound": (True, False, "normal"),
@@ -189,6 +190,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--layers", default=None, help="player layers, comma-separated (default: the job's)")
     ap.add_argument("--reference", type=int, default=400, help="permutations of the long plain-TMC run")
     ap.add_argument("--max-rounds", type=int, default=40)
+    ap.add_argument("--per-round", type=int, default=0, help="permutations per round (default: the job's)")
     ap.add_argument("--banzhaf", default="256,512,1024", help="coalition counts for the Banzhaf comparison ('' for none)")
     ap.add_argument("--msr", default="1024,2048", help="coalition counts for the MSR comparison ('' for none)")
     ap.add_argument("--keep", default="0.5", help="Banzhaf keep probabilities, comma-separated")
@@ -201,8 +203,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     job, cfg, model, players, means, pairs, classes = setup(args.job, args.layers)
+    reference_cfg = cfg
+    if args.per_round:
+        cfg = replace(cfg, permutations_per_round=args.per_round)
     suffix = ablator(model, players, means, pairs, cfg.metric, classes, suffix=True)
-    reference, ref_evaluations, seconds = reference_values(suffix, cfg, args.reference, args.cache)
+    reference, ref_evaluations, seconds = reference_values(suffix, reference_cfg, args.reference, args.cache)
     print(f"{suffix.players} players in {', '.join(n for n, _ in players)}, {suffix.eval_set.images} evaluation images, "
           f"{classes} classes, metric {cfg.metric}; reference: {args.reference} plain TMC permutations, "
           f"{ref_evaluations} evaluations ({seconds:.0f} s), top {cfg.top_k} = "
