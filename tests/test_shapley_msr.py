@@ -96,3 +96,16 @@ def test_auto_picks_msr_above_the_tmc_limit():
     from pipeline.stages.shapley.settings import AUTO_TMC_PLAYERS
     assert estimators(ShapleySettings(), AUTO_TMC_PLAYERS) == ("tmc",)
     assert estimators(ShapleySettings(), AUTO_TMC_PLAYERS + 1) == ("msr",)
+
+
+def test_too_few_msr_samples_is_a_job_error_naming_the_key():
+    from pipeline.errors import UserError
+    from pipeline.stages.shapley.settings import check
+    with pytest.raises(UserError, match=r"'stages.shapley.msr_samples' must be at least 16 .* got 8"):
+        check(ShapleySettings(msr_samples=8), "stages.shapley")
+    check(ShapleySettings(msr_samples=16), "stages.shapley")
+    values = np.random.default_rng(0).random((16, 2))  # so few that most size bins hold under 2 samples
+    e = msr.msr_values(values, 40, 0, 10, 0.05)
+    assert np.isfinite(e.value).all() and np.isfinite(e.ci_low).all()
+    alone = msr.SizeBins(np.ones((1, 40), bool), np.ones((3, 1)))  # no size bin with 2 samples: no correction
+    np.testing.assert_array_equal(alone.shapley(np.ones(1)), np.zeros((3, 40)))

@@ -140,6 +140,7 @@ class SizeBins:
         players = kept.shape[1]
         size = kept.sum(1)
         edges = np.linspace(0, players + 1, RESIDUAL_BINS + 1).round().astype(int)
+        self.shape = (len(weights), players)
         self.bins = []
         for lo, hi in zip(edges[:-1], edges[1:]):
             rows = (size >= lo) & (size < hi)
@@ -158,7 +159,7 @@ class SizeBins:
 
     def shapley(self, residual: np.ndarray) -> np.ndarray:
         """[R, players]: the value of the residual game given by one column of residuals ([m])."""
-        out = 0.0
+        out = np.zeros(self.shape)
         for rows, k, w, scale_in, scale_out in self.bins:
             wr = w * residual[rows]
             total_in = wr @ k

@@ -8,6 +8,7 @@ from pipeline.errors import UserError
 from pipeline.job.checks import at_least_one
 
 ESTIMATORS = ("auto", "tmc", "msr", "banzhaf", "both")
+LEAST_SAMPLES = 16  # the fewest coalitions the MSR estimator takes: fewer leave its surrogate fits next to no data
 AUTO_TMC_PLAYERS = 256  # "auto": Shapley by truncated Monte-Carlo up to this many players, by MSR above
 
 
@@ -53,6 +54,9 @@ def check(s: ShapleySettings, key: str) -> None:
             raise UserError(f"job key '{key}.{name}' must be between 0 and 1, got {getattr(s, name)}.")
     if s.tolerance < 0:
         raise UserError(f"job key '{key}.tolerance' must be 0 or more, got {s.tolerance}.")
+    if s.msr_samples < LEAST_SAMPLES:
+        raise UserError(f"job key '{key}.msr_samples' must be at least {LEAST_SAMPLES} (the MSR estimator fits its "
+                        f"surrogate on half of them), got {s.msr_samples}.")
     if s.bootstrap < 0:
         raise UserError(f"job key '{key}.bootstrap' must be 0 or more, got {s.bootstrap}.")
     at_least_one({f"{key}.{name}": getattr(s, name)
