@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from pipeline.stages.shapley import msr
-from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model
 from pipeline.stages.shapley.rounds import msr_rounds
 from pipeline.stages.shapley.settings import ShapleySettings, estimators
-from test_shapley_stage import _ablation_rows, _ablator, _cnn_game, _exact, _run
+from test_shapley_stage import _ablation_rows, _ablator_without_class_2, _cnn_game, _exact, _run
 
 
 def SHAPLEY_WEIGHT(size: int, n: int) -> float:
@@ -81,12 +80,7 @@ def test_msr_rounds_resume_from_a_checkpoint_to_the_values_of_an_uninterrupted_r
 
 
 def test_a_class_without_evaluation_images_has_no_msr_value():
-    model, x, y, _, _ = _cnn_game()
-    keep = y != 2
-    split = split_model(model, ["0"])
-    pairs = [(x[keep][s:s + 7], y[keep][s:s + 7]) for s in range(0, int(keep.sum()), 7)]
-    means = [_ablator(model, "0", 6, x, y).means[0].numpy()]
-    ablator = Ablator(split, [("0", 6)], means, cache_eval_set(split, pairs), "cross_entropy", classes=3)
+    ablator = _ablator_without_class_2()
     (e,), v_full, _ = _run(ablator, estimator="msr", msr_samples=256)
     assert np.isnan(v_full[3]) and np.isnan(e.value[:, 3]).all() and np.isnan(e.ci_low[:, 3]).all()
     assert np.isfinite(e.value[:, :3]).all() and np.isfinite(e.ci_high[:, :3]).all()

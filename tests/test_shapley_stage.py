@@ -190,13 +190,18 @@ def test_per_class_shapley_matches_exact_enumeration_and_adds_up_to_the_whole_me
     np.testing.assert_allclose(e.value[:, 1:] @ share, e.value[:, 0], atol=1e-9)
 
 
-def test_a_class_without_evaluation_images_has_no_value():
+def _ablator_without_class_2() -> Ablator:
+    """The CNN game's ablator, its evaluation set without class 2's images (the means from all of them)."""
     model, x, y, _, _ = _cnn_game()
     keep = y != 2
     split = split_model(model, ["0"])
     pairs = [(x[keep][s:s + 7], y[keep][s:s + 7]) for s in range(0, int(keep.sum()), 7)]
     means = [_ablator(model, "0", 6, x, y).means[0].numpy()]
-    ablator = Ablator(split, [("0", 6)], means, cache_eval_set(split, pairs), "cross_entropy", classes=3)
+    return Ablator(split, [("0", 6)], means, cache_eval_set(split, pairs), "cross_entropy", classes=3)
+
+
+def test_a_class_without_evaluation_images_has_no_value():
+    ablator = _ablator_without_class_2()
     estimates, v_full, _ = _run(ablator, estimator="both", rounds=2, permutations_per_round=2, banzhaf_samples=16)
     assert [e.estimator for e in estimates] == ["tmc", "banzhaf"] and np.isnan(v_full[3])
     for e in estimates:
