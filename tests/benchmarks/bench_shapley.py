@@ -5,7 +5,7 @@ suffix-only forward against the whole model.
 Run by hand after `make demo` (it reads the demo job's model and images):
 
     .venv/bin/python tests/benchmarks/bench_shapley.py [--job jobs/demo.toml] [--layers conv1,conv2,conv3,conv4]
-        [--reference 400] [--max-rounds 40] [--per-round 8] [--banzhaf 256,512,1024] [--keep 0.5,0.8] [--msr 1024,2048] [--threads 2]
+        [--reference 400] [--max-rounds 40] [--per-round 8] [--banzhaf 256,512,1024] [--keep 0.5,0.8] [--msr 1024,2048] [--msr-seeds 0,1,2] [--threads 2]
         [--cache /tmp/reference.npz]
 
 In one process (no Ray), on the job's [stages.shapley] players (or --layers) and evaluation images:
@@ -16,7 +16,7 @@ In one process (no Ray), on the job's [stages.shapley] players (or --layers) and
    precision first reaches 0.9 and stays there for the rest of the run, and the ratio to plain TMC;
 3. Banzhaf with `--banzhaf` coalitions at each `--keep`: Spearman correlation of all values with the
    reference, top-10 precision, and its evaluations as a share of the reference's;
-   then the same for the MSR Shapley estimator with `--msr` coalitions (the job's seed);
+   then the same for the MSR Shapley estimator with `--msr` coalitions (the job's seed, or each of `--msr-seeds`);
 4. the same evaluations timed with the model run whole (no cached prefix) instead of the suffix.
 """
 
@@ -159,13 +159,13 @@ def compare_msr(ab: Ablator, cfg, seed: int, reference: np.ndarray, ref_evaluati
         return
     t0 = time.perf_counter()
     values = msr_rounds(lambda items: [ab.evaluate(m) for m in items], ab.players, replace(cfg, msr_samples=max(sizes)), seed)
-    print(f"  MSR: {max(sizes)} coalitions evaluated in {time.perf_counter() - t0:.0f} s")
+    print(f"  MSR, seed {seed}: {max(sizes)} coalitions evaluated in {time.perf_counter() - t0:.0f} s")
     for m in sizes:
         t0 = time.perf_counter()
         e = msr_values(values[:m], ab.players, seed, 0, cfg.ci_delta)
         rho = spearman(e.value[:, 0], reference[:, 0])
         by_class = np.nanmean([spearman(e.value[:, c], reference[:, c]) for c in range(1, e.value.shape[1])])
-        print(f"  MSR {m:5d} coalitions ({m / ref_evaluations:6.1%} of the reference's evaluations): Spearman {rho:.3f} "
+        print(f"  MSR seed {seed}, {m:5d} coalitions ({m / ref_evaluations:6.1%} of the reference's evaluations): Spearman {rho:.3f} "
               f"(per class, mean {by_class:.3f}), top-{cfg.top_k} precision "
               f"{precision(e.value[:, 0], reference[:, 0], cfg.top_k):.1f}; estimate {time.perf_counter() - t0:.1f} s")
 
@@ -193,6 +193,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--per-round", type=int, default=0, help="permutations per round (default: the job's)")
     ap.add_argument("--banzhaf", default="256,512,1024", help="coalition counts for the Banzhaf comparison ('' for none)")
     ap.add_argument("--msr", default="1024,2048", help="coalition counts for the MSR comparison ('' for none)")
+    ap.add_argument("--msr-seeds", default="", help="seeds of the MSR coalitions, comma-separated (default: the job's)")
     ap.add_argument("--keep", default="0.5", help="Banzhaf keep probabilities, comma-separated")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="TMC variants to run (names, comma-separated; '' for none)")
     ap.add_argument("--cache", default=None, help="an .npz file keeping the reference between runs")
@@ -224,7 +225,8 @@ def main(args: argparse.Namespace) -> None:
               f" Spearman {spearman(stats.mean[:, 0], reference[:, 0]):.3f})")
     compare_banzhaf(suffix, cfg, job.seed, reference, ref_evaluations, [int(m) for m in args.banzhaf.split(",") if m],
                     [float(k) for k in args.keep.split(",")])
-    compare_msr(suffix, cfg, job.seed, reference, ref_evaluations, [int(m) for m in args.msr.split(",") if m])
+    for seed in [int(s) for s in args.msr_seeds.split(",") if s] or [job.seed]:
+        compare_msr(suffix, cfg, seed, reference, ref_evaluations, [int(m) for m in args.msr.split(",") if m])
     time_forward(suffix, ablator(model, players, means, pairs, cfg.metric, classes, suffix=False))
 
 
