@@ -5,7 +5,7 @@ suffix-only forward against the whole model.
 Run by hand after `make demo` (it reads the demo job's model and images):
 
     .venv/bin/python tests/benchmarks/bench_shapley.py [--job jobs/demo.toml] [--layers conv1,conv2,conv3,conv4]
-        [--reference 400] [--max-rounds 40] [--per-round 8] [--banzhaf 256,512,1024] [--keep 0.5,0.8] [--msr 1024,2048] [--msr-seeds 0,1,2] [--threads 2]
+        [--reference 400] [--max-rounds 40] [--per-round 8] [--banzhaf 256,512,1024] [--keep 0.5,0.8] [--msr 1024,2048] [--msr-seeds 0,1,2] [--seeds 0,1,2] [--threads 2]
         [--cache /tmp/reference.npz]
 
 In one process (no Ray), on the job's [stages.shapley] players (or --layers) and evaluation images:
@@ -13,7 +13,8 @@ In one process (no Ray), on the job's [stages.shapley] players (or --layers) and
    (`--cache` keeps them between runs);
 2. plain TMC and each bandit variant run rounds of `permutations_per_round` permutations; after each round
    the current top 10 (by mean) is compared with the reference; reported: evaluations and seconds until the
-   precision first reaches 0.9 and stays there for the rest of the run, and the ratio to plain TMC;
+   precision first reaches 0.9 and stays there for the rest of the run, and the ratio to plain TMC (with
+   `--seeds`, per seed and the mean over the seeds: a single run's figure varies by up to 2x between seeds);
 3. Banzhaf with `--banzhaf` coalitions at each `--keep`: Spearman correlation of all values with the
    reference, top-10 precision, and its evaluations as a share of the reference's;
    then the same for the MSR Shapley estimator with `--msr` coalitions (the job's seed, or each of `--msr-seeds`);
@@ -44,13 +45,21 @@ from pipeline.stages.shapley.msr import msr_values
 from pipeline.stages.shapley.rounds import banzhaf_rounds, msr_rounds, permutations
 from pipeline.stages.shapley.stage import ShapleyStage, eval_records, player_layers
 
-VARIANTS = {  # name: (bandit, antithetic, bound)
-    "plain TMC": (False, False, "bernstein"),
-    "antithetic TMC": (False, True, "bernstein"),
-    "bandit (paper)": (True, False, "bernstein"),
-    "bandit + antithetic": (True, True, "bernstein"),
-    "bandit + normal bound": (True, False, "normal"),
-    "bandit + antithetic + normal": (True, True, "normal"),
+VARIANTS = {  # name: (bandit, antithetic, bound, focus, stratified)
+    "plain TMC": (False, False, "bernstein", 0, False),
+    "antithetic TMC": (False, True, "bernstein", 0, False),
+    "stratified antithetic TMC": (False, True, "bernstein", 0, True),
+    "bandit (paper)": (True, False, "bernstein", 0, False),
+    "bandit + antithetic": (True, True, "bernstein", 0, False),
+    "bandit + normal bound": (True, False, "normal", 0, False),
+    "bandit + antithetic + normal": (True, True, "normal", 0, False),
+    "bandit + antithetic + focus 4": (True, True, "bernstein", 4, False),
+    "bandit + antithetic + focus 8": (True, True, "bernstein", 8, False),
+    "bandit + antithetic + focus 16": (True, True, "bernstein", 16, False),
+    "bandit + antithetic + focus 32": (True, True, "bernstein", 32, False),
+    "bandit + stratified antithetic": (True, True, "bernstein", 0, True),
+    "bandit + stratified antithetic + focus 8": (True, True, "bernstein", 8, True),
+    "bandit + stratified antithetic + focus 16": (True, True, "bernstein", 16, True),
 }
 
 
@@ -93,16 +102,16 @@ def ablator(model, players, means, pairs, metric: str, classes: int, suffix: boo
 
 def run(ab: Ablator, cfg, seed: int, rounds: int, variant: tuple, reference: np.ndarray | None):
     """Rounds as the stage plays them; per round (evaluations, seconds, precision of the top k)."""
-    bandit, antithetic, bound = variant
+    bandit, antithetic, bound, focus, stratified = variant
     players = ab.players
     v_full, v_none = ab.evaluate(np.stack([np.zeros(players, bool), np.ones(players, bool)]))
     settings = sh.WalkSettings(cfg.tolerance, cfg.patience)
     stats, trace, start, spent = sh.SampleStats.empty(players, len(v_full)), [], time.perf_counter(), ab.evaluations
     for r in range(rounds):
-        chosen = sh.unsettled(stats, cfg.top_k, cfg.delta, bound) if bandit else np.ones(players, bool)
+        chosen = sh.unsettled(stats, cfg.top_k, cfg.delta, bound, focus) if bandit else np.ones(players, bool)
         if not chosen.any():
             break
-        for order in permutations(players, seed, r, cfg.permutations_per_round, antithetic):
+        for order in permutations(players, seed, r, cfg.permutations_per_round, antithetic, stratified):
             stats.add(sh.walk(ab.evaluate, order, chosen, v_full, v_none, settings))
         trace.append((ab.evaluations - spent, time.perf_counter() - start, precision(stats.mean[:, 0], reference, cfg.top_k)))
     return stats, trace
@@ -196,6 +205,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--msr-seeds", default="", help="seeds of the MSR coalitions, comma-separated (default: the job's)")
     ap.add_argument("--keep", default="0.5", help="Banzhaf keep probabilities, comma-separated")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="TMC variants to run (names, comma-separated; '' for none)")
+    ap.add_argument("--seeds", default="", help="permutation seeds of each TMC variant's runs, comma-separated (default: the job's)")
     ap.add_argument("--cache", default=None, help="an .npz file keeping the reference between runs")
     ap.add_argument("--threads", type=int, default=2)
     return ap
@@ -213,16 +223,24 @@ def main(args: argparse.Namespace) -> None:
           f"{classes} classes, metric {cfg.metric}; reference: {args.reference} plain TMC permutations, "
           f"{ref_evaluations} evaluations ({seconds:.0f} s), top {cfg.top_k} = "
           f"{sorted(np.argsort(-reference[:, 0], kind='stable')[:cfg.top_k].tolist())}")
-    hits = {}
+    settled = {}
     for name in [v for v in args.variants.split(",") if v]:
-        stats, trace = run(suffix, cfg, job.seed, args.max_rounds, VARIANTS[name], reference[:, 0])
-        hits[name] = hit = first_settled(trace)
-        final = trace[-1]
-        ratio = f", {hit[0] / hits['plain TMC'][0]:.2f}x plain TMC's" if hit and hits.get("plain TMC") else ""
-        print(f"  {name:28s} top-{cfg.top_k} precision >= 0.9 from "
-              + (f"{hit[0]:6d} evaluations, {hit[1]:6.1f} s{ratio}" if hit else "never")
-              + f"  (run: {len(trace)} rounds, {final[0]} evaluations, {final[1]:.1f} s, final precision {final[2]:.1f},"
-              f" Spearman {spearman(stats.mean[:, 0], reference[:, 0]):.3f})")
+        seeds = [int(s) for s in args.seeds.split(",") if s] or [job.seed]
+        hits, never = [], 0
+        for seed in seeds:
+            stats, trace = run(suffix, cfg, seed, args.max_rounds, VARIANTS[name], reference[:, 0])
+            hit = first_settled(trace)
+            final = trace[-1]
+            hits.append(hit[0] if hit else final[0])  # never: at least the whole run's evaluations
+            never += hit is None
+            print(f"  {name:28s} seed {seed}: top-{cfg.top_k} precision >= 0.9 from "
+                  + (f"{hit[0]:6d} evaluations, {hit[1]:6.1f} s" if hit else "never")
+                  + f"  (run: {len(trace)} rounds, {final[0]} evaluations, {final[1]:.1f} s, final precision {final[2]:.1f},"
+                  f" Spearman {spearman(stats.mean[:, 0], reference[:, 0]):.3f})", flush=True)
+        settled[name] = float(np.mean(hits))
+        ratio = f", {settled[name] / settled['plain TMC']:.2f}x plain TMC's" if "plain TMC" in settled else ""
+        print(f"  {name:28s} mean over {len(seeds)} seeds: {'at least ' if never else ''}{settled[name]:.0f} evaluations{ratio}"
+              + (f" ({never} never settled: counted at the run's evaluations)" if never else ""), flush=True)
     compare_banzhaf(suffix, cfg, job.seed, reference, ref_evaluations, [int(m) for m in args.banzhaf.split(",") if m],
                     [float(k) for k in args.keep.split(",")])
     for seed in [int(s) for s in args.msr_seeds.split(",") if s] or [job.seed]:

@@ -5,7 +5,8 @@ One permutation is walked from the full network, removing players in its order; 
 sample is V(before) - V(after its removal). The walk is truncated once V stays within `tolerance`
 of V(every player removed) for `patience` evaluations: the players not reached get 0 (counted as
 a sample). The bandit keeps sampling only players whose membership in the top k is unsettled
-(empirical Bernstein bounds); a walk then evaluates V only around those players' positions.
+(empirical Bernstein bounds), or only the most ambiguous of them (`focus`); a walk then evaluates V only
+around those players' positions.
 """
 
 from __future__ import annotations
@@ -116,16 +117,27 @@ class SampleStats:
         return np.where(n > 1, cb, np.inf)
 
 
-def unsettled(stats: SampleStats, top_k: int, delta: float, kind: str = "bernstein") -> np.ndarray:
+def unsettled(stats: SampleStats, top_k: int, delta: float, kind: str = "bernstein", focus: int = 0) -> np.ndarray:
     """bool [players]: players whose place in or out of the top k (of the whole metric) is not yet settled
-    (the paper's rule: v - CB < thresh < v + CB, thresh the (k+1)-th largest mean)."""
+    (the paper's rule: v - CB < thresh < v + CB, thresh the (k+1)-th largest mean).
+
+    `focus` > 0 keeps, of the unsettled players with a bound, only the `focus` most ambiguous (the smallest
+    |v - thresh| / CB): a walk then costs about 2 * focus evaluations, and the samples go where the top k is
+    decided. Players without a bound yet (under 2 samples) are always kept."""
     players = len(stats.count)
     cb = stats.bound(delta, kind)[:, 0]
     if top_k >= players:
         return ~np.isfinite(cb)
     mean = stats.mean[:, 0]
     thresh = np.sort(mean)[::-1][top_k]
-    return (mean - cb < thresh) & (thresh < mean + cb)
+    open_ = (mean - cb < thresh) & (thresh < mean + cb)
+    bounded = open_ & np.isfinite(cb)
+    if focus and bounded.sum() > focus:
+        ambiguity = np.where(bounded, np.abs(mean - thresh) / np.where(bounded, cb, 1.0), np.inf)
+        kept = np.argsort(ambiguity, kind="stable")[:focus]
+        open_ = open_ & ~bounded
+        open_[kept] = True
+    return open_
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,11 @@ class ShapleySettings:
     permutations_per_round: int = 8
     bandit: bool = True  # false: plain truncated Monte-Carlo (every player sampled in every walk)
     antithetic: bool = True  # each round's second half walks the first half's permutations reversed
+    stratified: bool = False  # a round's permutations are rotations of one (positions spread evenly); false: independent
     tolerance: float = 0.01  # truncate a walk once V stays within this of V(all units removed)...
     patience: int = 6  # ... for this many evaluations in a row (tolerance 0: never truncate)
     delta: float = 0.2  # the bandit's confidence parameter (the paper's)
+    focus: int = 0  # the bandit samples at most this many of the unsettled players a round (the most ambiguous); 0: all
     bound: str = "bernstein"  # the bandit's bounds: "bernstein" (the paper's) | "normal" (z * standard error)
     ci_delta: float = 0.05  # reported intervals hold with probability 1 - ci_delta
     msr_samples: int = 2048  # random coalitions evaluated by the MSR Shapley estimator
@@ -57,6 +59,8 @@ def check(s: ShapleySettings, key: str) -> None:
     if s.msr_samples < LEAST_SAMPLES:
         raise UserError(f"job key '{key}.msr_samples' must be at least {LEAST_SAMPLES} (the MSR estimator fits its "
                         f"surrogate on half of them), got {s.msr_samples}.")
+    if s.focus < 0:
+        raise UserError(f"job key '{key}.focus' must be 0 (every unsettled unit) or more, got {s.focus}.")
     if s.bootstrap < 0:
         raise UserError(f"job key '{key}.bootstrap' must be 0 or more, got {s.bootstrap}.")
     at_least_one({f"{key}.{name}": getattr(s, name)
