@@ -45,21 +45,17 @@ from pipeline.stages.shapley.msr import msr_values
 from pipeline.stages.shapley.rounds import banzhaf_rounds, msr_rounds, permutations
 from pipeline.stages.shapley.stage import ShapleyStage, eval_records, player_layers
 
-VARIANTS = {  # name: (bandit, antithetic, bound, focus, stratified)
-    "plain TMC": (False, False, "bernstein", 0, False),
-    "antithetic TMC": (False, True, "bernstein", 0, False),
-    "stratified antithetic TMC": (False, True, "bernstein", 0, True),
-    "bandit (paper)": (True, False, "bernstein", 0, False),
-    "bandit + antithetic": (True, True, "bernstein", 0, False),
-    "bandit + normal bound": (True, False, "normal", 0, False),
-    "bandit + antithetic + normal": (True, True, "normal", 0, False),
-    "bandit + antithetic + focus 4": (True, True, "bernstein", 4, False),
-    "bandit + antithetic + focus 8": (True, True, "bernstein", 8, False),
-    "bandit + antithetic + focus 16": (True, True, "bernstein", 16, False),
-    "bandit + antithetic + focus 32": (True, True, "bernstein", 32, False),
-    "bandit + stratified antithetic": (True, True, "bernstein", 0, True),
-    "bandit + stratified antithetic + focus 8": (True, True, "bernstein", 8, True),
-    "bandit + stratified antithetic + focus 16": (True, True, "bernstein", 16, True),
+VARIANTS = {  # name: (bandit, antithetic, bound, focus)
+    "plain TMC": (False, False, "bernstein", 0),
+    "antithetic TMC": (False, True, "bernstein", 0),
+    "bandit (paper)": (True, False, "bernstein", 0),
+    "bandit + antithetic": (True, True, "bernstein", 0),
+    "bandit + normal bound": (True, False, "normal", 0),
+    "bandit + antithetic + normal": (True, True, "normal", 0),
+    "bandit + antithetic + focus 4": (True, True, "bernstein", 4),
+    "bandit + antithetic + focus 8": (True, True, "bernstein", 8),
+    "bandit + antithetic + focus 16": (True, True, "bernstein", 16),
+    "bandit + antithetic + focus 32": (True, True, "bernstein", 32),
 }
 
 
@@ -102,7 +98,7 @@ def ablator(model, players, means, pairs, metric: str, classes: int, suffix: boo
 
 def run(ab: Ablator, cfg, seed: int, rounds: int, variant: tuple, reference: np.ndarray | None):
     """Rounds as the stage plays them; per round (evaluations, seconds, precision of the top k)."""
-    bandit, antithetic, bound, focus, stratified = variant
+    bandit, antithetic, bound, focus = variant
     players = ab.players
     v_full, v_none = ab.evaluate(np.stack([np.zeros(players, bool), np.ones(players, bool)]))
     settings = sh.WalkSettings(cfg.tolerance, cfg.patience)
@@ -111,7 +107,7 @@ def run(ab: Ablator, cfg, seed: int, rounds: int, variant: tuple, reference: np.
         chosen = sh.unsettled(stats, cfg.top_k, cfg.delta, bound, focus) if bandit else np.ones(players, bool)
         if not chosen.any():
             break
-        for order in permutations(players, seed, r, cfg.permutations_per_round, antithetic, stratified):
+        for order in permutations(players, seed, r, cfg.permutations_per_round, antithetic):
             stats.add(sh.walk(ab.evaluate, order, chosen, v_full, v_none, settings))
         trace.append((ab.evaluations - spent, time.perf_counter() - start, precision(stats.mean[:, 0], reference, cfg.top_k)))
     return stats, trace

@@ -163,7 +163,8 @@ def summarize(stats: SampleStats, rounds: int, ci_delta: float, history: list, *
     std = np.sqrt(np.maximum(np.divide(stats.squares - n * mean ** 2, n - 1, out=np.full_like(mean, np.nan), where=n > 1), 0))
     return Estimate("tmc", mean, mean - cb, mean + cb, np.rint(stats.count).astype(np.int64), stats.evaluations,
                     {"rounds": rounds, "permutations": stats.permutations, "evaluations": stats.evaluations,
-                     "unsettled_per_round": [int(u) for _, u in history], **details},
+                     "unsettled_per_round": [int(h[1]) for h in history],
+                     "sampled_per_round": [int(h[-1]) for h in history], **details},
                     std, np.where(n > 0, stats.high - stats.low, np.nan))
 
 

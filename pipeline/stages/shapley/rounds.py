@@ -19,28 +19,17 @@ from pipeline.stages.shapley.settings import ShapleySettings, estimators
 
 Evaluations = Callable[[Sequence[np.ndarray]], list[np.ndarray]]  # bool [C, players] per item -> float [C, M]
 Walks = Callable[[Sequence[np.ndarray], np.ndarray], list[tuple[np.ndarray, int]]]  # orders, chosen -> (samples, evals)
-TmcState = tuple[est.SampleStats, list, int]  # the stats, the history, the rounds done
+TmcState = tuple[est.SampleStats, list, int]  # the stats, the history (evaluations, unsettled, sampled), the rounds done
 COALITION_ROUND = 256  # coalitions per MSR or Banzhaf round (a checkpoint after each)
 CHUNK = 8  # coalitions per evaluation item (fixed: results must not depend on the workers)
 
 
-def permutations(players: int, seed: int, round_: int, count: int, antithetic: bool,
-                 stratified: bool = False) -> list[np.ndarray]:
-    """One round's seeded permutations; with `antithetic`, every second one is the one before it reversed.
-
-    With `stratified`, the round's (non-reversed) permutations are one random permutation rotated by equal
-    steps, so each player's positions are spread evenly over the walk: each permutation is still uniformly
-    random (the estimate stays unbiased), but the part of a marginal's variance that comes from how many
-    units are already removed mostly cancels within a round."""
+def permutations(players: int, seed: int, round_: int, count: int, antithetic: bool) -> list[np.ndarray]:
+    """One round's seeded permutations; with `antithetic`, every second one is the one before it reversed."""
     orders: list[np.ndarray] = []
-    distinct = (count + 1) // 2 if antithetic else count
     for i in range(count):
         if antithetic and i % 2:
             orders.append(orders[-1][::-1].copy())
-        elif stratified:
-            base = np.random.default_rng([seed, round_ + 1, 0]).permutation(players)
-            step = (i // 2 if antithetic else i) * players // distinct
-            orders.append(np.roll(base, -step))
         else:
             orders.append(np.random.default_rng([seed, round_ + 1, i]).permutation(players))
     return orders
@@ -55,15 +44,16 @@ def estimate(walks: Walks, players: int, cfg: ShapleySettings, seed: int, state:
     `state`: a checkpoint saved after an earlier round (resumed from there); `save` is called after each round."""
     stats, history, rounds = state or (est.SampleStats.empty(players, columns), [], 0)
     while rounds < cfg.rounds:
-        chosen = est.unsettled(stats, cfg.top_k, cfg.delta, cfg.bound, cfg.focus) if cfg.bandit else np.ones(players, bool)
+        open_ = est.unsettled(stats, cfg.top_k, cfg.delta, cfg.bound) if cfg.bandit else np.ones(players, bool)
+        chosen = est.unsettled(stats, cfg.top_k, cfg.delta, cfg.bound, cfg.focus) if cfg.bandit else open_
         if not chosen.any():
             break
-        orders = permutations(players, seed, rounds, cfg.permutations_per_round, cfg.antithetic, cfg.stratified)
+        orders = permutations(players, seed, rounds, cfg.permutations_per_round, cfg.antithetic)
         for samples, evaluations in walks(orders, chosen):
             stats.add(samples)
             stats.evaluations += evaluations
         rounds += 1
-        history.append((stats.evaluations, int(chosen.sum())))
+        history.append((stats.evaluations, int(open_.sum()), int(chosen.sum())))
         save((stats, history, rounds))
     return stats, history, rounds
 

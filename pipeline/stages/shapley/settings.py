@@ -24,11 +24,10 @@ class ShapleySettings:
     permutations_per_round: int = 8
     bandit: bool = True  # false: plain truncated Monte-Carlo (every player sampled in every walk)
     antithetic: bool = True  # each round's second half walks the first half's permutations reversed
-    stratified: bool = False  # a round's permutations are rotations of one (positions spread evenly); false: independent
     tolerance: float = 0.01  # truncate a walk once V stays within this of V(all units removed)...
     patience: int = 6  # ... for this many evaluations in a row (tolerance 0: never truncate)
     delta: float = 0.2  # the bandit's confidence parameter (the paper's)
-    focus: int = 0  # the bandit samples at most this many of the unsettled players a round (the most ambiguous); 0: all
+    focus: int = 8  # the bandit samples at most this many of the unsettled players a round (the most ambiguous); 0: all
     bound: str = "bernstein"  # the bandit's bounds: "bernstein" (the paper's) | "normal" (z * standard error)
     ci_delta: float = 0.05  # reported intervals hold with probability 1 - ci_delta
     msr_samples: int = 2048  # random coalitions evaluated by the MSR Shapley estimator

@@ -44,7 +44,7 @@ def write_shapley(draft: Draft, players: tuple[tuple[str, int], ...], cfg: Shapl
         "classes": list(classes), "v_all": float(out.v_full[0]), "v_none": float(out.v_none[0]),
         "v_all_by_class": _floats(out.v_full[1:]), "v_none_by_class": _floats(out.v_none[1:]),
         "estimators": [e.estimator for e in out.estimates],
-        **{key: first[key] for key in ("rounds", "permutations", "evaluations", "unsettled_per_round") if key in first},
+        **{key: first[key] for key in ("rounds", "permutations", "evaluations", "unsettled_per_round", "sampled_per_round") if key in first},
         **{e.estimator: e.details for e in out.estimates},
         "warm_start": out.warm_start,
     }
