@@ -45,7 +45,7 @@ def estimate(walks: Walks, players: int, cfg: ShapleySettings, seed: int, state:
     stats, history, rounds = state or (est.SampleStats.empty(players, columns), [], 0)
     while rounds < cfg.rounds:
         open_ = est.unsettled(stats, cfg.top_k, cfg.delta, cfg.bound) if cfg.bandit else np.ones(players, bool)
-        chosen = est.unsettled(stats, cfg.top_k, cfg.delta, cfg.bound, cfg.focus) if cfg.bandit else open_
+        chosen = est.unsettled(stats, cfg.top_k, cfg.delta, cfg.bound, cfg.focus) if cfg.bandit and cfg.focus else open_
         if not chosen.any():
             break
         orders = permutations(players, seed, rounds, cfg.permutations_per_round, cfg.antithetic)
