@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from pipeline.inputs.broden import load_masks, open_broden
-from pipeline.stages.dissection import passes
+from pipeline.stages.dissection import passes, pil_resize
 from pipeline.stages.dissection import tally as d
 from pipeline.stages.dissection import thresholds as th
 
@@ -224,7 +224,9 @@ def test_counts_ious_and_labels_equal_netdissect_lite(tmp_path, size):
                                           ((12, 12), (5, 5)), ((5, 5), (12, 12)), ((7, 7), (112, 112)),
                                           ((7, 9), (3, 4)), ((20, 64), (40, 32)), ((1, 1), (4, 4)), ((13, 13), (7, 7)),
                                           ((112, 112), (14, 14)), ((64, 20), (32, 40)), ((9, 8), (6, 7))])
-def test_pil_resize_equals_pillow_and_its_threshold_test_equals_the_whole_resize(source, size):
+@pytest.mark.parametrize("dense_above", [0.0, 1.0])  # upsampled maps: always resized whole / always by candidates
+def test_pil_resize_equals_pillow_and_its_threshold_test_equals_the_whole_resize(source, size, dense_above, monkeypatch):
+    monkeypatch.setattr(pil_resize, "DENSE_ABOVE", dense_above)
     rng = np.random.default_rng(5)
     maps = (rng.standard_normal((40, *source)) * 3).astype(np.float32)
     maps[:10] = np.round(maps[:10])  # constant patches: values tie with the threshold
@@ -232,8 +234,8 @@ def test_pil_resize_equals_pillow_and_its_threshold_test_equals_the_whole_resize
     resize = d.PilResize.build(source, size)
     whole = resize.resize(torch.from_numpy(maps))
     np.testing.assert_array_equal(whole.numpy(), pillow)
-    for thr in (torch.from_numpy(np.quantile(maps.reshape(40, -1), 0.9, axis=1).astype(np.float32)),
-                whole.reshape(40, -1)[:, 0].clone()):  # the second: thresholds equal to a resized value
+    quantiles = [torch.from_numpy(np.quantile(maps.reshape(40, -1), q, axis=1).astype(np.float32)) for q in (0.9, 0.995)]
+    for thr in (*quantiles, whole.reshape(40, -1)[:, 0].clone()):  # the second: thresholds equal to a resized value
         expected = whole.reshape(40, -1) > thr[:, None]
         m, pos = resize.on_pixels(torch.from_numpy(maps), thr)
         found = torch.zeros_like(expected)
