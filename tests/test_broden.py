@@ -111,9 +111,12 @@ def test_bad_masks_are_skips_naming_file_and_row(tmp_path):
     rgb[0, 0] = (77, 0, 0)
     Image.fromarray(rgb).save(tmp_path / "images" / "002_object.png")
     (tmp_path / "images" / "003_part_1.png").write_bytes(b"not a png")
+    Image.new("RGB", (16, 16)).save(tmp_path / "images" / "000_object.png", format="JPEG")  # a mask is a PNG
     broden = open_broden(tmp_path)
-    expected = {1: "001_object.png (object) of index.csv row 2: mask is 16x8, index.csv says sh x sw = 16x16",
-                2: "label number(s) 77 not in label.csv", 3: "003_part_1.png (part) of index.csv row 4: unreadable mask"}
+    expected = {0: "000_object.png (object) of index.csv row 1: unreadable mask (not a PNG file)",
+                1: "001_object.png (object) of index.csv row 2: mask is 16x8, index.csv says sh x sw = 16x16",
+                2: "label number(s) 77 not in label.csv",
+                3: "003_part_1.png (part) of index.csv row 4: unreadable mask (not a PNG file)"}
     for index, message in expected.items():
         with pytest.raises(SkippedImage) as info:
             load_masks(broden, broden.images[index])

@@ -32,8 +32,9 @@ Choices (where the format leaves room):
   in `ignored_rows` (NetDissect-Lite never looks it up).
 - A mask pixel whose label number is not in label.csv makes the image a SkippedImage naming the
   value(s): one bad mask must not stop a run, and the skip is recorded, never silent.
-- Masks of mode RGB, RGBA and P decode as R + 256*G; a grayscale (L) mask as its value; other
-  modes are a SkippedImage. A mask's size is checked against sh x sw, and its header against Pillow's
+- Masks are read as PNG files only (another format under a .png name is a SkippedImage). Masks of
+  mode RGB, RGBA and P decode as R + 256*G; a grayscale (L) mask as its value; other modes are a
+  SkippedImage. A mask's size is checked against sh x sw, and its header against Pillow's
   pixel limit (`pipeline.images.open_image`), before any pixel is decoded.
 """
 
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import UnidentifiedImageError
 
 from pipeline.inputs.broden_tables import DIGITS, Label, primary_by_coverage, read_codes, read_csv, read_labels, where
 from pipeline.inputs.broden_tables import categories as table_categories
@@ -195,7 +197,7 @@ def _check_asked(index: Path, kept: tuple[str, ...], available: list[str], ignor
 def _decode(path: Path, where: str, mask_size: tuple[int, int]) -> np.ndarray:
     """A mask PNG as int32 [sh, sw] label numbers R + 256*G."""
     try:
-        with open_image(path) as img:
+        with open_image(path, formats=("PNG",)) as img:  # a mask is a PNG (DESIGN.md): no other format is tried
             if img.size != (mask_size[1], mask_size[0]):  # checked before decoding a pixel
                 raise SkippedImage(f"{where}: mask is {img.height}x{img.width}, index.csv says "
                                    f"sh x sw = {mask_size[0]}x{mask_size[1]}")
@@ -212,7 +214,9 @@ def _decode(path: Path, where: str, mask_size: tuple[int, int]) -> np.ndarray:
         raise SkippedImage(text if text.startswith(where) else f"{where}: unreadable mask ({text})") from None
     except FileNotFoundError:
         raise SkippedImage(f"{where}: the mask file does not exist") from None
-    except Exception as exc:  # corrupt, truncated, not an image
+    except UnidentifiedImageError:
+        raise SkippedImage(f"{where}: unreadable mask (not a PNG file)") from None
+    except Exception as exc:  # corrupt, truncated
         raise SkippedImage(f"{where}: unreadable mask ({failure_reason(exc, path)})") from None
     return values
 

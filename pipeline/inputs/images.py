@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,20 +136,22 @@ def load_image(path: Path, size: int, channels: int = 3, crop: bool = True) -> n
 
 
 @contextlib.contextmanager
-def open_image(path: Path) -> Iterator[Image.Image]:
+def open_image(path: Path, formats: tuple[str, ...] | None = None) -> Iterator[Image.Image]:
     """`Image.open` (lazy: no pixel decoded) that raises SkippedImage for a folder, an empty file, or a
-    header declaring more pixels than Pillow's limit `PIL.Image.MAX_IMAGE_PIXELS`.
+    header declaring more pixels than Pillow's limit `PIL.Image.MAX_IMAGE_PIXELS`. `formats`: the only
+    formats tried (Pillow's names, e.g. ("PNG",)); None tries every format Pillow knows.
 
     The limit is the one Pillow warns at (it raises only past twice that); honouring it here makes the
     outcome the same whether or not warnings are errors. `MAX_IMAGE_PIXELS = None` lifts it, as in Pillow.
     """
-    if path.is_dir():
+    found = os.stat(path)  # one system call for both checks
+    if stat.S_ISDIR(found.st_mode):
         raise SkippedImage("a folder, not an image file")
-    if path.stat().st_size == 0:
+    if found.st_size == 0:
         raise SkippedImage("an empty file (0 bytes), not an image")
     with open(path, "rb") as fp:
         try:
-            img = Image.open(fp)
+            img = Image.open(fp, formats=formats)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise SkippedImage(failure_reason(exc, path)) from None
         with img:

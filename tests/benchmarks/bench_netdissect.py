@@ -212,11 +212,12 @@ def project_job(job: JobConfig, layers: list[str], quantile: float, catalog: Pat
 
 def run_project(tmp: Path, job: JobConfig, layers: list[str], quantile: float, repeat: int,
                 verbose: bool) -> tuple[list[float], dict[str, float], Path]:
-    """`neuron-catalog run JOB --stages dissection` `repeat` times (a fresh catalog each); wall seconds, its own steps."""
+    """`neuron-catalog run JOB --stages dissection` `repeat` times (a fresh catalog each); wall seconds, and the
+    median of each of its own steps over the runs."""
     cli = Path(sys.executable).with_name("neuron-catalog")  # the console script: PYTHONPATH still comes before the install
     command = [str(cli)] if cli.exists() else [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main())"]
     walls: list[float] = []
-    steps: dict[str, float] = {}
+    steps: dict[str, list[float]] = {}
     for r in range(repeat):
         job_file = tmp / f"job{r}.toml"
         job_file.write_text(project_job(job, layers, quantile, tmp / f"catalog{r}"))
@@ -227,9 +228,9 @@ def run_project(tmp: Path, job: JobConfig, layers: list[str], quantile: float, r
         if done.returncode:
             sys.exit(f"neuron-catalog run failed (exit {done.returncode}):\n{done.stdout or ''}")
         wall = re.search(r"wall time: (.*); total", done.stdout or "")
-        if r == 0 and wall:
-            steps = {m[1]: float(m[2]) for m in re.finditer(r"([a-z][a-z ]*?) ([\d.]+) s", wall[1])}
-    return walls, steps, tmp / "catalog0"
+        for m in re.finditer(r"([a-z][a-z ]*?) ([\d.]+) s", wall[1] if wall else ""):
+            steps.setdefault(m[1], []).append(float(m[2]))
+    return walls, {name: statistics.median(secs) for name, secs in steps.items()}, tmp / "catalog0"
 
 
 def compare(nd: dict[str, Any], catalog: Path) -> dict[str, dict[str, Any]]:
@@ -308,7 +309,7 @@ def report(out: dict[str, Any]) -> None:
     runs = f"   runs: {', '.join(f'{w:.2f}' for w in pr['runs'])}, median" if len(pr["runs"]) > 1 else ""
     print(f"project: neuron-catalog run --stages dissection (needs and runs activations too)\n"
           f"  command wall time (subprocess)         {pr['wall']:8.2f}{runs}\n"
-          "  its own steps: " + ", ".join(f"{k} {v:.2f}" for k, v in pr["steps"].items()))
+          "  its own steps (median): " + ", ".join(f"{k} {v:.2f}" for k, v in pr["steps"].items()))
     alone = f" (dissection step alone: {nd['total'] / pr['steps']['dissection']:.1f}x)" if "dissection" in pr["steps"] else ""
     print(f"ratio NetDissect-Lite total / project wall: {out['ratio']:.2f}x{alone}")
     f = out["floor"]
