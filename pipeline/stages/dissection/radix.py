@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.stages.dissection.packed_counts import pack, unpack
 from pipeline.stages.dissection.thresholds import top_count
 
 PASSES = ((20, 12), (10, 10), (0, 10))  # (shift, bits) of the key bucketed by each pass: 32 bits in all
@@ -36,6 +37,12 @@ class RadixPartial:
 
     hist: np.ndarray  # int64 [U, 2**bits]
     count: int  # values seen per unit (all of them, prefix or not)
+
+    def __getstate__(self) -> dict:
+        return {"hist": pack(self.hist), "count": self.count}  # mostly zeros: a shard's values fill few buckets
+
+    def __setstate__(self, state: dict) -> None:
+        self.hist, self.count = unpack(state["hist"]), state["count"]
 
 
 def start(units: int) -> RadixState:

@@ -24,6 +24,7 @@ import torch
 
 from pipeline.stages.dissection.bilinear import Bilinear, upsample
 from pipeline.stages.dissection.concept_masks import UNIONS, EncodedMasks, LabelSpace, encode_masks
+from pipeline.stages.dissection.packed_counts import pack, unpack
 from pipeline.stages.dissection.pil_resize import PilResize
 
 __all__ = ["Bilinear", "LabelSpace", "EncodedMasks", "PilResize", "UNIONS", "encode_masks", "upsample"]  # re-exported
@@ -46,6 +47,12 @@ class TallyPartial:
     def empty(cls, units: int, space: LabelSpace) -> TallyPartial:
         z = lambda *shape: np.zeros(shape, np.int64)  # noqa: E731
         return cls(z(units, space.size), z(space.size), z(units, len(space.category_names)), z(units))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "intersection": pack(self.intersection)}  # [U, L]: a shard meets few of many labels
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({**state, "intersection": unpack(state["intersection"])})
 
 
 def merge_tally(a: TallyPartial, b: TallyPartial) -> TallyPartial:
