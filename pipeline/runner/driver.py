@@ -54,7 +54,7 @@ def model_workers(plan: RunPlan) -> Iterator[Workers]:
     actors = pool.take(shape, count)
     actors += [actor.remote(max(1, int(share))) for _ in range(count - len(actors))]
     ray.get([w.ready.remote() for w in actors])  # started (a stage's time is then its own)
-    setup = RunSetup(plan.recipe, str(plan.images.root), plan.prep)
+    setup = RunSetup(plan.recipe, str(plan.images.root), plan.prep, cfg.cpus_per_worker)
     yield Workers(actors, [ray.put(setup)])  # a list: Ray passes a nested reference as is, unresolved
     pool.keep(shape, actors)
 

@@ -24,6 +24,7 @@ class RunSetup:
     recipe: ModelRecipe
     root: str
     prep: Preprocess
+    threads: int = 0  # torch's threads in every actor ([ray] cpus_per_worker); 0: as the actor started
 
 
 class ModelWorker:
@@ -57,6 +58,8 @@ class ModelWorker:
         return work(self, item, *args)
 
     def _start_run(self, key: str, setup: RunSetup) -> None:
+        if setup.threads:  # the same in every actor of the run, however many share the CPUs: a convolution's
+            torch.set_num_threads(setup.threads)  # kernel, so its rounding, can change with torch's thread count
         for _, value in self._memos.values():
             _close(value)
         self._memos, self._shared, self._model = {}, {}, None

@@ -98,7 +98,7 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
     both = torch.zeros(units * (nlab + 1), dtype=torch.int64, device=dev)  # column 0 of each unit: no label
     by_hits = union == "netdissect-lite"
     unit_cat = torch.zeros(units, ncat, dtype=torch.int64, device=dev)
-    label_cat = torch.as_tensor(np.append(ncat, label_space.category), device=dev).int()  # label index + 1 -> category (0: ncat)
+    label_cat = torch.as_tensor(np.append(ncat, label_space.category), device=dev).int()  # label index + 1 -> category
     scalar_cat = torch.from_numpy(encoded.has_cat > 0).to(dev)
     step = max(1, chunk_elements // s)
     for start in range(0, len(img), step):
@@ -109,17 +109,16 @@ def compute_tally(acts: torch.Tensor, thresholds: np.ndarray, masks_per_image: S
         hit = scalar_cat.index_select(0, im) if by_hits else None  # [maps, C]
         if planes and nlab:
             labs = pixel.index_select(0, im.index_select(0, row) * s + pos)  # [activated pixels, planes], 0: none
-            keys = un.index_select(0, row).int()[:, None] * (nlab + 1) + labs
+            keys = un.index_select(0, row).to(_keys(units * (nlab + 1)))[:, None] * (nlab + 1) + labs
             both += torch.bincount(keys.view(-1), minlength=units * (nlab + 1))
             if by_hits:
                 hit = hit | _categories_hit(row, labs, label_cat, len(im), ncat)
         if by_hits:
             unit_cat.index_add_(0, un, on[:, None] * hit)
-    both = both.view(units, nlab + 1)[:, 1:]
     by_image = counts.cpu().numpy().T.astype(np.float64)  # [U, n]; float64 products are exact below 2^53
     exact = lambda a: np.rint(a).astype(np.int64)  # noqa: E731
     return TallyPartial(
-        intersection=both.cpu().numpy() + exact(by_image @ encoded.image_level),
+        intersection=both.view(units, nlab + 1)[:, 1:].cpu().numpy() + exact(by_image @ encoded.image_level),
         label_area=encoded.label_area.copy(),
         unit_cat=unit_cat.cpu().numpy() if by_hits else exact(by_image @ encoded.has_cat),
         unit_area=exact(by_image.sum(axis=1)),
@@ -156,8 +155,14 @@ def _activated(resize: str, x: torch.Tensor, im: torch.Tensor, un: torch.Tensor,
 
 def _categories_hit(row: torch.Tensor, labs: torch.Tensor, label_cat: torch.Tensor, maps: int, ncat: int) -> torch.Tensor:
     """bool [maps, C]: some activated pixel of the map lies on a label of the category (NetDissect-Lite's tally_cat > 0)."""
-    cats = row.int()[:, None] * (ncat + 1) + label_cat.index_select(0, labs.view(-1)).view_as(labs)
+    cat_of = label_cat.index_select(0, labs.view(-1)).view_as(labs)
+    cats = row.to(_keys(maps * (ncat + 1)))[:, None] * (ncat + 1) + cat_of
     return torch.bincount(cats.view(-1), minlength=maps * (ncat + 1)).view(maps, ncat + 1)[:, :ncat] > 0
+
+
+def _keys(bins: int) -> torch.dtype:
+    """int32 bincount keys (half the bytes of int64) while `bins` fit in them."""
+    return torch.int32 if bins < 2**31 else torch.int64
 
 
 @lru_cache(maxsize=64)
