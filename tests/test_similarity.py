@@ -130,12 +130,13 @@ def test_every_neighbour_list_matches_brute_force_on_the_stored_probes(twins):
 
 
 def test_same_neighbours_with_two_workers(twins, tmp_path, ray_local):
-    """The neighbours are the same; scores agree to 1e-4, as the probes themselves differ by an ulp when the
-    convolutions run on another number of threads (a near-constant unit's correlation magnifies that)."""
+    """The same neighbours and scores, to the bit: both actors run torch on the job's cpus_per_worker threads, so
+    the probes are the same as one actor's (a near-constant unit's correlation would magnify an ulp)."""
     other = Catalog.open(run_cli(_twins(tmp_path, workers=2)).catalog)
-    a, b = other.similar(), twins.similar()
-    pd.testing.assert_frame_equal(a.drop(columns="score"), b.drop(columns="score"))
-    np.testing.assert_allclose(a["score"], b["score"], atol=1e-4)
+    pd.testing.assert_frame_equal(other.similar(), twins.similar(), check_exact=True)
+    for layer in LAYERS:
+        for mine, theirs in zip(other.probes(layer), twins.probes(layer)):
+            np.testing.assert_array_equal(mine, theirs)
 
 
 def _cli(*argv) -> tuple[int, str, str]:
