@@ -19,8 +19,9 @@ units.parquet, its per-category top labels vs dissection.parquet's rank-0 rows, 
 then NetDissect-Lite's `tally` once more with the project's exact thresholds, whose label, intersection
 and union must equal every rank-0 row of the catalog (`same_counts`). Last, the floor: in this process,
 decoding every concept image and mask once and one forward pass (`floor_seconds`), the work no
-dissection can skip, against the 1/20 of NetDissect-Lite's total that 20x would allow. NetDissect-Lite's feature batches
-are the job's batch size, so both sides run the model on the same batches.
+dissection can skip, against the 1/20 of NetDissect-Lite's total that 20x would allow.
+NetDissect-Lite's feature batches are the job's batch size, so both sides run the model on the same
+batches.
 """
 
 from __future__ import annotations
