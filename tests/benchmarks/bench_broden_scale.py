@@ -18,7 +18,9 @@ chooses for N itself. Batches are decoded inside each timed pass (masks only for
 
 Reported per N: seconds and images/s per pass (and the IoU finalization), the stage's images/s,
 the process's peak RSS (VmHWM) and its peak minus the baseline taken after the model is loaded and
-the directory opened; then the time 63,305 images would take at the largest N's rate.
+the directory opened; each pass's partial over the N images as pickled (what a shard of N images sends
+the driver and checkpoints) beside its arrays' own size; then the time 63,305 images would take at the
+largest N's rate.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -145,6 +148,10 @@ def run_one(args: argparse.Namespace, n: int) -> dict:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         timings[name] = {"seconds": seconds, "images_per_s": n / seconds, "hwm_mb": memory_mb()["VmHWM"]}
+        if isinstance(out, passes.ConceptPartial):  # as the driver receives and checkpoints it, and its arrays' size
+            timings[name]["pickled_mb"] = len(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)) / 2**20
+            timings[name]["arrays_mb"] = sum(a.nbytes for part in out.layers.values() for a in vars(part).values()
+                                             if isinstance(a, np.ndarray)) / 2**20
         print(f"  N={n} {name}: {seconds:.2f}s", file=sys.stderr, flush=True)
         return out
 
@@ -181,6 +188,9 @@ def print_table(results: list[dict]) -> None:
         first = next(k for k, t in r["passes"].items() if t["hwm_mb"] >= r["peak_mb"])  # the pass that set the peak
         print(f"{r['images']:>6} {r['route']:8}{cells} {r['images_per_s']:11.2f} {r['peak_mb']:8.0f} "
               f"{r['baseline_mb']:8.0f} {r['peak_minus_baseline_mb']:9.0f}  {short[first]}")
+    for r in results:
+        print(f"  N={r['images']} partials pickled (their arrays): " + ", ".join(
+            f"{short[k]} {t['pickled_mb']:.2f} MB ({t['arrays_mb']:.2f} MB)" for k, t in r["passes"].items() if "pickled_mb" in t))
     last = results[-1]
     print(f"{last['units']} units in {len(LAYERS)} layers, {last['labels']} labels, {last['threads']} torch threads; "
           f"at N={last['images']}'s rate ({last['images_per_s']:.2f} images/s) {BRODEN_IMAGES:,} images would take "
