@@ -25,8 +25,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# the benchmarks (run by hand; docs/BENCHMARKS.md has their figures): `make bench` lists each with its command,
+# `make bench-NAME ARGS="..."` runs tests/benchmarks/bench_NAME.py
 bench: $(STAMP)
-	$(PY) -m pytest -q tests/benchmarks -p no:cacheprovider -s
+	@$(PY) tests/benchmarks/list_benchmarks.py
+
+bench-%: $(STAMP)
+	$(PY) tests/benchmarks/bench_$*.py $(ARGS)
 
 clean:
 	rm -rf catalogs data

@@ -10,14 +10,35 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LATEST = "latest"  # in a catalog history (catalog/<UTC time>/...): the symlink to the newest finished catalog
 
-# Keys every manifest has (values are plain JSON):
-#   schema_version, run_id, started, finished (ISO 8601 UTC), job (the validated job config),
-#   fingerprints: {model, layers: {layer: hash}, data, concepts, config},
-#   stages_done: [stage names], layers: [{name, units, shape, receptive_field: {...}}],
-#   data: {root, images, used, skipped: [{image_id, path, reason}], classes},
-#   summary: {units, dead_units, ...}, errors: [messages],
-#   reuse: {previous, previous_run_id, stages: {stage: {layer | "*": {action: reused|computed, why}}}};
-#   fingerprints.inputs: {stage: {layer | "*": {input: hash}}} is what a later run compares to reuse results
+# Every top-level key a manifest can have (values are plain JSON), with what it holds; docs/CATALOG.md lists them.
+MANIFEST_KEYS: dict[str, str] = {
+    "schema_version": "the catalog format's version (SCHEMA_VERSION); a reader refuses a newer one",
+    "run_id": "a random hex id of the run that wrote the catalog",
+    "started": "when the run began (ISO 8601, UTC)",
+    "finished": "when its computation ended, before the catalog was written (ISO 8601, UTC)",
+    "wall_seconds": "[{step, seconds}]: each step's wall time (prepare and plan, ray start, every stage)",
+    "host": "the driver's host name",
+    "python": "the driver's Python version",
+    "job": "the validated job file, every key with its value (defaults filled in)",
+    "job_file": "the job file's path",
+    "model": "{kind, name, input_size, channels}: how the model was built",
+    "prepared": "what the job's [prepare] section made before the run (the demo's concept world and model), else {}",
+    "fingerprints": "hashes of what the results depend on: {model, layers: {layer: hash}, data, concepts, config, "
+                    "settings, inputs: {stage: {layer or '*': {input: hash}}}}; a later run compares `inputs` to reuse results",
+    "stages_done": "the stages whose results the catalog holds, in pipeline order",
+    "settings": "each stage's settings as used ({preprocess, activations, featvis, dissection, shapley, similarity})",
+    "layers": "[{name, units, shape, receptive_field: {size, jump, offset, exact, whole_image}, dead_units, "
+              "interpretable_units, unique_concepts}]: the cataloged layers in model order",
+    "data": "{root, images, used, skipped: [{image_id, path, reason}], classes}: the data set",
+    "summary": "{layers, units, dead_units, nonfinite_units, interpretable_units, unique_concepts}",
+    "errors": "messages of problems the run went on after",
+    "reuse": "{previous, previous_run_id, stages: {stage: {layer or '*': {action: reused|computed, why}}}}: re-analysis",
+    "concepts": "dissection: {root, categories, labels, images, used, ignored_columns, ignored_rows, skipped}: the concept data set",
+    "featvis": "featvis: {views, size, layers, flat_units}",
+    "shapley": "importance: the players, estimators, evaluations, rounds, v_all / v_none (the metric with every / no "
+               "player) overall and by class, the bandit's progress, the warm start",
+    "similarity": "similarity: {probe_images, comparisons: [{layer, other_layer, kind}], layers: units without neighbours}",
+}
 REQUIRED_KEYS = ("schema_version", "run_id", "started", "finished", "job", "fingerprints", "stages_done", "layers", "data")
 
 

@@ -38,6 +38,7 @@ class Catalog:
 
     @property
     def layers(self) -> list[str]:
+        """The cataloged layers, in model order."""
         return [layer["name"] for layer in self.manifest["layers"]]
 
     def table(self, name: str) -> pd.DataFrame:
@@ -60,9 +61,11 @@ class Catalog:
         return pa.Table.from_arrays(columns, schema=schema)
 
     def units(self) -> pd.DataFrame:
+        """units.parquet as a DataFrame."""
         return self.table("units")
 
     def images(self) -> pd.DataFrame:
+        """images.parquet as a DataFrame."""
         return self.table("images")
 
     def examples(self, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
@@ -75,12 +78,15 @@ class Catalog:
         return self._rows_of("spectrum", layer, unit)
 
     def dissection(self) -> pd.DataFrame:
+        """dissection.parquet as a DataFrame."""
         return self.table("dissection")
 
     def shapley(self) -> pd.DataFrame:
+        """shapley.parquet as a DataFrame."""
         return self.table("shapley")
 
     def banzhaf(self) -> pd.DataFrame:
+        """banzhaf.parquet as a DataFrame."""
         return self.table("banzhaf")
 
     def importance(self) -> pd.DataFrame:
@@ -117,6 +123,7 @@ class Catalog:
         return self.table("concepts")
 
     def shapley_ablation(self) -> pd.DataFrame:
+        """shapley_ablation.parquet as a DataFrame."""
         return self.table("shapley_ablation")
 
     def _array(self, kind: ArrayKind, layer: str) -> zarr.Array:

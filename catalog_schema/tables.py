@@ -1,4 +1,8 @@
-"""Table schemas of the catalog (Parquet). New columns are nullable so older files still read."""
+"""Table schemas of the catalog (Parquet). New columns are nullable so older files still read.
+
+Every column carries its description in the field's metadata (`doc`): it travels in each Parquet
+file's schema, and docs/CATALOG.md is generated from it (`python -m catalog_schema.docs`).
+"""
 
 from __future__ import annotations
 
@@ -6,185 +10,224 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+
+def column(name: str, kind: pa.DataType, doc: str, required: bool = False) -> pa.Field:
+    """One documented column; `required` columns are never null."""
+    return pa.field(name, kind, nullable=not required, metadata={"doc": doc})
+
+
+def doc(field: pa.Field) -> str:
+    """A column's description."""
+    return (field.metadata or {}).get(b"doc", b"").decode()
+
+
+LAYER = "the cataloged module's path in the model (as in [model] layers)"
+UNIT = "the unit's number: its channel index in the layer's output"
+BOX = "of the theoretical receptive field in input pixels (a half-open box clipped to the image; the whole image for [N, C] layers)"
+
 UNITS = pa.schema([
-    pa.field("layer", pa.string(), nullable=False),
-    pa.field("unit", pa.int32(), nullable=False),
-    pa.field("act_mean", pa.float32()),
-    pa.field("act_std", pa.float32()),
-    pa.field("act_max", pa.float32()),
-    pa.field("act_min", pa.float32()),
-    pa.field("frac_active", pa.float32()),
-    pa.field("dead", pa.bool_()),
-    pa.field("nonfinite", pa.int64()),  # NaN or infinite activation values seen (read as 0 in the statistics)
-    pa.field("label", pa.string()),
-    pa.field("category", pa.string()),
-    pa.field("iou", pa.float32()),
-    pa.field("interpretable", pa.bool_()),
-    pa.field("shapley", pa.float32()),
-    pa.field("shapley_ci_low", pa.float32()),
-    pa.field("shapley_ci_high", pa.float32()),
-    pa.field("banzhaf", pa.float32()),  # the Banzhaf value (maximum sample reuse) for the same metric
-    pa.field("banzhaf_ci_low", pa.float32()),
-    pa.field("banzhaf_ci_high", pa.float32()),
-    pa.field("featvis_activation", pa.float32()),  # the objective on the stored visualization, no transform
-    pa.field("featvis_ratio", pa.float32()),  # the unit's max on it / its max over the data set (act_max)
-    pa.field("featvis_flat", pa.bool_()),  # the visualization stayed (nearly) uniform
+    column("layer", pa.string(), LAYER, required=True),
+    column("unit", pa.int32(), UNIT, required=True),
+    column("act_mean", pa.float32(), "mean activation over every position of every image"),
+    column("act_std", pa.float32(), "standard deviation of the activation over every position of every image"),
+    column("act_max", pa.float32(), "largest activation over every position of every image"),
+    column("act_min", pa.float32(), "smallest activation over every position of every image"),
+    column("frac_active", pa.float32(), "fraction of positions (over every image) where the activation is > 0"),
+    column("dead", pa.bool_(), "never positive (a ReLU after it would always output 0) or constant"),
+    column("nonfinite", pa.int64(), "NaN or infinite activation values seen (read as 0 in the statistics)"),
+    column("label", pa.string(), "dissection: the best-matching concept's name (null without the dissection stage or with IoU 0)"),
+    column("category", pa.string(), "dissection: that concept's category (color, object, part, material, scene, texture, ...)"),
+    column("iou", pa.float32(), "dissection: the best concept's IoU with the unit's thresholded activation"),
+    column("interpretable", pa.bool_(), "dissection: iou >= [stages.dissection] iou_threshold"),
+    column("shapley", pa.float32(), "importance: the unit's Shapley value for the metric (null: not a player)"),
+    column("shapley_ci_low", pa.float32(), "importance: the lower end of the Shapley value's confidence interval"),
+    column("shapley_ci_high", pa.float32(), "importance: the upper end of the Shapley value's confidence interval"),
+    column("banzhaf", pa.float32(), "importance: the Banzhaf value (maximum sample reuse) for the same metric"),
+    column("banzhaf_ci_low", pa.float32(), "importance: the lower end of the Banzhaf value's confidence interval"),
+    column("banzhaf_ci_high", pa.float32(), "importance: the upper end of the Banzhaf value's confidence interval"),
+    column("featvis_activation", pa.float32(), "the objective on the stored visualization, no transform"),
+    column("featvis_ratio", pa.float32(), "the unit's max on it / its max over the data set (act_max)"),
+    column("featvis_flat", pa.bool_(), "the visualization stayed (nearly) uniform"),
 ])
 
 EXAMPLES = pa.schema([
-    pa.field("layer", pa.string(), nullable=False),
-    pa.field("unit", pa.int32(), nullable=False),
-    pa.field("sign", pa.string(), nullable=False),  # 'top' | 'bottom'
-    pa.field("rank", pa.int32(), nullable=False),
-    pa.field("image_id", pa.int64(), nullable=False),
-    pa.field("activation", pa.float32()),
-    pa.field("y", pa.int32()),  # arg-max / arg-min position in the layer's feature map
-    pa.field("x", pa.int32()),
-    pa.field("box_y0", pa.int32()),  # receptive field in input pixels, half-open, clipped
-    pa.field("box_x0", pa.int32()),
-    pa.field("box_y1", pa.int32()),
-    pa.field("box_x1", pa.int32()),
+    column("layer", pa.string(), LAYER, required=True),
+    column("unit", pa.int32(), UNIT, required=True),
+    column("sign", pa.string(), "'top' | 'bottom'", required=True),
+    column("rank", pa.int32(), "0 = the unit's strongest (top) or weakest (bottom) image", required=True),
+    column("image_id", pa.int64(), "the image (images.parquet)", required=True),
+    column("activation", pa.float32(), "the unit's spatial maximum (top) or minimum (bottom) on the image"),
+    column("y", pa.int32(), "arg-max / arg-min row in the layer's feature map (0 for [N, C] layers)"),
+    column("x", pa.int32(), "arg-max / arg-min column in the layer's feature map"),
+    column("box_y0", pa.int32(), "top row " + BOX),
+    column("box_x0", pa.int32(), "left column " + BOX),
+    column("box_y1", pa.int32(), "bottom row + 1 " + BOX),
+    column("box_x1", pa.int32(), "right column + 1 " + BOX),
 ])
 
 SPECTRUM = pa.schema([  # the activation spectrum: examples at evenly spaced quantiles of each unit's spatial maxima
-    pa.field("layer", pa.string(), nullable=False),
-    pa.field("unit", pa.int32(), nullable=False),
-    pa.field("quantile", pa.float32(), nullable=False),  # the level q_i = (i + 0.5) / Q
-    pa.field("rank", pa.int32(), nullable=False),  # i * spectrum_k + j: by quantile, then nearest first
-    pa.field("image_id", pa.int64(), nullable=False),
-    pa.field("activation", pa.float32()),  # the image's spatial max (what top examples rank by)
-    pa.field("y", pa.int32()),  # arg-max position in the layer's feature map
-    pa.field("x", pa.int32()),
-    pa.field("box_y0", pa.int32()),  # receptive field in input pixels, half-open, clipped
-    pa.field("box_x0", pa.int32()),
-    pa.field("box_y1", pa.int32()),
-    pa.field("box_x1", pa.int32()),
-    pa.field("quantile_value", pa.float32()),  # the empirical quantile (np.quantile, linear) the images are nearest to
+    column("layer", pa.string(), LAYER, required=True),
+    column("unit", pa.int32(), UNIT, required=True),
+    column("quantile", pa.float32(), "the level q_i = (i + 0.5) / Q", required=True),
+    column("rank", pa.int32(), "i * spectrum_k + j: by quantile, then nearest first", required=True),
+    column("image_id", pa.int64(), "the image (images.parquet)", required=True),
+    column("activation", pa.float32(), "the image's spatial max (what top examples rank by)"),
+    column("y", pa.int32(), "arg-max row in the layer's feature map (0 for [N, C] layers)"),
+    column("x", pa.int32(), "arg-max column in the layer's feature map"),
+    column("box_y0", pa.int32(), "top row " + BOX),
+    column("box_x0", pa.int32(), "left column " + BOX),
+    column("box_y1", pa.int32(), "bottom row + 1 " + BOX),
+    column("box_x1", pa.int32(), "right column + 1 " + BOX),
+    column("quantile_value", pa.float32(), "the empirical quantile (np.quantile, linear) the images are nearest to"),
 ])
 
 IMAGES = pa.schema([
-    pa.field("image_id", pa.int64(), nullable=False),
-    pa.field("path", pa.string(), nullable=False),  # relative to the data root
-    pa.field("label", pa.string()),  # class sub-folder; null for a flat folder
-    pa.field("label_index", pa.int32()),
-    pa.field("skipped", pa.bool_()),
-    pa.field("skip_reason", pa.string()),
+    column("image_id", pa.int64(), "the image's number: its rank in the sorted list of paths", required=True),
+    column("path", pa.string(), "relative to the data root", required=True),
+    column("label", pa.string(), "class sub-folder; null for a flat folder"),
+    column("label_index", pa.int32(), "the class's index among the sorted class folders; null for a flat folder"),
+    column("skipped", pa.bool_(), "the file could not be used (unreadable, truncated, not an image, too many pixels)"),
+    column("skip_reason", pa.string(), "why it was skipped"),
 ])
 
 DISSECTION = pa.schema([  # the top concepts of every category for every unit
-    pa.field("layer", pa.string(), nullable=False),
-    pa.field("unit", pa.int32(), nullable=False),
-    pa.field("category", pa.string()),
-    pa.field("rank", pa.int32()),  # 0 = the unit's best concept in this category
-    pa.field("concept", pa.string()),
-    pa.field("concept_number", pa.int32()),  # the label's number in the concept data set's label.csv
-    pa.field("iou", pa.float32()),
-    pa.field("intersection", pa.int64()),  # activated pixels on the concept
-    pa.field("union", pa.int64()),  # activated pixels (in images of the category) + concept pixels - intersection
-    pa.field("threshold", pa.float32()),  # the unit's activation threshold (top-quantile)
+    column("layer", pa.string(), LAYER, required=True),
+    column("unit", pa.int32(), UNIT, required=True),
+    column("category", pa.string(), "the concept category of this row"),
+    column("rank", pa.int32(), "0 = the unit's best concept in this category"),
+    column("concept", pa.string(), "the concept's name (label.csv)"),
+    column("concept_number", pa.int32(), "the label's number in the concept data set's label.csv"),
+    column("iou", pa.float32(), "intersection / union (NetDissect's IoU)"),
+    column("intersection", pa.int64(), "activated pixels on the concept"),
+    column("union", pa.int64(), "activated pixels (in images of the category) + concept pixels - intersection"),
+    column("threshold", pa.float32(), "the unit's activation threshold (top-quantile)"),
 ])
 
 SHAPLEY = pa.schema([
-    pa.field("layer", pa.string(), nullable=False),
-    pa.field("unit", pa.int32(), nullable=False),
-    pa.field("metric", pa.string()),
-    pa.field("target_class", pa.int32()),
-    pa.field("value", pa.float32()),
-    pa.field("ci_low", pa.float32()),
-    pa.field("ci_high", pa.float32()),
-    pa.field("samples", pa.int64()),
-    pa.field("sample_std", pa.float32()),  # TMC: the standard deviation of the unit's marginal samples (a warm start's input)
-    pa.field("sample_range", pa.float32()),  # TMC: their largest minus their smallest
+    column("layer", pa.string(), LAYER, required=True),
+    column("unit", pa.int32(), UNIT, required=True),
+    column("metric", pa.string(), "what the value is of: 'accuracy' or 'cross_entropy' (minus the mean cross-entropy), as [stages.shapley] metric"),
+    column("target_class", pa.int32(), "-1: the metric over every evaluation image; N: over class N's images"),
+    column("value", pa.float32(), "the unit's Shapley value (TMC or MSR estimate)"),
+    column("ci_low", pa.float32(), "the lower end of the value's confidence interval"),
+    column("ci_high", pa.float32(), "the upper end of the value's confidence interval"),
+    column("samples", pa.int64(), "marginal contributions sampled (TMC) or coalitions evaluated (MSR)"),
+    column("sample_std", pa.float32(), "TMC: the standard deviation of the unit's marginal samples (a warm start's input)"),
+    column("sample_range", pa.float32(), "TMC: their largest minus their smallest"),
 ])
 
 BANZHAF = SHAPLEY  # banzhaf.parquet: the same columns; `samples` = the coalitions evaluated (so in shapley.parquet by MSR)
 
 IMPORTANCE_BY_CLASS = pa.schema([  # each player's value for the metric on one class's evaluation images
-    pa.field("layer", pa.string(), nullable=False),
-    pa.field("unit", pa.int32(), nullable=False),
-    pa.field("estimator", pa.string(), nullable=False),  # 'tmc' or 'msr' (Shapley) | 'banzhaf'
-    pa.field("metric", pa.string()),
-    pa.field("class", pa.int32(), nullable=False),  # the class index (the sorted class folders)
-    pa.field("class_name", pa.string()),
-    pa.field("value", pa.float32()),  # null: no evaluation image of that class
-    pa.field("ci_low", pa.float32()),
-    pa.field("ci_high", pa.float32()),
-    pa.field("samples", pa.int64()),
-    pa.field("sample_std", pa.float32()),  # as in shapley.parquet (TMC only)
-    pa.field("sample_range", pa.float32()),
+    column("layer", pa.string(), LAYER, required=True),
+    column("unit", pa.int32(), UNIT, required=True),
+    column("estimator", pa.string(), "'tmc' or 'msr' (Shapley) | 'banzhaf'", required=True),
+    column("metric", pa.string(), "as in shapley.parquet"),
+    column("class", pa.int32(), "the class index (the sorted class folders)", required=True),
+    column("class_name", pa.string(), "the class folder's name"),
+    column("value", pa.float32(), "null: no evaluation image of that class"),
+    column("ci_low", pa.float32(), "the lower end of the value's confidence interval"),
+    column("ci_high", pa.float32(), "the upper end of the value's confidence interval"),
+    column("samples", pa.int64(), "as in shapley.parquet"),
+    column("sample_std", pa.float32(), "as in shapley.parquet (TMC only)"),
+    column("sample_range", pa.float32(), "as in shapley.parquet (TMC only)"),
 ])
 
 SHAPLEY_ABLATION = pa.schema([  # the paper's check: the metric after removing N units chosen three ways
-    pa.field("metric", pa.string()),
-    pa.field("target_class", pa.int32()),
-    pa.field("n", pa.int32()),  # units removed
-    pa.field("method", pa.string()),  # 'shapley' | 'banzhaf' (top-N values of the run's first estimator) | 'single_ablation' (top-N alone) | 'random'
-    pa.field("value", pa.float32()),  # the metric after removal (random: mean over the draws)
-    pa.field("drop", pa.float32()),  # V(all units) - value
-    pa.field("units", pa.string()),  # the removed units, "layer:unit" in layer, unit order, joined by ';' (random: the first draw)
+    column("metric", pa.string(), "as in shapley.parquet"),
+    column("target_class", pa.int32(), "as in shapley.parquet"),
+    column("n", pa.int32(), "units removed"),
+    column("method", pa.string(), "'shapley' | 'banzhaf' (top-N values of the run's first estimator) | 'single_ablation' (top-N alone) | 'random'"),
+    column("value", pa.float32(), "the metric after removal (random: mean over the draws)"),
+    column("drop", pa.float32(), "V(all units) - value"),
+    column("units", pa.string(), "the removed units, \"layer:unit\" in layer, unit order, joined by ';' (random: the first draw)"),
 ])
 
 SIMILAR = pa.schema([  # the similarity stage: each unit's nearest units, per compared layer and kind
-    pa.field("layer", pa.string(), nullable=False),
-    pa.field("unit", pa.int32(), nullable=False),
-    pa.field("other_layer", pa.string(), nullable=False),  # the same layer, or the one just before or after it
-    pa.field("other_unit", pa.int32(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),  # 'activation' (Pearson, probe images) | 'weight' (cosine, same layer)
-    pa.field("score", pa.float32()),
-    pa.field("rank", pa.int32()),  # 0 = the nearest of its (other_layer, kind)
+    column("layer", pa.string(), LAYER, required=True),
+    column("unit", pa.int32(), UNIT, required=True),
+    column("other_layer", pa.string(), "the same layer, or the one just before or after it", required=True),
+    column("other_unit", pa.int32(), "the neighbour's unit number in other_layer", required=True),
+    column("kind", pa.string(), "'activation' (Pearson, probe images) | 'weight' (cosine, same layer)", required=True),
+    column("score", pa.float32(), "the similarity: Pearson correlation (activation) or cosine (weight)"),
+    column("rank", pa.int32(), "0 = the nearest of its (other_layer, kind)"),
 ])
 
 CONCEPTS = pa.schema([  # the concept data set's labels as the dissection used them, with their Broden synonyms
-    pa.field("concept_number", pa.int32(), nullable=False),  # as in label.csv
-    pa.field("concept", pa.string()),
-    pa.field("category", pa.string()),  # the label's primary category
-    pa.field("synonyms", pa.string()),  # label.csv `syns`: ';'-joined, as there (null: none)
+    column("concept_number", pa.int32(), "as in label.csv", required=True),
+    column("concept", pa.string(), "the label's name"),
+    column("category", pa.string(), "the label's primary category"),
+    column("synonyms", pa.string(), "label.csv `syns`: ';'-joined, as there (null: none)"),
 ])
 
 EVOLUTION = pa.schema([  # `neuron-catalog history`: every unit of every run, matched to its unit in the run before
-    pa.field("run", pa.int32(), nullable=False),  # 0 = the oldest catalog
-    pa.field("run_name", pa.string()),  # the catalog's folder name
-    pa.field("run_id", pa.string()),
-    pa.field("layer", pa.string(), nullable=False),
-    pa.field("unit", pa.int32(), nullable=False),
-    pa.field("matched_unit", pa.int32()),  # its counterpart in the run before (null: the first run, or none)
-    pa.field("matched_by", pa.string()),  # as `diff`: 'index' | 'correlation'
-    pa.field("activation_corr", pa.float32()),  # with its counterpart, on the shared probe images
-    pa.field("track", pa.int32()),  # the unit number in the first run of its chain of matches
-    pa.field("first_run", pa.int32()),  # the run that chain starts in
-    pa.field("label", pa.string()),  # the concept when interpretable, else null
-    pa.field("category", pa.string()),
-    pa.field("iou", pa.float32()),
-    pa.field("label_changed", pa.bool_()),  # the interpretable label differs from its counterpart's
-    pa.field("importance", pa.float32()),  # the Shapley value (the Banzhaf value in a run with Banzhaf only)
-    pa.field("top_jaccard", pa.float32()),  # overlap of the top-k example images with its counterpart's (by path)
+    column("run", pa.int32(), "0 = the oldest catalog", required=True),
+    column("run_name", pa.string(), "the catalog's folder name"),
+    column("run_id", pa.string(), "the catalog's run_id (manifest)"),
+    column("layer", pa.string(), LAYER, required=True),
+    column("unit", pa.int32(), UNIT, required=True),
+    column("matched_unit", pa.int32(), "its counterpart in the run before (null: the first run, or none)"),
+    column("matched_by", pa.string(), "as `diff`: 'index' | 'correlation'"),
+    column("activation_corr", pa.float32(), "with its counterpart, on the shared probe images"),
+    column("track", pa.int32(), "the unit number in the first run of its chain of matches"),
+    column("first_run", pa.int32(), "the run that chain starts in"),
+    column("label", pa.string(), "the concept when interpretable, else null"),
+    column("category", pa.string(), "the concept's category"),
+    column("iou", pa.float32(), "the best concept's IoU"),
+    column("label_changed", pa.bool_(), "the interpretable label differs from its counterpart's"),
+    column("importance", pa.float32(), "the Shapley value (the Banzhaf value in a run with Banzhaf only)"),
+    column("top_jaccard", pa.float32(), "overlap of the top-k example images with its counterpart's (by path)"),
 ])
 
 DIFF = pa.schema([  # `neuron-catalog diff OLD NEW --out FILE`: one row per unit of NEW (and per unmatched unit of OLD)
-    pa.field("layer", pa.string(), nullable=False),
-    pa.field("unit", pa.int32()),  # the unit in NEW; null: an OLD unit with no counterpart
-    pa.field("old_unit", pa.int32()),  # its counterpart in OLD; null: none
-    pa.field("matched_by", pa.string()),  # 'index' (same unit number) | 'correlation' (one-to-one, by probe activations)
-    pa.field("match_score", pa.float32()),  # correlation matching: the pair's activation correlation
-    pa.field("activation_corr", pa.float32()),  # Pearson correlation of the pair's mean activations on the shared probe images
-    pa.field("label_old", pa.string()),
-    pa.field("label_new", pa.string()),
-    pa.field("label_changed", pa.bool_()),
-    pa.field("iou_old", pa.float32()),
-    pa.field("iou_new", pa.float32()),
-    pa.field("iou_delta", pa.float32()),
-    pa.field("shapley_old", pa.float32()),
-    pa.field("shapley_new", pa.float32()),
-    pa.field("shapley_delta", pa.float32()),
-    pa.field("shapley_rank_old", pa.int32()),  # 1 = the largest value among the catalog's players
-    pa.field("shapley_rank_new", pa.int32()),
-    pa.field("rank_change", pa.int32()),  # rank_old - rank_new: positive = more important now
-    pa.field("top_jaccard", pa.float32()),  # overlap of the top-k example images (by path)
-    pa.field("act_max_old", pa.float32()),
-    pa.field("act_max_new", pa.float32()),
-    pa.field("changed", pa.bool_()),  # the unit's behaviour changed: see `reasons`
-    pa.field("reasons", pa.string()),  # why `changed`, ';'-joined
+    column("layer", pa.string(), LAYER, required=True),
+    column("unit", pa.int32(), "the unit in NEW; null: an OLD unit with no counterpart"),
+    column("old_unit", pa.int32(), "its counterpart in OLD; null: none"),
+    column("matched_by", pa.string(), "'index' (same unit number) | 'correlation' (one-to-one, by probe activations)"),
+    column("match_score", pa.float32(), "correlation matching: the pair's activation correlation"),
+    column("activation_corr", pa.float32(), "Pearson correlation of the pair's mean activations on the shared probe images"),
+    column("label_old", pa.string(), "the interpretable concept in OLD (null: none)"),
+    column("label_new", pa.string(), "the interpretable concept in NEW (null: none)"),
+    column("label_changed", pa.bool_(), "label_old differs from label_new"),
+    column("iou_old", pa.float32(), "the best IoU in OLD"),
+    column("iou_new", pa.float32(), "the best IoU in NEW"),
+    column("iou_delta", pa.float32(), "iou_new - iou_old"),
+    column("shapley_old", pa.float32(), "the Shapley value in OLD"),
+    column("shapley_new", pa.float32(), "the Shapley value in NEW"),
+    column("shapley_delta", pa.float32(), "shapley_new - shapley_old"),
+    column("shapley_rank_old", pa.int32(), "1 = the largest value among the catalog's players"),
+    column("shapley_rank_new", pa.int32(), "as shapley_rank_old, in NEW"),
+    column("rank_change", pa.int32(), "rank_old - rank_new: positive = more important now"),
+    column("top_jaccard", pa.float32(), "overlap of the top-k example images (by path)"),
+    column("act_max_old", pa.float32(), "act_max in OLD"),
+    column("act_max_new", pa.float32(), "act_max in NEW"),
+    column("changed", pa.bool_(), "the unit's behaviour changed: see `reasons`"),
+    column("reasons", pa.string(), "why `changed`, ';'-joined"),
 ])
+
+# What each table holds and which stage or command writes it (docs/CATALOG.md).
+TABLE_DOCS: dict[str, str] = {
+    "units": "One row per unit of every cataloged layer: the activations stage's statistics, and the columns later "
+             "stages fill (null where a stage did not run or the unit is not one of its players).",
+    "examples": "activations: each unit's top-k and bottom-k images, ranked by the unit's spatial maximum (top) or "
+                "minimum (bottom); ties go to the smaller image_id.",
+    "spectrum": "activations: the activation spectrum, each unit's `spectrum_k` images whose spatial maximum is nearest "
+                "each of `spectrum_quantiles` (Q) evenly spaced quantiles of its spatial maxima.",
+    "images": "The data set's index: every image file found, used or skipped.",
+    "dissection": "dissection: each unit's top concepts (`top`, 5) in every category, as Network Dissection scores them.",
+    "concepts": "dissection: the concept data set's labels as the dissection used them, with their Broden synonyms.",
+    "shapley": "shapley: each player unit's Shapley value (TMC or MSR) with its interval.",
+    "banzhaf": "shapley, when Banzhaf values are asked for: the columns of shapley.parquet; `samples` = the coalitions "
+               "evaluated.",
+    "importance_by_class": "shapley: each player's value for the metric on each class's evaluation images, per estimator.",
+    "shapley_ablation": "shapley: the metric after removing N units chosen by value, by single-unit effect or at random "
+                        "(Neuron Shapley's check).",
+    "similar": "similarity: each unit's nearest units, in its own layer and the layers beside it.",
+    "diff": "Not in a catalog: `neuron-catalog diff OLD NEW --out FILE` writes it, one row per unit of NEW (and per "
+            "unmatched unit of OLD).",
+    "evolution": "Not in a catalog: `neuron-catalog history` writes it (evolution.parquet): every unit of every run, "
+                 "matched to its unit in the run before.",
+}
 
 TABLES: dict[str, pa.Schema] = {
     "units": UNITS,

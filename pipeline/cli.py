@@ -1,4 +1,9 @@
-"""The `neuron-catalog` command line: run, query, render, diff, history, export, describe, make-concepts."""
+"""The `neuron-catalog` command line: run, query, render, diff, history, export, describe, make-concepts.
+
+Only light modules are imported here: SIGINT and SIGTERM are handled from the first line of `main`,
+before torch, Ray or pyarrow load (a Ctrl-C at any moment is one line and exit code 130), and each
+subcommand imports what it needs.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from catalog_schema import Catalog, CatalogError
 from pipeline.errors import UserError
-from pipeline.interrupts import Interrupted
-from pipeline.stages import STAGES
+from pipeline.interrupts import Interrupted, stop_on_signals
+
+STAGE_NAMES = ("activations", "featvis", "dissection", "shapley", "similarity")  # --help's list; a test holds it to the registry
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -20,7 +25,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("job", type=Path, help="job file (TOML)")
     run.add_argument("--address", default=None, help="Ray cluster address (default: [ray] address, RAY_ADDRESS, else a local Ray)")
     run.add_argument("--out", type=Path, default=None, help="catalog directory (default: [output] catalog)")
-    run.add_argument("--stages", default=None, help=f"comma-separated subset of {','.join(STAGES)}")
+    run.add_argument("--stages", default=None, help=f"comma-separated subset of {','.join(STAGE_NAMES)} (and the stages they need)")
     run.add_argument("--previous", default=None,
                      help="a previous catalog to reuse unchanged results from, or 'latest' (default: the job's `previous`)")
 
@@ -82,22 +87,37 @@ def _history_and_export(verbs: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    """Run one subcommand; the exit code: 0, 2 for a mistake in the input, 128 + N when stopped by signal N."""
+    try:
+        with stop_on_signals():
+            return _dispatch(get_args_parser().parse_args(argv))
+    except Interrupted as exc:
+        print(f"neuron-catalog: interrupted ({exc}): {exc.summary or 'stopped before it finished'}",
+              file=sys.stderr)
+        return exc.exit_code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from catalog_schema import CatalogError
+
     try:
         return {"run": _run, "query": _query, "render": _render, "describe": _describe, "diff": _diff,
                 "history": _history, "export": _export, "make-concepts": _make_concepts}[args.verb](args)
     except (UserError, CatalogError) as exc:  # a bad job, input or catalog: the message names it and the fix
         print(f"neuron-catalog: error: {exc}", file=sys.stderr)
         return 2
-    except Interrupted as exc:
-        print(f"neuron-catalog: interrupted ({exc}): {exc.summary or 'stopped before the run began; nothing new was written'}", file=sys.stderr)
-        return exc.exit_code
+
+
+def _open(path: Path):
+    from catalog_schema import Catalog
+
+    return Catalog.open(path)
 
 
 def _run(args: argparse.Namespace) -> int:
     from pipeline.job.load import load_job
-    from pipeline.interrupts import stop_on_signals
     from pipeline.run import run_job
+    from pipeline.stages import STAGES
 
     stages = None
     if args.stages:
@@ -106,8 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         if bad:
             raise UserError(f"--stages: unknown stage(s) {', '.join(bad)}; stages are {', '.join(STAGES)}.")
     job = load_job(args.job)
-    with stop_on_signals():
-        result = run_job(job, address=args.address, out=args.out, stages=stages, previous=args.previous)
+    result = run_job(job, address=args.address, out=args.out, stages=stages, previous=args.previous)
     s, data = result.manifest["summary"], result.manifest["data"]
     print(f"catalog written: {result.catalog}")
     print(f"  layers {s['layers']}, units {s['units']}, dead units {s['dead_units']}")
@@ -135,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     from pipeline.catalog.query import NEIGHBOUR_COLUMNS, format_units, query_units, similar_to
 
-    catalog = Catalog.open(args.catalog)
+    catalog = _open(args.catalog)
     if args.similar_to is not None:
         near = similar_to(catalog, args.similar_to)
         if near.empty and args.format == "table":
@@ -153,7 +172,7 @@ def _query(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     from pipeline.render import render_site
 
-    catalog = Catalog.open(args.catalog)
+    catalog = _open(args.catalog)
     diff = None
     if args.diff is not None:
         from pipeline.catalog.diff import diff_catalogs, read_diff
@@ -161,7 +180,7 @@ def _render(args: argparse.Namespace) -> int:
         if args.diff.is_file():
             diff = (args.diff.name, read_diff(args.diff))
         else:
-            old = Catalog.open(args.diff)
+            old = _open(args.diff)
             diff = (str(args.diff), diff_catalogs(old, catalog).units)
     summary = render_site(catalog, args.out, args.workers or None, diff)
     print(f"site written: {summary.out} ({summary.pages} pages, {summary.images} images, "
@@ -172,7 +191,7 @@ def _render(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     from pipeline.catalog.diff import diff_catalogs, format_summary, write_diff
 
-    old, new = Catalog.open(args.old), Catalog.open(args.new)
+    old, new = _open(args.old), _open(args.new)
     result = diff_catalogs(old, new, args.match)
     print(format_summary(result, old, new, args.limit))
     if args.out is not None:
@@ -208,7 +227,7 @@ def _history(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from pipeline.catalog.export import export_catalog
 
-    files = export_catalog(Catalog.open(args.catalog), args.format, args.out)
+    files = export_catalog(_open(args.catalog), args.format, args.out)
     print(f"exported {len(files)} files to {args.out}: {', '.join(f.name for f in files)}")
     return 0
 
@@ -216,7 +235,7 @@ def _export(args: argparse.Namespace) -> int:
 def _describe(args: argparse.Namespace) -> int:
     from pipeline.catalog.describe import describe
 
-    print(describe(Catalog.open(args.catalog)))
+    print(describe(_open(args.catalog)))
     return 0
 
 

@@ -81,3 +81,19 @@ def test_modules_and_functions_stay_small():
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 assert node.end_lineno - node.lineno < 60, f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"
+
+
+def test_the_command_line_loads_nothing_heavy_before_it_handles_signals():
+    """`neuron-catalog` handles SIGINT and SIGTERM from the first line of `main`: importing pipeline.cli loads no
+    torch, Ray, numpy or pyarrow (a Ctrl-C while they load is then one line, not a traceback), and its --help lists
+    the registry's stages."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "ray", "numpy", "pyarrow", "pandas", "zarr", "scipy")
+    code = f"import sys, pipeline.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"
+    from pipeline.cli import STAGE_NAMES
+
+    assert STAGE_NAMES == tuple(STAGES)

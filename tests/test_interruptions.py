@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from catalog_schema import ARRAYS, Catalog, CatalogError
-from conftest import all_stages_job
+from conftest import PLANTED_LAYERS, all_stages_job, job_toml, make_images, write_job
 from pipeline.cli import main
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]  # each test kills or signals runs of its own
@@ -209,3 +209,75 @@ def test_ctrl_c_or_sigterm_ends_with_one_line_and_resumes(tmp_path, capsys, undi
     assert main(["run", str(job)]) == 0
     assert "resumed" in capsys.readouterr().out
     _assert_same_catalog(tmp_path / "catalog", undisturbed)
+
+
+def _long_batch_job(folder: Path) -> Path:
+    """The planted model with one featvis batch of all its units that would run for many minutes."""
+    make_images(folder / "images", count=16)
+    return write_job(folder, job_toml("planted", PLANTED_LAYERS, batch=2, k=3, patch=8, shard=2,
+                                      featvis={"steps": 1_000_000, "size": 16, "batch_units": 16}))
+
+
+def _group_gone(pgid: int, within: float) -> bool:
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_does_not_wait_for_a_running_batch(tmp_path, signum):
+    """A featvis batch that would run for minutes: the stop ends it (the actors are killed) and the run exits within
+    10 s with its one line, the activations' shards kept; no process of the run is left behind."""
+    job = _long_batch_job(tmp_path)
+    work = tmp_path / "catalog" / ".work"
+    started = []
+
+    def batch_running() -> bool:
+        if not started and list(work.glob("featvis-*")):
+            started.append(time.time())  # the pass's folder exists: its batch is submitted
+        return bool(started) and time.time() - started[0] > 2
+    proc = _start(job, stderr=subprocess.PIPE)
+    try:
+        _wait_for(proc, batch_running, timeout=240)
+        sent = time.time()
+        os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        seconds = time.time() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signum, err
+    assert seconds < 10, f"took {seconds:.1f} s to stop"
+    assert "Traceback" not in err, err
+    line, = [ln for ln in err.splitlines() if "interrupted" in ln]
+    assert line.startswith(f"neuron-catalog: interrupted ({signal.Signals(signum).name}): 8 of ") and " shards" in line, line
+    assert len(list(work.glob("activations-*/shard-*.pkl"))) == 8  # 16 images in shards of 2: all kept
+    assert _group_gone(proc.pid, within=5), "a process of the stopped run is still alive"
+
+
+@pytest.mark.parametrize("verb", ["run", "make-concepts"])
+def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path, verb):
+    """SIGINT at several moments of start-up (Python importing torch, Ray, numpy, Pillow) and just after: exit 130
+    and one line, no traceback, whatever the subcommand."""
+    job = all_stages_job(tmp_path)
+    args = {"run": ["run", str(job)], "make-concepts": ["make-concepts", str(tmp_path / "world"), "--images", "5000"]}[verb]
+    for delay in (0.3, 0.8, 1.5):
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env={**os.environ, "RAY_ADDRESS": ""},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert proc.returncode == 130, (delay, err)
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
+        assert [ln for ln in err.splitlines() if ln.strip()] == [ln for ln in err.splitlines() if "interrupted (SIGINT)" in ln], err

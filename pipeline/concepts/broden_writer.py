@@ -1,4 +1,4 @@
-"""Writing the concept world as a Broden-format directory (DESIGN.md, "Broden format").
+"""Writing the concept world as a Broden-format directory (README, "The Broden format").
 
 Layout of OUT (read the same way as NetDissect-Lite's loader reads broden1_224):
 

@@ -1,4 +1,4 @@
-"""Reading a Broden-format directory (DESIGN.md, "Broden format"), as NetDissect-Lite reads broden1_224
+"""Reading a Broden-format directory (README, "The Broden format"), as NetDissect-Lite reads broden1_224
 (label.csv, category.csv and c_<cat>.csv are read in `pipeline.broden_tables`).
 
 `open_broden` reads and validates index.csv and label.csv (category.csv and c_<cat>.csv are checked
@@ -197,7 +197,7 @@ def _check_asked(index: Path, kept: tuple[str, ...], available: list[str], ignor
 def _decode(path: Path, where: str, mask_size: tuple[int, int]) -> np.ndarray:
     """A mask PNG as int32 [sh, sw] label numbers R + 256*G."""
     try:
-        with open_image(path, formats=("PNG",)) as img:  # a mask is a PNG (DESIGN.md): no other format is tried
+        with open_image(path, formats=("PNG",)) as img:  # a mask is a PNG (README, "The Broden format"): no other format is tried
             if img.size != (mask_size[1], mask_size[0]):  # checked before decoding a pixel
                 raise SkippedImage(f"{where}: mask is {img.height}x{img.width}, index.csv says "
                                    f"sh x sw = {mask_size[0]}x{mask_size[1]}")

@@ -1,6 +1,6 @@
 """A job file's typed form: one frozen dataclass per table (the stages' sections live with their stages).
 
-Every key of DESIGN.md's job file maps to a dataclass field; the field's type is the
+Every key of the job file (README, "Catalog your own model") maps to a dataclass field; the field's type is the
 validation rule (see load.py). Paths are relative to the job file's directory.
 """
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from catalog_schema.layout import WORK, shard_file
 from pipeline.plan import RunPlan
 from pipeline.runner import pool
-from pipeline.runner.task_pool import completed, in_order
+from pipeline.runner.task_pool import completed, get_all, in_order
 from pipeline.runner.worker import ModelWorker, RunSetup
 
 T = TypeVar("T")
@@ -40,7 +40,8 @@ class Workers:
 @contextmanager
 def model_workers(plan: RunPlan) -> Iterator[Workers]:
     """Model actors: one per GPU when the cluster has GPUs, else one per `cpus_per_worker` CPUs; kept for
-    the next run when the process asked for it (runner.pool) and the block ended without an error."""
+    the next run when the process asked for it (runner.pool) and the block ended without an error, killed
+    at once when it did not (a stop must not wait for a long featvis batch)."""
     cfg = plan.job.ray
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0.0)
@@ -53,9 +54,13 @@ def model_workers(plan: RunPlan) -> Iterator[Workers]:
     actor = ray.remote(ModelWorker).options(num_cpus=shape[0], num_gpus=shape[1], max_restarts=2, max_task_retries=2)
     actors = pool.take(shape, count)
     actors += [actor.remote(max(1, int(share))) for _ in range(count - len(actors))]
-    ray.get([w.ready.remote() for w in actors])  # started (a stage's time is then its own)
-    setup = RunSetup(plan.recipe, str(plan.images.root), plan.prep, cfg.cpus_per_worker)
-    yield Workers(actors, [ray.put(setup)])  # a list: Ray passes a nested reference as is, unresolved
+    try:
+        get_all([w.ready.remote() for w in actors])  # started (a stage's time is then its own)
+        setup = RunSetup(plan.recipe, str(plan.images.root), plan.prep, cfg.cpus_per_worker)
+        yield Workers(actors, [ray.put(setup)])  # a list: Ray passes a nested reference as is, unresolved
+    except BaseException:  # a signal or an error: the actors' running tasks end now, not when they finish
+        pool.stop(actors)
+        raise
     pool.keep(shape, actors)
 
 

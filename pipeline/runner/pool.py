@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import ray
 
+from pipeline.runner.task_pool import get_all
+
 Shape = tuple[float, float]  # (CPUs, GPUs) of each actor
 
 
@@ -45,7 +47,7 @@ def take(shape: Shape, count: int) -> list:
     alive = []
     for actor in chosen:
         try:
-            ray.get(actor.ready.remote(), timeout=30)
+            get_all([actor.ready.remote()], timeout=30)
             alive.append(actor)
         except Exception:  # lost since: a new one takes its place
             ray.kill(actor)
@@ -60,7 +62,12 @@ def keep(shape: Shape, actors: list) -> None:
 
 def stop_kept(but: list = ()) -> None:
     """Stop the kept actors (except `but`); with Ray already shut down, just forget them."""
-    for actor in _kept.actors:
-        if ray.is_initialized() and not any(actor is a for a in but):
-            ray.kill(actor)
+    stop([actor for actor in _kept.actors if not any(actor is a for a in but)])
     _kept.shape, _kept.actors = None, []
+
+
+def stop(actors: list) -> None:
+    """Kill the actors now, whatever task they are running (Ray restarts none of them)."""
+    if ray.is_initialized():
+        for actor in actors:
+            ray.kill(actor, no_restart=True)

@@ -8,6 +8,7 @@ a result; errors raised by the stage code itself are not retried.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +20,27 @@ from pipeline.errors import UserError
 
 LOST = (rx.RayActorError, rx.ObjectLostError, rx.WorkerCrashedError, rx.NodeDiedError)
 ATTEMPTS = 5  # per item: a node lost several times over during one item's run is a cluster problem
+POLL_SECONDS = 0.2  # Ray's wait lets a signal's handler run only between calls: never block longer than this
+
+
+def wait_any(refs: list) -> ray.ObjectRef:
+    """The first of `refs` to finish. Polled, so that SIGINT or SIGTERM stops the driver at once: a blocking
+    `ray.wait` runs a Python signal handler only when a task finishes (pipeline.interrupts)."""
+    while True:
+        ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_SECONDS)
+        if ready:
+            return ready[0]
+
+
+def get_all(refs: list, timeout: float | None = None) -> list:
+    """ray.get(refs), waited for as `wait_any` does; GetTimeoutError after `timeout` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_SECONDS)
+        if pending and deadline is not None and time.monotonic() > deadline:
+            raise rx.GetTimeoutError(f"{len(pending)} of {len(refs)} results not ready after {timeout} s")
+    return ray.get(list(refs))
 
 
 def completed(actors: list, items: list, submit: Callable[[Any, Any], ray.ObjectRef]) -> Iterator[tuple[int, Any]]:
@@ -34,7 +56,7 @@ def completed(actors: list, items: list, submit: Callable[[Any, Any], ray.Object
         if not running:
             raise UserError("every model worker died (their nodes were lost more often than Ray restarts an actor); "
                             "the finished shards are checkpointed: run the same command again.")
-        (ref,), _ = ray.wait(list(running), num_returns=1)
+        ref = wait_any(list(running))
         i, actor = running.pop(ref)
         try:
             value = ray.get(ref)

@@ -9,6 +9,7 @@ scratch. Prints both wall times, their ratio, what was reused, and checks the tw
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -39,6 +40,7 @@ def timed_run(job: Path, *extra: str) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # no options: --help says what it does
     weights = ROOT / "data" / "demo" / "concept_cnn.pt"
     if not weights.exists():
         sys.exit("run `make demo` first: it makes the demo model and the concept world")
