@@ -117,7 +117,7 @@ def _open(path: Path):
 def _run(args: argparse.Namespace) -> int:
     from pipeline.job.load import load_job
     from pipeline.run import run_job
-    from pipeline.stages import STAGES
+    from pipeline.registry import STAGES
 
     stages = None
     if args.stages:
@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         bad = [s for s in stages if s not in STAGES]
         if bad:
             raise UserError(f"--stages: unknown stage(s) {', '.join(bad)}; stages are {', '.join(STAGES)}.")
-    job = load_job(args.job)
+    job = load_job(args.job, STAGES)
     result = run_job(job, address=args.address, out=args.out, stages=stages, previous=args.previous)
     s, data = result.manifest["summary"], result.manifest["data"]
     print(f"catalog written: {result.catalog}")

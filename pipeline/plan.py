@@ -1,7 +1,5 @@
-"""Everything decided on the driver before any work is distributed: inputs, layers, fields, shards, fingerprints.
-
-The generic part (model, layers, image shards) is made here; each selected stage adds its own part
-(tasks, players, a concept data set) through `Stage.plan`, kept in `RunPlan.parts[stage]`.
+"""The run's plan: everything decided on the driver before any work is distributed (inputs, layers, fields,
+shards, fingerprints, each stage's own part). pipeline/planning.py makes it; stages read it.
 """
 
 from __future__ import annotations
@@ -9,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +16,19 @@ from catalog_schema.layout import LOCK, SHARD_GLOB, STAGING, WORK, is_store_vers
 from catalog_schema.tables import table_file
 from pipeline.errors import UserError
 from pipeline.inputs.batches import Preprocess
-from pipeline.inputs.fingerprints import json_fingerprint, model_fingerprint
-from pipeline.inputs.images import ImageSet, list_images
-from pipeline.inputs.model_survey import survey_model
-from pipeline.inputs.models import LayerInfo, ModelRecipe, build_model, recipe_from_config, resolve_layers
-from pipeline.inputs.receptive_field import ReceptiveField, receptive_fields
+from pipeline.inputs.fingerprints import json_fingerprint
+from pipeline.inputs.images import ImageSet
+from pipeline.inputs.models import LayerInfo, ModelRecipe
+from pipeline.inputs.receptive_field import ReceptiveField
 from pipeline.job.config import JobConfig
-from pipeline.job.load import check_inputs_exist
-from pipeline.job.prepare import prepare_inputs
-from pipeline.stages import STAGES, selected_stages
-from pipeline.stages.protocol import Shard
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Whole batches of the data set's images."""
+
+    index: int
+    records: tuple
 
 
 @dataclass(frozen=True)
@@ -79,39 +80,6 @@ class RunPlan:
         """A stage's own checkpoint `name` (Driver.save), None when there is none."""
         path = self.work_dir(stage, stage) / name
         return pickle.loads(path.read_bytes()) if path.exists() else None
-
-
-def make_plan(job: JobConfig, out: Path | None = None, stages: tuple[str, ...] | None = None) -> RunPlan:
-    """Validate inputs, load the model once to survey its layers, cut the data set into shards, let each stage plan."""
-    names = selected_stages(stages or job.stages.requested())
-    catalog = (out or job.output.catalog).resolve()
-    check_catalog_target(catalog)
-    prepared = prepare_inputs(job)
-    check_inputs_exist(job)
-    images = list_images(job.data.images, job.data.limit, job.seed)
-    recipe = recipe_from_config(job.model)
-    model = build_model(recipe)
-    layer_names = resolve_layers(model, job.model.layers)
-    if not layer_names:
-        raise UserError("model.layers selects no layer: the model has no Conv2d or Linear module; list module paths in [model] layers.")
-    m = job.model
-    input_shape = (len(m.mean), m.input_size, m.input_size)
-    survey = survey_model(model, layer_names, input_shape)
-    prep = Preprocess(m.input_size, m.mean, m.std, job.data.batch_size)
-    per_shard = shard_size(job, prep)
-    shards = [Shard(i, images.records[s:s + per_shard]) for i, s in enumerate(range(0, len(images.records), per_shard))]
-    fields = receptive_fields(model, layer_names, input_shape)
-    plan = RunPlan(job, catalog, names, recipe, survey.layers, fields, images, prep, shards, {}, prepared, {})
-    parts: dict[str, Any] = {}
-    for name in names:
-        parts[name] = STAGES[name].plan(plan, model, survey)
-    settings = {"prep": prep.__dict__, "layers": [info.name for info in survey.layers], "seed": job.seed,
-                "limit": job.data.limit, **{name: asdict(STAGES[name].settings(job)) for name in names}}
-    fingerprints = {"model": model_fingerprint(model), "layers": survey.fingerprints, "data": images.fingerprint(),
-                    "config": json_fingerprint(job.to_dict()), "settings": json_fingerprint(settings)}
-    for name in names:
-        fingerprints.update(STAGES[name].fingerprints(parts[name]))
-    return replace(plan, parts=parts, fingerprints=fingerprints)
 
 
 def shard_size(job: JobConfig, prep: Preprocess) -> int:

@@ -23,8 +23,11 @@ from pipeline.errors import UserError
 from pipeline.interrupts import Interrupted, interruption
 from pipeline.job.config import JobConfig
 from pipeline.job.load import check_output_location
-from pipeline.plan import RunPlan, check_catalog_target, make_plan
-from pipeline.stages import STAGES
+from pipeline.plan import RunPlan, check_catalog_target
+from pipeline.planning import make_plan
+from pipeline.registry import selected_stages
+from pipeline.reuse import Stages
+from pipeline.stages.protocol import Stage
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -87,59 +90,61 @@ def _previous(job: JobConfig, given: str | None, root: Path) -> Catalog | None:
         raise UserError(f"{key}: {exc} Give a finished catalog, \"latest\", or leave it out to compute everything.") from None
 
 
-def _run(job: JobConfig, address: str | None, catalog: Path, stages: tuple[str, ...] | None,
+def _run(job: JobConfig, address: str | None, catalog: Path, names: tuple[str, ...] | None,
          previous: Catalog | None) -> RunResult:
     started, clock = _now(), time.perf_counter()
-    plan = make_plan(job, catalog, stages)
-    inputs = reuse.stage_inputs(plan)
-    compute, record = reuse.decide(inputs, previous)
+    stages = selected_stages(names or job.stages.requested())
+    plan = make_plan(job, stages, catalog)
+    inputs = reuse.stage_inputs(plan, stages)
+    compute, record = reuse.decide(inputs, previous, stages)
     plan = dataclasses.replace(plan, compute=compute, fingerprints={**plan.fingerprints, "inputs": inputs})
-    reused = reuse.load(plan, previous)
-    plan = dataclasses.replace(plan, priors=reuse.priors(plan, previous))
+    reused = reuse.load(plan, stages, previous)
+    plan = dataclasses.replace(plan, priors=reuse.priors(plan, stages, previous))
     address = address or job.ray.address or os.environ.get("RAY_ADDRESS", "")
-    passes = [(stage, name, shards) for stage in plan.stages for name, shards in STAGES[stage].checkpoints(plan)]
+    passes = [(stage, name, shards) for stage in stages.values() for name, shards in stage.checkpoints(plan)]
     resumed, total = _shards_done(plan, passes), sum(len(shards) for _, _, shards in passes)
-    parts = _parts_done(plan)
+    parts = _parts_done(plan, stages)
     try:
-        return _distribute_and_write(plan, address, reused, record, started, clock, total - resumed, resumed, parts)
+        return _distribute_and_write(plan, stages, address, reused, record, started, clock, total - resumed, resumed,
+                                     parts)
     except (Interrupted, SystemError) as exc:
         stop = interruption(exc)
         if stop is None:
             raise
-        extra = ", ".join(f"{n} {kind}" for kind, n in _parts_done(plan).items() if n)
+        extra = ", ".join(f"{n} {kind}" for kind, n in _parts_done(plan, stages).items() if n)
         stop.summary = (f"{_shards_done(plan, passes)} of {total} shards{f' (and {extra})' if extra else ''} are "
                         f"checkpointed in {plan.catalog / WORK}; run the same command to resume")
         raise stop from None
 
 
-def _shards_done(plan: RunPlan, passes: list[tuple[str, str, Sequence]]) -> int:
+def _shards_done(plan: RunPlan, passes: list[tuple[Stage, str, Sequence]]) -> int:
     done = 0
     for stage, name, shards in passes:
-        folder = plan.work_dir(name, stage)  # a hash of the plan: once per pass, not per shard
+        folder = plan.work_dir(name, stage.name)  # a hash of the plan: once per pass, not per shard
         done += sum((folder / shard_file(s.index)).exists() for s in shards)
     return done
 
 
-def _parts_done(plan: RunPlan) -> dict[str, int]:
+def _parts_done(plan: RunPlan, stages: Stages) -> dict[str, int]:
     """Other checkpoints of an interrupted run, by kind."""
-    return {kind: n for name in plan.stages for kind, n in STAGES[name].other_checkpoints(plan).items()}
+    return {kind: n for stage in stages.values() for kind, n in stage.other_checkpoints(plan).items()}
 
 
-def _distribute_and_write(plan: RunPlan, address: str, reused: dict[str, Any], record: dict, started: str, clock: float,
-                          computed: int, resumed: int, parts: dict[str, int]) -> RunResult:
+def _distribute_and_write(plan: RunPlan, stages: Stages, address: str, reused: dict[str, Any], record: dict, started: str,
+                          clock: float, computed: int, resumed: int, parts: dict[str, int]) -> RunResult:
     """Every stage on the Ray actors, in pipeline order, then the catalog; `clock`: when the run began (perf_counter)."""
     seconds = {"prepare and plan": round(time.perf_counter() - clock, 2)}
     start = time.perf_counter()
     results: dict[str, Any] = {}
     with runner.ray_session(address), runner.model_workers(plan) as workers:
         seconds["ray start"] = round(time.perf_counter() - start, 2)  # Ray and the model actors up
-        for name in plan.stages:
+        for name, stage in stages.items():
             driver = runner.Driver(plan, workers, name, seconds)
             with driver.timed(name):
-                results[name] = STAGES[name].run(plan, driver, results, reused.get(name))
+                results[name] = stage.run(plan, driver, results, reused.get(name))
     times = {"started": started, "finished": _now(), "wall_seconds": [{"step": k, "seconds": v} for k, v in seconds.items()]}
     start = time.perf_counter()
-    manifest = write_catalog(plan, results, times, uuid.uuid4().hex, record)
+    manifest = write_catalog(plan, stages, results, times, uuid.uuid4().hex, record)
     seconds["write"] = round(time.perf_counter() - start, 2)
     runner.clear_work(plan)
     return RunResult(plan.catalog, manifest, computed, resumed, {k: v for k, v in parts.items() if v}, seconds)

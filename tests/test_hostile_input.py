@@ -28,6 +28,7 @@ from pipeline.cli import main
 from pipeline.inputs.concept_batches import iter_concept_batches
 from pipeline.job.config import ModelConfig
 from pipeline.job.load import load_job
+from pipeline.registry import STAGES
 from pipeline.errors import UserError
 from pipeline.inputs.images import SkippedImage, list_images, load_image
 from pipeline.inputs.models import build_model, recipe_from_config
@@ -247,7 +248,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path, 
 def test_a_checkpoint_needing_pickle_loads_when_the_job_trusts_it(tmp_path, capsys):
     """A training checkpoint with an argparse.Namespace beside the state_dict: refused by weights_only, used with trust."""
     job = planted_job(tmp_path)
-    state = build_model(recipe_from_config(load_job(job).model)).state_dict()
+    state = build_model(recipe_from_config(load_job(job, STAGES).model)).state_dict()
     state["fc.weight"] = torch.zeros(3, 6)
     state["fc.bias"] = torch.tensor([7.0, 8.0, 9.0])  # fc then outputs exactly its bias
     torch.save({"state_dict": state, "args": argparse.Namespace(lr=0.1, epochs=90)}, tmp_path / "ckpt.pth")

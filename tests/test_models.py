@@ -10,6 +10,7 @@ import torchvision
 
 from pipeline.job.config import ModelConfig
 from pipeline.job.load import load_job
+from pipeline.registry import STAGES
 from pipeline.errors import UserError
 from pipeline.inputs.fingerprints import model_fingerprint
 from pipeline.inputs.layer_taps import tapped
@@ -21,7 +22,7 @@ JOBS = Path(__file__).resolve().parents[1] / "jobs"
 
 @pytest.mark.parametrize("job", sorted(JOBS.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_job_files_validate(job):
-    cfg = load_job(job)
+    cfg = load_job(job, STAGES)
     assert cfg.output.catalog is not None and cfg.data.images is not None
 
 
@@ -104,7 +105,7 @@ def test_the_old_key_torchscript_names_the_same_archive(tmp_path):
     base = '[data]\nimages = "images"\n[output]\ncatalog = "out"\n'
     job = tmp_path / "job.toml"
     job.write_text('[model]\ntorchscript = "m.pt2"\n' + base)
-    assert load_job(job).model.archive == tmp_path / "m.pt2"
+    assert load_job(job, STAGES).model.archive == tmp_path / "m.pt2"
     job.write_text('[model]\ntorchscript = "m.pt2"\narchive = "m.pt2"\n' + base)
     with pytest.raises(UserError, match="both archive and torchscript"):
-        load_job(job)
+        load_job(job, STAGES)

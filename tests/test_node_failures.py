@@ -29,6 +29,7 @@ from ray.cluster_utils import Cluster
 import ray._private.state
 
 from pipeline.job.load import load_job
+from pipeline.registry import STAGES
 from pipeline.run import run_job
 
 cases = json.loads(sys.argv[1])  # [[job file, checkpoint glob, count], ...]: one run each, on this one cluster
@@ -62,7 +63,7 @@ def kill_a_worker_node(work, pattern, count, killed, finished):
 
 
 for job_path, pattern, count in cases:
-    job = load_job(job_path)
+    job = load_job(job_path, STAGES)
     killed, finished = [], threading.Event()
     killer = threading.Thread(target=kill_a_worker_node,
                               args=(job.output.catalog / ".work", pattern, count, killed, finished))

@@ -10,52 +10,29 @@ from __future__ import annotations
 import platform
 import shutil
 import socket
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
 import catalog_schema as cs
-from catalog_schema import ArrayKind
 from catalog_schema.layout import STAGING
-from catalog_schema.storage import copy_array, publish, write_array, write_manifest, write_table
+from catalog_schema.storage import publish, write_manifest
+from pipeline.catalog.draft import Draft
 from pipeline.plan import RunPlan
-from pipeline.stages import STAGES
+from pipeline.stages.protocol import Stage
 
 
-@dataclass
-class Draft:
-    """The catalog being written under .staging: each stage adds its tables, arrays, units columns and
-    manifest sections; the units table and the manifest are written once every stage has added its part."""
-
-    root: Path
-    units: dict[str, Any]  # the units table's columns
-    manifest: dict[str, Any]
-
-    def table(self, name: str, columns: dict[str, Any] | pa.Table) -> None:
-        write_table(self.root, name, columns if isinstance(columns, pa.Table) else cs.to_table(name, columns))
-
-    def array(self, kind: ArrayKind, layer: str, data: np.ndarray, attrs: dict[str, Any] | None = None) -> None:
-        write_array(self.root, kind, layer, data, attrs)
-
-    def copy_array(self, source: Path, kind: ArrayKind, layer: str) -> None:
-        """An array of a previous catalog, as it is (a result reused by re-analysis)."""
-        copy_array(source, self.root, kind, layer)
-
-
-def write_catalog(plan: RunPlan, results: dict[str, Any], times: dict[str, Any], run_id: str,
-                  reuse_record: dict | None = None) -> dict[str, Any]:
+def write_catalog(plan: RunPlan, stages: Mapping[str, Stage], results: dict[str, Any], times: dict[str, Any],
+                  run_id: str, reuse_record: dict | None = None) -> dict[str, Any]:
     """The whole catalog, written under CATALOG/.staging and then moved into place (see the module doc); tables
-    and arrays of stages or layers not in this run do not survive it. `results`: each stage's result."""
+    and arrays of stages or layers not in this run do not survive it. `results`: each of `stages`' result."""
     staging = plan.catalog / STAGING
     shutil.rmtree(staging, ignore_errors=True)  # left by a run that failed while writing
     staging.mkdir(parents=True)
     try:
         draft = Draft(staging, {}, _manifest(plan, times, run_id, reuse_record))
-        for name in plan.stages:
-            STAGES[name].write(draft, plan, results[name])
+        for name, stage in stages.items():
+            stage.write(draft, plan, results[name])
         draft.table("units", draft.units)
         write_manifest(staging, draft.manifest)
         publish(staging, plan.catalog)

@@ -7,17 +7,21 @@ import difflib
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import UserError
 from pipeline.job.checks import at_least_one, check_exists
 from pipeline.job.config import JobConfig, StagesConfig
-from pipeline.stages import STAGES
+
+if TYPE_CHECKING:
+    from pipeline.stages.protocol import Stage
 
 
-def load_job(path: str | Path) -> JobConfig:
-    """Read and validate a job file; every problem is a UserError naming the key."""
+def load_job(path: str | Path, stages: Mapping[str, Stage]) -> JobConfig:
+    """Read and validate a job file; every problem is a UserError naming the key. `stages`: every stage there is
+    (pipeline.registry.STAGES), by name in pipeline order: their [stages.<name>] sections are read with their settings."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"job file {path} does not exist: pass the path of a TOML job file (see jobs/demo.toml).")
@@ -25,9 +29,9 @@ def load_job(path: str | Path) -> JobConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"job file {path} is not valid TOML: {exc}. Fix the syntax at that line.") from None
-    job = _build(JobConfig, raw, "", path.resolve().parent, extra={"path": path.resolve()})
+    job = _build(JobConfig, raw, "", path.resolve().parent, extra={"path": path.resolve()}, stages=stages)
     job = _alias_torchscript(job)
-    _check_values(job)
+    _check_values(job, stages)
     target, _, fn = job.model.factory.rpartition(":")
     if target.endswith(".py"):  # a factory file is relative to the job file, like every other path
         job = dataclasses.replace(job, model=dataclasses.replace(job.model, factory=f"{(job.path.parent / target).resolve()}:{fn}"))
@@ -44,7 +48,8 @@ def _alias_torchscript(job: JobConfig) -> JobConfig:
     return dataclasses.replace(job, model=dataclasses.replace(m, archive=m.torchscript, torchscript=None))
 
 
-def _build(cls: type, table: Any, where: str, base: Path, extra: dict[str, Any] | None = None) -> Any:
+def _build(cls: type, table: Any, where: str, base: Path, extra: dict[str, Any] | None = None,
+           stages: Mapping[str, Stage] | None = None) -> Any:
     if not isinstance(table, dict):
         raise UserError(f"job key [{where}] must be a table, got {table!r}.")
     hints = typing.get_type_hints(cls)
@@ -56,17 +61,17 @@ def _build(cls: type, table: Any, where: str, base: Path, extra: dict[str, Any] 
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise UserError(f"unknown job key '{full}'.{hint} Valid keys here: {', '.join(names)}.")
-        values[key] = _convert(hints[key], value, full, base)
+        values[key] = _convert(hints[key], value, full, base, stages)
     return cls(**values)
 
 
-def _convert(hint: Any, value: Any, key: str, base: Path) -> Any:
+def _convert(hint: Any, value: Any, key: str, base: Path, stages: Mapping[str, Stage] | None = None) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):  # X | None: the X part decides
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
         origin = typing.get_origin(hint)
     if hint is StagesConfig:
-        return _stages(value, key, base)
+        return _stages(value, key, base, stages or {})
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key, base)
     if origin is tuple:
@@ -88,25 +93,25 @@ def _convert(hint: Any, value: Any, key: str, base: Path) -> Any:
     raise TypeError(f"unsupported type {hint} for {key}")  # a bug in this module, not user input
 
 
-def _stages(table: Any, key: str, base: Path) -> StagesConfig:
+def _stages(table: Any, key: str, base: Path, stages: Mapping[str, Stage]) -> StagesConfig:
     """[stages.<name>] tables, each read as its stage's settings; kept in pipeline order."""
     if not isinstance(table, dict):
         raise UserError(f"job key [{key}] must be a table, got {table!r}.")
     for name in table:
-        if name not in STAGES:
-            close = difflib.get_close_matches(name, list(STAGES), n=1)
+        if name not in stages:
+            close = difflib.get_close_matches(name, list(stages), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise UserError(f"unknown job key '{key}.{name}'.{hint} Valid keys here: {', '.join(STAGES)}.")
+            raise UserError(f"unknown job key '{key}.{name}'.{hint} Valid keys here: {', '.join(stages)}.")
     sections = {name: _build(stage.Settings, table[name], f"{key}.{name}", base)
-                for name, stage in STAGES.items() if name in table}
-    return StagesConfig(sections, tuple(STAGES))
+                for name, stage in stages.items() if name in table}
+    return StagesConfig(sections, tuple(stages))
 
 
 def _name(t: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
 
 
-def _check_values(job: JobConfig) -> None:
+def _check_values(job: JobConfig, stages: Mapping[str, Stage]) -> None:
     m = job.model
     sources = [n for n in ("torchvision", "factory", "archive") if getattr(m, n)]
     if len(sources) != 1:
@@ -125,7 +130,7 @@ def _check_values(job: JobConfig) -> None:
         "ray.shard_images": job.ray.shard_images, "ray.cpus_per_worker": job.ray.cpus_per_worker,
     }
     for name, settings in job.stages.sections.items():
-        STAGES[name].check(settings, f"stages.{name}")
+        stages[name].check(settings, f"stages.{name}")
     at_least_one(positive)
     for key, value in {"data.limit": job.data.limit, "ray.workers": job.ray.workers}.items():
         if value < 0:

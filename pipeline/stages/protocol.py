@@ -1,6 +1,6 @@
 """The contract between a stage's package and the rest of the pipeline.
 
-A stage is one object (a subclass of `Stage`, registered in `pipeline.stages.STAGES`) that owns
+A stage is one object (a subclass of `Stage`, registered in `pipeline.registry.STAGES`) that owns
 everything about one analysis: its job-file section, its part of the plan, what its results
 depend on (for reuse), how it reads them back from a previous catalog, its computation (on the
 driver, through a `Driver`; on the model actors, through functions that take a `Worker`), and
@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from catalog_schema import ArrayKind
+from pipeline.plan import Shard  # noqa: F401 - part of what a stage sees: its shards' type
 
-if TYPE_CHECKING:  # types only: plan.py and the writer import the registry, not the other way round
+if TYPE_CHECKING:  # types only
     from catalog_schema import Catalog
-    from pipeline.catalog.writer import Draft
+    from pipeline.catalog.draft import Draft
     from pipeline.inputs.batches import Preprocess
     from pipeline.job.config import JobConfig
     from pipeline.plan import RunPlan
@@ -66,14 +66,6 @@ class Driver(Protocol):
 
     def timed(self, step: str) -> AbstractContextManager[None]:
         """Count the block's wall time as its own step (and not as the enclosing one's)."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Whole batches of the data set's images."""
-
-    index: int
-    records: tuple
 
 
 class Stage:

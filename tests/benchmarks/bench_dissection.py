@@ -156,13 +156,14 @@ def bench_stage(job_path: str, threads: int) -> None:
     from pipeline.inputs.broden import open_broden
     from pipeline.inputs.concept_batches import iter_concept_batches
     from pipeline.job.load import load_job
+    from pipeline.registry import STAGES
     from pipeline.inputs.model_survey import survey_model
     from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
     from pipeline.job.prepare import prepare_inputs
     from pipeline.stages.dissection import passes
 
     torch.set_num_threads(threads)
-    job = load_job(job_path)
+    job = load_job(job_path, STAGES)
     prepare_inputs(job)
     cfg = job.stages.sections["dissection"]
     model = build_model(recipe_from_config(job.model)).eval()

@@ -52,7 +52,7 @@ from pipeline.inputs.models import build_model, recipe_from_config, resolve_laye
 from pipeline.job.config import JobConfig
 from pipeline.job.load import load_job
 from pipeline.job.prepare import prepare_inputs
-from pipeline.stages import STAGES
+from pipeline.registry import STAGES
 
 FO, DL, VQ = "feature_operation.py", "loader/data_loader.py", "util/vecquantile.py"
 # (file, old text, new text, count, reason): every patch applied to the copy, nothing else changed.
@@ -337,7 +337,7 @@ def main() -> None:
     """Run both sides, compare, print; optionally write JSON."""
     args = get_args_parser().parse_args()
     try:
-        job = load_job(args.job)
+        job = load_job(args.job, STAGES)
         prepare_inputs(job)  # make the demo's concept world and model if missing (a no-op when present)
     except UserError as exc:
         sys.exit(f"{args.job}: {exc}")

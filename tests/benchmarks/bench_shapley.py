@@ -37,6 +37,7 @@ from pipeline.inputs.images import list_images
 from pipeline.inputs.model_survey import survey_model
 from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
 from pipeline.job.load import load_job
+from pipeline.registry import STAGES
 from pipeline.job.prepare import prepare_inputs
 from pipeline.stages.shapley import estimator as sh
 from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model, whole_model
@@ -60,7 +61,7 @@ VARIANTS = {  # name: (bandit, antithetic, bound, focus)
 
 
 def setup(job_path: str, layers: str | None):
-    job = load_job(job_path)
+    job = load_job(job_path, STAGES)
     prepare_inputs(job)
     cfg = ShapleyStage().settings(job)
     if layers:

@@ -7,7 +7,7 @@ Every other stage builds on it, so every run makes it (and every catalog has its
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -22,6 +22,7 @@ from pipeline.inputs.models import LayerInfo
 from pipeline.stages.activations import compute, crops
 from pipeline.stages.activations.crops import CropRequest
 from pipeline.stages.activations.reuse import read_layer, read_skipped
+from pipeline.stages.activations.results import ActivationsResult
 from pipeline.stages.activations.settings import ActivationsSettings, check
 from pipeline.stages.activations.spectrum import spectrum_bytes
 from pipeline.stages.activations.write import write_activations
@@ -29,7 +30,7 @@ from pipeline.stages.image_chunks import ImageChunk, image_chunks, merge_by_laye
 from pipeline.stages.protocol import Driver, LayerInputs, Shard, Stage, Worker
 
 if TYPE_CHECKING:
-    from pipeline.catalog.writer import Draft
+    from pipeline.catalog.draft import Draft
     from pipeline.plan import RunPlan
 
 
@@ -39,15 +40,6 @@ class ActivationsPart:
     patch: int  # pixels of the stored crops (and of the featvis projections)
     probe_ids: frozenset[int]  # images whose per-unit mean activation is kept for `diff`
     spectrum: tuple[int, int] = (0, 0)  # (quantiles, examples per quantile); quantiles 0: no spectrum
-
-
-@dataclass
-class ActivationsResult:
-    layers: dict[str, compute.LayerResult]  # every layer, computed or reused
-    crops: dict[str, list[crops.CropBatch]]  # the example (and spectrum) crops of the computed layers
-    skipped: list[tuple[int, str]]  # images that could not be read
-    reused: set[str] = field(default_factory=set)  # layers read back from the previous catalog
-    previous: Catalog | None = None
 
 
 class ActivationsStage(Stage):

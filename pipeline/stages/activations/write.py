@@ -12,11 +12,11 @@ import catalog_schema as cs
 from pipeline.stages.activations.settings import ActivationsSettings
 
 if TYPE_CHECKING:
-    from pipeline.catalog.writer import Draft
+    from pipeline.catalog.draft import Draft
     from pipeline.inputs.models import LayerInfo
     from pipeline.stages.activations.crops import CropBatch
     from pipeline.plan import RunPlan
-    from pipeline.stages.activations.stage import ActivationsResult
+    from pipeline.stages.activations.results import ActivationsResult
 
 
 def write_activations(draft: Draft, plan: RunPlan, result: ActivationsResult, settings: ActivationsSettings) -> None:

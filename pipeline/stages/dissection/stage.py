@@ -25,12 +25,13 @@ from pipeline.job.checks import check_exists
 from pipeline.stages.dissection import passes, radix
 from pipeline.stages.dissection.tally import DissectionResult, LabelSpace
 from pipeline.stages.dissection.thresholds import finalize_thresholds
+from pipeline.stages.dissection.results import DissectionOutput
 from pipeline.stages.dissection.settings import DissectionSettings, check
 from pipeline.stages.dissection.write import write_dissection
 from pipeline.stages.protocol import Driver, LayerInputs, Shared, Stage, Worker
 
 if TYPE_CHECKING:
-    from pipeline.catalog.writer import Draft
+    from pipeline.catalog.draft import Draft
     from pipeline.plan import RunPlan
 
 
@@ -46,15 +47,6 @@ class ConceptShard:
 class DissectionPart:
     broden: Broden
     shards: tuple[ConceptShard, ...]
-
-
-@dataclass
-class DissectionOutput:
-    """Results per layer (computed and reused) and the concept images used or skipped."""
-
-    layers: dict[str, DissectionResult]
-    images_used: int
-    skipped: list[tuple[int, str]]
 
 
 class DissectionStage(Stage):

@@ -14,9 +14,9 @@ from pipeline.inputs.broden import Broden
 from pipeline.stages.dissection.settings import DissectionSettings
 
 if TYPE_CHECKING:
-    from pipeline.catalog.writer import Draft
+    from pipeline.catalog.draft import Draft
     from pipeline.plan import RunPlan
-    from pipeline.stages.dissection.stage import DissectionOutput
+    from pipeline.stages.dissection.results import DissectionOutput
 
 
 def write_dissection(draft: Draft, plan: RunPlan, out: DissectionOutput, broden: Broden,

@@ -3,7 +3,6 @@ its top examples back to pixels (deconvnet, guided backprop), and the filters of
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,40 +19,15 @@ from pipeline.inputs.models import LayerInfo, resolve_layers
 from pipeline.stages.activations.stage import settings_hash as activations_hash
 from pipeline.stages.featvis import optimize, projections
 from pipeline.stages.featvis.filters import filter_images
+from pipeline.stages.featvis.results import FeatvisPart, FeatvisResult, FeatvisTask
 from pipeline.stages.featvis.settings import FeatvisSection, FeatvisSettings, check
 from pipeline.stages.featvis.write import write_featvis
 from pipeline.stages.image_chunks import ImageChunk, image_chunks, merge_by_layer
 from pipeline.stages.protocol import Driver, LayerInputs, Stage, Worker
 
 if TYPE_CHECKING:
-    from pipeline.catalog.writer import Draft
+    from pipeline.catalog.draft import Draft
     from pipeline.plan import RunPlan
-
-
-@dataclass(frozen=True)
-class FeatvisTask:
-    """Units of one layer rendered together (whole optimization batches)."""
-
-    index: int
-    layer: str
-    layer_index: int  # position among the job's layers: part of each image's seed
-    units: tuple[int, ...]
-    batch: int  # units optimized together: the same for every task of the layer (a short one is padded)
-
-
-@dataclass(frozen=True)
-class FeatvisPart:
-    settings: FeatvisSettings
-    tasks: tuple[FeatvisTask, ...]
-    filters: dict[str, np.ndarray]  # layer -> uint8 [units, kh, kw, 3], for layers that convolve the input
-
-
-@dataclass
-class FeatvisResult:
-    rendered: dict[int, optimize.FeatvisChunk]  # task index -> its units' images and scores (computed layers)
-    projected: dict[str, list[projections.ProjectionBatch]]  # computed layers' projections
-    reused: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # layer -> FEATVIS_COLUMNS of the previous catalog
-    previous: Catalog | None = None
 
 
 class FeatvisStage(Stage):

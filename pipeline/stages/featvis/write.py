@@ -11,10 +11,10 @@ import catalog_schema as cs
 from catalog_schema.layout import FEATVIS_COLUMNS
 
 if TYPE_CHECKING:
-    from pipeline.catalog.writer import Draft
+    from pipeline.catalog.draft import Draft
     from pipeline.plan import RunPlan
     from pipeline.stages.featvis.optimize import FeatvisChunk
-    from pipeline.stages.featvis.stage import FeatvisPart, FeatvisResult
+    from pipeline.stages.featvis.results import FeatvisPart, FeatvisResult
 
 
 def write_featvis(draft: Draft, plan: RunPlan, result: FeatvisResult, part: FeatvisPart) -> None:

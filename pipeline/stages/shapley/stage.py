@@ -29,7 +29,7 @@ from pipeline.stages.shapley.warm import Prior, read_prior, warm_stats
 from pipeline.stages.shapley.write import TABLES, copy_shapley, write_shapley
 
 if TYPE_CHECKING:
-    from pipeline.catalog.writer import Draft
+    from pipeline.catalog.draft import Draft
     from pipeline.plan import RunPlan
 
 ROUNDS = "rounds.pkl"  # the stage's checkpoint: the state after the last finished round

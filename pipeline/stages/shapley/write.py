@@ -14,7 +14,7 @@ from pipeline.stages.shapley.estimator import Estimate, ShapleyOutput
 from pipeline.stages.shapley.settings import ShapleySettings
 
 if TYPE_CHECKING:
-    from pipeline.catalog.writer import Draft
+    from pipeline.catalog.draft import Draft
 
 TABLES = ("shapley", "banzhaf", "importance_by_class", "shapley_ablation")
 UNIT_COLUMNS = {"tmc": SHAPLEY_COLUMNS, "msr": SHAPLEY_COLUMNS, "banzhaf": BANZHAF_COLUMNS}

@@ -8,7 +8,7 @@ spread over the model actors.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,37 +21,16 @@ from pipeline.stages.activations.stage import ActivationsStage
 from pipeline.stages.activations.stage import settings_hash as activations_hash
 from pipeline.stages.protocol import Driver, LayerInputs, Shared, Stage, Worker
 from pipeline.stages.similarity.neighbours import Rows, correlation_rows, cosine_rows, nearest
+from pipeline.stages.similarity.results import Block, Comparison, SimilarityResult
 from pipeline.stages.similarity.settings import SimilaritySettings, check
 from pipeline.stages.similarity.write import write_similarity
 
 if TYPE_CHECKING:
-    from pipeline.catalog.writer import Draft
+    from pipeline.catalog.draft import Draft
     from pipeline.plan import RunPlan
 
 ACTIVATION, WEIGHT = "activation", "weight"
 BLOCK_UNITS = 2048  # query units per task
-
-
-@dataclass(frozen=True)
-class Comparison:
-    layer: str  # the query units' layer
-    other: str  # the candidates' layer
-    kind: str  # ACTIVATION | WEIGHT
-
-
-@dataclass(frozen=True)
-class Block:
-    comparison: Comparison
-    start: int  # query units start..stop
-    stop: int
-
-
-@dataclass
-class SimilarityResult:
-    comparisons: list[Comparison]
-    neighbours: dict[Comparison, tuple[np.ndarray, np.ndarray]]  # (indices [units, k], scores [units, k]); -1 / NaN pad
-    without: dict[tuple[str, str], int]  # (layer, kind) -> units with no direction (constant, or all-zero weights)
-    probe_images: int
 
 
 class SimilarityStage(Stage):

@@ -10,8 +10,8 @@ import numpy as np
 from pipeline.stages.similarity.settings import SimilaritySettings
 
 if TYPE_CHECKING:
-    from pipeline.catalog.writer import Draft
-    from pipeline.stages.similarity.stage import SimilarityResult
+    from pipeline.catalog.draft import Draft
+    from pipeline.stages.similarity.results import SimilarityResult
 
 
 def write_similarity(draft: Draft, settings: SimilaritySettings, result: SimilarityResult) -> None:

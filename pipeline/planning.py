@@ -1,0 +1,56 @@
+"""Making the run's plan on the driver: validate the inputs, survey the model once, cut the data set into
+shards, fingerprint what results depend on, and let each stage add its own part."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+from pipeline.inputs.batches import Preprocess
+from pipeline.inputs.fingerprints import json_fingerprint, model_fingerprint
+from pipeline.inputs.images import list_images
+from pipeline.inputs.model_survey import survey_model
+from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
+from pipeline.inputs.receptive_field import receptive_fields
+from pipeline.job.config import JobConfig
+from pipeline.job.load import check_inputs_exist
+from pipeline.job.prepare import prepare_inputs
+from pipeline.plan import RunPlan, Shard, check_catalog_target, shard_size
+from pipeline.stages.protocol import Stage
+
+
+def make_plan(job: JobConfig, stages: Mapping[str, Stage], out: Path | None = None) -> RunPlan:
+    """Validate inputs, load the model once to survey its layers, cut the data set into shards, let each of
+    `stages` (the run's, in pipeline order) plan its part."""
+    names = tuple(stages)
+    catalog = (out or job.output.catalog).resolve()
+    check_catalog_target(catalog)
+    prepared = prepare_inputs(job)
+    check_inputs_exist(job)
+    images = list_images(job.data.images, job.data.limit, job.seed)
+    recipe = recipe_from_config(job.model)
+    model = build_model(recipe)
+    layer_names = resolve_layers(model, job.model.layers)
+    if not layer_names:
+        raise UserError("model.layers selects no layer: the model has no Conv2d or Linear module; list module paths in [model] layers.")
+    m = job.model
+    input_shape = (len(m.mean), m.input_size, m.input_size)
+    survey = survey_model(model, layer_names, input_shape)
+    prep = Preprocess(m.input_size, m.mean, m.std, job.data.batch_size)
+    per_shard = shard_size(job, prep)
+    shards = [Shard(i, images.records[s:s + per_shard]) for i, s in enumerate(range(0, len(images.records), per_shard))]
+    fields = receptive_fields(model, layer_names, input_shape)
+    plan = RunPlan(job, catalog, names, recipe, survey.layers, fields, images, prep, shards, {}, prepared, {})
+    parts: dict[str, Any] = {}
+    for name in names:
+        parts[name] = stages[name].plan(plan, model, survey)
+    settings = {"prep": prep.__dict__, "layers": [info.name for info in survey.layers], "seed": job.seed,
+                "limit": job.data.limit, **{name: asdict(stages[name].settings(job)) for name in names}}
+    fingerprints = {"model": model_fingerprint(model), "layers": survey.fingerprints, "data": images.fingerprint(),
+                    "config": json_fingerprint(job.to_dict()), "settings": json_fingerprint(settings)}
+    for name in names:
+        fingerprints.update(stages[name].fingerprints(parts[name]))
+    return replace(plan, parts=parts, fingerprints=fingerprints)

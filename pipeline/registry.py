@@ -1,0 +1,41 @@
+"""The stages, in pipeline order: each is one package behind the `Stage` protocol (pipeline/stages/protocol.py).
+
+Only the entry points import this registry (the command line, `run_job`, tests and benchmarks); they hand
+the stage objects to the plan, the reuse decisions and the writer, which name no stage. Adding a stage:
+a package pipeline/stages/<name>/ with a `Stage` subclass and one line below (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pipeline.errors import UserError
+from pipeline.stages.activations.stage import ActivationsStage
+from pipeline.stages.dissection.stage import DissectionStage
+from pipeline.stages.featvis.stage import FeatvisStage
+from pipeline.stages.protocol import Stage
+from pipeline.stages.shapley.stage import ShapleyStage
+from pipeline.stages.similarity.stage import SimilarityStage
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    ActivationsStage(),
+    FeatvisStage(),
+    DissectionStage(),
+    ShapleyStage(),
+    SimilarityStage(),
+)}
+
+
+def selected_stages(requested: Iterable[str]) -> dict[str, Stage]:
+    """The requested stages and every stage they need, in pipeline order."""
+    wanted = set(requested)
+    unknown = sorted(wanted - set(STAGES))
+    if unknown:
+        raise UserError(f"--stages: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}.")
+    todo = list(wanted)
+    while todo:
+        for need in STAGES[todo.pop()].needs:
+            if need not in wanted:
+                wanted.add(need)
+                todo.append(need)
+    return {name: stage for name, stage in STAGES.items() if name in wanted}
