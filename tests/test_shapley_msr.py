@@ -94,10 +94,9 @@ def test_auto_picks_msr_above_the_tmc_limit():
 
 def test_too_few_msr_samples_is_a_job_error_naming_the_key():
     from pipeline.errors import UserError
-    from pipeline.stages.shapley.settings import check
     with pytest.raises(UserError, match=r"'stages.shapley.msr_samples' must be at least 16 .* got 8"):
-        check(ShapleySettings(msr_samples=8), "stages.shapley")
-    check(ShapleySettings(msr_samples=16), "stages.shapley")
+        ShapleySettings(msr_samples=8).check("stages.shapley")
+    ShapleySettings(msr_samples=16).check("stages.shapley")
     values = np.random.default_rng(0).random((16, 2))  # so few that most size bins hold under 2 samples
     e = msr.msr_values(values, 40, 0, 10, 0.05)
     assert np.isfinite(e.value).all() and np.isfinite(e.ci_low).all()

@@ -18,7 +18,7 @@ from pipeline.errors import UserError
 from pipeline.stages.shapley import estimator as sh
 from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model, whole_model
 from pipeline.stages.shapley.rounds import estimate, run_estimator
-from pipeline.stages.shapley.settings import ShapleySettings, check
+from pipeline.stages.shapley.settings import ShapleySettings
 
 sys.path.insert(0, str(Path(__file__).parent / "assets"))
 from tiny_models import ShapleyPlanted  # noqa: E402
@@ -233,7 +233,7 @@ def test_focus_samples_only_the_most_ambiguous_unsettled_units():
     assert np.flatnonzero(sh.unsettled(stats, 2, 0.2, focus=2)).tolist() == [2, 3, 7]
     assert np.flatnonzero(sh.unsettled(stats, 2, 0.2, focus=8)).tolist() == [2, 3, 4, 5, 7]
     with pytest.raises(UserError, match=r"'stages.shapley.focus' must be 0 .* got -1"):
-        check(ShapleySettings(focus=-1), "stages.shapley")
+        ShapleySettings(focus=-1).check("stages.shapley")
 
     weight = np.linspace(0.0, 1.0, 12)  # an additive game with a parity term, so the marginals vary
 

@@ -130,7 +130,7 @@ def _check_values(job: JobConfig, stages: Mapping[str, Stage]) -> None:
         "ray.shard_images": job.ray.shard_images, "ray.cpus_per_worker": job.ray.cpus_per_worker,
     }
     for name, settings in job.stages.sections.items():
-        stages[name].check(settings, f"stages.{name}")
+        settings.check(f"stages.{name}")
     at_least_one(positive)
     for key, value in {"data.limit": job.data.limit, "ray.workers": job.ray.workers}.items():
         if value < 0:

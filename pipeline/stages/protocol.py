@@ -72,13 +72,11 @@ class Stage:
     """One analysis. Subclasses set the class attributes and override what they need."""
 
     name: ClassVar[str]  # the job section [stages.<name>] and the name in --stages
-    Settings: ClassVar[type]  # the section's frozen dataclass: its fields and defaults are the job keys
+    Settings: ClassVar[type]  # the section's frozen dataclass: its fields and defaults are the job keys, its
+    # check(key) refuses bad values
     needs: ClassVar[tuple[str, ...]] = ("activations",)  # stages whose results this one reads
     arrays: ClassVar[tuple[ArrayKind, ...]] = ()  # arrays a previous catalog must hold for a layer to be reused
     reasons: ClassVar[dict[str, str]] = {}  # input name -> why a change of it means computing again (see inputs)
-
-    def check(self, settings: Any, key: str) -> None:
-        """Refuse bad values of the section (UserError naming `key`.field)."""
 
     def settings(self, job: JobConfig) -> Any:
         """The section as the job gives it, defaults when it is absent."""

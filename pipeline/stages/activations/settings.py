@@ -24,10 +24,10 @@ class ActivationsSettings:
         before the spectrum existed hashes the same)."""
         return {key: value for key, value in asdict(self).items() if key not in SPECTRUM_KEYS}
 
-
-def check(s: ActivationsSettings, key: str) -> None:
-    at_least_one({f"{key}.k": s.k, f"{key}.patch_size": s.patch_size, f"{key}.spectrum_k": s.spectrum_k,
-                  f"{key}.spectrum_memory_mb": s.spectrum_memory_mb})
-    for name, off in (("probe_images", "no probes"), ("spectrum_quantiles", "no activation spectrum")):
-        if getattr(s, name) < 0:
-            raise UserError(f"job key '{key}.{name}' must be 0 ({off}) or more, got {getattr(s, name)}.")
+    def check(self, key: str) -> None:
+        """Refuse a bad value with a UserError naming the job key (`key`.field) and what would fix it."""
+        at_least_one({f"{key}.k": self.k, f"{key}.patch_size": self.patch_size, f"{key}.spectrum_k": self.spectrum_k,
+                      f"{key}.spectrum_memory_mb": self.spectrum_memory_mb})
+        for name, off in (("probe_images", "no probes"), ("spectrum_quantiles", "no activation spectrum")):
+            if getattr(self, name) < 0:
+                raise UserError(f"job key '{key}.{name}' must be 0 ({off}) or more, got {getattr(self, name)}.")

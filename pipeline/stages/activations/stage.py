@@ -23,7 +23,7 @@ from pipeline.stages.activations import compute, crops
 from pipeline.stages.activations.crops import CropRequest
 from pipeline.stages.activations.reuse import read_layer, read_skipped
 from pipeline.stages.activations.results import ActivationsResult
-from pipeline.stages.activations.settings import ActivationsSettings, check
+from pipeline.stages.activations.settings import ActivationsSettings
 from pipeline.stages.activations.spectrum import spectrum_bytes
 from pipeline.stages.activations.write import write_activations
 from pipeline.stages.image_chunks import ImageChunk, image_chunks, merge_by_layer
@@ -48,9 +48,6 @@ class ActivationsStage(Stage):
     needs = ()
     arrays = (cs.EXAMPLES, cs.HEATMAPS, cs.MEAN_MAPS, cs.PROBES)  # not SPECTRUM: absent where spectrum_quantiles = 0
     reasons = {"spectrum": "the activation spectrum's settings changed (or the previous catalog has no spectrum)"}
-
-    def check(self, settings: ActivationsSettings, key: str) -> None:
-        check(settings, key)
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> ActivationsPart:
         s = self.settings(plan.job)

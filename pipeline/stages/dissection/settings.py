@@ -18,21 +18,21 @@ class DissectionSettings:
     union: str = "netdissect-lite"  # how labels and a category's union term count (see README, "Network Dissection")
     resize: str = "netdissect-lite"  # maps to mask size: Pillow's antialiased bilinear, or "bilinear" sampling
 
+    def check(self, key: str) -> None:
+        """Refuse a bad value with a UserError naming the job key (`key`.field) and what would fix it."""
+        if self.threshold_memory_mb < 0:
+            raise UserError(f"job key '{key}.threshold_memory_mb' must be 0 or more, got {self.threshold_memory_mb}.")
+        if not 0 < self.quantile < 1:
+            raise UserError(f"job key '{key}.quantile' must be between 0 and 1 (exclusive), got {self.quantile}; "
+                            "NetDissect uses 0.005.")
+        if not 0 <= self.iou_threshold <= 1:
+            raise UserError(f"job key '{key}.iou_threshold' must be between 0 and 1, got {self.iou_threshold}; "
+                            "NetDissect uses 0.04.")
+        at_least_one({f"{key}.top": self.top})
+        for name, value, allowed in (("union", self.union, UNIONS), ("resize", self.resize, RESIZES)):
+            if value not in allowed:
+                raise UserError(f"job key '{key}.{name}' must be {' or '.join(map(repr, allowed))}, got {value!r}; "
+                                f"{allowed[0]!r} counts as NetDissect-Lite does (see the README).")
+
 
 RESIZES = ("netdissect-lite", "bilinear")
-
-
-def check(s: DissectionSettings, key: str) -> None:
-    if s.threshold_memory_mb < 0:
-        raise UserError(f"job key '{key}.threshold_memory_mb' must be 0 or more, got {s.threshold_memory_mb}.")
-    if not 0 < s.quantile < 1:
-        raise UserError(f"job key '{key}.quantile' must be between 0 and 1 (exclusive), got {s.quantile}; "
-                        "NetDissect uses 0.005.")
-    if not 0 <= s.iou_threshold <= 1:
-        raise UserError(f"job key '{key}.iou_threshold' must be between 0 and 1, got {s.iou_threshold}; "
-                        "NetDissect uses 0.04.")
-    at_least_one({f"{key}.top": s.top})
-    for name, value, allowed in (("union", s.union, UNIONS), ("resize", s.resize, RESIZES)):
-        if value not in allowed:
-            raise UserError(f"job key '{key}.{name}' must be {' or '.join(map(repr, allowed))}, got {value!r}; "
-                            f"{allowed[0]!r} counts as NetDissect-Lite does (see the README).")

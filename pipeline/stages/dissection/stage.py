@@ -26,7 +26,7 @@ from pipeline.stages.dissection import passes, radix
 from pipeline.stages.dissection.tally import DissectionResult, LabelSpace
 from pipeline.stages.dissection.thresholds import finalize_thresholds
 from pipeline.stages.dissection.results import DissectionOutput
-from pipeline.stages.dissection.settings import DissectionSettings, check
+from pipeline.stages.dissection.settings import DissectionSettings
 from pipeline.stages.dissection.write import write_dissection
 from pipeline.stages.protocol import Driver, LayerInputs, Shared, Stage, Worker
 
@@ -53,9 +53,6 @@ class DissectionStage(Stage):
     name = "dissection"
     Settings = DissectionSettings
     reasons = {"concepts": "the concept data set changed"}
-
-    def check(self, settings: DissectionSettings, key: str) -> None:
-        check(settings, key)
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> DissectionPart:
         job = plan.job

@@ -26,6 +26,23 @@ class FeatvisSection:
     tv: float = 0.0  # frequency penalization: total-variation weight (0: off)
     blur: float = 0.0  # frequency penalization: weight of the distance to the blurred image (0: off)
 
+    def check(self, key: str) -> None:
+        """Refuse a bad value with a UserError naming the job key (`key`.field) and what would fix it."""
+        at_least_one({f"{key}.steps": self.steps, f"{key}.batch_units": self.batch_units})
+        for name, allowed in (("param", ("fourier", "pixel")), ("transforms", ("standard", "none")),
+                              ("schedule", ("cosine", "constant")),
+                              ("objective", ("rectified", "channel", "neuron", "layer", "class_logit", "class_prob"))):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"job key '{key}.{name}' must be one of {', '.join(allowed)}, "
+                                f"got {getattr(self, name)!r}.")
+        if self.chroma < 0 or self.polish < 0:
+            raise UserError(f"job keys '{key}.chroma' and '{key}.polish' must be 0 or more, "
+                            f"got {self.chroma} and {self.polish}.")
+        if self.size < 0 or self.diversity < 0 or self.diversity == 1 or self.lr <= 0 or self.tv < 0 or self.blur < 0:
+            raise UserError(f"job keys '{key}.size' (0: automatic), 'diversity' (0, or 2 and more), 'lr' "
+                            f"(positive), 'tv' and 'blur' (0 or more) got {self.size}, {self.diversity}, {self.lr}, "
+                            f"{self.tv}, {self.blur}.")
+
 
 @dataclass(frozen=True)
 class FeatvisSettings(FeatvisSection):
@@ -50,17 +67,3 @@ class FeatvisSettings(FeatvisSection):
         out = asdict(self)
         del out["layers"]
         return out
-
-
-def check(s: FeatvisSection, key: str) -> None:
-    at_least_one({f"{key}.steps": s.steps, f"{key}.batch_units": s.batch_units})
-    for name, allowed in (("param", ("fourier", "pixel")), ("transforms", ("standard", "none")),
-                          ("schedule", ("cosine", "constant")),
-                          ("objective", ("rectified", "channel", "neuron", "layer", "class_logit", "class_prob"))):
-        if getattr(s, name) not in allowed:
-            raise UserError(f"job key '{key}.{name}' must be one of {', '.join(allowed)}, got {getattr(s, name)!r}.")
-    if s.chroma < 0 or s.polish < 0:
-        raise UserError(f"job keys '{key}.chroma' and '{key}.polish' must be 0 or more, got {s.chroma} and {s.polish}.")
-    if s.size < 0 or s.diversity < 0 or s.diversity == 1 or s.lr <= 0 or s.tv < 0 or s.blur < 0:
-        raise UserError(f"job keys '{key}.size' (0: automatic), 'diversity' (0, or 2 and more), 'lr' "
-                        f"(positive), 'tv' and 'blur' (0 or more) got {s.size}, {s.diversity}, {s.lr}, {s.tv}, {s.blur}.")

@@ -20,7 +20,7 @@ from pipeline.stages.activations.stage import settings_hash as activations_hash
 from pipeline.stages.featvis import optimize, projections
 from pipeline.stages.featvis.filters import filter_images
 from pipeline.stages.featvis.results import FeatvisPart, FeatvisResult, FeatvisTask
-from pipeline.stages.featvis.settings import FeatvisSection, FeatvisSettings, check
+from pipeline.stages.featvis.settings import FeatvisSection, FeatvisSettings
 from pipeline.stages.featvis.write import write_featvis
 from pipeline.stages.image_chunks import ImageChunk, image_chunks, merge_by_layer
 from pipeline.stages.protocol import Driver, LayerInputs, Stage, Worker
@@ -35,9 +35,6 @@ class FeatvisStage(Stage):
     Settings = FeatvisSection
     reasons = {"activations": "the activations stage's settings changed"}
     arrays = (cs.PROJECTIONS,)
-
-    def check(self, settings: FeatvisSection, key: str) -> None:
-        check(settings, key)
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> FeatvisPart:
         job, cfg = plan.job, self.settings(plan.job)

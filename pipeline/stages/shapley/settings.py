@@ -35,32 +35,34 @@ class ShapleySettings:
     banzhaf_keep: float = 0.5  # the probability a unit stays in a Banzhaf coalition (0.5: the Banzhaf value)
     bootstrap: int = 200  # Poisson bootstrap resamplings for the MSR and Banzhaf intervals
 
+    def check(self, key: str) -> None:
+        """Refuse a bad value with a UserError naming the job key (`key`.field) and what would fix it."""
+        if self.metric not in ("accuracy", "cross_entropy"):
+            raise UserError(f"job key '{key}.metric' must be \"accuracy\" or \"cross_entropy\", got {self.metric!r}.")
+        if self.bound not in ("bernstein", "normal"):
+            raise UserError(f"job key '{key}.bound' must be \"bernstein\" or \"normal\", got {self.bound!r}.")
+        if self.estimator not in ESTIMATORS:
+            raise UserError(f"job key '{key}.estimator' must be one of {', '.join(map(repr, ESTIMATORS))}, "
+                            f"got {self.estimator!r}.")
+        for name in ("delta", "ci_delta", "banzhaf_keep"):
+            if not 0 < getattr(self, name) < 1:
+                raise UserError(f"job key '{key}.{name}' must be between 0 and 1, got {getattr(self, name)}.")
+        if self.tolerance < 0:
+            raise UserError(f"job key '{key}.tolerance' must be 0 or more, got {self.tolerance}.")
+        if self.msr_samples < LEAST_SAMPLES:
+            raise UserError(f"job key '{key}.msr_samples' must be at least {LEAST_SAMPLES} (the MSR estimator fits its "
+                            f"surrogate on half of them), got {self.msr_samples}.")
+        if self.focus < 0:
+            raise UserError(f"job key '{key}.focus' must be 0 (every unsettled unit) or more, got {self.focus}.")
+        if self.bootstrap < 0:
+            raise UserError(f"job key '{key}.bootstrap' must be 0 or more, got {self.bootstrap}.")
+        at_least_one({f"{key}.{name}": getattr(self, name)
+                      for name in ("eval_images", "top_k", "rounds", "permutations_per_round", "patience", "msr_samples",
+                                   "banzhaf_samples")})
+
 
 def estimators(s: ShapleySettings, players: int) -> tuple[str, ...]:
     """The estimators a run uses: "auto" is TMC up to AUTO_TMC_PLAYERS players, MSR above."""
     if s.estimator == "auto":
         return ("tmc",) if players <= AUTO_TMC_PLAYERS else ("msr",)
     return ("tmc", "banzhaf") if s.estimator == "both" else (s.estimator,)
-
-
-def check(s: ShapleySettings, key: str) -> None:
-    if s.metric not in ("accuracy", "cross_entropy"):
-        raise UserError(f"job key '{key}.metric' must be \"accuracy\" or \"cross_entropy\", got {s.metric!r}.")
-    if s.bound not in ("bernstein", "normal"):
-        raise UserError(f"job key '{key}.bound' must be \"bernstein\" or \"normal\", got {s.bound!r}.")
-    if s.estimator not in ESTIMATORS:
-        raise UserError(f"job key '{key}.estimator' must be one of {', '.join(map(repr, ESTIMATORS))}, got {s.estimator!r}.")
-    for name in ("delta", "ci_delta", "banzhaf_keep"):
-        if not 0 < getattr(s, name) < 1:
-            raise UserError(f"job key '{key}.{name}' must be between 0 and 1, got {getattr(s, name)}.")
-    if s.tolerance < 0:
-        raise UserError(f"job key '{key}.tolerance' must be 0 or more, got {s.tolerance}.")
-    if s.msr_samples < LEAST_SAMPLES:
-        raise UserError(f"job key '{key}.msr_samples' must be at least {LEAST_SAMPLES} (the MSR estimator fits its "
-                        f"surrogate on half of them), got {s.msr_samples}.")
-    if s.focus < 0:
-        raise UserError(f"job key '{key}.focus' must be 0 (every unsettled unit) or more, got {s.focus}.")
-    if s.bootstrap < 0:
-        raise UserError(f"job key '{key}.bootstrap' must be 0 or more, got {s.bootstrap}.")
-    at_least_one({f"{key}.{name}": getattr(s, name)
-                  for name in ("eval_images", "top_k", "rounds", "permutations_per_round", "patience", "msr_samples", "banzhaf_samples")})

@@ -24,7 +24,7 @@ from pipeline.stages.protocol import WHOLE_MODEL, Driver, LayerInputs, Shared, S
 from pipeline.stages.shapley import estimator as est
 from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model
 from pipeline.stages.shapley.rounds import run_estimator
-from pipeline.stages.shapley.settings import ShapleySettings, check, estimators
+from pipeline.stages.shapley.settings import ShapleySettings, estimators
 from pipeline.stages.shapley.warm import Prior, read_prior, warm_stats
 from pipeline.stages.shapley.write import TABLES, copy_shapley, write_shapley
 
@@ -47,9 +47,6 @@ class ShapleyStage(Stage):
     name = "shapley"
     Settings = ShapleySettings
     reasons = {"activations": "the activations stage's settings changed", "eval_set": "the evaluation images changed"}
-
-    def check(self, settings: ShapleySettings, key: str) -> None:
-        check(settings, key)
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> ShapleyPart:
         cfg = self.settings(plan.job)

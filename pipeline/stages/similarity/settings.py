@@ -13,7 +13,7 @@ class SimilaritySettings:
     adjacent: bool = True  # also the nearest units of the layers just before and after (by activation)
     weights: bool = True  # also the nearest units of the same layer by the cosine of their weights
 
-
-def check(s: SimilaritySettings, key: str) -> None:
-    if s.neighbours < 1:
-        raise UserError(f"job key '{key}.neighbours' must be at least 1, got {s.neighbours}.")
+    def check(self, key: str) -> None:
+        """Refuse a bad value with a UserError naming the job key (`key`.field) and what would fix it."""
+        if self.neighbours < 1:
+            raise UserError(f"job key '{key}.neighbours' must be at least 1, got {self.neighbours}.")

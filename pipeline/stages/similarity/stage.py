@@ -22,7 +22,7 @@ from pipeline.stages.activations.stage import settings_hash as activations_hash
 from pipeline.stages.protocol import Driver, LayerInputs, Shared, Stage, Worker
 from pipeline.stages.similarity.neighbours import Rows, correlation_rows, cosine_rows, nearest
 from pipeline.stages.similarity.results import Block, Comparison, SimilarityResult
-from pipeline.stages.similarity.settings import SimilaritySettings, check
+from pipeline.stages.similarity.settings import SimilaritySettings
 from pipeline.stages.similarity.write import write_similarity
 
 if TYPE_CHECKING:
@@ -36,9 +36,6 @@ BLOCK_UNITS = 2048  # query units per task
 class SimilarityStage(Stage):
     name = "similarity"
     Settings = SimilaritySettings
-
-    def check(self, settings: SimilaritySettings, key: str) -> None:
-        check(settings, key)
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> dict[str, np.ndarray]:
         """The weights [units, fan-in] of every selected layer that has weights of its own, one row per unit."""
