@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from catalog_schema import MANIFEST, STORE, TABLES
-from catalog_schema.layout import LOCK, SHARD_GLOB, STAGING, WORK, is_store_version, work_folder
+from catalog_schema.layout import LOCK, STAGING, WORK, is_store_version, work_folder
 from catalog_schema.tables import table_file
 from pipeline.errors import UserError
 from pipeline.inputs.batches import Preprocess
@@ -72,14 +71,6 @@ class RunPlan:
                                 "layers": layers})
         return work_folder(self.catalog, name, key)
 
-    def finished_shards(self, name: str, stage: str) -> int:
-        """How many finished shards (or chunks) of a pass an interrupted run left."""
-        return len(list(self.work_dir(name, stage).glob(SHARD_GLOB)))
-
-    def saved(self, stage: str, name: str) -> Any | None:
-        """A stage's own checkpoint `name` (Driver.save), None when there is none."""
-        path = self.work_dir(stage, stage) / name
-        return pickle.loads(path.read_bytes()) if path.exists() else None
 
 
 def shard_size(job: JobConfig, prep: Preprocess) -> int:

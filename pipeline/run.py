@@ -7,14 +7,13 @@ import errno
 import os
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from catalog_schema import MANIFEST, Catalog, CatalogError
-from catalog_schema.layout import WORK, shard_file
+from catalog_schema.layout import WORK
 from pipeline import reuse, runner
 from pipeline.catalog import history as catalog_history
 from pipeline.catalog.lock import catalog_lock
@@ -27,7 +26,6 @@ from pipeline.plan import RunPlan, check_catalog_target
 from pipeline.planning import make_plan
 from pipeline.registry import selected_stages
 from pipeline.reuse import Stages
-from pipeline.stages.protocol import Stage
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -101,37 +99,22 @@ def _run(job: JobConfig, address: str | None, catalog: Path, names: tuple[str, .
     reused = reuse.load(plan, stages, previous)
     plan = dataclasses.replace(plan, priors=reuse.priors(plan, stages, previous))
     address = address or job.ray.address or os.environ.get("RAY_ADDRESS", "")
-    passes = [(stage, name, shards) for stage in stages.values() for name, shards in stage.checkpoints(plan)]
-    resumed, total = _shards_done(plan, passes), sum(len(shards) for _, _, shards in passes)
-    parts = _parts_done(plan, stages)
+    progress = runner.Progress()
     try:
-        return _distribute_and_write(plan, stages, address, reused, record, started, clock, total - resumed, resumed,
-                                     parts)
+        return _distribute_and_write(plan, stages, address, reused, record, started, clock, progress)
     except (Interrupted, SystemError) as exc:
         stop = interruption(exc)
         if stop is None:
             raise
-        extra = ", ".join(f"{n} {kind}" for kind, n in _parts_done(plan, stages).items() if n)
-        stop.summary = (f"{_shards_done(plan, passes)} of {total} shards{f' (and {extra})' if extra else ''} are "
-                        f"checkpointed in {plan.catalog / WORK}; run the same command to resume")
+        extra = ", ".join(f"{n} {kind}" for kind, n in progress.checkpointed().items() if n)
+        stop.summary = (f"{progress.reused + progress.computed} of the {progress.begun} shards begun"
+                        f"{f' (and {extra})' if extra else ''} are checkpointed in {plan.catalog / WORK}; "
+                        "run the same command to resume")
         raise stop from None
 
 
-def _shards_done(plan: RunPlan, passes: list[tuple[Stage, str, Sequence]]) -> int:
-    done = 0
-    for stage, name, shards in passes:
-        folder = plan.work_dir(name, stage.name)  # a hash of the plan: once per pass, not per shard
-        done += sum((folder / shard_file(s.index)).exists() for s in shards)
-    return done
-
-
-def _parts_done(plan: RunPlan, stages: Stages) -> dict[str, int]:
-    """Other checkpoints of an interrupted run, by kind."""
-    return {kind: n for stage in stages.values() for kind, n in stage.other_checkpoints(plan).items()}
-
-
 def _distribute_and_write(plan: RunPlan, stages: Stages, address: str, reused: dict[str, Any], record: dict, started: str,
-                          clock: float, computed: int, resumed: int, parts: dict[str, int]) -> RunResult:
+                          clock: float, progress: runner.Progress) -> RunResult:
     """Every stage on the Ray actors, in pipeline order, then the catalog; `clock`: when the run began (perf_counter)."""
     seconds = {"prepare and plan": round(time.perf_counter() - clock, 2)}
     start = time.perf_counter()
@@ -139,7 +122,7 @@ def _distribute_and_write(plan: RunPlan, stages: Stages, address: str, reused: d
     with runner.ray_session(address), runner.model_workers(plan) as workers:
         seconds["ray start"] = round(time.perf_counter() - start, 2)  # Ray and the model actors up
         for name, stage in stages.items():
-            driver = runner.Driver(plan, workers, name, seconds)
+            driver = runner.Driver(plan, workers, name, seconds, progress)
             with driver.timed(name):
                 results[name] = stage.run(plan, driver, results, reused.get(name))
     times = {"started": started, "finished": _now(), "wall_seconds": [{"step": k, "seconds": v} for k, v in seconds.items()]}
@@ -147,7 +130,8 @@ def _distribute_and_write(plan: RunPlan, stages: Stages, address: str, reused: d
     manifest = write_catalog(plan, stages, results, times, uuid.uuid4().hex, record)
     seconds["write"] = round(time.perf_counter() - start, 2)
     runner.clear_work(plan)
-    return RunResult(plan.catalog, manifest, computed, resumed, {k: v for k, v in parts.items() if v}, seconds)
+    return RunResult(plan.catalog, manifest, progress.computed, progress.reused,
+                     {k: v for k, v in progress.resumed.items() if v}, seconds)
 
 
 def _now() -> str:

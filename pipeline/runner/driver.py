@@ -65,6 +65,34 @@ def model_workers(plan: RunPlan) -> Iterator[Workers]:
 
 
 @dataclass
+class Progress:
+    """What the run's passes read back from an interrupted run's checkpoints and what they computed, counted as
+    they go (every stage's driver adds to it): the summary of a finished, resumed or interrupted run."""
+
+    begun: int = 0  # shards (and chunks) of the passes begun
+    reused: int = 0  # of those, read back from checkpoints
+    computed: int = 0  # of those, computed and checkpointed by this run
+    resumed: dict[str, int] = field(default_factory=dict)  # kind -> how many a stage's own checkpoints held when read
+    held: dict[str, dict[str, int]] = field(default_factory=dict)  # checkpoint -> {kind: count} it holds now
+
+    def checkpointed(self) -> dict[str, int]:
+        """What the stages' own checkpoints hold, by kind ('Shapley round(s)': 3)."""
+        out: dict[str, int] = {}
+        for holds in self.held.values():
+            for kind, n in holds.items():
+                out[kind] = out.get(kind, 0) + n
+        return out
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A stage's own checkpoint (Driver.save): its value and what it holds, by kind."""
+
+    value: Any
+    holds: dict[str, int]
+
+
+@dataclass
 class Driver:
     """What one stage's computation runs through (pipeline.stages.protocol.Driver)."""
 
@@ -72,6 +100,7 @@ class Driver:
     workers: Workers
     stage: str
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per step, shared by the run's drivers
+    progress: Progress = field(default_factory=Progress)  # shared by the run's drivers
     _steps: list[str] = field(default_factory=list)
 
     def share(self, value: Any) -> list:
@@ -89,10 +118,12 @@ class Driver:
         folder = self.plan.work_dir(name, self.stage)
         folder.mkdir(parents=True, exist_ok=True)
         total, todo = empty, []
+        self.progress.begun += len(shards)
         for shard in shards:
             saved = folder / shard_file(shard.index)
             if saved.exists():
                 total = merge(total, pickle.loads(saved.read_bytes()))
+                self.progress.reused += 1
             else:
                 todo.append(shard)
         merged = [total]
@@ -102,6 +133,7 @@ class Driver:
             for i, partial in completed(self.workers.actors, todo, submit):
                 atomic_write(folder / shard_file(todo[i].index), pickle.dumps(partial, protocol=pickle.HIGHEST_PROTOCOL))
                 merged[0] = merge(merged[0], partial)
+                self.progress.computed += 1
                 bar.update(1)
         return merged[0]
 
@@ -109,12 +141,22 @@ class Driver:
         return in_order(self.workers.actors, list(items), self._submit(work, args))
 
     def load(self, name: str) -> Any | None:
-        return self.plan.saved(self.stage, name)
+        path = self.plan.work_dir(self.stage, self.stage) / name
+        if not path.exists():
+            return None
+        saved = pickle.loads(path.read_bytes())
+        if not isinstance(saved, Checkpoint):  # written before checkpoints said what they hold
+            return saved
+        self.progress.held[str(path)] = saved.holds
+        for kind, n in saved.holds.items():
+            self.progress.resumed[kind] = self.progress.resumed.get(kind, 0) + n
+        return saved.value
 
-    def save(self, name: str, value: Any) -> None:
+    def save(self, name: str, value: Any, holds: dict[str, int] | None = None) -> None:
         folder = self.plan.work_dir(self.stage, self.stage)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / name, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        atomic_write(folder / name, pickle.dumps(Checkpoint(value, dict(holds or {})), protocol=pickle.HIGHEST_PROTOCOL))
+        self.progress.held[str(folder / name)] = dict(holds or {})
 
     @contextmanager
     def timed(self, step: str) -> Iterator[None]:

@@ -62,7 +62,9 @@ class Driver(Protocol):
     def load(self, name: str) -> Any | None:
         """The stage's own checkpoint `name` (None before the first save)."""
 
-    def save(self, name: str, value: Any) -> None: ...
+    def save(self, name: str, value: Any, holds: dict[str, int] | None = None) -> None:
+        """Checkpoint `value` as `name`; `holds` says what it holds by kind ('Shapley round(s)': 3), which an
+        interrupted run's summary and a resumed run's report count."""
 
     def timed(self, step: str) -> AbstractContextManager[None]:
         """Count the block's wall time as its own step (and not as the enclosing one's)."""
@@ -106,14 +108,6 @@ class Stage:
 
     def reuses(self) -> bool:
         return type(self).load is not Stage.load
-
-    def checkpoints(self, plan: RunPlan) -> list[tuple[str, Sequence[Any]]]:
-        """(pass name, its shards) of every pass whose shards are known before the run starts."""
-        return []
-
-    def other_checkpoints(self, plan: RunPlan) -> dict[str, int]:
-        """Checkpoints of an interrupted run not counted as shards, by kind ('Shapley round(s)': 3)."""
-        return {}
 
     def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: Any) -> Any:
         """The stage's result for every layer: computed on the actors where needed, `reused` elsewhere;

@@ -69,12 +69,6 @@ class ActivationsStage(Stage):
         return ActivationsResult({name: read_layer(previous, units, name) for name in layers}, {}, read_skipped(previous),
                                  set(layers), previous)
 
-    def checkpoints(self, plan: RunPlan) -> list[tuple[str, Any]]:
-        return [("activations", plan.shards if plan.layers_to_compute(self.name) else [])]
-
-    def other_checkpoints(self, plan: RunPlan) -> dict[str, int]:
-        return {"example-crop chunk(s)": plan.finished_shards("crops", self.name)}
-
     def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: ActivationsResult | None) -> ActivationsResult:
         out = reused or ActivationsResult({}, {}, [])
         if plan.layers_to_compute(self.name):

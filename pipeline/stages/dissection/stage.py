@@ -94,10 +94,6 @@ class DissectionStage(Stage):
         return [*passes.threshold_passes(layers, len(part.broden.images), cfg.quantile, cfg.threshold_memory_mb),
                 "dissection-tally"]
 
-    def checkpoints(self, plan: RunPlan) -> list[tuple[str, Any]]:
-        if not plan.layers_to_compute(self.name):
-            return []
-        return [(name, plan.parts[self.name].shards) for name in self.pass_names(plan)]
 
     def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: DissectionOutput | None) -> DissectionOutput:
         reused = reused or DissectionOutput({}, 0, [])

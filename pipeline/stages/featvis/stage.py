@@ -60,12 +60,6 @@ class FeatvisStage(Stage):
             columns[name] = {c: from_table(rows, c) for c in FEATVIS_COLUMNS}
         return FeatvisResult({}, {}, columns, previous)
 
-    def checkpoints(self, plan: RunPlan) -> list[tuple[str, Any]]:
-        return [("featvis", self._tasks_to_compute(plan))]
-
-    def other_checkpoints(self, plan: RunPlan) -> dict[str, int]:
-        return {"projection chunk(s)": plan.finished_shards("projections", self.name)}
-
     def _tasks_to_compute(self, plan: RunPlan) -> list[FeatvisTask]:
         wanted = {info.name for info in plan.layers_to_compute(self.name)}
         return [t for t in plan.parts[self.name].tasks if t.layer in wanted]

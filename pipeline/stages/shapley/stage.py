@@ -87,12 +87,6 @@ class ShapleyStage(Stage):
             return None
         return prior
 
-    def other_checkpoints(self, plan: RunPlan) -> dict[str, int]:
-        saved = plan.saved(self.name, ROUNDS) or {}
-        return {"Shapley round(s)": saved["tmc"][2] if "tmc" in saved else 0,
-                **({"MSR coalition(s)": len(saved["msr"])} if "msr" in saved else {}),
-                **({"Banzhaf coalition(s)": len(saved["banzhaf"])} if "banzhaf" in saved else {})}
-
     def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: dict | None) -> Any:
         if reused is not None:
             return reused
@@ -122,7 +116,7 @@ class ShapleyStage(Stage):
             return found[0]
 
         estimates, v_full, v_none, ablation = run_estimator(evaluate, walks, players, cfg, plan.job.seed,
-                                                            driver.load(ROUNDS), lambda state: driver.save(ROUNDS, state),
+                                                            driver.load(ROUNDS), lambda state: driver.save(ROUNDS, state, rounds_held(state)),
                                                             start)
         return est.ShapleyOutput(estimates, v_full, v_none, ablation, images[0], warm[0] if warm else None)
 
@@ -200,3 +194,10 @@ def walk_permutation(worker: Worker, order: np.ndarray, setup: Shared, chosen: n
     before = ablator.evaluations
     samples = est.walk(ablator.evaluate, order, chosen, v_full, v_none, settings)
     return samples, ablator.evaluations - before
+
+
+def rounds_held(state: dict) -> dict[str, int]:
+    """What the rounds checkpoint holds, by kind: finished TMC rounds, evaluated MSR and Banzhaf coalitions."""
+    return {"Shapley round(s)": state["tmc"][2] if "tmc" in state else 0,
+            **({"MSR coalition(s)": len(state["msr"])} if "msr" in state else {}),
+            **({"Banzhaf coalition(s)": len(state["banzhaf"])} if "banzhaf" in state else {})}
