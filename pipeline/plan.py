@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class RunPlan:
     prepared: dict  # what [prepare] made (demo inputs), recorded in the manifest
     parts: dict[str, Any]  # stage name -> the stage's own part of the plan
     compute: dict[str, tuple[str, ...]] | None = None  # per stage the layers to compute (None: all); others are reused
-    priors: dict[str, Any] = field(default_factory=dict)  # stage name -> what it starts from in the previous catalog
 
     @property
     def shard_images(self) -> int:

@@ -35,7 +35,7 @@ def selected_stages(requested: Iterable[str]) -> dict[str, Stage]:
     todo = list(wanted)
     while todo:
         for need in STAGES[todo.pop()].needs:
-            if need not in wanted:
-                wanted.add(need)
-                todo.append(need)
+            if need.name not in wanted:
+                wanted.add(need.name)
+                todo.append(need.name)
     return {name: stage for name, stage in STAGES.items() if name in wanted}

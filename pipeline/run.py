@@ -7,7 +7,7 @@ import errno
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from pipeline.plan import RunPlan, check_catalog_target
 from pipeline.planning import make_plan
 from pipeline.registry import selected_stages
 from pipeline.reuse import Stages
+from pipeline.stages.protocol import Context
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -97,11 +98,13 @@ def _run(job: JobConfig, address: str | None, catalog: Path, names: tuple[str, .
     compute, record = reuse.decide(inputs, previous, stages)
     plan = dataclasses.replace(plan, compute=compute, fingerprints={**plan.fingerprints, "inputs": inputs})
     reused = reuse.load(plan, stages, previous)
-    plan = dataclasses.replace(plan, priors=reuse.priors(plan, stages, previous))
+    priors = reuse.priors(plan, stages, previous)
+    contexts = {name: Context(plan, stage.settings(job), stage.part(plan), reused.get(name), priors.get(name))
+                for name, stage in stages.items()}
     address = address or job.ray.address or os.environ.get("RAY_ADDRESS", "")
     progress = runner.Progress()
     try:
-        return _distribute_and_write(plan, stages, address, reused, record, started, clock, progress)
+        return _distribute_and_write(plan, stages, contexts, address, record, started, clock, progress)
     except (Interrupted, SystemError) as exc:
         stop = interruption(exc)
         if stop is None:
@@ -113,8 +116,8 @@ def _run(job: JobConfig, address: str | None, catalog: Path, names: tuple[str, .
         raise stop from None
 
 
-def _distribute_and_write(plan: RunPlan, stages: Stages, address: str, reused: dict[str, Any], record: dict, started: str,
-                          clock: float, progress: runner.Progress) -> RunResult:
+def _distribute_and_write(plan: RunPlan, stages: Stages, contexts: dict[str, Context], address: str, record: dict,
+                          started: str, clock: float, progress: runner.Progress) -> RunResult:
     """Every stage on the Ray actors, in pipeline order, then the catalog; `clock`: when the run began (perf_counter)."""
     seconds = {"prepare and plan": round(time.perf_counter() - clock, 2)}
     start = time.perf_counter()
@@ -123,11 +126,12 @@ def _distribute_and_write(plan: RunPlan, stages: Stages, address: str, reused: d
         seconds["ray start"] = round(time.perf_counter() - start, 2)  # Ray and the model actors up
         for name, stage in stages.items():
             driver = runner.Driver(plan, workers, name, seconds, progress)
+            contexts[name] = replace(contexts[name], upstream={need: results[need.name] for need in stage.needs})
             with driver.timed(name):
-                results[name] = stage.run(plan, driver, results, reused.get(name))
+                results[name] = stage.run(contexts[name], driver)
     times = {"started": started, "finished": _now(), "wall_seconds": [{"step": k, "seconds": v} for k, v in seconds.items()]}
     start = time.perf_counter()
-    manifest = write_catalog(plan, stages, results, times, uuid.uuid4().hex, record)
+    manifest = write_catalog(plan, stages, contexts, results, times, uuid.uuid4().hex, record)
     seconds["write"] = round(time.perf_counter() - start, 2)
     runner.clear_work(plan)
     return RunResult(plan.catalog, manifest, progress.computed, progress.reused,

@@ -95,8 +95,7 @@ def test_modules_and_functions_stay_small():
 
 def test_the_command_line_loads_nothing_heavy_before_it_handles_signals():
     """`neuron-catalog` handles SIGINT and SIGTERM from the first line of `main`: importing pipeline.cli loads no
-    torch, Ray, numpy or pyarrow (a Ctrl-C while they load is then one line, not a traceback), and its --help lists
-    the registry's stages."""
+    torch, Ray, numpy or pyarrow (a Ctrl-C while they load is then one line, not a traceback)."""
     import subprocess
     import sys
 
@@ -104,6 +103,37 @@ def test_the_command_line_loads_nothing_heavy_before_it_handles_signals():
     code = f"import sys, pipeline.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"
-    from pipeline.cli import STAGE_NAMES
+    # reading a catalog (describe, query, export, render) needs neither torch nor Ray nor scipy
+    readers = "pipeline.catalog.describe, pipeline.catalog.query, pipeline.catalog.export, pipeline.render"
+    code = f"import sys, {readers}; print(sorted(m for m in ('torch', 'ray', 'scipy') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"
 
-    assert STAGE_NAMES == tuple(STAGES)
+
+def test_a_stage_adds_to_the_manifest_but_never_replaces_what_another_wrote():
+    import pytest
+
+    from pipeline.catalog.draft import ManifestPart
+
+    manifest = {"settings": {}, "summary": {"units": 3}, "layers": [{"name": "conv1", "units": 3}]}
+    ManifestPart({"layers_seen": 1}, {"k": 2}, {"dead_units": 0}, {"conv1": {"interpretable_units": 1}}).merge_into(manifest, "a")
+    assert manifest["summary"] == {"units": 3, "dead_units": 0} and manifest["settings"] == {"a": {"k": 2}}
+    assert manifest["layers"][0] == {"name": "conv1", "units": 3, "interpretable_units": 1}
+    for clash in (ManifestPart({"layers_seen": 2}), ManifestPart(summary={"units": 4}),
+                  ManifestPart(layers={"conv1": {"units": 9}}), ManifestPart(settings={"k": 1})):
+        with pytest.raises(ValueError, match="would replace"):
+            clash.merge_into(manifest, "a")
+
+
+def test_a_stage_reads_only_the_results_it_declares_it_needs():
+    import pytest
+
+    from pipeline.stages.activations.stage import ActivationsStage
+    from pipeline.stages.dissection.stage import DissectionStage
+    from pipeline.stages.protocol import Context
+
+    ctx = Context(plan=None, settings=None, part=None, upstream={ActivationsStage: "the activations' result"})
+    assert ctx.result_of(ActivationsStage) == "the activations' result"
+    with pytest.raises(KeyError, match="dissection is not among the stages this one needs"):
+        ctx.result_of(DissectionStage)
+    assert all(ActivationsStage in stage.needs for name, stage in STAGES.items() if name != "activations")

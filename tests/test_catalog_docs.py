@@ -36,10 +36,10 @@ def test_every_table_column_and_array_is_described():
 
 
 def test_every_manifest_key_a_run_writes_is_described(undisturbed):
-    """The keys of a real manifest (every stage but similarity) and every key any module of the pipeline assigns."""
+    """The keys of a real manifest (every stage but similarity) and every section a stage's write returns."""
     written = set(json.loads((undisturbed / MANIFEST).read_text()))
     assigned = {m for path in (ROOT / "pipeline").rglob("*.py")
-                for m in re.findall(r"manifest\[\"(\w+)\"\]\s*=", path.read_text())}
+                for m in re.findall(r"ManifestPart\(\{\"(\w+)\"", path.read_text())}
     assert "similarity" in assigned and "featvis" in written
     assert (written | assigned) - set(MANIFEST_KEYS) == set()
 

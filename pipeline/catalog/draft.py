@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +32,31 @@ class Draft:
     def copy_array(self, source: Path, kind: ArrayKind, layer: str) -> None:
         """An array of a previous catalog, as it is (a result reused by re-analysis)."""
         copy_array(source, self.root, kind, layer)
+
+
+@dataclass
+class ManifestPart:
+    """What one stage's write adds to the manifest; the writer merges the stages' parts in pipeline order and refuses
+    one that would replace what another stage wrote."""
+
+    sections: dict[str, Any] = field(default_factory=dict)  # its own top-level sections
+    settings: Any = None  # its settings as used (manifest["settings"][stage])
+    summary: dict[str, Any] = field(default_factory=dict)  # facts added to manifest["summary"]
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)  # layer -> facts added to its manifest["layers"] entry
+
+    def merge_into(self, manifest: dict[str, Any], stage: str) -> None:
+        _add(manifest, self.sections, stage)
+        if self.settings is not None:
+            _add(manifest["settings"], {stage: self.settings}, stage)
+        if self.summary:
+            _add(manifest["summary"], self.summary, stage)
+        entries = {entry["name"]: entry for entry in manifest.get("layers", [])}
+        for layer, facts in self.layers.items():
+            _add(entries[layer], facts, stage)
+
+
+def _add(into: dict[str, Any], new: dict[str, Any], stage: str) -> None:
+    taken = sorted(set(into) & set(new))
+    if taken:
+        raise ValueError(f"stage {stage} would replace {taken} of the manifest, written by another stage")
+    into.update(new)

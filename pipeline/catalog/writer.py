@@ -19,11 +19,11 @@ from catalog_schema.layout import STAGING
 from catalog_schema.storage import publish, write_manifest
 from pipeline.catalog.draft import Draft
 from pipeline.plan import RunPlan
-from pipeline.stages.protocol import Stage
+from pipeline.stages.protocol import Context, Stage
 
 
-def write_catalog(plan: RunPlan, stages: Mapping[str, Stage], results: dict[str, Any], times: dict[str, Any],
-                  run_id: str, reuse_record: dict | None = None) -> dict[str, Any]:
+def write_catalog(plan: RunPlan, stages: Mapping[str, Stage], contexts: Mapping[str, Context], results: dict[str, Any],
+                  times: dict[str, Any], run_id: str, reuse_record: dict | None = None) -> dict[str, Any]:
     """The whole catalog, written under CATALOG/.staging and then moved into place (see the module doc); tables
     and arrays of stages or layers not in this run do not survive it. `results`: each of `stages`' result."""
     staging = plan.catalog / STAGING
@@ -32,7 +32,7 @@ def write_catalog(plan: RunPlan, stages: Mapping[str, Stage], results: dict[str,
     try:
         draft = Draft(staging, {}, _manifest(plan, times, run_id, reuse_record))
         for name, stage in stages.items():
-            stage.write(draft, plan, results[name])
+            stage.write(draft, contexts[name], results[name]).merge_into(draft.manifest, name)
         draft.table("units", draft.units)
         write_manifest(staging, draft.manifest)
         publish(staging, plan.catalog)

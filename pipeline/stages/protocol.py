@@ -4,22 +4,23 @@ A stage is one object (a subclass of `Stage`, registered in `pipeline.registry.S
 everything about one analysis: its job-file section, its part of the plan, what its results
 depend on (for reuse), how it reads them back from a previous catalog, its computation (on the
 driver, through a `Driver`; on the model actors, through functions that take a `Worker`), and
-what it writes into the catalog. run.py, plan.py, reuse.py and the writer only loop over stages.
+what it writes into the catalog. run.py, planning.py, reuse.py and the writer only loop over stages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from catalog_schema import ArrayKind
 from pipeline.plan import Shard  # noqa: F401 - part of what a stage sees: its shards' type
 
 if TYPE_CHECKING:  # types only
     from catalog_schema import Catalog
-    from pipeline.catalog.draft import Draft
+    from pipeline.catalog.draft import Draft, ManifestPart
     from pipeline.inputs.batches import Preprocess
     from pipeline.job.config import JobConfig
     from pipeline.plan import RunPlan
@@ -70,25 +71,53 @@ class Driver(Protocol):
         """Count the block's wall time as its own step (and not as the enclosing one's)."""
 
 
-class Stage:
+SettingsT = TypeVar("SettingsT")
+PartT = TypeVar("PartT")
+ResultT = TypeVar("ResultT")
+
+
+@dataclass(frozen=True)
+class Context(Generic[SettingsT, PartT, ResultT]):
+    """What a stage's `run` and `write` see of the run: the generic plan, its own settings and part of the plan,
+    what it read back from the previous catalog, and the results of the stages it `needs`."""
+
+    plan: RunPlan
+    settings: SettingsT
+    part: PartT
+    reused: ResultT | None = None  # Stage.load's result: the layers a previous catalog's results still hold
+    prior: Any = None  # Stage.prior's result: what computing anew may start from
+    upstream: Mapping[type, Any] = field(default_factory=dict)  # stage class -> its result, for the stages in `needs`
+
+    def result_of(self, stage: type[Stage[Any, Any, T]]) -> T:
+        """The result of a stage this one declares in `needs`."""
+        if stage not in self.upstream:
+            raise KeyError(f"{stage.name} is not among the stages this one needs")
+        return self.upstream[stage]
+
+
+class Stage(Generic[SettingsT, PartT, ResultT]):
     """One analysis. Subclasses set the class attributes and override what they need."""
 
     name: ClassVar[str]  # the job section [stages.<name>] and the name in --stages
     Settings: ClassVar[type]  # the section's frozen dataclass: its fields and defaults are the job keys, its
     # check(key) refuses bad values
-    needs: ClassVar[tuple[str, ...]] = ("activations",)  # stages whose results this one reads
+    needs: ClassVar[tuple[type[Stage], ...]] = ()  # stages that run first; `run` reads their results (Context.result_of)
     arrays: ClassVar[tuple[ArrayKind, ...]] = ()  # arrays a previous catalog must hold for a layer to be reused
     reasons: ClassVar[dict[str, str]] = {}  # input name -> why a change of it means computing again (see inputs)
 
-    def settings(self, job: JobConfig) -> Any:
+    def settings(self, job: JobConfig) -> SettingsT:
         """The section as the job gives it, defaults when it is absent."""
         return job.stages.sections.get(self.name) or self.Settings()
 
-    def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> Any:
+    def part(self, plan: RunPlan) -> PartT:
+        """The stage's part of the plan (what `plan` returned)."""
+        return plan.parts[self.name]
+
+    def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> PartT:
         """The stage's part of the plan (tasks, players, data sets), made on the driver before any work."""
         return None
 
-    def fingerprints(self, part: Any) -> dict[str, str]:
+    def fingerprints(self, part: PartT) -> dict[str, str]:
         """Hashes of inputs of the stage's own (a concept data set), recorded beside the model's and the data's."""
         return {}
 
@@ -96,25 +125,24 @@ class Stage:
         """Per layer, the hash of each input its result depends on: unchanged hashes mean it can be reused."""
         raise NotImplementedError
 
-    def load(self, plan: RunPlan, previous: Catalog, layers: list[str]) -> Any:
+    def load(self, plan: RunPlan, previous: Catalog, layers: list[str]) -> ResultT | None:
         """The previous catalog's results for `layers` (those not computed), read before anything is written.
         A stage that does not override it is computed in full by every run."""
         return None
 
     def prior(self, plan: RunPlan, previous: Catalog) -> Any:
         """What a stage computed anew may start from in the previous catalog (a warm start), read before anything is
-        written; the run gives it back in `plan.priors[name]`. None: nothing."""
+        written; the run gives it back as `Context.prior`. None: nothing."""
         return None
 
     def reuses(self) -> bool:
         return type(self).load is not Stage.load
 
-    def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: Any) -> Any:
-        """The stage's result for every layer: computed on the actors where needed, `reused` elsewhere;
-        `results` holds the results of the stages before it."""
+    def run(self, ctx: Context[SettingsT, PartT, ResultT], driver: Driver) -> ResultT:
+        """The stage's result for every layer: computed on the actors where needed, `ctx.reused` elsewhere."""
         raise NotImplementedError
 
-    def write(self, draft: Draft, plan: RunPlan, result: Any) -> None:
-        """Add the stage's tables, units columns, arrays and manifest sections to the catalog being written."""
+    def write(self, draft: Draft, ctx: Context[SettingsT, PartT, ResultT], result: ResultT) -> ManifestPart:
+        """Add the stage's tables, units columns and arrays to the catalog being written; return what it adds to
+        the manifest (its sections and settings, facts for the summary and the layers)."""
         raise NotImplementedError
-

@@ -16,3 +16,5 @@ class ActivationsResult:
     skipped: list[tuple[int, str]]  # images that could not be read
     reused: set[str] = field(default_factory=set)  # layers read back from the previous catalog
     previous: Catalog | None = None
+    k: int = 0  # top (and bottom) examples per unit
+    patch: int = 0  # pixels of the stored crops ([stages.activations] patch_size): the featvis projections' size too

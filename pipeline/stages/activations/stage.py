@@ -27,10 +27,10 @@ from pipeline.stages.activations.settings import ActivationsSettings
 from pipeline.stages.activations.spectrum import spectrum_bytes
 from pipeline.stages.activations.write import write_activations
 from pipeline.stages.image_chunks import ImageChunk, image_chunks, merge_by_layer
-from pipeline.stages.protocol import Driver, LayerInputs, Shard, Stage, Worker
+from pipeline.stages.protocol import Context, Driver, LayerInputs, Shard, Stage, Worker
 
 if TYPE_CHECKING:
-    from pipeline.catalog.draft import Draft
+    from pipeline.catalog.draft import Draft, ManifestPart
     from pipeline.plan import RunPlan
 
 
@@ -42,7 +42,7 @@ class ActivationsPart:
     spectrum: tuple[int, int] = (0, 0)  # (quantiles, examples per quantile); quantiles 0: no spectrum
 
 
-class ActivationsStage(Stage):
+class ActivationsStage(Stage[ActivationsSettings, ActivationsPart, ActivationsResult]):
     name = "activations"
     Settings = ActivationsSettings
     needs = ()
@@ -69,20 +69,24 @@ class ActivationsStage(Stage):
         return ActivationsResult({name: read_layer(previous, units, name) for name in layers}, {}, read_skipped(previous),
                                  set(layers), previous)
 
-    def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: ActivationsResult | None) -> ActivationsResult:
-        out = reused or ActivationsResult({}, {}, [])
+    def run(self, ctx: Context[ActivationsSettings, ActivationsPart, ActivationsResult],
+            driver: Driver) -> ActivationsResult:
+        plan, part = ctx.plan, ctx.part
+        out = ctx.reused or ActivationsResult({}, {}, [])
+        out.k, out.patch = part.k, part.patch
+        patch = part.patch
         if plan.layers_to_compute(self.name):
-            out.skipped = statistics(plan, driver, plan.parts[self.name], out.layers)
-        requests = crop_requests(plan, out.layers, plan.parts[self.name].k)
-        patch = plan.parts[self.name].patch
+            out.skipped = statistics(plan, driver, part, out.layers)
+        requests = crop_requests(plan, out.layers, part.k)
         asked = [info for info in plan.layers if info.name in {req.layer for req in requests}]
         chunks = image_chunks(plan.images.records, requests, plan.prep.batch_size)
         out.crops = driver.fan_out("crops", "example crops", chunks, chunk_crops, lambda _total: (asked, patch),
                                    merge_by_layer, {})
         return out
 
-    def write(self, draft: Draft, plan: RunPlan, result: ActivationsResult) -> None:
-        write_activations(draft, plan, result, self.settings(plan.job))
+    def write(self, draft: Draft, ctx: Context[ActivationsSettings, ActivationsPart, ActivationsResult],
+              result: ActivationsResult) -> ManifestPart:
+        return write_activations(draft, ctx.plan, result, ctx.settings)
 
 
 def settings_hash(plan: RunPlan) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import catalog_schema as cs
+from pipeline.catalog.draft import ManifestPart
 from pipeline.stages.activations.settings import ActivationsSettings
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from pipeline.stages.activations.results import ActivationsResult
 
 
-def write_activations(draft: Draft, plan: RunPlan, result: ActivationsResult, settings: ActivationsSettings) -> None:
+def write_activations(draft: Draft, plan: RunPlan, result: ActivationsResult, settings: ActivationsSettings) -> ManifestPart:
     names = [info.name for info in plan.layers]
     layers = result.layers
     draft.units.update({c: np.concatenate([layers[n].units[c] for n in names]) for c in layers[names[0]].units})
@@ -43,8 +44,7 @@ def write_activations(draft: Draft, plan: RunPlan, result: ActivationsResult, se
         draft.array(cs.MEAN_MAPS, info.name, res.mean_map)
         draft.array(cs.PROBES, info.name, res.probe, {"image_ids": [int(i) for i in res.probe_ids],
                                                        "paths": [paths[int(i)] for i in res.probe_ids]})
-    draft.manifest.update(_manifest_sections(plan, draft.units, result.skipped))
-    draft.manifest["settings"]["activations"] = asdict(settings)
+    return ManifestPart(_manifest_sections(plan, draft.units, result.skipped), asdict(settings))
 
 
 def _write_crops(draft: Draft, info: LayerInfo, batches: list[CropBatch], settings: ActivationsSettings) -> None:

@@ -28,10 +28,11 @@ from pipeline.stages.dissection.thresholds import finalize_thresholds
 from pipeline.stages.dissection.results import DissectionOutput
 from pipeline.stages.dissection.settings import DissectionSettings
 from pipeline.stages.dissection.write import write_dissection
-from pipeline.stages.protocol import Driver, LayerInputs, Shared, Stage, Worker
+from pipeline.stages.activations.stage import ActivationsStage
+from pipeline.stages.protocol import Context, Driver, LayerInputs, Shared, Stage, Worker
 
 if TYPE_CHECKING:
-    from pipeline.catalog.draft import Draft
+    from pipeline.catalog.draft import Draft, ManifestPart
     from pipeline.plan import RunPlan
 
 
@@ -49,9 +50,10 @@ class DissectionPart:
     shards: tuple[ConceptShard, ...]
 
 
-class DissectionStage(Stage):
+class DissectionStage(Stage[DissectionSettings, DissectionPart, DissectionOutput]):
     name = "dissection"
     Settings = DissectionSettings
+    needs = (ActivationsStage,)  # every catalog has the activations' units table
     reasons = {"concepts": "the concept data set changed"}
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> DissectionPart:
@@ -87,22 +89,15 @@ class DissectionStage(Stage):
         info = previous.manifest.get("concepts") or {}
         return DissectionOutput(found, info.get("used", 0), [(s["index"], s["reason"]) for s in info.get("skipped", [])])
 
-    def pass_names(self, plan: RunPlan) -> list[str]:
-        """The checkpoint names of the passes over the concept shards."""
-        cfg, part = self.settings(plan.job), plan.parts[self.name]
-        layers = plan.layers_to_compute(self.name)
-        return [*passes.threshold_passes(layers, len(part.broden.images), cfg.quantile, cfg.threshold_memory_mb),
-                "dissection-tally"]
-
-
-    def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: DissectionOutput | None) -> DissectionOutput:
-        reused = reused or DissectionOutput({}, 0, [])
-        layers = plan.layers_to_compute(self.name)
+    def run(self, ctx: Context[DissectionSettings, DissectionPart, DissectionOutput], driver: Driver) -> DissectionOutput:
+        reused = ctx.reused or DissectionOutput({}, 0, [])
+        layers = ctx.plan.layers_to_compute(self.name)
         if not layers:
             return reused
-        cfg, part = self.settings(plan.job), plan.parts[self.name]
+        cfg, part = ctx.settings, ctx.part
         space, broden = passes.label_space(part.broden), driver.share(part.broden)
-        if self.pass_names(plan)[0] == "dissection-thresholds":
+        route = passes.threshold_passes(layers, len(part.broden.images), cfg.quantile, cfg.threshold_memory_mb)
+        if route[0] == "dissection-thresholds":
             thresholds = _thresholds(driver, part, broden, layers, cfg.quantile)
         else:
             thresholds = _radix_thresholds(driver, part, broden, layers, cfg.quantile)
@@ -112,8 +107,9 @@ class DissectionStage(Stage):
         computed = passes.layer_results(layers, thresholds, tally, space, cfg.top, cfg.iou_threshold)
         return DissectionOutput({**reused.layers, **computed}, tally.images, tally.skipped)
 
-    def write(self, draft: Draft, plan: RunPlan, result: DissectionOutput) -> None:
-        write_dissection(draft, plan, result, plan.parts[self.name].broden, self.settings(plan.job))
+    def write(self, draft: Draft, ctx: Context[DissectionSettings, DissectionPart, DissectionOutput],
+              result: DissectionOutput) -> ManifestPart:
+        return write_dissection(draft, ctx.plan, result, ctx.part.broden, ctx.settings)
 
 
 def _thresholds(driver: Driver, part: DissectionPart, broden: Shared, layers: list[LayerInfo],

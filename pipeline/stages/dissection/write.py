@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from catalog_schema.layout import DISSECTION_COLUMNS
+from pipeline.catalog.draft import ManifestPart
 from pipeline.inputs.broden import Broden
 from pipeline.stages.dissection.settings import DissectionSettings
 
@@ -32,18 +33,17 @@ def write_dissection(draft: Draft, plan: RunPlan, out: DissectionOutput, broden:
     labels = [broden.labels[n] for n in sorted(broden.labels)]
     draft.table("concepts", {"concept_number": [lb.number for lb in labels], "concept": [lb.name for lb in labels],
                              "category": [lb.category for lb in labels], "synonyms": [";".join(lb.synonyms) or None for lb in labels]})
-    manifest = draft.manifest
     interpretable = units["interpretable"].astype(bool)
-    for layer in manifest["layers"]:
-        hit = interpretable & (units["layer"] == layer["name"])
-        layer["interpretable_units"] = int(hit.sum())
-        layer["unique_concepts"] = len(set(units["label"][hit]))
-    manifest["summary"]["interpretable_units"] = int(interpretable.sum())
-    manifest["summary"]["unique_concepts"] = len(set(units["label"][interpretable]))
-    manifest["settings"]["dissection"] = asdict(settings)
-    manifest["concepts"] = {
+    layers = {}
+    for name in names:
+        hit = interpretable & (units["layer"] == name)
+        layers[name] = {"interpretable_units": int(hit.sum()), "unique_concepts": len(set(units["label"][hit]))}
+    concepts = {
         "root": str(broden.root), "categories": list(broden.categories), "labels": len(broden.labels),
         "images": len(broden.images), "used": out.images_used, "ignored_columns": dict(broden.ignored_columns),
         "ignored_rows": list(broden.ignored_rows),
         "skipped": [{"index": i, "image": broden.images[i].image, "reason": why} for i, why in out.skipped],
     }
+    return ManifestPart({"concepts": concepts}, asdict(settings),
+                        {"interpretable_units": int(interpretable.sum()),
+                         "unique_concepts": len(set(units["label"][interpretable]))}, layers)

@@ -35,3 +35,4 @@ class FeatvisResult:
     projected: dict[str, list[projections.ProjectionBatch]]  # computed layers' projections
     reused: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # layer -> FEATVIS_COLUMNS of the previous catalog
     previous: Catalog | None = None
+    projection_shape: tuple[int, int] = (0, 0)  # (top examples per unit, crop pixels): the activations' k and patch

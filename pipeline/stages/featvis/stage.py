@@ -16,6 +16,7 @@ from pipeline.errors import UserError
 from pipeline.inputs.batches import iter_batches
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.models import LayerInfo, resolve_layers
+from pipeline.stages.activations.stage import ActivationsStage
 from pipeline.stages.activations.stage import settings_hash as activations_hash
 from pipeline.stages.featvis import optimize, projections
 from pipeline.stages.featvis.filters import filter_images
@@ -23,16 +24,17 @@ from pipeline.stages.featvis.results import FeatvisPart, FeatvisResult, FeatvisT
 from pipeline.stages.featvis.settings import FeatvisSection, FeatvisSettings
 from pipeline.stages.featvis.write import write_featvis
 from pipeline.stages.image_chunks import ImageChunk, image_chunks, merge_by_layer
-from pipeline.stages.protocol import Driver, LayerInputs, Stage, Worker
+from pipeline.stages.protocol import Context, Driver, LayerInputs, Stage, Worker
 
 if TYPE_CHECKING:
-    from pipeline.catalog.draft import Draft
+    from pipeline.catalog.draft import Draft, ManifestPart
     from pipeline.plan import RunPlan
 
 
-class FeatvisStage(Stage):
+class FeatvisStage(Stage[FeatvisSection, FeatvisPart, FeatvisResult]):
     name = "featvis"
     Settings = FeatvisSection
+    needs = (ActivationsStage,)  # the projections start from the top examples
     reasons = {"activations": "the activations stage's settings changed"}
     arrays = (cs.PROJECTIONS,)
 
@@ -45,7 +47,7 @@ class FeatvisStage(Stage):
         return FeatvisPart(settings, _tasks(plan.layers, _rendered_layers(model, cfg, plan.layers), settings), filters)
 
     def inputs(self, plan: RunPlan) -> LayerInputs:
-        fp, part = plan.fingerprints, plan.parts[self.name]
+        fp, part = plan.fingerprints, self.part(plan)
         rendered = {task.layer for task in part.tasks}
         return {info.name: {"layer": fp["layers"][info.name], "data": fp["data"], "activations": activations_hash(plan),
                             "settings": json_fingerprint({"featvis": part.settings.described(), "layer_index": i,
@@ -60,26 +62,27 @@ class FeatvisStage(Stage):
             columns[name] = {c: from_table(rows, c) for c in FEATVIS_COLUMNS}
         return FeatvisResult({}, {}, columns, previous)
 
-    def _tasks_to_compute(self, plan: RunPlan) -> list[FeatvisTask]:
+    def run(self, ctx: Context[FeatvisSection, FeatvisPart, FeatvisResult], driver: Driver) -> FeatvisResult:
+        plan, out = ctx.plan, ctx.reused or FeatvisResult({}, {})
+        settings, seed = ctx.part.settings, plan.job.seed
         wanted = {info.name for info in plan.layers_to_compute(self.name)}
-        return [t for t in plan.parts[self.name].tasks if t.layer in wanted]
-
-    def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: FeatvisResult | None) -> FeatvisResult:
-        out = reused or FeatvisResult({}, {})
-        settings, seed = plan.parts[self.name].settings, plan.job.seed
-        out.rendered = driver.fan_out("featvis", "feature visualization", self._tasks_to_compute(plan), render_task,
+        tasks = [t for t in ctx.part.tasks if t.layer in wanted]
+        out.rendered = driver.fan_out("featvis", "feature visualization", tasks, render_task,
                                       lambda _total: (settings, seed), lambda a, b: {**a, **b}, {})
         with driver.timed("projections"):
-            requests = projection_requests(plan, results["activations"].layers)
+            activations = ctx.result_of(ActivationsStage)
+            requests = projection_requests(plan, activations.layers)
             asked = [info for info in plan.layers if info.name in {req.layer for req in requests}]
-            patch = plan.parts["activations"].patch
+            patch = activations.patch
+            out.projection_shape = (activations.k, patch)
             chunks = image_chunks(plan.images.records, requests, plan.prep.batch_size)
             out.projected = driver.fan_out("projections", "projections", chunks, chunk_projections,
                                            lambda _total: (asked, patch), merge_by_layer, {})
         return out
 
-    def write(self, draft: Draft, plan: RunPlan, result: FeatvisResult) -> None:
-        write_featvis(draft, plan, result, plan.parts[self.name])
+    def write(self, draft: Draft, ctx: Context[FeatvisSection, FeatvisPart, FeatvisResult],
+              result: FeatvisResult) -> ManifestPart:
+        return write_featvis(draft, ctx.plan, result, ctx.part)
 
 
 def _rendered_layers(model: nn.Module, cfg: FeatvisSection, layers: list[LayerInfo]) -> list[str]:

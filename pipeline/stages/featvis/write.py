@@ -9,6 +9,7 @@ import numpy as np
 
 import catalog_schema as cs
 from catalog_schema.layout import FEATVIS_COLUMNS
+from pipeline.catalog.draft import ManifestPart
 
 if TYPE_CHECKING:
     from pipeline.catalog.draft import Draft
@@ -17,23 +18,23 @@ if TYPE_CHECKING:
     from pipeline.stages.featvis.results import FeatvisPart, FeatvisResult
 
 
-def write_featvis(draft: Draft, plan: RunPlan, result: FeatvisResult, part: FeatvisPart) -> None:
+def write_featvis(draft: Draft, plan: RunPlan, result: FeatvisResult, part: FeatvisPart) -> ManifestPart:
     units = draft.units
     _rendered(draft, result.rendered)
     _reused(draft, result)
     for name, images in part.filters.items():
         draft.array(cs.WEIGHTS, name, images)
-    k, patch = plan.parts["activations"].k, plan.parts["activations"].patch
+    k, patch = result.projection_shape
     for info in plan.layers_to_compute("featvis"):
         views = np.full((info.units, k, 2, patch, patch, 3), 128, np.uint8)
         for batch in result.projected.get(info.name, []):
             views[batch.unit, batch.rank] = batch.images
         draft.array(cs.PROJECTIONS, info.name, views)
-    draft.manifest["settings"]["featvis"] = part.settings.described()
     order = [info.name for info in plan.layers]
-    draft.manifest["featvis"] = {"views": [kind for kind, _ in part.settings.views()], "size": part.settings.size,
-                                 "layers": sorted({task.layer for task in part.tasks}, key=order.index),
-                                 "flat_units": int(np.nansum(np.asarray(units["featvis_flat"], dtype=float)))}
+    section = {"views": [kind for kind, _ in part.settings.views()], "size": part.settings.size,
+               "layers": sorted({task.layer for task in part.tasks}, key=order.index),
+               "flat_units": int(np.nansum(np.asarray(units["featvis_flat"], dtype=float)))}
+    return ManifestPart({"featvis": section}, part.settings.described())
 
 
 def _rendered(draft: Draft, rendered: dict[int, FeatvisChunk]) -> None:

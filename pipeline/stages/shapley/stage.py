@@ -19,8 +19,9 @@ from pipeline.inputs.batches import iter_batches
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.images import ImageRecord, ImageSet
 from pipeline.inputs.models import LayerInfo, resolve_layers
+from pipeline.stages.activations.stage import ActivationsStage
 from pipeline.stages.activations.stage import settings_hash as activations_hash
-from pipeline.stages.protocol import WHOLE_MODEL, Driver, LayerInputs, Shared, Stage, Worker
+from pipeline.stages.protocol import WHOLE_MODEL, Context, Driver, LayerInputs, Shared, Stage, Worker
 from pipeline.stages.shapley import estimator as est
 from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model
 from pipeline.stages.shapley.rounds import run_estimator
@@ -29,7 +30,7 @@ from pipeline.stages.shapley.warm import Prior, read_prior, warm_stats
 from pipeline.stages.shapley.write import TABLES, copy_shapley, write_shapley
 
 if TYPE_CHECKING:
-    from pipeline.catalog.draft import Draft
+    from pipeline.catalog.draft import Draft, ManifestPart
     from pipeline.plan import RunPlan
 
 ROUNDS = "rounds.pkl"  # the stage's checkpoint: the state after the last finished round
@@ -43,9 +44,10 @@ class ShapleyPart:
     classes: tuple[str, ...] = ()  # the class names, in label-index order
 
 
-class ShapleyStage(Stage):
+class ShapleyStage(Stage[ShapleySettings, ShapleyPart, Any]):
     name = "shapley"
     Settings = ShapleySettings
+    needs = (ActivationsStage,)  # a removed unit is replaced by its mean activation map
     reasons = {"activations": "the activations stage's settings changed", "eval_set": "the evaluation images changed"}
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> ShapleyPart:
@@ -62,7 +64,7 @@ class ShapleyStage(Stage):
         return part
 
     def inputs(self, plan: RunPlan) -> LayerInputs:
-        fp, part, job = plan.fingerprints, plan.parts[self.name], plan.job
+        fp, part, job = plan.fingerprints, self.part(plan), plan.job
         evals = json_fingerprint([(r.image_id, r.path, r.label_index) for r in part.eval_set])
         settings = json_fingerprint({"shapley": asdict(self.settings(job)), "players": part.players,
                                      "activations": activations_hash(plan), "seed": job.seed})
@@ -79,7 +81,7 @@ class ShapleyStage(Stage):
 
     def prior(self, plan: RunPlan, previous: Catalog) -> Prior | None:
         """The previous catalog's TMC samples and probes, when this run uses TMC with the same metric and classes."""
-        cfg, part = self.settings(plan.job), plan.parts[self.name]
+        cfg, part = self.settings(plan.job), self.part(plan)
         if "tmc" not in estimators(cfg, sum(n for _, n in part.players)):
             return None
         prior = read_prior(previous, [name for name, _ in part.players])
@@ -87,12 +89,13 @@ class ShapleyStage(Stage):
             return None
         return prior
 
-    def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: dict | None) -> Any:
-        if reused is not None:
-            return reused
-        cfg, part = self.settings(plan.job), plan.parts[self.name]
+    def run(self, ctx: Context[ShapleySettings, ShapleyPart, Any], driver: Driver) -> Any:
+        """est.ShapleyOutput, or the previous catalog's tables as `load` read them when nothing changed."""
+        if ctx.reused is not None:
+            return ctx.reused
+        plan, cfg, part = ctx.plan, ctx.settings, ctx.part
         layers = list(part.players)
-        maps = results["activations"].layers
+        maps = ctx.result_of(ActivationsStage).layers
         means = [maps[name].mean_map.reshape(shape) for (name, _), shape in zip(layers, part.shapes)]
         setup = driver.share((list(part.eval_set), layers, means, cfg.metric, len(part.classes)))
         images: list[int] = []
@@ -111,30 +114,29 @@ class ShapleyStage(Stage):
         warm: list[dict] = []
 
         def start(v_full: np.ndarray) -> est.SampleStats | None:  # the warm start, once V(all) is known
-            found = warm_start(plan, results, layers, v_full)
+            found = warm_start(plan, ctx.prior, maps, layers, v_full)
             warm.extend(found[1:])
             return found[0]
 
+        save = lambda state: driver.save(ROUNDS, state, rounds_held(state))  # noqa: E731
         estimates, v_full, v_none, ablation = run_estimator(evaluate, walks, players, cfg, plan.job.seed,
-                                                            driver.load(ROUNDS), lambda state: driver.save(ROUNDS, state, rounds_held(state)),
-                                                            start)
+                                                            driver.load(ROUNDS), save, start)
         return est.ShapleyOutput(estimates, v_full, v_none, ablation, images[0], warm[0] if warm else None)
 
-    def write(self, draft: Draft, plan: RunPlan, result: Any) -> None:
+    def write(self, draft: Draft, ctx: Context[ShapleySettings, ShapleyPart, Any], result: Any) -> ManifestPart:
         if isinstance(result, est.ShapleyOutput):
-            part = plan.parts[self.name]
-            write_shapley(draft, part.players, self.settings(plan.job), result, list(part.classes))
+            return write_shapley(draft, ctx.part.players, ctx.settings, result, list(ctx.part.classes))
         else:
-            copy_shapley(draft, result)
+            return copy_shapley(draft, result)
 
 
-def warm_start(plan: RunPlan, results: dict[str, Any], layers: list[tuple[str, int]], v_full: np.ndarray) -> tuple:
-    """(stats, manifest record) from the previous catalog's samples, or (None,) when there is no prior."""
-    prior = plan.priors.get("shapley")
+def warm_start(plan: RunPlan, prior: Prior | None, maps: dict[str, Any], layers: list[tuple[str, int]],
+               v_full: np.ndarray) -> tuple:
+    """(stats, manifest record) from the previous catalog's samples (`prior`), or (None,) when there is none;
+    `maps`: the activations' layer results."""
     if prior is None:
         return (None,)
     paths = {r.image_id: r.path for r in plan.images.records}
-    maps = results["activations"].layers
     probes = {name: (maps[name].probe, [paths[int(i)] for i in maps[name].probe_ids]) for name, _ in layers}
     found = warm_stats(prior, layers, probes, float(v_full[0]), len(v_full))
     return found if found is not None else (None,)

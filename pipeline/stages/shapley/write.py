@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from catalog_schema.layout import BANZHAF_COLUMNS, SHAPLEY_COLUMNS
+from pipeline.catalog.draft import ManifestPart
 from pipeline.stages.shapley.estimator import Estimate, ShapleyOutput
 from pipeline.stages.shapley.settings import ShapleySettings
 
@@ -22,7 +23,7 @@ TABLE_OF = {"tmc": "shapley", "msr": "shapley", "banzhaf": "banzhaf"}
 
 
 def write_shapley(draft: Draft, players: tuple[tuple[str, int], ...], cfg: ShapleySettings, out: ShapleyOutput,
-                  classes: list[str]) -> None:
+                  classes: list[str]) -> ManifestPart:
     names = [name for name, n in players for _ in range(n)]
     unit_ids = [u for _, n in players for u in range(n)]
     count = len(names)
@@ -37,9 +38,8 @@ def write_shapley(draft: Draft, players: tuple[tuple[str, int], ...], cfg: Shapl
         _unit_columns(draft, names, unit_ids, e)
     draft.table("importance_by_class", by_class)
     _ablation_table(draft, out, cfg, names, unit_ids)
-    draft.manifest["settings"]["shapley"] = asdict(cfg)
     first = out.estimates[0].details
-    draft.manifest["shapley"] = {
+    section = {
         "players": count, "layers": [name for name, _ in players], "eval_images": out.eval_images,
         "classes": list(classes), "v_all": float(out.v_full[0]), "v_none": float(out.v_none[0]),
         "v_all_by_class": _floats(out.v_full[1:]), "v_none_by_class": _floats(out.v_none[1:]),
@@ -48,6 +48,7 @@ def write_shapley(draft: Draft, players: tuple[tuple[str, int], ...], cfg: Shapl
         **{e.estimator: e.details for e in out.estimates},
         "warm_start": out.warm_start,
     }
+    return ManifestPart({"shapley": section}, asdict(cfg))
 
 
 def _floats(values: np.ndarray) -> list[float | None]:
@@ -93,7 +94,7 @@ def _ablation_table(draft: Draft, out: ShapleyOutput, cfg: ShapleySettings, name
         "units": [";".join(label[i] for i in np.flatnonzero(row[4])) for row in rows]})
 
 
-def copy_shapley(draft: Draft, previous: dict) -> None:
+def copy_shapley(draft: Draft, previous: dict) -> ManifestPart:
     """The previous run's importance tables, unit columns and manifest sections, as they were."""
     for table in TABLES:
         draft.table(table, previous[table])
@@ -101,5 +102,4 @@ def copy_shapley(draft: Draft, previous: dict) -> None:
     values = [previous["units"].get((layer, int(unit))) for layer, unit in zip(units["layer"], units["unit"])]
     for j, column in enumerate(SHAPLEY_COLUMNS + BANZHAF_COLUMNS):
         units[column] = [None if v is None else v[j] for v in values]
-    draft.manifest["settings"]["shapley"] = previous["settings"]
-    draft.manifest["shapley"] = previous["manifest"]
+    return ManifestPart({"shapley": previous["manifest"]}, previous["settings"])

@@ -19,23 +19,24 @@ from pipeline.errors import UserError
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.stages.activations.stage import ActivationsStage
 from pipeline.stages.activations.stage import settings_hash as activations_hash
-from pipeline.stages.protocol import Driver, LayerInputs, Shared, Stage, Worker
+from pipeline.stages.protocol import Context, Driver, LayerInputs, Shared, Stage, Worker
 from pipeline.stages.similarity.neighbours import Rows, correlation_rows, cosine_rows, nearest
 from pipeline.stages.similarity.results import Block, Comparison, SimilarityResult
 from pipeline.stages.similarity.settings import SimilaritySettings
 from pipeline.stages.similarity.write import write_similarity
 
 if TYPE_CHECKING:
-    from pipeline.catalog.draft import Draft
+    from pipeline.catalog.draft import Draft, ManifestPart
     from pipeline.plan import RunPlan
 
 ACTIVATION, WEIGHT = "activation", "weight"
 BLOCK_UNITS = 2048  # query units per task
 
 
-class SimilarityStage(Stage):
+class SimilarityStage(Stage[SimilaritySettings, dict, SimilarityResult]):
     name = "similarity"
     Settings = SimilaritySettings
+    needs = (ActivationsStage,)  # units are compared on their activations on the probe images
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> dict[str, np.ndarray]:
         """The weights [units, fan-in] of every selected layer that has weights of its own, one row per unit."""
@@ -59,9 +60,10 @@ class SimilarityStage(Stage):
         return {info.name: {"layer": fp["layers"][info.name], "data": fp["data"], "settings": settings}
                 for info in plan.layers}
 
-    def run(self, plan: RunPlan, driver: Driver, results: dict[str, Any], reused: Any) -> SimilarityResult:
-        settings, names = self.settings(plan.job), [info.name for info in plan.layers]
-        rows, probes = unit_rows(results["activations"].layers, plan.parts[self.name], names)
+    def run(self, ctx: Context[SimilaritySettings, dict, SimilarityResult], driver: Driver) -> SimilarityResult:
+        plan, settings = ctx.plan, ctx.settings
+        names = [info.name for info in plan.layers]
+        rows, probes = unit_rows(ctx.result_of(ActivationsStage).layers, ctx.part, names)
         comparisons = comparisons_of(names, settings, rows)
         sizes = {info.name: info.units for info in plan.layers}
         blocks = [Block(c, s, min(sizes[c.layer], s + BLOCK_UNITS)) for c in comparisons
@@ -73,8 +75,9 @@ class SimilarityStage(Stage):
         without = {key: int((~r.valid).sum()) for key, r in rows.items()}
         return SimilarityResult(comparisons, neighbours, without, probes)
 
-    def write(self, draft: Draft, plan: RunPlan, result: SimilarityResult) -> None:
-        write_similarity(draft, self.settings(plan.job), result)
+    def write(self, draft: Draft, ctx: Context[SimilaritySettings, dict, SimilarityResult],
+              result: SimilarityResult) -> ManifestPart:
+        return write_similarity(draft, ctx.settings, result)
 
 
 def unit_rows(layers: dict[str, Any], weights: dict[str, np.ndarray], names: list[str]) -> tuple[dict[tuple[str, str], Rows], int]:

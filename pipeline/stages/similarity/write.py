@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.catalog.draft import ManifestPart
 from pipeline.stages.similarity.settings import SimilaritySettings
 
 if TYPE_CHECKING:
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from pipeline.stages.similarity.results import SimilarityResult
 
 
-def write_similarity(draft: Draft, settings: SimilaritySettings, result: SimilarityResult) -> None:
+def write_similarity(draft: Draft, settings: SimilaritySettings, result: SimilarityResult) -> ManifestPart:
     columns: dict[str, list[np.ndarray]] = {c: [] for c in ("layer", "unit", "other_layer", "other_unit", "kind",
                                                              "score", "rank")}
     for c in result.comparisons:
@@ -29,9 +30,9 @@ def write_similarity(draft: Draft, settings: SimilaritySettings, result: Similar
     layers: dict[str, dict] = {}
     for (layer, kind), n in result.without.items():
         layers.setdefault(layer, {})[f"{kind}_without_neighbours"] = n
-    draft.manifest["similarity"] = {
+    section = {
         "probe_images": result.probe_images,
         "comparisons": [{"layer": c.layer, "other_layer": c.other, "kind": c.kind} for c in result.comparisons],
         "layers": layers,
     }
-    draft.manifest["settings"]["similarity"] = asdict(settings)
+    return ManifestPart({"similarity": section}, asdict(settings))
