@@ -23,8 +23,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("job", type=Path, help="job file (TOML)")
     run.add_argument("--address", default=None, help="Ray cluster address (default: [ray] address, RAY_ADDRESS, else a local Ray)")
     run.add_argument("--out", type=Path, default=None, help="catalog directory (default: [output] catalog)")
-    run.add_argument("--stages", default=None, help="comma-separated stages to run, with the stages they need (activations, featvis, dissection, ...; "
-                          "an unknown name is refused with the full list)")
+    run.add_argument("--stages", default=None,
+                     help="comma-separated stages to run, with the stages they need (activations, featvis, dissection, "
+                          "...; an unknown name is refused with the full list)")
     run.add_argument("--previous", default=None,
                      help="a previous catalog to reuse unchanged results from, or 'latest' (default: the job's `previous`)")
 

@@ -7,7 +7,7 @@ import errno
 import os
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,7 @@ def _distribute_and_write(plan: RunPlan, stages: Stages, contexts: dict[str, Con
         seconds["ray start"] = round(time.perf_counter() - start, 2)  # Ray and the model actors up
         for name, stage in stages.items():
             driver = runner.Driver(plan, workers, name, seconds, progress)
-            contexts[name] = replace(contexts[name], upstream={need: results[need.name] for need in stage.needs})
+            contexts[name] = dataclasses.replace(contexts[name], upstream={need: results[need.name] for need in stage.needs})
             with driver.timed(name):
                 results[name] = stage.run(contexts[name], driver)
     times = {"started": started, "finished": _now(), "wall_seconds": [{"step": k, "seconds": v} for k, v in seconds.items()]}
