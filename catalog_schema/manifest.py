@@ -23,12 +23,14 @@ MANIFEST_KEYS: dict[str, str] = {
     "job_file": "the job file's path",
     "model": "{kind, name, input_size, channels}: how the model was built",
     "prepared": "what the job's [prepare] section made before the run (the demo's concept world and model), else {}",
-    "fingerprints": "hashes of what the results depend on: {model, layers: {layer: hash}, data, concepts, config, "
+    "fingerprints": "hashes of what the results depend on: {scheme, model, layers: {layer: hash}, data, concepts, config, "
                     "settings, inputs: {stage: {layer or '*': {input: hash}}}}; a later run compares `inputs` to reuse results",
     "stages_done": "the stages whose results the catalog holds, in pipeline order",
     "settings": "each stage's settings as used ({preprocess, activations, featvis, dissection, shapley, similarity})",
-    "layers": "[{name, units, shape, receptive_field: {size, jump, offset, exact, whole_image}, dead_units, "
+    "layers": "[{name, units, shape, layout, receptive_field: {size, jump, offset, exact, whole_image}, dead_units, "
               "interpretable_units, unique_concepts}]: the cataloged layers in model order",
+    "layers_left_out": "[{name, shape, layout, why}]: modules of the default selection (every Conv2d and Linear) whose "
+                       "units are not cataloged: never run by the forward, or an output layout this version does not read",
     "data": "{root, images, used, skipped: [{image_id, path, reason}], classes}: the data set",
     "summary": "{layers, units, dead_units, nonfinite_units, interpretable_units, unique_concepts}",
     "errors": "messages of problems the run went on after",

@@ -130,6 +130,10 @@ def _run(args: argparse.Namespace) -> int:
     s, data = result.manifest["summary"], result.manifest["data"]
     print(f"catalog written: {result.catalog}")
     print(f"  layers {s['layers']}, units {s['units']}, dead units {s['dead_units']}")
+    left_out = result.manifest["layers_left_out"]
+    if left_out:
+        print(f"  left out {len(left_out)} module(s) of the default selection whose units are not read "
+              f"(manifest.json 'layers_left_out' says why), e.g. {left_out[0]['name']}")
     print(f"  images used {data['used']} of {data['images']}, skipped {len(data['skipped'])}")
     if "concepts" in result.manifest:
         c = result.manifest["concepts"]

@@ -45,6 +45,7 @@ class RunPlan:
     prepared: dict  # what [prepare] made (demo inputs), recorded in the manifest
     parts: dict[str, Any]  # stage name -> the stage's own part of the plan
     compute: dict[str, tuple[str, ...]] | None = None  # per stage the layers to compute (None: all); others are reused
+    left_out: tuple[dict, ...] = ()  # modules of the default selection whose units are not read, and why
 
     @property
     def shard_images(self) -> int:

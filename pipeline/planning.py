@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.inputs.batches import Preprocess
-from pipeline.inputs.fingerprints import json_fingerprint, model_fingerprint
+from pipeline.inputs.fingerprints import SCHEME, json_fingerprint, model_fingerprint
 from pipeline.inputs.images import list_images
 from pipeline.inputs.model_survey import survey_model
 from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
@@ -38,18 +38,23 @@ def make_plan(job: JobConfig, stages: Mapping[str, Stage], out: Path | None = No
         raise UserError("model.layers selects no layer: the model has no Conv2d or Linear module; list module paths in [model] layers.")
     m = job.model
     input_shape = (len(m.mean), m.input_size, m.input_size)
-    survey = survey_model(model, layer_names, input_shape)
+    survey = survey_model(model, layer_names, input_shape, explicit=bool(m.layers), layouts=m.layouts)
+    if not survey.layers:
+        raise UserError(f"model.layers: none of the {len(layer_names)} Conv2d and Linear modules can be read: "
+                        f"{survey.left_out[0]['why']}. List the module paths to catalog in [model] layers.")
+    layer_names = [info.name for info in survey.layers]
     prep = Preprocess(m.input_size, m.mean, m.std, job.data.batch_size)
     per_shard = shard_size(job, prep)
     shards = [Shard(i, images.records[s:s + per_shard]) for i, s in enumerate(range(0, len(images.records), per_shard))]
     fields = receptive_fields(model, layer_names, input_shape)
-    plan = RunPlan(job, catalog, names, recipe, survey.layers, fields, images, prep, shards, {}, prepared, {})
+    plan = RunPlan(job, catalog, names, recipe, survey.layers, fields, images, prep, shards, {}, prepared, {},
+                   left_out=tuple(survey.left_out))
     parts: dict[str, Any] = {}
     for name in names:
         parts[name] = stages[name].plan(plan, model, survey)
     settings = {"prep": prep.__dict__, "layers": [info.name for info in survey.layers], "seed": job.seed,
                 "limit": job.data.limit, **{name: asdict(stages[name].settings(job)) for name in names}}
-    fingerprints = {"model": model_fingerprint(model), "layers": survey.fingerprints, "data": images.fingerprint(),
+    fingerprints = {"scheme": SCHEME, "model": model_fingerprint(model), "layers": survey.fingerprints, "data": images.fingerprint(),
                     "config": json_fingerprint(job.to_dict()), "settings": json_fingerprint(settings)}
     for name in names:
         fingerprints.update(stages[name].fingerprints(parts[name]))

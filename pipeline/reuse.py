@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from catalog_schema import Catalog
+from pipeline.inputs.fingerprints import SCHEME
 from pipeline.plan import RunPlan
 from pipeline.stages.protocol import Stage
 
@@ -57,6 +58,8 @@ def _why_computed(previous: Catalog | None, stage: Stage, layer: str, parts: dic
     if not stage.reuses():
         return "the stage does not read results back from a catalog"
     m, name = previous.manifest, stage.name
+    if m["fingerprints"].get("scheme") != SCHEME:
+        return "the previous catalog's fingerprints were made by an older neuron-catalog, in another way"
     if name not in m["stages_done"]:
         return f"the previous catalog has no {name} results"
     old = m["fingerprints"].get("inputs", {}).get(name, {}).get(layer)

@@ -68,7 +68,7 @@ def test_torchscript_files_are_refused_with_a_reason(tmp_path):
 
 def test_a_layer_without_channel_output_is_refused():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(0))
-    with pytest.raises(UserError, match="outputs shape"):
+    with pytest.raises(UserError, match="which axis holds its channels"):
         survey_model(model, ["1"], (3, 8, 8)).layers
 
 

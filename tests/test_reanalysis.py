@@ -164,3 +164,19 @@ def test_previous_that_is_not_a_catalog_exits_2(world, capsys):
     assert "job key 'previous'" in err and "nowhere" in err and "Traceback" not in err
     assert main(["run", str(job), "--previous", str(world / "images")]) == 2
     assert "--previous" in capsys.readouterr().err
+
+
+def test_a_catalog_whose_fingerprints_were_made_another_way_is_computed_again_saying_so(world, runs):
+    """A catalog of an older neuron-catalog (no fingerprint `scheme`): its hashes cannot be compared, so nothing is
+    reused, and the manifest says why instead of blaming the weights."""
+    import shutil
+
+    old = world / "old-scheme"
+    shutil.copytree(runs["first"].path, old, symlinks=True)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["fingerprints"]["scheme"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    again = run(world, "original.pt", "after-old-scheme", previous="old-scheme")
+    assert actions(again, "reused") == {stage: set() for stage in STAGES}
+    whys = {r["why"] for layers in again.manifest["reuse"]["stages"].values() for r in layers.values()}
+    assert whys == {"the previous catalog's fingerprints were made by an older neuron-catalog, in another way"}

@@ -44,6 +44,11 @@ def describe(catalog: Catalog) -> str:
         lines += ["", _similarity_line(m)]
     for item in data["skipped"][:5]:
         lines.append(f"skipped      {item['path']}: {item['reason']}")
+    left_out = m.get("layers_left_out") or []  # catalogs written before it have no such key
+    if left_out:
+        lines.append(f"left out     {len(left_out)} module(s) of the default selection, units not read (manifest "
+                     "'layers_left_out'):")
+        lines += [f"             {item['why']}" for item in left_out[:5]]
     if len(data["skipped"]) > 5:
         lines.append(f"skipped      ... and {len(data['skipped']) - 5} more (see manifest.json)")
     return "\n".join(lines)

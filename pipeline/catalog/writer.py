@@ -54,6 +54,7 @@ def _manifest(plan: RunPlan, times: dict[str, Any], run_id: str, reuse_record: d
         "job_file": str(plan.job.path),
         "fingerprints": plan.fingerprints,
         "stages_done": list(plan.stages),
+        "layers_left_out": list(plan.left_out),
         "model": {"kind": plan.recipe.kind, "name": plan.recipe.name, "input_size": plan.prep.input_size,
                   "channels": plan.prep.channels},
         "settings": {"preprocess": asdict(plan.prep)},

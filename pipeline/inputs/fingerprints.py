@@ -15,6 +15,9 @@ def json_fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+SCHEME = 2  # how layer fingerprints are made; a catalog of another scheme has nothing comparable to reuse
+
+
 def hash_tensors(h: "hashlib._Hash", named: list[tuple[str, torch.Tensor]]) -> None:
     for name, t in named:
         t = t.detach().cpu().contiguous()

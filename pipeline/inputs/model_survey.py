@@ -1,23 +1,31 @@
 """One dry forward pass that tells the planner what it needs to know about the model.
 
-Hooks on every module record, from a single forward on zeros: each selected layer's output shape
-and how often it runs, the leaf modules that ran before its output was ready (whose weights
-fingerprint the layer: a change to a later layer leaves an earlier layer's fingerprint as it was),
-the selected convolutions that read the input image itself, and the shape of the model's output.
-Receptive fields come from the traced graph instead (receptive_field.py).
+Hooks on every module record, from a single forward on zeros: each selected layer's output shape,
+its layout (which axis holds the units: layouts.py) and how often it runs, the leaf modules that ran
+before its output was ready (whose weights fingerprint the layer: a change to a later layer leaves an
+earlier layer's fingerprint as it was), the selected convolutions that read the input image itself,
+and the shape of the model's output. Receptive fields come from the traced graph instead
+(receptive_field.py). Of a default selection, the modules forward never runs and those whose units
+this version cannot read are left out, each with the reason; named explicitly, either is an error.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.inputs.fingerprints import hash_tensors
+from pipeline.inputs.layouts import NC, SUPPORTED, own_layout, produced_layout, why_not_read
 from pipeline.inputs.models import LayerInfo
+
+NEVER_RUN = ("never called by the model's forward: a branch eval mode skips (an auxiliary head), or a module whose "
+             "weights the forward uses directly (Swin's attention, MultiheadAttention's out_proj)")
+RANKS = {"nchw": 4, "nc": 2, "nhwc": 4, "tokens": 3}  # a layout's number of axes, the batch's included
 
 
 @dataclass(frozen=True)
@@ -26,10 +34,14 @@ class ModelSurvey:
     fingerprints: dict[str, str]  # layer -> hash of the modules upstream of it (and itself)
     input_convolutions: list[str]  # selected Conv2d layers applied to the input tensor itself
     output: tuple[int, ...] | str  # the model's output shape, or the type name of a non-tensor output
+    left_out: list[dict] = field(default_factory=list)  # {name, shape, layout, why} of a default selection's modules not read
 
 
-def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, int, int]) -> ModelSurvey:
-    """The survey of `layers` (module paths) from one forward pass on a batch of 2 zero images."""
+def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, int, int], explicit: bool = True,
+                 layouts: dict[str, str] | None = None) -> ModelSurvey:
+    """The survey of `layers` (module paths) from one forward pass on a batch of 2 zero images. `explicit`: the
+    job named them (a module that cannot be read is an error), else they are the default selection (it is left
+    out); `layouts`: [model] layouts, module path or glob -> layout, for outputs whose layout cannot be told."""
     if isinstance(model, torch.jit.ScriptModule):
         raise UserError(
             "model.archive: TorchScript modules do not support forward hooks, so their inner layers cannot be read. "
@@ -42,12 +54,21 @@ def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, in
     ready: dict[str, int] = {}  # layer -> leaf modules run when its output was last ready
     shapes: dict[str, list[tuple[int, ...]]] = {name: [] for name in layers}
     reads_input: list[str] = []
+    ran: list[tuple[tuple[int, ...], str | None]] = []  # every leaf module's output: (shape, own layout), in order
+    found: dict[str, str | None] = {}  # layer -> the layout of its last output
 
-    def on_layer(_m, _i, out, name):
-        shapes[name].append(tuple(out.shape) if isinstance(out, torch.Tensor) else ())
+    def on_leaf(m, out, name):
+        order.append(name)
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+        ran.append((shape, own_layout(m, shape)))
+
+    def on_layer(m, _i, out, name):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+        shapes[name].append(shape)
         ready[name] = len(order)
+        found[name] = _layout(name, m, shape, ran, layouts or {})
 
-    handles = [m.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name))
+    handles = [m.register_forward_hook(lambda m, _i, o, name=name: on_leaf(m, o, name))
                for name, m in modules.items() if name and not any(True for _ in m.children())]
     handles += [modules[name].register_forward_hook(lambda m, i, o, name=name: on_layer(m, i, o, name)) for name in layers]
     handles += [modules[name].register_forward_pre_hook(lambda _m, inp, name=name: reads_input.append(name) if inp[0] is x else None)
@@ -61,24 +82,55 @@ def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, in
     finally:
         for h in handles:
             h.remove()
-    infos = [_layer_info(name, shapes[name]) for name in layers]
-    prints = {name: _upstream_hash(modules, sorted(set(order[: ready[name]]) | {name})) for name in layers}
+    left_out = [_why_left_out(name, shapes[name], found.get(name), explicit) for name in layers]
+    read = [name for name, why in zip(layers, left_out) if why is None]
+    infos = [LayerInfo(name, shapes[name][-1][1:], len(shapes[name])) for name in read]
+    digests: dict[str, bytes] = {}  # each module's own, made once: a layer's hash combines its upstream modules'
+    prints = {name: _upstream_hash(modules, sorted(set(order[: ready[name]]) | {name}), digests) for name in read}
     output = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    return ModelSurvey(infos, prints, [name for name in layers if name in reads_input], output)
+    return ModelSurvey(infos, prints, [name for name in read if name in reads_input], output, [w for w in left_out if w])
 
 
-def _layer_info(name: str, shapes: list[tuple[int, ...]]) -> LayerInfo:
+def _layout(name: str, module: nn.Module, shape: tuple[int, ...], ran: list, layouts: dict[str, str]) -> str | None:
+    """The job's layout for the module when it gives one, else the one its output certainly has (None: unknown)."""
+    given = next((layout for glob, layout in layouts.items() if fnmatch.fnmatchcase(name, glob)), None)
+    if given is not None:
+        if RANKS[given] != len(shape):
+            raise UserError(f"job key 'model.layouts' says {name} outputs {given}, but it outputs {list(shape)}: "
+                            f"{given} has {RANKS[given]} axes. Correct or remove that entry.")
+        return given
+    if len(shape) == 2:
+        return NC  # one axis besides the batch: the units' whatever the module
+    return own_layout(module, shape) or produced_layout(ran, shape)
+
+
+def _why_left_out(name: str, shapes: list[tuple[int, ...]], layout: str | None, explicit: bool) -> dict | None:
+    """None when the layer's units are read; else, of a default selection, why it is left out."""
     if not shapes:
-        raise UserError(f"model.layers: module {name!r} is never called by the model's forward; choose another layer.")
-    shape = shapes[-1]
-    if len(shape) not in (2, 4):
-        raise UserError(f"model.layers: module {name!r} outputs shape {shape or 'a non-tensor'}; units need an output of [N,C,H,W] or [N,C].")
-    return LayerInfo(name, shape[1:], len(shapes))
+        why = NEVER_RUN
+    elif not shapes[-1]:
+        why = f"{name} outputs a non-tensor; units need a tensor output"
+    elif layout not in SUPPORTED:
+        why = why_not_read(name, shapes[-1], layout)
+    else:
+        return None
+    if explicit and (not shapes or not shapes[-1]):
+        raise UserError(f"model.layers: module {name!r} is {why if not shapes else 'of no use: ' + why}; "
+                        "choose another layer.")
+    if explicit:
+        raise UserError(f"model.layers: {why}. Choose another module or leave it out; if its channels are on axis 1 "
+                        f'after all, say so with [model] layouts = {{ "{name}" = "nchw" }}.')
+    return {"name": name, "shape": list(shapes[-1]) if shapes else None, "layout": layout, "why": why}
 
 
-def _upstream_hash(modules: dict[str, nn.Module], upstream: list[str]) -> str:
+def _upstream_hash(modules: dict[str, nn.Module], upstream: list[str], digests: dict[str, bytes]) -> str:
+    """The hash of the upstream modules' names, types, settings and tensors, each module's tensors read once per
+    survey (hashing them again for every layer made planning quadratic: 90 s for regnet_y_128gf)."""
     h = hashlib.sha256()
     for mod in upstream:
-        h.update(f"{mod}\0{type(modules[mod]).__name__}\0{modules[mod].extra_repr()}\n".encode())
-        hash_tensors(h, [(f"{mod}.{k}", v) for k, v in modules[mod].state_dict().items()])
+        if mod not in digests:
+            own = hashlib.sha256(f"{mod}\0{type(modules[mod]).__name__}\0{modules[mod].extra_repr()}\n".encode())
+            hash_tensors(own, [(f"{mod}.{k}", v) for k, v in modules[mod].state_dict().items()])
+            digests[mod] = own.digest()
+        h.update(digests[mod])
     return h.hexdigest()

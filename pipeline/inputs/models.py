@@ -59,6 +59,11 @@ class LayerInfo:
         return self.shape[0]
 
     @property
+    def layout(self) -> str:
+        """Where the units are: axis 1 of [N, C, H, W] ("nchw") or of [N, C] ("nc"); see layouts.py."""
+        return "nchw" if len(self.shape) == 3 else "nc"
+
+    @property
     def spatial(self) -> tuple[int, int]:
         return (self.shape[1], self.shape[2]) if len(self.shape) == 3 else (1, 1)
 

@@ -24,7 +24,8 @@ class ModelConfig:
     weights: Path | None = None
     trust_weights: bool = False  # true: unpickle arbitrary objects from `weights` (runs code: trusted files only)
     num_classes: int = 0  # 0: the torchvision architecture's default
-    layers: tuple[str, ...] = ()  # module paths or globs; empty: every Conv2d and Linear
+    layers: tuple[str, ...] = ()  # module paths or globs; empty: every Conv2d and Linear that the forward runs
+    layouts: dict[str, str] = field(default_factory=dict)  # module path or glob -> "nchw" | "nc" | "nhwc" | "tokens"
     input_size: int = 224
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD

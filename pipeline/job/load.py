@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import UserError
+from pipeline.inputs.layouts import DESCRIBED
 from pipeline.job.checks import at_least_one, check_exists
 from pipeline.job.config import JobConfig, StagesConfig
 
@@ -74,6 +75,12 @@ def _convert(hint: Any, value: Any, key: str, base: Path, stages: Mapping[str, S
         return _stages(value, key, base, stages or {})
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key, base)
+    if origin is dict:
+        item = typing.get_args(hint)[1]
+        if not isinstance(value, dict):
+            raise UserError(f"job key '{key}' must be a table, got {value!r}: write e.g. {key.rsplit('.', 1)[-1]} = "
+                            '{ "module.path" = "..." }.')
+        return {str(k): _convert(item, v, f"{key}.{k}", base) for k, v in value.items()}
     if origin is tuple:
         item = typing.get_args(hint)[0]
         if not isinstance(value, list):
@@ -119,6 +126,10 @@ def _check_values(job: JobConfig, stages: Mapping[str, Stage]) -> None:
             f"job file {job.path}: [model] needs exactly one of torchvision = NAME, factory = \"module:function\" "
             f"or archive = FILE; found {sources or 'none'}."
         )
+    bad = {glob: layout for glob, layout in m.layouts.items() if layout not in DESCRIBED}
+    if bad:
+        raise UserError(f"job key 'model.layouts' gives {bad}: a layout is one of {', '.join(map(repr, DESCRIBED))} "
+                        f"({'; '.join(f'{k}: {v}' for k, v in DESCRIBED.items())}).")
     if m.factory and ":" not in m.factory:
         raise UserError(f"job key 'model.factory' = {m.factory!r} must look like \"pkg.module:function\" or \"file.py:function\".")
     if len(m.mean) != len(m.std) or len(m.mean) not in (1, 3):

@@ -2,6 +2,7 @@
 
 import torch
 from torch import nn
+from torchvision.ops.misc import Permute
 
 
 class Planted(nn.Module):
@@ -224,3 +225,21 @@ class Brightness(nn.Module):
 
 def brightness() -> nn.Module:
     return Brightness()
+
+
+class ChannelsLast(nn.Module):
+    """A ConvNeXt-like block: conv (NCHW), permute, Linear on [N, H, W, C], permute back, and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.block = nn.Sequential(Permute([0, 2, 3, 1]), nn.Linear(4, 6), nn.GELU(), Permute([0, 3, 1, 2]))
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(self.conv(x)).mean(dim=(2, 3)))
+
+
+def channels_last() -> nn.Module:
+    torch.manual_seed(0)
+    return ChannelsLast()

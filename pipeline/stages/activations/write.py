@@ -80,7 +80,8 @@ def _manifest_sections(plan: RunPlan, units: dict[str, np.ndarray], skipped: lis
         rf = plan.fields[info.name]
         in_layer = units["layer"] == info.name
         layers.append({
-            "name": info.name, "units": info.units, "shape": list(info.shape), "dead_units": int(dead[in_layer].sum()),
+            "name": info.name, "units": info.units, "shape": list(info.shape), "layout": info.layout,
+            "dead_units": int(dead[in_layer].sum()),
             "receptive_field": {"jump": list(rf.jump), "offset": list(rf.offset), "size": list(rf.size),
                                 "whole_image": rf.whole_image, "exact": rf.exact},
         })

@@ -1,0 +1,166 @@
+"""Which axis holds a layer's units, told from the module (never guessed from the shape); torchvision's whole zoo.
+
+Today the stages read channels-first [N, C, H, W] and [N, C] outputs: a channels-last or token output is left
+out of the default selection with its reason (in the manifest), and refused when named; nothing is misread.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.errors import UserError
+from pipeline.inputs.batches import Batch
+from pipeline.inputs.model_survey import survey_model
+from pipeline.inputs.models import resolve_layers
+from pipeline.stages.activations import compute as activations
+
+sys.path.insert(0, str(Path(__file__).parent / "assets"))
+from tiny_models import ChannelsLast  # noqa: E402
+
+
+class Tokens(nn.Module):
+    """A ViT-like model: a patch embedding, a class token first, a Linear over [N, T, C], the class token's head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 8))
+        self.mlp = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1)
+        return self.head(self.mlp(tokens)[:, 0])
+
+
+class Functional(nn.Module):
+    """A convolution by its weights (F.conv2d): no module tells the layout of its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(5, 3, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, padding=1)
+
+
+def test_a_channels_last_linear_is_left_out_of_the_default_selection_and_refused_when_named():
+    model = ChannelsLast().eval()
+    survey = survey_model(model, resolve_layers(model, ()), (3, 8, 8), explicit=False)
+    assert [(info.name, info.units, info.layout) for info in survey.layers] == [("conv", 4, "nchw"), ("fc", 2, "nc")]
+    (left,) = survey.left_out
+    assert left["name"] == "block.1" and left["layout"] == "nhwc" and left["shape"] == [2, 8, 8, 6]
+    assert "channels last" in left["why"]
+    with pytest.raises(UserError, match=r"block\.1 outputs \[2, 8, 8, 6\]: \[N, H, W, C\], channels last"):
+        survey_model(model, ["block.1"], (3, 8, 8))
+    # a block's output has the layout of what produced it: the permute back to channels first
+    assert [(info.units, info.layout) for info in survey_model(model, ["block"], (3, 8, 8)).layers] == [(6, "nchw")]
+    with pytest.raises(UserError, match="channels last"):
+        survey_model(model, ["block.2"], (3, 8, 8))  # the GELU after the Linear: channels last too
+
+
+def test_token_outputs_are_left_out_not_read_as_channels():
+    model = Tokens().eval()
+    survey = survey_model(model, resolve_layers(model, ()), (3, 16, 16), explicit=False)
+    assert [(info.name, info.units) for info in survey.layers] == [("patch", 8), ("head", 3)]
+    assert [(w["name"], w["layout"], w["shape"]) for w in survey.left_out] == [("mlp", "tokens", [2, 17, 16])]
+
+
+def test_an_output_whose_layout_cannot_be_told_needs_the_job_to_say():
+    model = nn.Sequential(Functional(), nn.ReLU()).eval()
+    with pytest.raises(UserError, match=r"which axis holds its channels.*\[model\] layouts = \{ \"0\" = \"nchw\" \}"):
+        survey_model(model, ["0"], (3, 8, 8))
+    survey = survey_model(model, ["0", "1"], (3, 8, 8), layouts={"0": "nchw", "1": "nchw"})
+    assert [(info.name, info.units) for info in survey.layers] == [("0", 5), ("1", 5)]
+    with pytest.raises(UserError, match="'model.layouts' says 0 outputs nc, but it outputs"):
+        survey_model(model, ["0"], (3, 8, 8), layouts={"0": "nc"})
+
+
+def test_modules_forward_never_runs_are_left_out_of_the_default_selection_and_refused_when_named():
+    model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False).eval()
+    survey = survey_model(model, resolve_layers(model, ()), (3, 32, 32), explicit=False)
+    never = sorted(w["name"] for w in survey.left_out)
+    assert never == ["aux1.conv.conv", "aux1.fc1", "aux1.fc2", "aux2.conv.conv", "aux2.fc1", "aux2.fc2"]
+    assert all("never called" in w["why"] for w in survey.left_out)
+    with pytest.raises(UserError, match="'aux1.fc1' is never called by the model's forward"):
+        survey_model(model, ["aux1.fc1"], (3, 32, 32))
+
+
+HEAVY = {"regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_32gf", "regnet_x_32gf", "convnext_large",
+         "efficientnet_v2_l", "regnet_y_16gf", "efficientnet_b7", "regnet_x_16gf", "convnext_base", "swin_b",
+         "swin_v2_b", "vit_b_16", "vit_b_32", "wide_resnet101_2", "resnext101_32x8d", "resnext101_64x4d", "maxvit_t",
+         *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn"))}
+SMALLEST = {"alexnet": 64, "inception_v3": 96, "maxvit_t": 224, "vit_b_16": 224, "vit_b_32": 224, "vit_h_14": 224,
+            "vit_l_16": 224, "vit_l_32": 224}
+ZOO = [pytest.param(name, marks=pytest.mark.slow) if name in HEAVY else name
+       for name in torchvision.models.list_models(module=torchvision.models)]
+
+
+def _surveyed(name: str):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    size = SMALLEST.get(name, 32)
+    names = resolve_layers(model, ())
+    return model, size, names, survey_model(model, names, (3, size, size), explicit=False)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_every_torchvision_classifier_reads_every_unit_it_selects_at_the_right_count(name):
+    """Random weights, the default selection (every Conv2d and Linear), the smallest input that runs: each layer
+    read has as many units as its module has output channels or features, and every selected module is either
+    read or left out with a reason (ConvNeXt's, Swin's, MaxViT's and ViT's Linear layers: channels last or tokens)."""
+    model, _, names, survey = _surveyed(name)
+    modules = dict(model.named_modules())
+    for info in survey.layers:
+        module = modules[info.name]
+        assert info.units == getattr(module, "out_channels", getattr(module, "out_features", None)), info.name
+    assert sorted([info.name for info in survey.layers] + [w["name"] for w in survey.left_out]) == sorted(names)
+    assert all(w["why"] for w in survey.left_out)
+    family_linear = {"convnext": "nhwc", "swin": "nhwc", "maxvit": "nhwc", "vit": "tokens"}.get(name.split("_")[0])
+    if family_linear:
+        assert family_linear in {w["layout"] for w in survey.left_out}
+
+
+@pytest.mark.parametrize("name", ["alexnet", "resnet18", "densenet121", "mobilenet_v3_small", "efficientnet_b0",
+                                  "regnet_x_400mf", "shufflenet_v2_x0_5", "squeezenet1_1", "mnasnet0_5", "googlenet",
+                                  "convnext_tiny", "swin_t"])
+def test_the_activations_stage_reads_every_layer_a_family_selects(name):
+    """One architecture a family, two images through the activations stage's computation: one statistic per unit."""
+    model, size, _, survey = _surveyed(name)
+    images = torch.randn(2, 3, size, size)
+    partial = activations.compute(model, survey.layers, iter([Batch(np.zeros((0,)), images, np.arange(2))]), k=1)
+    for info in survey.layers:
+        assert partial.layers[info.name].vmax.shape == (info.units,), info.name
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_run_records_what_the_default_selection_left_out_and_describe_says_why(tmp_path, capsys):
+    from catalog_schema import Catalog
+    from conftest import job_toml, make_images, write_job
+    from pipeline.cli import main
+
+    make_images(tmp_path / "images", count=4, size=16)
+    job = write_job(tmp_path, job_toml("channels_last", [], input_size=16))
+    assert main(["run", str(job)]) == 0
+    assert "left out 1 module(s) of the default selection" in capsys.readouterr().out
+    catalog = Catalog.open(tmp_path / "catalog")
+    assert catalog.layers == ["conv", "fc"] and len(catalog.units()) == 4 + 2
+    assert [layer["layout"] for layer in catalog.manifest["layers"]] == ["nchw", "nc"]
+    (left,) = catalog.manifest["layers_left_out"]
+    assert (left["name"], left["layout"], left["shape"]) == ("block.1", "nhwc", [2, 16, 16, 6])
+    assert main(["describe", str(tmp_path / "catalog")]) == 0
+    assert "channels last" in capsys.readouterr().out
+
+    job.write_text(job.read_text().replace("layers = []", 'layers = ["conv", "block.1"]'))
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "block.1 outputs [2, 16, 16, 6]: [N, H, W, C], channels last" in err and "Traceback" not in err
