@@ -29,9 +29,13 @@ _CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNor
 
 def own_layout(module: nn.Module, shape: tuple[int, ...]) -> str | None:
     """The layout of `module`'s output of `shape` (batch axis included) when the module's type settles it, else None."""
+    exported = getattr(module, "_ty", None)  # a module of a torch.export archive keeps its type's path only
+    if isinstance(exported, str):
+        return _exported_layout(exported.rpartition(".")[2], len(shape))
     if len(shape) == 4 and isinstance(module, _CHANNELS_FIRST):
         return NCHW
-    channels_last = (type(module).forward is nn.Linear.forward
+    # any Linear applies its weight on the last axis; a LayerNorm subclass may permute first (ConvNeXt's LayerNorm2d)
+    channels_last = (isinstance(module, nn.Linear)
                      or (type(module).forward is nn.LayerNorm.forward and len(module.normalized_shape) == 1))
     if channels_last:
         return {2: NC, 3: TOKENS, 4: NHWC}.get(len(shape))
@@ -40,6 +44,15 @@ def own_layout(module: nn.Module, shape: tuple[int, ...]) -> str | None:
         return {(0, 3, 1, 2): NCHW, (0, 2, 3, 1): NHWC}.get(tuple(dims))
     if len(shape) == 2 and isinstance(module, (nn.BatchNorm1d, nn.Flatten)):
         return NC
+    return None
+
+
+def _exported_layout(kind: str, rank: int) -> str | None:
+    """As own_layout, for a module known by its class name alone (torch.export.unflatten's InterpreterModule)."""
+    if rank == 4 and kind in {cls.__name__ for cls in _CHANNELS_FIRST}:
+        return NCHW
+    if kind in ("Linear", "NonDynamicallyQuantizableLinear"):
+        return {2: NC, 3: TOKENS, 4: NHWC}.get(rank)
     return None
 
 

@@ -34,7 +34,7 @@ from pipeline.errors import UserError
 
 @dataclass(frozen=True)
 class ModelRecipe:
-    """How to rebuild the model anywhere: kind is 'torchvision', 'factory' or 'archive'."""
+    """How to rebuild the model anywhere: kind is 'torchvision', 'timm', 'factory' or 'archive'."""
 
     kind: str
     name: str
@@ -77,6 +77,8 @@ def recipe_from_config(cfg: ModelConfig) -> ModelRecipe:
         return ModelRecipe("archive", str(archive), archive=archive.read_bytes(), **common)
     if cfg.torchvision:
         return ModelRecipe("torchvision", cfg.torchvision, cfg.num_classes, **common)
+    if cfg.timm:
+        return ModelRecipe("timm", cfg.timm, cfg.num_classes, **common)
     target = cfg.factory.rpartition(":")[0]
     source = Path(target).read_text(encoding="utf-8") if target.endswith(".py") else None  # made absolute by load_job
     return ModelRecipe("factory", cfg.factory, cfg.num_classes, factory_source=source, **common)
@@ -88,6 +90,8 @@ def build_model(recipe: ModelRecipe) -> nn.Module:
         model = _serialized_model(recipe)
     elif recipe.kind == "torchvision":
         model = _torchvision_model(recipe)
+    elif recipe.kind == "timm":
+        model = _timm_model(recipe)
     else:
         model = _factory_model(recipe)
     if recipe.weights is not None:
@@ -172,6 +176,20 @@ def _torchvision_model(recipe: ModelRecipe) -> nn.Module:
         raise UserError(f"model.torchvision = {recipe.name!r} is not a torchvision model. Closest: {', '.join(close) or 'none'}.")
     kwargs = {"num_classes": recipe.num_classes} if recipe.num_classes else {}
     return torchvision.models.get_model(recipe.name, weights=None, **kwargs)
+
+
+def _timm_model(recipe: ModelRecipe) -> nn.Module:
+    """timm.create_model(name, pretrained=False): nothing is downloaded; `weights` loads a local state_dict."""
+    try:
+        import timm
+    except ImportError:
+        raise UserError("model.timm needs the timm package: pip install 'neuron-catalog[timm]' (make demo and "
+                        "make test install it).") from None
+    if not timm.is_model(recipe.name):
+        close = difflib.get_close_matches(recipe.name, timm.list_models(), n=3)
+        raise UserError(f"model.timm = {recipe.name!r} is not a timm model. Closest: {', '.join(close) or 'none'}.")
+    kwargs = {"num_classes": recipe.num_classes} if recipe.num_classes else {}  # timm reads 0 as "no head"
+    return timm.create_model(recipe.name, pretrained=False, **kwargs)
 
 
 def _factory_model(recipe: ModelRecipe) -> nn.Module:

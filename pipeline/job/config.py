@@ -18,6 +18,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class ModelConfig:
     torchvision: str = ""
+    timm: str = ""  # a timm model name (timm.list_models()), built with pretrained=False: weights from `weights`
     factory: str = ""
     archive: Path | None = None  # a saved model: a torch.export archive (.pt2) or TorchScript (.pt)
     torchscript: Path | None = None  # the key's old name (it always read .pt2 archives too): kept as an alias

@@ -120,11 +120,11 @@ def _name(t: Any) -> str:
 
 def _check_values(job: JobConfig, stages: Mapping[str, Stage]) -> None:
     m = job.model
-    sources = [n for n in ("torchvision", "factory", "archive") if getattr(m, n)]
+    sources = [n for n in ("torchvision", "timm", "factory", "archive") if getattr(m, n)]
     if len(sources) != 1:
         raise UserError(
-            f"job file {job.path}: [model] needs exactly one of torchvision = NAME, factory = \"module:function\" "
-            f"or archive = FILE; found {sources or 'none'}."
+            f"job file {job.path}: [model] needs exactly one of torchvision = NAME, timm = NAME, factory = "
+            f"\"module:function\" or archive = FILE; found {sources or 'none'}."
         )
     bad = {glob: layout for glob, layout in m.layouts.items() if layout not in DESCRIBED}
     if bad:
