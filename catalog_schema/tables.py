@@ -25,6 +25,16 @@ LAYER = "the cataloged module's path in the model (as in [model] layers)"
 UNIT = "the unit's number: its channel index in the layer's output"
 BOX = "of the theoretical receptive field in input pixels (a half-open box clipped to the image; the whole image for [N, C] layers)"
 
+def position(which: str) -> list[pa.Field]:
+    """Where in the feature map the example's value is (`which`: "arg-max"...), and its receptive field's box."""
+    return [column("y", pa.int32(), f"{which} row in the layer's feature map (0 for [N, C] layers)"),
+            column("x", pa.int32(), f"{which} column in the layer's feature map"),
+            column("box_y0", pa.int32(), "top row " + BOX),
+            column("box_x0", pa.int32(), "left column " + BOX),
+            column("box_y1", pa.int32(), "bottom row + 1 " + BOX),
+            column("box_x1", pa.int32(), "right column + 1 " + BOX)]
+
+
 UNITS = pa.schema([
     column("layer", pa.string(), LAYER, required=True),
     column("unit", pa.int32(), UNIT, required=True),
@@ -57,12 +67,7 @@ EXAMPLES = pa.schema([
     column("rank", pa.int32(), "0 = the unit's strongest (top) or weakest (bottom) image", required=True),
     column("image_id", pa.int64(), "the image (images.parquet)", required=True),
     column("activation", pa.float32(), "the unit's spatial maximum (top) or minimum (bottom) on the image"),
-    column("y", pa.int32(), "arg-max / arg-min row in the layer's feature map (0 for [N, C] layers)"),
-    column("x", pa.int32(), "arg-max / arg-min column in the layer's feature map"),
-    column("box_y0", pa.int32(), "top row " + BOX),
-    column("box_x0", pa.int32(), "left column " + BOX),
-    column("box_y1", pa.int32(), "bottom row + 1 " + BOX),
-    column("box_x1", pa.int32(), "right column + 1 " + BOX),
+    *position("arg-max / arg-min"),
 ])
 
 SPECTRUM = pa.schema([  # the activation spectrum: examples at evenly spaced quantiles of each unit's spatial maxima
@@ -72,12 +77,7 @@ SPECTRUM = pa.schema([  # the activation spectrum: examples at evenly spaced qua
     column("rank", pa.int32(), "i * spectrum_k + j: by quantile, then nearest first", required=True),
     column("image_id", pa.int64(), "the image (images.parquet)", required=True),
     column("activation", pa.float32(), "the image's spatial max (what top examples rank by)"),
-    column("y", pa.int32(), "arg-max row in the layer's feature map (0 for [N, C] layers)"),
-    column("x", pa.int32(), "arg-max column in the layer's feature map"),
-    column("box_y0", pa.int32(), "top row " + BOX),
-    column("box_x0", pa.int32(), "left column " + BOX),
-    column("box_y1", pa.int32(), "bottom row + 1 " + BOX),
-    column("box_x1", pa.int32(), "right column + 1 " + BOX),
+    *position("arg-max"),
     column("quantile_value", pa.float32(), "the empirical quantile (np.quantile, linear) the images are nearest to"),
 ])
 

@@ -38,7 +38,8 @@ def test_a_timm_job_with_local_weights_is_cataloged(tmp_path, capsys):
     model = timm.create_model("resnet18", pretrained=False, num_classes=2)
     torch.save(model.state_dict(), tmp_path / "r18.pth")
     make_images(tmp_path / "images", count=4, size=32)
-    job = write_job(tmp_path, job_toml("planted", [], input_size=32).replace(
+    text = job_toml("planted", [], input_size=32, k=1, patch=8, activations={"spectrum_quantiles": 0})  # 4,802 units: few crops
+    job = write_job(tmp_path, text.replace(
         'factory = "tiny_models.py:planted"', 'timm = "resnet18"\nweights = "r18.pth"\nnum_classes = 2'))
     assert main(["run", str(job)]) == 0
     catalog = Catalog.open(tmp_path / "catalog")
