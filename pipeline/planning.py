@@ -54,8 +54,9 @@ def make_plan(job: JobConfig, stages: Mapping[str, Stage], out: Path | None = No
         parts[name] = stages[name].plan(plan, model, survey)
     settings = {"prep": prep.__dict__, "layers": [info.name for info in survey.layers], "seed": job.seed,
                 "limit": job.data.limit, **{name: asdict(stages[name].settings(job)) for name in names}}
-    fingerprints = {"scheme": SCHEME, "model": model_fingerprint(model), "layers": survey.fingerprints, "data": images.fingerprint(),
-                    "config": json_fingerprint(job.to_dict()), "settings": json_fingerprint(settings)}
+    fingerprints = {"scheme": SCHEME, "model": model_fingerprint(model), "layers": survey.fingerprints,
+                    "data": images.fingerprint(), "config": json_fingerprint(job.to_dict()),
+                    "settings": json_fingerprint(settings)}
     for name in names:
         fingerprints.update(stages[name].fingerprints(parts[name]))
     return replace(plan, parts=parts, fingerprints=fingerprints)

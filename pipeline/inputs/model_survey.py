@@ -100,7 +100,7 @@ def _layout(name: str, module: nn.Module, shape: tuple[int, ...], ran: list, lay
                             f"{given} has {RANKS[given]} axes. Correct or remove that entry.")
         return given
     if len(shape) == 2:
-        return NC  # one axis besides the batch: the units' whatever the module
+        return NC  # one axis besides the batch: the units' axis, whatever the module
     return own_layout(module, shape) or produced_layout(ran, shape)
 
 
@@ -114,9 +114,10 @@ def _why_left_out(name: str, shapes: list[tuple[int, ...]], layout: str | None, 
         why = why_not_read(name, shapes[-1], layout)
     else:
         return None
-    if explicit and (not shapes or not shapes[-1]):
-        raise UserError(f"model.layers: module {name!r} is {why if not shapes else 'of no use: ' + why}; "
-                        "choose another layer.")
+    if explicit and not shapes:
+        raise UserError(f"model.layers: module {name!r} is {why}; choose another layer.")
+    if explicit and not shapes[-1]:
+        raise UserError(f"model.layers: {why}; choose another layer.")
     if explicit:
         raise UserError(f"model.layers: {why}. Choose another module or leave it out; if its channels are on axis 1 "
                         f'after all, say so with [model] layouts = {{ "{name}" = "nchw" }}.')
@@ -125,7 +126,7 @@ def _why_left_out(name: str, shapes: list[tuple[int, ...]], layout: str | None, 
 
 def _upstream_hash(modules: dict[str, nn.Module], upstream: list[str], digests: dict[str, bytes]) -> str:
     """The hash of the upstream modules' names, types, settings and tensors, each module's tensors read once per
-    survey (hashing them again for every layer made planning quadratic: 90 s for regnet_y_128gf)."""
+    survey (hashing them again for every layer made planning quadratic: regnet_y_32gf's survey took 11.8 s, now 0.5)."""
     h = hashlib.sha256()
     for mod in upstream:
         if mod not in digests:
