@@ -79,7 +79,8 @@ STAGES = [
 
 @pytest.mark.parametrize("stage,pattern,count", STAGES, ids=[s[0] for s in STAGES])
 def test_a_run_killed_in_each_stage_resumes_to_the_same_catalog(tmp_path, capsys, undisturbed, stage, pattern, count):
-    """Killed in Shapley, it resumes from its last checkpointed round (of 6)."""
+    """SIGKILLed while the stage runs, the same command resumes to the undisturbed run's catalog; killed in Shapley,
+    from its last checkpointed round (of 6)."""
     job = all_stages_job(tmp_path)
     work = tmp_path / "catalog" / ".work"
     _kill_when(job, lambda: len(list(work.glob(pattern))) >= count)
