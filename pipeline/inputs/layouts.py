@@ -16,6 +16,7 @@ from torch import nn
 NCHW, NC, NHWC, TOKENS = "nchw", "nc", "nhwc", "tokens"
 SUPPORTED = (NCHW, NC)  # what the stages read today; channels-last and token layouts are refused or left out
 
+RANKS = {NCHW: 4, NC: 2, NHWC: 4, TOKENS: 3}  # a layout's number of axes, the batch's included
 DESCRIBED = {
     NCHW: "[N, C, H, W], channels first",
     NC: "[N, C]",
@@ -23,6 +24,7 @@ DESCRIBED = {
     TOKENS: "[N, T, C], tokens",
 }
 
+_CHANNELS_LAST = {2: NC, 3: TOKENS, 4: NHWC}  # a Linear's output by its number of axes
 _CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.MaxPool2d,
                    nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -38,7 +40,7 @@ def own_layout(module: nn.Module, shape: tuple[int, ...]) -> str | None:
     channels_last = (isinstance(module, nn.Linear)
                      or (type(module).forward is nn.LayerNorm.forward and len(module.normalized_shape) == 1))
     if channels_last:
-        return {2: NC, 3: TOKENS, 4: NHWC}.get(len(shape))
+        return _CHANNELS_LAST.get(len(shape))
     dims = getattr(module, "dims", None)  # torchvision.ops.Permute, as ConvNeXt and Swin use it
     if type(module).__name__ == "Permute" and len(shape) == 4 and dims is not None:
         return {(0, 3, 1, 2): NCHW, (0, 2, 3, 1): NHWC}.get(tuple(dims))
@@ -52,7 +54,7 @@ def _exported_layout(kind: str, rank: int) -> str | None:
     if rank == 4 and kind in {cls.__name__ for cls in _CHANNELS_FIRST}:
         return NCHW
     if kind in ("Linear", "NonDynamicallyQuantizableLinear"):
-        return {2: NC, 3: TOKENS, 4: NHWC}.get(rank)
+        return _CHANNELS_LAST.get(rank)
     return None
 
 

@@ -20,12 +20,11 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.inputs.fingerprints import hash_tensors
-from pipeline.inputs.layouts import NC, SUPPORTED, own_layout, produced_layout, why_not_read
+from pipeline.inputs.layouts import NC, RANKS, SUPPORTED, own_layout, produced_layout, why_not_read
 from pipeline.inputs.models import LayerInfo
 
 NEVER_RUN = ("never called by the model's forward: a branch eval mode skips (an auxiliary head), or a module whose "
              "weights the forward uses directly (Swin's attention, MultiheadAttention's out_proj)")
-RANKS = {"nchw": 4, "nc": 2, "nhwc": 4, "tokens": 3}  # a layout's number of axes, the batch's included
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from catalog_schema import ArrayKind
-from pipeline.plan import Shard  # noqa: F401 - part of what a stage sees: its shards' type
 
 if TYPE_CHECKING:  # types only
     from catalog_schema import Catalog

@@ -19,6 +19,7 @@ from pipeline.inputs.batches import global_batches, iter_batches
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.images import ImageRecord
 from pipeline.inputs.models import LayerInfo
+from pipeline.plan import Shard
 from pipeline.stages.activations import compute, crops
 from pipeline.stages.activations.crops import CropRequest
 from pipeline.stages.activations.reuse import read_layer, read_skipped
@@ -27,7 +28,7 @@ from pipeline.stages.activations.settings import ActivationsSettings
 from pipeline.stages.activations.spectrum import spectrum_bytes
 from pipeline.stages.activations.write import write_activations
 from pipeline.stages.image_chunks import ImageChunk, image_chunks, merge_by_layer
-from pipeline.stages.protocol import Context, Driver, LayerInputs, Shard, Stage, Worker
+from pipeline.stages.protocol import Context, Driver, LayerInputs, Stage, Worker
 
 if TYPE_CHECKING:
     from pipeline.catalog.draft import Draft, ManifestPart
