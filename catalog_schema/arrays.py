@@ -36,6 +36,10 @@ PROJECTIONS = ArrayKind("projections", "uint8", "[units, k, 2, P, P, 3] deconvne
                         "each top example's maximum, cropped like the examples; 128 = no influence")
 PROBES = ArrayKind("probes", "float32", "[units, m] mean activation on each probe image (attrs: image_ids, paths); "
                    "the fixed image sample `diff` correlates units on")
+PREFIX_TOKENS = ArrayKind("prefix_tokens", "float16", "[units, images, P] each image's activation at the P tokens "
+                          "before the patch grid (class, registers, distillation) of a token layer, images in the "
+                          "order of attr image_ids; absent for a layer without prefix tokens")
 WEIGHTS = ArrayKind("weights", "uint8", "[units, kh, kw, 3] filters of a layer that convolves the input, 128 = 0")
 
-ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, SPECTRUM, FEATVIS, MEAN_MAPS, PROBES, PROJECTIONS, WEIGHTS)}
+ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, SPECTRUM, FEATVIS, MEAN_MAPS, PROBES, PREFIX_TOKENS, PROJECTIONS,
+                                           WEIGHTS)}

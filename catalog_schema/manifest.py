@@ -27,16 +27,21 @@ MANIFEST_KEYS: dict[str, str] = {
                     "settings, inputs: {stage: {layer or '*': {input: hash}}}}; a later run compares `inputs` to reuse results",
     "stages_done": "the stages whose results the catalog holds, in pipeline order",
     "settings": "each stage's settings as used ({preprocess, activations, featvis, dissection, shapley, similarity})",
-    "layers": "[{name, units, shape, layout, receptive_field: {size, jump, offset, exact, whole_image}, dead_units, "
-              "interpretable_units, unique_concepts}]: the cataloged layers in model order",
+    "layers": "[{name, units, shape, layout, prefix_tokens, receptive_field: {size, jump, offset, exact, whole_image, "
+              "around_peak}, dead_units, interpretable_units, unique_concepts}]: the cataloged layers in model order; "
+              "shape is units first, [C, H, W] or [C], whatever the layout (nchw, nhwc, tokens, nc), H x W a token "
+              "layer's patch grid, prefix_tokens its tokens before the grid; around_peak: crops are half the image's "
+              "side around the peak patch, where the field could not be analysed (attention)",
     "layers_left_out": "[{name, shape, layout, why}]: modules of the default selection (every Conv2d and Linear) whose "
-                       "units are not cataloged: never run by the forward, or an output layout this version does not read",
+                       "units are not cataloged: never run by the forward, an output whose layout cannot be told, or windows of "
+                       "the image whose mapping back to the grid this version does not read",
     "data": "{root, images, used, skipped: [{image_id, path, reason}], classes}: the data set",
     "summary": "{layers, units, dead_units, nonfinite_units, interpretable_units, unique_concepts}",
     "errors": "messages of problems the run went on after",
     "reuse": "{previous, previous_run_id, stages: {stage: {layer or '*': {action: reused|computed, why}}}}: re-analysis",
     "concepts": "dissection: {root, categories, labels, images, used, ignored_columns, ignored_rows, skipped}: the concept data set",
-    "featvis": "featvis: {views, size, layers, flat_units}",
+    "featvis": "featvis: {views, size, layers, flat_units, projections_caveat}; projections_caveat (null for a ReLU "
+               "network) says what the deconvnet and guided-backprop maps are on a model with other nonlinearities",
     "shapley": "importance: the players, estimators, evaluations, rounds, v_all / v_none (the metric with every / no "
                "player) overall and by class, the bandit's progress, the warm start",
     "similarity": "similarity: {probe_images, comparisons: [{layer, other_layer, kind}], layers: units without neighbours}",

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from catalog_schema.arrays import (EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS, PROBES, PROJECTIONS, SPECTRUM, STORE, WEIGHTS,
+from catalog_schema.arrays import (EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS, PREFIX_TOKENS, PROBES, PROJECTIONS, SPECTRUM, STORE, WEIGHTS,
                                    ArrayKind)
 from catalog_schema.manifest import LATEST, MANIFEST, CatalogError, read_manifest
 from catalog_schema.tables import TABLES, table_file
@@ -166,6 +166,15 @@ class Catalog:
     def probes(self, layer: str) -> tuple[np.ndarray, np.ndarray]:
         """(float32 [units, m] mean activation of each unit on each probe image, int64 [m] their image ids)."""
         arr = self._array(PROBES, layer)
+        return arr[...], np.asarray(arr.attrs["image_ids"], dtype=np.int64)
+
+    def prefix_tokens(self, layer: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(float16 [units, images, P] each unit's activation at a token layer's prefix tokens (class, registers) on
+        every image, int64 [images] their image ids); None for a layer without prefix tokens."""
+        self._check_layer(layer)
+        if not self.has_array(PREFIX_TOKENS.group, layer):
+            return None
+        arr = self._array(PREFIX_TOKENS, layer)
         return arr[...], np.asarray(arr.attrs["image_ids"], dtype=np.int64)
 
     def mean_map(self, layer: str) -> np.ndarray:

@@ -14,7 +14,7 @@ from pipeline.inputs.fingerprints import SCHEME, json_fingerprint, model_fingerp
 from pipeline.inputs.images import list_images
 from pipeline.inputs.model_survey import survey_model
 from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
-from pipeline.inputs.receptive_field import receptive_fields
+from pipeline.inputs.receptive_field import around_peak, receptive_fields
 from pipeline.job.config import JobConfig
 from pipeline.job.load import check_inputs_exist
 from pipeline.job.prepare import prepare_inputs
@@ -47,6 +47,7 @@ def make_plan(job: JobConfig, stages: Mapping[str, Stage], out: Path | None = No
     per_shard = shard_size(job, prep)
     shards = [Shard(i, images.records[s:s + per_shard]) for i, s in enumerate(range(0, len(images.records), per_shard))]
     fields = receptive_fields(model, layer_names, input_shape)
+    fields = {info.name: around_peak(fields[info.name], info.spatial, input_shape[1:]) for info in survey.layers}
     plan = RunPlan(job, catalog, names, recipe, survey.layers, fields, images, prep, shards, {}, prepared, {},
                    left_out=tuple(survey.left_out))
     parts: dict[str, Any] = {}

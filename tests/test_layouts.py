@@ -1,7 +1,8 @@
 """Which axis holds a layer's units, told from the module (never guessed from the shape); torchvision's whole zoo.
 
-Today the stages read channels-first [N, C, H, W] and [N, C] outputs: a channels-last or token output is left
-out of the default selection with its reason (in the manifest), and refused when named; nothing is misread.
+Channels-first, channels-last and token outputs are read units first; an output whose positions are no grid of
+the image (windows) or whose layout cannot be told is left out of the default selection with its reason (in the
+manifest), and refused when named; nothing is misread.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from torch.nn import functional as F
 
 from pipeline.errors import UserError
 from pipeline.inputs.batches import Batch
+from pipeline.inputs.layer_taps import tapped
 from pipeline.inputs.model_survey import survey_model
 from pipeline.inputs.models import resolve_layers
 from pipeline.stages.activations import compute as activations
 
 sys.path.insert(0, str(Path(__file__).parent / "assets"))
-from tiny_models import ChannelsLast  # noqa: E402
+from tiny_models import ChannelsLast, windowed  # noqa: E402
 
 
 class Tokens(nn.Module):
@@ -53,26 +55,56 @@ class Functional(nn.Module):
         return F.conv2d(x, self.weight, padding=1)
 
 
-def test_a_channels_last_linear_is_left_out_of_the_default_selection_and_refused_when_named():
+def test_a_channels_last_linear_is_read_on_its_last_axis():
     model = ChannelsLast().eval()
     survey = survey_model(model, resolve_layers(model, ()), (3, 8, 8), explicit=False)
-    assert [(info.name, info.units, info.layout) for info in survey.layers] == [("conv", 4, "nchw"), ("fc", 2, "nc")]
-    (left,) = survey.left_out
-    assert left["name"] == "block.1" and left["layout"] == "nhwc" and left["shape"] == [2, 8, 8, 6]
-    assert "channels last" in left["why"]
-    with pytest.raises(UserError, match=r"block\.1 outputs \[2, 8, 8, 6\]: \[N, H, W, C\], channels last"):
-        survey_model(model, ["block.1"], (3, 8, 8))
+    assert [(info.name, info.shape, info.layout) for info in survey.layers] == [
+        ("conv", (4, 8, 8), "nchw"), ("block.1", (6, 8, 8), "nhwc"), ("fc", (2,), "nc")]
+    assert survey.left_out == []
     # a block's output has the layout of what produced it: the permute back to channels first
     assert [(info.units, info.layout) for info in survey_model(model, ["block"], (3, 8, 8)).layers] == [(6, "nchw")]
-    with pytest.raises(UserError, match="channels last"):
-        survey_model(model, ["block.2"], (3, 8, 8))  # the GELU after the Linear: channels last too
+    # the GELU after the Linear: channels last too, told from the Linear's output of the same shape
+    assert [(info.units, info.layout) for info in survey_model(model, ["block.2"], (3, 8, 8)).layers] == [(6, "nhwc")]
+    x = torch.randn(2, 3, 8, 8)
+    direct = model.block[1](model.block[0](model.conv(x)))  # [N, H, W, C]
+    seen = {}
+    with torch.inference_mode(), tapped(model, survey.layers, lambda name, out: seen.__setitem__(name, out.clone())) as run:
+        run(x)
+    assert torch.equal(seen["block.1"], direct.permute(0, 3, 1, 2))  # units first: unit c at (y, x) is direct[:, y, x, c]
 
 
-def test_token_outputs_are_left_out_not_read_as_channels():
+def test_token_outputs_are_read_on_the_patch_grid_with_the_class_token_apart():
     model = Tokens().eval()
     survey = survey_model(model, resolve_layers(model, ()), (3, 16, 16), explicit=False)
-    assert [(info.name, info.units) for info in survey.layers] == [("patch", 8), ("head", 3)]
-    assert [(w["name"], w["layout"], w["shape"]) for w in survey.left_out] == [("mlp", "tokens", [2, 17, 16])]
+    assert [(info.name, info.shape, info.layout, info.prefix) for info in survey.layers] == [
+        ("patch", (8, 4, 4), "nchw", 0), ("mlp", (16, 4, 4), "tokens", 1), ("head", (3,), "nc", 0)]
+    x = torch.randn(2, 3, 16, 16)
+    grids, prefixes = {}, {}
+    with torch.inference_mode(), tapped(model, survey.layers, lambda n, out: grids.__setitem__(n, out.clone()),
+                                        lambda n, p: prefixes.__setitem__(n, p.clone())) as run:
+        run(x)
+    tokens = model.mlp(torch.cat([model.cls.expand(2, -1, -1), model.patch(x).flatten(2).transpose(1, 2)], dim=1))
+    # token 1 + 4y + x is patch (y, x) of the 4 x 4 grid, token 0 the class token
+    for y, x_ in ((0, 0), (1, 3), (3, 2)):
+        assert torch.equal(grids["mlp"][:, :, y, x_], tokens[:, 1 + 4 * y + x_])
+    assert torch.equal(prefixes["mlp"], tokens[:, :1])
+    assert set(prefixes) == {"mlp"}
+
+
+def test_positions_that_are_no_grid_of_the_image_are_left_out_with_the_reason():
+    """Windows of the image (MaxViT's partitions): the units could be counted, but their positions are not the
+    image's, so heat maps and dissection would misplace them; and tokens with no patch embedding before them."""
+    model = windowed().eval()
+    survey = survey_model(model, resolve_layers(model, ()), (3, 16, 16), explicit=False)
+    assert [info.name for info in survey.layers] == ["conv", "fc"]
+    (left,) = survey.left_out
+    assert (left["name"], left["layout"], left["shape"]) == ("mix", "nhwc", [2, 64, 4, 6])
+    assert "is not a grid of the 16x16 input" in left["why"] and "windows" in left["why"]
+    with pytest.raises(UserError, match=r"mix outputs \[2, 64, 4, 6\].*not a grid"):
+        survey_model(model, ["mix"], (3, 16, 16))
+    no_patches = nn.Sequential(nn.Flatten(2), nn.Linear(64, 5)).eval()  # [N, 3, 64] -> [N, 3, 5]: no grid before
+    with pytest.raises(UserError, match="its patch grid cannot be told"):
+        survey_model(no_patches, ["1"], (3, 8, 8))
 
 
 def test_an_output_whose_layout_cannot_be_told_needs_the_job_to_say():
@@ -118,7 +150,7 @@ def _surveyed(name: str):
 def test_every_torchvision_classifier_reads_every_unit_it_selects_at_the_right_count(name, monkeypatch):
     """Random weights, the default selection (every Conv2d and Linear), the smallest input that runs: each layer
     read has as many units as its module has output channels or features, and every selected module is either
-    read or left out with a reason (ConvNeXt's, Swin's, MaxViT's and ViT's Linear layers: channels last or tokens).
+    read or left out with a reason (modules called through their weights, MaxViT's window partitions).
     Shapes and layouts need no trained values: torch.nn.init is a no-op while the model is built (regnet_y_128gf's
     644 M parameters took seconds to draw)."""
     for fn in [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]:
@@ -130,9 +162,12 @@ def test_every_torchvision_classifier_reads_every_unit_it_selects_at_the_right_c
         assert info.units == getattr(module, "out_channels", getattr(module, "out_features", None)), info.name
     assert sorted([info.name for info in survey.layers] + [w["name"] for w in survey.left_out]) == sorted(names)
     assert all(w["why"] for w in survey.left_out)
-    family_linear = {"convnext": "nhwc", "swin": "nhwc", "maxvit": "nhwc", "vit": "tokens"}.get(name.split("_")[0])
-    if family_linear:
-        assert family_linear in {w["layout"] for w in survey.left_out}
+    family_linear = {"convnext": "nhwc", "swin": "nhwc", "vit": "tokens"}.get(name.split("_")[0])
+    if family_linear:  # their blocks' MLPs are read on the last axis; a ViT's with its class token apart
+        assert family_linear in {info.layout for info in survey.layers}
+        assert all(info.prefix == (family_linear == "tokens") for info in survey.layers if info.layout == family_linear)
+    if name == "maxvit_t":
+        assert all("windows" in w["why"] for w in survey.left_out) and len(survey.left_out) == 88
 
 
 @pytest.mark.parametrize("name", ["alexnet", "resnet18", "densenet121", "mobilenet_v3_small", "efficientnet_b0",
@@ -154,18 +189,18 @@ def test_a_run_records_what_the_default_selection_left_out_and_describe_says_why
     from pipeline.cli import main
 
     make_images(tmp_path / "images", count=4, size=16)
-    job = write_job(tmp_path, job_toml("channels_last", [], input_size=16))
+    job = write_job(tmp_path, job_toml("windowed", [], input_size=16))
     assert main(["run", str(job)]) == 0
     assert "left out 1 module(s) of the default selection" in capsys.readouterr().out
     catalog = Catalog.open(tmp_path / "catalog")
     assert catalog.layers == ["conv", "fc"] and len(catalog.units()) == 4 + 2
     assert [layer["layout"] for layer in catalog.manifest["layers"]] == ["nchw", "nc"]
     (left,) = catalog.manifest["layers_left_out"]
-    assert (left["name"], left["layout"], left["shape"]) == ("block.1", "nhwc", [2, 16, 16, 6])
+    assert (left["name"], left["layout"], left["shape"]) == ("mix", "nhwc", [2, 64, 4, 6])
     assert main(["describe", str(tmp_path / "catalog")]) == 0
-    assert "channels last" in capsys.readouterr().out
+    assert "not a grid of the 16x16 input" in capsys.readouterr().out
 
-    job.write_text(job.read_text().replace("layers = []", 'layers = ["conv", "block.1"]'))
+    job.write_text(job.read_text().replace("layers = []", 'layers = ["conv", "mix"]'))
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
-    assert "block.1 outputs [2, 16, 16, 6]: [N, H, W, C], channels last" in err and "Traceback" not in err
+    assert "mix outputs [2, 64, 4, 6], [N, H, W, C], channels last, but" in err and "Traceback" not in err

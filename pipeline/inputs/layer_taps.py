@@ -2,7 +2,9 @@
 
 Forward hooks hand each layer's output to a reducer *inside* the hook (a
 following in-place ReLU would overwrite it later), and the pass stops as soon
-as the last selected layer has been seen: nothing after it is computed.
+as the last selected layer has been seen: nothing after it is computed. The
+reducer sees every layout units first, [N, C, H, W] (layouts.py); a token
+layer's prefix tokens go to `on_prefix`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from pipeline.inputs.layouts import units_first
 from pipeline.inputs.models import LayerInfo
 
 Reducer = Callable[[str, torch.Tensor], None]
@@ -23,12 +26,15 @@ class _AllLayersSeen(Exception):
 
 
 @contextmanager
-def tapped(model: nn.Module, layers: list[LayerInfo], reduce: Reducer) -> Iterator[Callable[[torch.Tensor], None]]:
-    """Hooks installed for the duration; yields `run(batch)` which feeds every layer's output to `reduce`.
+def tapped(model: nn.Module, layers: list[LayerInfo], reduce: Reducer,
+           on_prefix: Reducer | None = None) -> Iterator[Callable[[torch.Tensor], None]]:
+    """Hooks installed for the duration; yields `run(batch)` which feeds every layer's output to `reduce`, units first
+    ([N, C, H, W]), and a token layer's prefix tokens ([N, P, C]) to `on_prefix`.
 
     A module called several times per forward (a shared ReLU) is read on its last call.
     """
     modules = dict(model.named_modules())
+    infos = {info.name: info for info in layers}
     calls = {info.name: 0 for info in layers}
     wanted = {info.name: info.calls for info in layers}
     done: set[str] = set()
@@ -37,7 +43,11 @@ def tapped(model: nn.Module, layers: list[LayerInfo], reduce: Reducer) -> Iterat
         def hook(_m, _i, out):
             calls[name] += 1
             if calls[name] == wanted[name]:
-                reduce(name, out if out.dim() == 4 else out[:, :, None, None])
+                info = infos[name]
+                grid, prefix = units_first(out, info.layout, info.spatial, info.prefix)
+                reduce(name, grid)
+                if prefix is not None and on_prefix is not None:
+                    on_prefix(name, prefix)
                 done.add(name)
                 if len(done) == len(layers):
                     raise _AllLayersSeen

@@ -7,14 +7,20 @@ the channel axis would catalog garbage, so the layout of every selected output c
 produced it: the module itself when its type says (`own_layout`), else the last module of a known
 layout that ran before it and produced an output of the same shape (a ReLU after a Conv2d, a residual
 block ending in a BatchNorm2d and an addition).
+
+Every stage reads a layer's units first: `units_first` turns any layout into the grid [N, C, H, W] (a
+token layer's patch tokens on the patch grid the patch embedding made) and its prefix tokens [N, P, C].
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 NCHW, NC, NHWC, TOKENS = "nchw", "nc", "nhwc", "tokens"
-SUPPORTED = (NCHW, NC)  # what the stages read today; channels-last and token layouts are refused or left out
+SUPPORTED = (NCHW, NC, NHWC, TOKENS)
+CHANNELS_LAST = (NHWC, TOKENS)  # the layouts with the units on the last axis
+MAX_PREFIX = 16  # tokens before the patch grid: class, registers (DINOv2 has 4), distillation
 
 RANKS = {NCHW: 4, NC: 2, NHWC: 4, TOKENS: 3}  # a layout's number of axes, the batch's included
 DESCRIBED = {
@@ -67,10 +73,56 @@ def produced_layout(ran: list[tuple[tuple[int, ...], str | None]], shape: tuple[
     return None
 
 
-def why_not_read(name: str, shape: tuple[int, ...], layout: str | None) -> str:
-    """Why the units of this output are not cataloged (yet), for a refusal or the manifest's left-out list."""
-    if layout is None:
-        return (f"{name} outputs {list(shape)}, and neither its type nor a module before it with an output of that shape "
-                "tells which axis holds its channels")
-    return (f"{name} outputs {list(shape)}: {DESCRIBED[layout]}; this version catalogs the units of channels-first "
-            "[N, C, H, W] and [N, C] outputs only, and reading another axis as the channels would misread them")
+def grid_shape(layout: str, shape: tuple[int, ...], grids: list[tuple[int, int]],
+               input_hw: tuple[int, int]) -> tuple[tuple[int, ...], int] | str:
+    """(units-first shape (C, H, W) or (C,), prefix tokens) of an output of `shape` (batch axis included) in
+    `layout`; or why its positions cannot be placed on a grid of the image. `grids`: the (H, W) of the
+    channels-first outputs that ran before it, in order (the patch embedding's tells a token layer its grid)."""
+    if layout == NC:
+        return (shape[1],), 0
+    if layout == NCHW:
+        return tuple(shape[1:]), 0
+    if layout == NHWC:
+        h, w = shape[1:3]
+        if h * input_hw[1] != w * input_hw[0] and (h, w) not in grids:
+            return (f"[N, {h}, {w}, C] is not a grid of the {input_hw[0]}x{input_hw[1]} input (its sides do not keep "
+                    "the input's aspect, nor did an earlier feature map have them): windows or partitions of the "
+                    "image (as MaxViT's attention blocks make), whose mapping back to the grid this version does not read")
+        return (shape[3], h, w), 0
+    tokens = shape[1]
+    for h, w in reversed(grids):
+        if 0 <= tokens - h * w <= MAX_PREFIX:
+            return (shape[2], h, w), tokens - h * w
+    return (f"no feature map of at most {tokens} positions (a patch embedding) ran before its {tokens} tokens, so "
+            "its patch grid cannot be told (windowed attention, pooled or merged tokens)")
+
+
+def units_first(out: torch.Tensor, layout: str, grid: tuple[int, int] = (1, 1),
+                prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the grid [N, C, H, W], a view ([N, C, 1, 1] for [N, C]), the prefix tokens [N, P, C] or None)."""
+    if layout == NHWC:
+        return out.permute(0, 3, 1, 2), None
+    if layout == TOKENS:
+        return out[:, prefix:].unflatten(1, grid).permute(0, 3, 1, 2), (out[:, :prefix] if prefix else None)
+    return (out if out.dim() == 4 else out[:, :, None, None]), None
+
+
+def units_axis_1(out: torch.Tensor, layout: str) -> torch.Tensor:
+    """A view of `out` with the units on axis 1 (writing into it writes into `out`)."""
+    return out.movedim(-1, 1) if layout in CHANNELS_LAST else out
+
+
+def native_map(mean_map: torch.Tensor, prefix_mean: torch.Tensor | None, layout: str) -> torch.Tensor:
+    """One image's output in the layer's own layout from its units-first grid [C, H, W] and prefix [P, C]."""
+    if layout == NHWC:
+        return mean_map.permute(1, 2, 0).contiguous()
+    if layout == TOKENS:
+        grid = mean_map.reshape(mean_map.shape[0], -1).T
+        return torch.cat([prefix_mean, grid]) if prefix_mean is not None else grid.contiguous()
+    return mean_map.reshape(-1) if layout == NC else mean_map
+
+
+def why_not_read(name: str, shape: tuple[int, ...]) -> str:
+    """Why the units of an output of unknown layout are not cataloged, for a refusal or the manifest's left-out list."""
+    return (f"{name} outputs {list(shape)}, and neither its type nor a module before it with an output of that shape "
+            "tells which axis holds its channels")

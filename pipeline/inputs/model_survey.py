@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
-from pipeline.inputs.fingerprints import hash_tensors
-from pipeline.inputs.layouts import NC, RANKS, SUPPORTED, own_layout, produced_layout, why_not_read
+from pipeline.inputs.fingerprints import hash_tensors, json_fingerprint
+from pipeline.inputs.layouts import (DESCRIBED, NC, NCHW, RANKS, SUPPORTED, grid_shape, own_layout, produced_layout,
+                                     why_not_read)
 from pipeline.inputs.models import LayerInfo
 
 NEVER_RUN = ("never called by the model's forward: a branch eval mode skips (an auxiliary head), or a module whose "
@@ -55,17 +56,22 @@ def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, in
     reads_input: list[str] = []
     ran: list[tuple[tuple[int, ...], str | None]] = []  # every leaf module's output: (shape, own layout), in order
     found: dict[str, str | None] = {}  # layer -> the layout of its last output
+    grids: list[tuple[int, int]] = []  # the (H, W) of every channels-first leaf output, in order
+    grids_seen: dict[str, int] = {}  # layer -> how many of `grids` ran before its last output
 
     def on_leaf(m, out, name):
         order.append(name)
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
         ran.append((shape, own_layout(m, shape)))
+        if ran[-1][1] == NCHW:
+            grids.append(shape[2:])
 
     def on_layer(m, _i, out, name):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
         shapes[name].append(shape)
         ready[name] = len(order)
         found[name] = _layout(name, m, shape, ran, layouts or {})
+        grids_seen[name] = len(grids)
 
     handles = [m.register_forward_hook(lambda m, _i, o, name=name: on_leaf(m, o, name))
                for name, m in modules.items() if name and not any(True for _ in m.children())]
@@ -81,11 +87,15 @@ def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, in
     finally:
         for h in handles:
             h.remove()
-    left_out = [_why_left_out(name, shapes[name], found.get(name), explicit) for name in layers]
+    placed = {name: _placed(shapes[name], found.get(name), grids[: grids_seen.get(name, 0)], input_shape[1:])
+              for name in layers}
+    left_out = [_why_left_out(name, shapes[name], found.get(name), placed[name], explicit) for name in layers]
     read = [name for name, why in zip(layers, left_out) if why is None]
-    infos = [LayerInfo(name, shapes[name][-1][1:], len(shapes[name])) for name in read]
+    infos = [LayerInfo(name, placed[name][0], len(shapes[name]), found[name], placed[name][1]) for name in read]
     digests: dict[str, bytes] = {}  # each module's own, made once: a layer's hash combines its upstream modules'
-    prints = {name: _upstream_hash(modules, sorted(set(order[: ready[name]]) | {name}), digests) for name in read}
+    prints = {info.name: json_fingerprint([_upstream_hash(modules, sorted(set(order[: ready[info.name]]) | {info.name}),
+                                                          digests), info.layout, info.shape, info.prefix])
+              for info in infos}
     output = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     return ModelSurvey(infos, prints, [name for name in read if name in reads_input], output, [w for w in left_out if w])
 
@@ -103,23 +113,38 @@ def _layout(name: str, module: nn.Module, shape: tuple[int, ...], ran: list, lay
     return own_layout(module, shape) or produced_layout(ran, shape)
 
 
-def _why_left_out(name: str, shapes: list[tuple[int, ...]], layout: str | None, explicit: bool) -> dict | None:
+def _placed(shapes: list[tuple[int, ...]], layout: str | None, grids: list[tuple[int, int]],
+            input_hw: tuple[int, int]) -> tuple[tuple[int, ...], int] | str | None:
+    """(units-first shape, prefix tokens) of a layer's last output, why it has none, or None (not run, no layout)."""
+    if not shapes or not shapes[-1] or layout is None:
+        return None
+    if shapes[-1][0] != 2:
+        return (f"its batch axis holds {shapes[-1][0]} rows for 2 images: windows of the image stacked on the batch "
+                "(windowed attention), whose mapping back to the grid this version does not read")
+    return grid_shape(layout, shapes[-1], grids, input_hw)
+
+
+def _why_left_out(name: str, shapes: list[tuple[int, ...]], layout: str | None, placed, explicit: bool) -> dict | None:
     """None when the layer's units are read; else, of a default selection, why it is left out."""
     if not shapes:
         why = NEVER_RUN
     elif not shapes[-1]:
         why = f"{name} outputs a non-tensor; units need a tensor output"
     elif layout not in SUPPORTED:
-        why = why_not_read(name, shapes[-1], layout)
+        why = why_not_read(name, shapes[-1])
+    elif isinstance(placed, str):
+        why = f"{name} outputs {list(shapes[-1])}, {DESCRIBED[layout]}, but {placed}"
     else:
         return None
     if explicit and not shapes:
         raise UserError(f"model.layers: module {name!r} is {why}; choose another layer.")
     if explicit and not shapes[-1]:
         raise UserError(f"model.layers: {why}; choose another layer.")
+    if explicit and layout is None:
+        raise UserError(f"model.layers: {why}. Say where they are with [model] layouts = {{ \"{name}\" = \"nchw\" }} "
+                        '(or "nhwc", "tokens", "nc"), or choose another module.')
     if explicit:
-        raise UserError(f"model.layers: {why}. Choose another module or leave it out; if its channels are on axis 1 "
-                        f'after all, say so with [model] layouts = {{ "{name}" = "nchw" }}.')
+        raise UserError(f"model.layers: {why}. Choose another module or leave it out.")
     return {"name": name, "shape": list(shapes[-1]) if shapes else None, "layout": layout, "why": why}
 
 

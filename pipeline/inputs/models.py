@@ -48,20 +48,23 @@ class ModelRecipe:
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One selected layer: its module path, output shape for one image, and how often forward calls it."""
+    """One selected layer: its module path, its units-first shape for one image, how often forward calls it, and
+    where its output keeps the units (layouts.py): `shape` is (C, H, W) or (C,) whatever the layout, H x W being
+    the patch grid of a token layer, whose first `prefix` tokens (class, register, distillation) lie off the grid."""
 
     name: str
     shape: tuple[int, ...]  # (C, H, W) or (C,)
     calls: int
+    layout: str = ""  # "nchw", "nc", "nhwc" or "tokens"; "" = nchw for (C, H, W), nc for (C,)
+    prefix: int = 0  # tokens before the patch grid (tokens layout only)
+
+    def __post_init__(self) -> None:
+        if not self.layout:
+            object.__setattr__(self, "layout", "nchw" if len(self.shape) == 3 else "nc")
 
     @property
     def units(self) -> int:
         return self.shape[0]
-
-    @property
-    def layout(self) -> str:
-        """Where the units are: axis 1 of [N, C, H, W] ("nchw") or of [N, C] ("nc"); see layouts.py."""
-        return "nchw" if len(self.shape) == 3 else "nc"
 
     @property
     def spatial(self) -> tuple[int, int]:

@@ -29,6 +29,7 @@ class ReceptiveField:
     size: tuple[int, int] = (1, 1)  # box extent in input pixels (y, x)
     whole_image: bool = False  # every position sees the whole input
     exact: bool = True  # False when an operation was not understood and the whole image was assumed
+    around_peak: bool = False  # not the theoretical field: a box of half the image's side around the position's patch
 
     def box(self, y: int, x: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(y0, x0, y1, x1), half-open, clipped to the image."""
@@ -44,6 +45,19 @@ class ReceptiveField:
         x0 = self.offset[1] + x * self.jump[1]
         out = np.stack([y0, x0, y0 + self.size[0], x0 + self.size[1]], axis=-1)
         return np.clip(out, 0, np.array([height, width, height, width]))
+
+
+def around_peak(field: ReceptiveField, grid: tuple[int, int], input_hw: tuple[int, int]) -> ReceptiveField:
+    """The crop rule where the analysis could not follow the layer (attention, token and channels-last blocks):
+    every position may see the whole image, but the layer keeps a grid of patches, so a crop is the square of half
+    the image's side centred on the position's patch. A field that was understood, or a layer without a grid
+    ([N, C], a 1x1 map), keeps its field."""
+    if field.exact or not field.whole_image or grid == (1, 1):
+        return field
+    jump = (max(1, input_hw[0] // grid[0]), max(1, input_hw[1] // grid[1]))
+    size = (max(input_hw[0] // 2, jump[0]), max(input_hw[1] // 2, jump[1]))
+    offset = (jump[0] // 2 - size[0] // 2, jump[1] // 2 - size[1] // 2)
+    return ReceptiveField(jump, offset, size, whole_image=False, exact=False, around_peak=True)
 
 
 WHOLE = ReceptiveField(whole_image=True)

@@ -29,6 +29,7 @@ import pipeline.render.pictures as pictures
 from pipeline.render.chart import concept_chart
 from pipeline.render.diff_page import diff_context
 from pipeline.render.importance import class_bars, importance_context
+from pipeline.render.prefix_tokens import prefix_summaries
 from pipeline.render.relations import neighbour_strips, write_search_index
 from pipeline.render.spectrum import featvis_kinds, spectrum_pictures, spectrum_strips
 
@@ -133,6 +134,7 @@ def _layer_summary(layer: dict, units: pd.DataFrame, slug: dict[str, str]) -> di
     dissected = rows["interpretable"].notna().any()
     hits = rows[rows["interpretable"].fillna(False).astype(bool)]
     return {"name": layer["name"], "slug": slug[layer["name"]], "units": layer["units"], "shape": "x".join(map(str, layer["shape"])),
+            "layout": layer.get("layout", "nchw"), "prefix_tokens": layer.get("prefix_tokens", 0),
             "dead": int(rows["dead"].sum()), "interpretable": int(len(hits)) if dissected else None,
             "concepts": int(hits["label"].nunique()) if dissected else None, "chart": concept_chart(rows) if dissected else None}
 
@@ -172,6 +174,8 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
     by_class = class_bars(catalog, info["name"])
     spectra = spectrum_strips(catalog, info["name"], info["slug"], rows,
                               featvis_kinds(catalog.manifest, views, FEATVIS_VIEWS) if featvis else [])
+    prefixes = prefix_summaries(catalog, info["name"])
+    caveat = (catalog.manifest.get("featvis") or {}).get("projections_caveat")
     for i, row in enumerate(records):
         u = int(row["unit"])
         mine = concepts.get(u)
@@ -187,7 +191,7 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
             concepts=mine.to_dict("records") if mine is not None else [], stats=stats, similar=strips.get(u, []),
             class_importance=by_class.get(u), spectrum=spectra.get(u, []),
             projections=[(method, f"img/{info['slug']}/{u}-{method}.png") for method in ("deconvnet", "guided")]
-            if has_projections else [],
+            if has_projections else [], projections_caveat=caveat, prefix_tokens=prefixes.get(u, []),
             threshold=float(mine["threshold"].iloc[0]) if mine is not None and len(mine) else 0.0)
         (folder / f"{u}.html").write_text(html)
     return len(records)

@@ -243,3 +243,123 @@ class ChannelsLast(nn.Module):
 def channels_last() -> nn.Module:
     torch.manual_seed(0)
     return ChannelsLast()
+
+
+# --- units off axis 1: planted colour detectors in a token model and a channels-last model ---------------------------
+
+DETECTORS = torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]])  # red, blue, green (as ColorDetectors)
+
+
+def _patch_detectors() -> nn.Conv2d:
+    """2x2 patches, stride 2, of 4 channels: channels 0-2 ColorDetectors' red, blue and green on a patch of one colour
+    (each tap a quarter of the 1x1 detector; input mean 0.5 / std 0.5), channel 3 always 0."""
+    conv = nn.Conv2d(3, 4, 2, stride=2)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:3] = (DETECTORS / 4)[:, :, None, None].expand(3, 3, 2, 2)
+        conv.bias.copy_(torch.tensor([-2.0, -2.0, -2.0, 0.0]))
+    return conv
+
+
+class PlantedTokens(nn.Module):
+    """A ViT-like model whose token units are planted: a patch embedding (16x16 patches of a 32 px image), a class
+    token first, then `mlp` (the identity, a Linear over [N, 257, 4]) and `relu` ([N, 257, 4]). `relu` units 0, 1, 2
+    are exactly 1 on patches of pure red, blue, green and 0 elsewhere; unit 3 is 1 at the class token only. The
+    head reads the class token and the mean patch token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = _patch_detectors()
+        self.cls = nn.Parameter(torch.tensor([[[0.0, 0.0, 0.0, 1.0]]]))
+        self.mlp = nn.Linear(4, 4)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.mlp.weight.copy_(torch.eye(4))
+            self.mlp.bias.zero_()
+            self.head.weight.copy_(torch.tensor([[4.0, 0.0, -4.0, 1.0], [-4.0, 0.0, 4.0, -1.0]]))
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1)
+        out = self.relu(self.mlp(tokens))
+        return self.head(out[:, 0] + out[:, 1:].mean(dim=1))
+
+
+def planted_tokens() -> nn.Module:
+    return PlantedTokens()
+
+
+class PlantedChannelsLast(nn.Module):
+    """A ConvNeXt-like model whose channels-last units are planted: the patch detectors, a permute to [N, H, W, C],
+    `mlp` (the identity Linear) and `relu`, a permute back, a pooled head. `relu` units 0, 1, 2 are exactly 1 on
+    patches of pure red, blue, green and 0 elsewhere; unit 3 is always 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = _patch_detectors()
+        self.to_last = Permute([0, 2, 3, 1])
+        self.mlp = nn.Linear(4, 4)
+        self.relu = nn.ReLU()
+        self.to_first = Permute([0, 3, 1, 2])
+        self.head = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.mlp.weight.copy_(torch.eye(4))
+            self.mlp.bias.zero_()
+            self.head.weight.copy_(torch.tensor([[4.0, 0.0, -4.0, 0.0], [-4.0, 0.0, 4.0, 0.0]]))
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.to_first(self.relu(self.mlp(self.to_last(self.patch(x)))))
+        return self.head(out.mean(dim=(2, 3)))
+
+
+def planted_channels_last() -> nn.Module:
+    return PlantedChannelsLast()
+
+
+# --- today's architectures, tiny and real: torchvision's own classes --------------------------------------------------
+
+def tiny_vit() -> nn.Module:
+    """torchvision's VisionTransformer: 32 px, 8 px patches (a 4x4 grid and a class token), one block."""
+    from torchvision.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32,
+                             num_classes=2)
+
+
+def tiny_swin() -> nn.Module:
+    """torchvision's SwinTransformer: 4 px patches, two stages of one block, 2x2 windows, channels last throughout."""
+    from torchvision.models.swin_transformer import SwinTransformer
+    torch.manual_seed(0)
+    return SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=[2, 2],
+                           num_classes=2)
+
+
+def tiny_convnext() -> nn.Module:
+    """torchvision's ConvNeXt: two stages of one block (depthwise conv channels first, its MLP channels last)."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+    torch.manual_seed(0)
+    return ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], num_classes=2)
+
+
+class Windowed(nn.Module):
+    """A MaxViT-like partition: a conv (NCHW), its map cut into 2x2 windows [N, windows, 4, C], a Linear over them
+    (whose [N, G, P, C] output is no grid of the image), and a pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.mix = nn.Linear(4, 6)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = self.conv(x).shape
+        windows = self.conv(x).reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(n, -1, 4, c)
+        return self.fc(self.mix(windows).mean(dim=(1, 2)))
+
+
+def windowed() -> nn.Module:
+    torch.manual_seed(0)
+    return Windowed()

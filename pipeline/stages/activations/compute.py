@@ -68,13 +68,16 @@ class LayerPartial:
     probe_ids: np.ndarray  # int64 [m] the probe images seen, in the order of `probe`
     probe: np.ndarray  # float32 [m, C] each probe image's mean activation per unit
     maxima: Maxima = field(default_factory=Maxima.none)  # every image's spatial max (kept for the spectrum only)
+    prefix_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the images of `prefix`, in order
+    prefix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float16))  # [m, P, C] prefix tokens
 
     @classmethod
     def empty(cls, info: LayerInfo, k: int) -> LayerPartial:
         c, (h, w) = info.units, info.spatial
         return cls(0, np.zeros(c), np.zeros(c), np.zeros(c, np.int64), np.full(c, -np.inf, np.float32),
                    np.full(c, np.inf, np.float32), np.zeros((c, h, w)), Ranked.empty(c, k, True), Ranked.empty(c, k, False),
-                   np.zeros(c, np.int64), np.zeros(0, np.int64), np.zeros((0, c), np.float32))
+                   np.zeros(c, np.int64), np.zeros(0, np.int64), np.zeros((0, c), np.float32), Maxima.none(),
+                   np.zeros(0, np.int64), np.zeros((0, info.prefix, c), np.float16))
 
     def merged(self, o: LayerPartial) -> LayerPartial:
         return LayerPartial(
@@ -82,7 +85,8 @@ class LayerPartial:
             np.maximum(self.vmax, o.vmax), np.minimum(self.vmin, o.vmin), self.map_sum + o.map_sum,
             self.top.merged(o.top, True), self.bottom.merged(o.bottom, False), self.nonfinite + o.nonfinite,
             np.concatenate([self.probe_ids, o.probe_ids]), np.concatenate([self.probe, o.probe]),
-            self.maxima.merged(o.maxima),
+            self.maxima.merged(o.maxima), np.concatenate([self.prefix_ids, o.prefix_ids]),
+            np.concatenate([a for a in (self.prefix, o.prefix) if len(a)] or [self.prefix]),  # a batch's may be shapeless
         )
 
 
@@ -183,7 +187,11 @@ def compute(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch],
         probe = np.fromiter((int(i) in probe_ids for i in ids_now[0]), bool, len(ids_now[0]))
         current[name] = reduce_batch(out, ids_now[0], k, scratch[0][: out.numel()], probe, spectrum)
 
-    with tapped(model, layers, reduce) as run:
+    def keep_prefix(name: str, prefix: torch.Tensor) -> None:
+        current[name].prefix_ids = ids_now[0].astype(np.int64)
+        current[name].prefix = prefix.detach().to(torch.float16).cpu().numpy()
+
+    with tapped(model, layers, reduce, keep_prefix) as run:
         with torch.inference_mode():
             for batch in batches:
                 ids_now[:] = [batch.image_ids]
@@ -205,6 +213,9 @@ class LayerResult:
     probe: np.ndarray  # float32 [C, m] mean activation on each probe image, in `probe_ids` order
     probe_ids: np.ndarray  # int64 [m], ascending
     spectrum: dict[str, np.ndarray] = field(default_factory=dict)  # empty: no spectrum (spectrum_quantiles = 0)
+    prefix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float16))  # [C, images, P], by image id
+    prefix_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [images] of `prefix`, ascending
+    prefix_mean: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # [P, C]: over the images
 
 
 def finalize(partial: ActivationsPartial, info: LayerInfo, rf: ReceptiveField, input_hw: tuple[int, int],
@@ -243,8 +254,17 @@ def finalize(partial: ActivationsPartial, info: LayerInfo, rf: ReceptiveField, i
     examples = {key: arr[order] for key, arr in examples.items()}
     mean_map = (p.map_sum / max(p.images, 1)).astype(np.float32)
     order = np.argsort(p.probe_ids, kind="stable")
+    by_id = np.argsort(p.prefix_ids, kind="stable")
     return LayerResult(units, examples, mean_map, np.ascontiguousarray(p.probe[order].T), p.probe_ids[order],
-                       spectrum_columns(p, info, rf, input_hw, *spectrum))
+                       spectrum_columns(p, info, rf, input_hw, *spectrum),
+                       np.ascontiguousarray(p.prefix[by_id].transpose(2, 0, 1)), p.prefix_ids[by_id],
+                       prefix_mean(p.prefix[by_id], info.prefix, c))
+
+
+def prefix_mean(prefix: np.ndarray, tokens: int, units: int) -> np.ndarray:
+    """float32 [P, C]: the mean over the images of their prefix activations [images, P, C], in image-id order (the
+    same sum whatever the shards); zeros without images."""
+    return prefix.astype(np.float64).mean(axis=0).astype(np.float32) if len(prefix) else np.zeros((tokens, units), np.float32)
 
 
 def example_columns(info: LayerInfo, rf: ReceptiveField, input_hw: tuple[int, int], unit: np.ndarray, rank: np.ndarray,

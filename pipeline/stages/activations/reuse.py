@@ -12,7 +12,7 @@ import pyarrow as pa
 from catalog_schema import Catalog
 from catalog_schema.layout import ACTIVATION_COLUMNS
 from catalog_schema.tables import from_table, rows_of_layer
-from pipeline.stages.activations.compute import LayerResult
+from pipeline.stages.activations.compute import LayerResult, prefix_mean
 
 
 def read_layer(previous: Catalog, units: pa.Table, layer: str) -> LayerResult:
@@ -23,8 +23,11 @@ def read_layer(previous: Catalog, units: pa.Table, layer: str) -> LayerResult:
     examples = previous.arrow("examples", filters=[("layer", "==", layer)])
     spectrum = previous.arrow("spectrum", filters=[("layer", "==", layer)])  # empty in a catalog without one
     probe, ids = previous.probes(layer)
-    return LayerResult(columns, {c: from_table(examples, c) for c in examples.column_names}, previous.mean_map(layer),
-                       probe, ids, {c: from_table(spectrum, c) for c in spectrum.column_names} if len(spectrum) else {})
+    mean_map = previous.mean_map(layer)
+    prefix, prefix_ids = previous.prefix_tokens(layer) or (np.zeros((len(mean_map), 0, 0), np.float16), np.zeros(0, np.int64))
+    return LayerResult(columns, {c: from_table(examples, c) for c in examples.column_names}, mean_map,
+                       probe, ids, {c: from_table(spectrum, c) for c in spectrum.column_names} if len(spectrum) else {},
+                       prefix, prefix_ids, prefix_mean(prefix.transpose(1, 2, 0), prefix.shape[2], len(mean_map)))
 
 
 def read_skipped(previous: Catalog) -> list[tuple[int, str]]:

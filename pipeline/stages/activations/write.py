@@ -44,6 +44,8 @@ def write_activations(draft: Draft, plan: RunPlan, result: ActivationsResult, se
         draft.array(cs.MEAN_MAPS, info.name, res.mean_map)
         draft.array(cs.PROBES, info.name, res.probe, {"image_ids": [int(i) for i in res.probe_ids],
                                                        "paths": [paths[int(i)] for i in res.probe_ids]})
+        if info.prefix:
+            draft.array(cs.PREFIX_TOKENS, info.name, res.prefix, {"image_ids": [int(i) for i in res.prefix_ids]})
     return ManifestPart(_manifest_sections(plan, draft.units, result.skipped), asdict(settings))
 
 
@@ -81,9 +83,10 @@ def _manifest_sections(plan: RunPlan, units: dict[str, np.ndarray], skipped: lis
         in_layer = units["layer"] == info.name
         layers.append({
             "name": info.name, "units": info.units, "shape": list(info.shape), "layout": info.layout,
+            "prefix_tokens": info.prefix,
             "dead_units": int(dead[in_layer].sum()),
             "receptive_field": {"jump": list(rf.jump), "offset": list(rf.offset), "size": list(rf.size),
-                                "whole_image": rf.whole_image, "exact": rf.exact},
+                                "whole_image": rf.whole_image, "exact": rf.exact, "around_peak": rf.around_peak},
         })
     return {
         "layers": layers,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.inputs.models import LayerInfo
 from pipeline.stages.featvis import objectives as obj
 from pipeline.stages.featvis.param import ImageParam, init_params
 from pipeline.stages.featvis.transforms import Transforms
@@ -107,9 +108,10 @@ def _objective(settings: FeatvisSettings) -> obj.Objective:
 
 
 def visualize(model: nn.Module, layer: str, layer_index: int, units: list[int], settings: FeatvisSettings, seed: int,
-           device: str = "cpu", batch: int | None = None) -> FeatvisChunk:
+           device: str = "cpu", batch: int | None = None, info: LayerInfo | None = None) -> FeatvisChunk:
     """Every view of every unit in `units`, in batches of `batch` whole units (default: as many as `batch_units`
-    images hold); a short batch is padded to that size."""
+    images hold); a short batch is padded to that size. `info` tells where the layer keeps its units (default:
+    axis 1); the objectives read its patch grid, units first, never a token layer's prefix tokens."""
     views = settings.views()
     per_batch = batch or max(1, settings.batch_units // len(views))
     parts = []
@@ -117,12 +119,14 @@ def visualize(model: nn.Module, layer: str, layer_index: int, units: list[int], 
         for start in range(0, len(units), per_batch):
             real = list(units[start:start + per_batch])
             padded = real + [real[-1]] * (per_batch - len(real))  # a fixed batch size keeps results batch-independent
-            parts.append([a[:len(real)] for a in _optimize(model, layer, layer_index, padded, views, settings, seed, device)])
+            parts.append([a[:len(real)] for a in _optimize(model, layer, layer_index, padded, views, settings, seed, device,
+                                                           info)])
     return FeatvisChunk(layer, np.asarray(units), *(np.concatenate(column) for column in zip(*parts)))
 
 
 def _optimize(model: nn.Module, layer: str, layer_index: int, units: list[int], views: list[tuple[str, int]],
-              settings: FeatvisSettings, seed: int, device: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              settings: FeatvisSettings, seed: int, device: str,
+              info: LayerInfo | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     channels, size = len(settings.mean), settings.size
     jobs = [(u, v) for u in units for v in range(len(views))]
     rngs = [np.random.default_rng([seed, layer_index, u, v]) for u, v in jobs]
@@ -140,7 +144,7 @@ def _optimize(model: nn.Module, layer: str, layer_index: int, units: list[int], 
     mean = torch.tensor(settings.mean, device=device)[None, :, None, None]
     std = torch.tensor(settings.std, device=device)[None, :, None, None]
     image = ImageParam(settings.param, size, channels, settings.param == "fourier", settings.chroma, device)
-    forward = LayerForward(model, layer, objective.needs_output)
+    forward = LayerForward(model, layer, objective.needs_output, info)
     with torch.no_grad():
         layout = fast_layout(forward, image(params))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(settings))

@@ -23,6 +23,21 @@ def relus_replaced(model: nn.Module, relu: Callable[[torch.Tensor], torch.Tensor
             del m.forward
 
 
+_NOT_RELU = (nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU, nn.PReLU, nn.Sigmoid,
+             nn.Tanh, nn.Hardsigmoid, nn.Softmax, nn.MultiheadAttention, nn.LayerNorm)
+
+
+def projection_caveat(model: nn.Module) -> str | None:
+    """None for a ReLU network; else what the deconvnet and guided-backprop maps are on this model (they are defined
+    for ReLUs only: every other operation passes the plain gradient)."""
+    found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _NOT_RELU)})
+    if not found:
+        return None
+    return (f"This model computes with {', '.join(found)}: the deconvnet and guided backpropagation are defined for "
+            "ReLU networks, and here only its nn.ReLU modules apply their rule while everything else passes the plain "
+            "gradient; read these maps as (partly rectified) gradients, not as the methods' reconstructions.")
+
+
 @contextmanager
 def parameters_frozen(model: nn.Module) -> Iterator[None]:
     """No parameter of the model needs a gradient inside the block (only the input image is optimized);

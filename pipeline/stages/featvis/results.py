@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from catalog_schema import Catalog
+from pipeline.inputs.models import LayerInfo
 from pipeline.stages.featvis import optimize, projections
 from pipeline.stages.featvis.settings import FeatvisSettings
 
@@ -16,10 +17,14 @@ class FeatvisTask:
     """Units of one layer rendered together (whole optimization batches)."""
 
     index: int
-    layer: str
+    info: LayerInfo  # the layer, and where its output keeps the units
     layer_index: int  # position among the job's layers: part of each image's seed
     units: tuple[int, ...]
     batch: int  # units optimized together: the same for every task of the layer (a short one is padded)
+
+    @property
+    def layer(self) -> str:
+        return self.info.name
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class FeatvisPart:
     settings: FeatvisSettings
     tasks: tuple[FeatvisTask, ...]
     filters: dict[str, np.ndarray]  # layer -> uint8 [units, kh, kw, 3], for layers that convolve the input
+    projection_caveat: str | None = None  # what the projections are on a model that is not a ReLU network
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pipeline.stages.activations.stage import ActivationsStage
 from pipeline.stages.activations.stage import settings_hash as activations_hash
 from pipeline.stages.featvis import optimize, projections
 from pipeline.stages.featvis.filters import filter_images
+from pipeline.stages.featvis.relu_rules import projection_caveat
 from pipeline.stages.featvis.results import FeatvisPart, FeatvisResult, FeatvisTask
 from pipeline.stages.featvis.settings import FeatvisSection, FeatvisSettings
 from pipeline.stages.featvis.write import write_featvis
@@ -44,7 +45,8 @@ class FeatvisStage(Stage[FeatvisSection, FeatvisPart, FeatvisResult]):
         settings = FeatvisSettings(**{**cfg.__dict__, "size": size, "mean": tuple(job.model.mean), "std": tuple(job.model.std)})
         modules = dict(model.named_modules())
         filters = {name: filter_images(modules[name]) for name in survey.input_convolutions}
-        return FeatvisPart(settings, _tasks(plan.layers, _rendered_layers(model, cfg, plan.layers), settings), filters)
+        return FeatvisPart(settings, _tasks(plan.layers, _rendered_layers(model, cfg, plan.layers), settings), filters,
+                           projection_caveat(model))
 
     def inputs(self, plan: RunPlan) -> LayerInputs:
         fp, part = plan.fingerprints, self.part(plan)
@@ -107,7 +109,7 @@ def _tasks(layers: list[LayerInfo], names: list[str], settings: FeatvisSettings)
             per_task = -(-info.units // -(-info.units // most))
             for start in range(0, info.units, per_task):
                 units = tuple(range(start, min(start + per_task, info.units)))
-                tasks.append(FeatvisTask(len(tasks), info.name, layer_index, units, per_task))
+                tasks.append(FeatvisTask(len(tasks), info, layer_index, units, per_task))
     return tuple(tasks)
 
 
@@ -126,7 +128,7 @@ def projection_requests(plan: RunPlan, layers: dict[str, Any]) -> list[projectio
 def render_task(worker: Worker, task: FeatvisTask, settings: FeatvisSettings, seed: int) -> dict[int, optimize.FeatvisChunk]:
     """On an actor: one task's units rendered, keyed by the task's index."""
     chunk = optimize.visualize(worker.model(), task.layer, task.layer_index, list(task.units), settings, seed, worker.device,
-                          task.batch)
+                               task.batch, task.info)
     return {task.index: chunk}
 
 

@@ -12,6 +12,9 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from pipeline.inputs.layouts import NC, NCHW, units_first
+from pipeline.inputs.models import LayerInfo
+
 
 class _Stop(Exception):
     pass
@@ -38,10 +41,11 @@ def forward_to(model: nn.Module, layer: str, x: torch.Tensor, needs_output: bool
 
 class LayerForward:
     """Calls as `forward_to(model, layer, x, needs_output)` does, on a truncated, folded copy when the model can be
-    traced (torch.fx) and the model's output is not needed; on the model itself, through a hook, otherwise."""
+    traced (torch.fx) and the model's output is not needed; on the model itself, through a hook, otherwise. The
+    layer's output comes units first ([N, C, H, W] or [N, C]: layouts.py) as `info` says where its units are."""
 
-    def __init__(self, model: nn.Module, layer: str, needs_output: bool) -> None:
-        self.model, self.layer, self.needs_output = model, layer, needs_output
+    def __init__(self, model: nn.Module, layer: str, needs_output: bool, info: LayerInfo | None = None) -> None:
+        self.model, self.layer, self.needs_output, self.info = model, layer, needs_output, info
         self.module = None if needs_output or model.training else _truncated(model, layer)
 
     def relu_owner(self) -> nn.Module:
@@ -50,8 +54,12 @@ class LayerForward:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.module is None:
-            return forward_to(self.model, self.layer, x, self.needs_output)
-        return self.module(x)["out"], None
+            acts, output = forward_to(self.model, self.layer, x, self.needs_output)
+        else:
+            acts, output = self.module(x)["out"], None
+        if self.info is None or self.info.layout in (NCHW, NC):
+            return acts, output
+        return units_first(acts, self.info.layout, self.info.spatial, self.info.prefix)[0], output
 
 
 def _truncated(model: nn.Module, layer: str) -> nn.Module | None:

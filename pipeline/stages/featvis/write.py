@@ -33,7 +33,8 @@ def write_featvis(draft: Draft, plan: RunPlan, result: FeatvisResult, part: Feat
     order = [info.name for info in plan.layers]
     section = {"views": [kind for kind, _ in part.settings.views()], "size": part.settings.size,
                "layers": sorted({task.layer for task in part.tasks}, key=order.index),
-               "flat_units": int(np.nansum(np.asarray(units["featvis_flat"], dtype=float)))}
+               "flat_units": int(np.nansum(np.asarray(units["featvis_flat"], dtype=float))),
+               "projections_caveat": part.projection_caveat}
     return ManifestPart({"featvis": section}, part.settings.described())
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from pipeline.inputs.layouts import units_axis_1
 from pipeline.stages.shapley.sites import AblationPoint, ablate, chain, chain_module, insert_points, site_value
 
 METRICS = ("accuracy", "cross_entropy")
@@ -66,9 +67,10 @@ def whole_model(model: nn.Module) -> Split:
     return Split(_Whole(), model, False)
 
 
-def split_model(model: nn.Module, players: Sequence[str]) -> Split:
+def split_model(model: nn.Module, players: Sequence[str], channels_last: frozenset[str] = frozenset()) -> Split:
     """Cut the forward just after the site of the first call of any player layer (its output, past the
-    per-channel operations that follow it); the later players are ablated at their sites in the suffix."""
+    per-channel operations that follow it); the later players are ablated at their sites in the suffix.
+    `channels_last`: the players whose units are on the last axis (NHWC, tokens)."""
     try:
         graph = _PlayersAsLeaves(players).trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure means: run the whole model
@@ -80,7 +82,7 @@ def split_model(model: nn.Module, players: Sequence[str]) -> Split:
     first = calls[0]
     if sum(n.target == first.target for n in calls) > 1:  # a layer called twice: it runs, hooked, in the suffix
         return split_before(model, nodes, nodes.index(first))
-    steps = chain(first, dict(model.named_modules()), set(calls))
+    steps = chain(first, dict(model.named_modules()), set(calls), first.target in channels_last)
     site = (steps or [first])[-1]
     at = nodes.index(site) + 1
     later = set(nodes[at:])
@@ -89,7 +91,7 @@ def split_model(model: nn.Module, players: Sequence[str]) -> Split:
         return split_before(model, nodes, nodes.index(first))
     split = _cut(model, nodes, at, cut)
     split.outputs = {first.target: cut.index(site)}
-    split.points, split.chains = insert_points(split.suffix, set(players) - {first.target})
+    split.points, split.chains = insert_points(split.suffix, set(players) - {first.target}, channels_last)
     split.chains[first.target] = chain_module(model, steps, first)
     return split
 
@@ -163,12 +165,14 @@ class Ablator:
     evaluation set and for each class's images, from the same forward.
 
     `layers` lists (module path, units); players are numbered layer after layer. `mean_maps` are shaped like one
-    image's output of each layer. Several coalitions are evaluated in one forward (the cached batch repeated, each
-    copy with its own units removed).
+    image's output of each layer, in its own layout (`layouts`, default "nchw": units on axis 1; "nhwc" and
+    "tokens" keep them on the last axis, and a removed unit is replaced at every position, prefix tokens too).
+    Several coalitions are evaluated in one forward (the cached batch repeated, each copy with its own units removed).
     """
 
     def __init__(self, split: Split, layers: Sequence[tuple[str, int]], mean_maps: Sequence[np.ndarray],
-                 eval_set: EvalSet, metric: str, device: str = "cpu", classes: int | None = None) -> None:
+                 eval_set: EvalSet, metric: str, device: str = "cpu", classes: int | None = None,
+                 layouts: Sequence[str] | None = None) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
         self.split, self.eval_set, self.metric, self.device = split, eval_set, metric, device
@@ -176,14 +180,15 @@ class Ablator:
                                                                    default=0)
         self.offsets = np.cumsum([0] + [units for _, units in layers])
         self.means = [torch.tensor(np.asarray(m, np.float32), device=device) for m in mean_maps]
-        self.fills = [site_value(split.chains[name], m) if name in split.chains else m
-                      for (name, _), m in zip(layers, self.means)]
+        self.layouts = list(layouts or ["nchw"] * len(layers))
+        self.fills = [units_axis_1((site_value(split.chains[name], m) if name in split.chains else m)[None], layout)[0]
+                      for (name, _), m, layout in zip(layers, self.means, self.layouts)]
         self.masks: list[torch.Tensor | None] = [None] * len(layers)
         self.suffix, copies = _suffix_copy(split)
         self.points = {i: copies.get(id(split.points[name]), split.points[name])
                        for i, (name, _) in enumerate(layers) if name in split.points}
         for i, point in self.points.items():
-            point.fill = self.fills[i]
+            point.fill, point.layout = self.fills[i], self.layouts[i]
         self.cached = {split.outputs[name]: i for i, (name, _) in enumerate(layers) if name in split.outputs}
         modules = dict(self.suffix.named_modules())
         hooked = [i for i, (name, _) in enumerate(layers) if name not in split.outputs and name not in split.points]
@@ -199,7 +204,11 @@ class Ablator:
     def _hook(self, index: int):
         def hook(_module: nn.Module, _inputs, out: torch.Tensor) -> torch.Tensor | None:
             mask = self.masks[index]
-            return None if mask is None else ablate(out.clone(), mask, self.fills[index])  # `out` may alias an input
+            if mask is None:
+                return None
+            out = out.clone()  # `out` may alias an input
+            ablate(units_axis_1(out, self.layouts[index]), mask, self.fills[index])
+            return out
         return hook
 
     def evaluate(self, removed: np.ndarray) -> np.ndarray:
@@ -236,7 +245,7 @@ class Ablator:
                   if isinstance(v, torch.Tensor) else v for v in cut]
         for at, i in self.cached.items():  # a copy: the cache is never written
             if self.masks[i] is not None:
-                ablate(inputs[at], self.masks[i], self.fills[i])
+                ablate(units_axis_1(inputs[at], self.layouts[i]), self.masks[i], self.fills[i])
         logits = self.suffix(*inputs).float().reshape(c, b, -1)
         per_class = torch.zeros(c, self.classes, device=self.device).index_add_(1, y, self._score(logits, y))
         return per_class.cpu().double().numpy()

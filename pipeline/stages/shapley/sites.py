@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from pipeline.inputs.layouts import units_axis_1
+
 PER_CHANNEL_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
     nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
@@ -29,6 +31,9 @@ PER_CHANNEL_FUNCTIONS = {
     F.adaptive_max_pool2d,
 }
 PER_CHANNEL_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
+# on a channels-last value (units on the last axis) pooling and batch norm mix or misread the units: only these
+_POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
+              nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity)
 
 
 def _node_args(node: fx.Node) -> list[fx.Node]:
@@ -37,10 +42,13 @@ def _node_args(node: fx.Node) -> list[fx.Node]:
     return found
 
 
-def _per_channel(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether `node` applies a per-channel, per-image operation to `source` (its only graph input)."""
+def _per_channel(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module], pointwise: bool = False) -> bool:
+    """Whether `node` applies a per-channel, per-image operation to `source` (its only graph input); `pointwise`:
+    an element-wise one (what keeps the units of a channels-last value apart)."""
     if _node_args(node) != [source] or not node.args or node.args[0] is not source:
         return False
+    if pointwise:
+        return node.op == "call_module" and isinstance(modules[node.target], _POINTWISE)
     if node.op == "call_module":
         module = modules[node.target]
         return isinstance(module, PER_CHANNEL_MODULES) or (isinstance(module, EVAL_ONLY_MODULES) and not module.training)
@@ -49,12 +57,13 @@ def _per_channel(node: fx.Node, source: fx.Node, modules: dict[str, nn.Module]) 
     return node.op == "call_method" and node.target in PER_CHANNEL_METHODS and len(node.args) == 1
 
 
-def chain(start: fx.Node, modules: dict[str, nn.Module], stop: set[fx.Node]) -> list[fx.Node]:
-    """The per-channel operations that alone read `start`'s value, one after the other (none of them in `stop`)."""
+def chain(start: fx.Node, modules: dict[str, nn.Module], stop: set[fx.Node], pointwise: bool = False) -> list[fx.Node]:
+    """The per-channel operations that alone read `start`'s value, one after the other (none of them in `stop`);
+    `pointwise`: element-wise modules only (for a player whose units are on the last axis)."""
     nodes, at = [], start
     while len(at.users) == 1:
         user = next(iter(at.users))
-        if user in stop or not _per_channel(user, at, modules):
+        if user in stop or not _per_channel(user, at, modules, pointwise):
             break
         nodes.append(user)
         at = user
@@ -81,11 +90,14 @@ class AblationPoint(nn.Module):
         super().__init__()
         self.removed: torch.Tensor | None = None
         self.fill: torch.Tensor | None = None
+        self.layout = "nchw"  # where the player keeps its units (set by the Ablator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.removed is None:
             return x
-        return ablate(x.clone(), self.removed, self.fill)  # `x` may be read elsewhere (a residual branch)
+        out = x.clone()  # `x` may be read elsewhere (a residual branch)
+        ablate(units_axis_1(out, self.layout), self.removed, self.fill)
+        return out
 
 
 def ablate(out: torch.Tensor, removed: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
@@ -96,15 +108,17 @@ def ablate(out: torch.Tensor, removed: torch.Tensor, fill: torch.Tensor) -> torc
     return out
 
 
-def insert_points(suffix: fx.GraphModule, players: set[str]) -> tuple[dict[str, AblationPoint], dict[str, nn.Module]]:
+def insert_points(suffix: fx.GraphModule, players: set[str],
+                  channels_last: frozenset[str] = frozenset()) -> tuple[dict[str, AblationPoint], dict[str, nn.Module]]:
     """An AblationPoint after the site of every call of a player layer in `suffix` (rewired in place), and per
-    player the chain module from its output to its site (of its first call)."""
+    player the chain module from its output to its site (of its first call); `channels_last`: the players whose
+    units are on the last axis."""
     modules = dict(suffix.named_modules())
     calls = [n for n in suffix.graph.nodes if n.op == "call_module" and n.target in players]
     points: dict[str, AblationPoint] = {}
     chains: dict[str, nn.Module] = {}
     for n in calls:
-        nodes = chain(n, modules, set(calls))
+        nodes = chain(n, modules, set(calls), n.target in channels_last)
         site = (nodes or [n])[-1]
         name = f"ablate_{n.target.replace('.', '_')}"
         if n.target not in points:

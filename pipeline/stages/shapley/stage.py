@@ -18,6 +18,7 @@ from pipeline.errors import UserError
 from pipeline.inputs.batches import iter_batches
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.images import ImageRecord, ImageSet
+from pipeline.inputs.layouts import CHANNELS_LAST, native_map
 from pipeline.inputs.models import LayerInfo, resolve_layers
 from pipeline.stages.activations.stage import ActivationsStage
 from pipeline.stages.activations.stage import settings_hash as activations_hash
@@ -40,7 +41,8 @@ ROUNDS = "rounds.pkl"  # the stage's checkpoint: the state after the last finish
 class ShapleyPart:
     players: tuple[tuple[str, int], ...]  # player layers (path, units)
     eval_set: tuple[ImageRecord, ...]  # the evaluation images
-    shapes: tuple[tuple[int, ...], ...] = ()  # each player layer's output shape for one image
+    shapes: tuple[tuple[int, ...], ...] = ()  # each player layer's units-first shape for one image
+    layouts: tuple[str, ...] = ()  # where each player layer keeps its units (layouts.py)
     classes: tuple[str, ...] = ()  # the class names, in label-index order
 
 
@@ -53,10 +55,11 @@ class ShapleyStage(Stage[ShapleySettings, ShapleyPart, Any]):
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> ShapleyPart:
         cfg = self.settings(plan.job)
         players = player_layers(cfg, model, plan.layers)
-        shapes = {info.name: tuple(info.shape) for info in plan.layers}
+        infos = {info.name: info for info in plan.layers}
         classes = plan.images.classes
-        part = ShapleyPart(players, eval_records(plan.images, cfg, plan.job.seed), tuple(shapes[n] for n, _ in players),
-                           tuple(classes))
+        part = ShapleyPart(players, eval_records(plan.images, cfg, plan.job.seed),
+                           shapes=tuple(tuple(infos[n].shape) for n, _ in players), classes=tuple(classes),
+                           layouts=tuple(infos[n].layout for n, _ in players))
         if not isinstance(survey.output, tuple) or len(survey.output) != 2 or survey.output[1] < len(classes):
             raise UserError(f"stage 'shapley' scores the model's class outputs, but the model returns {survey.output} for "
                             f"{len(classes)} classes in data.images ({', '.join(classes)}): it needs "
@@ -96,8 +99,10 @@ class ShapleyStage(Stage[ShapleySettings, ShapleyPart, Any]):
         plan, cfg, part = ctx.plan, ctx.settings, ctx.part
         layers = list(part.players)
         maps = ctx.result_of(ActivationsStage).layers
-        means = [maps[name].mean_map.reshape(shape) for (name, _), shape in zip(layers, part.shapes)]
-        setup = driver.share((list(part.eval_set), layers, means, cfg.metric, len(part.classes)))
+        means = [native_map(torch.from_numpy(maps[name].mean_map.reshape(shape)),
+                            torch.from_numpy(maps[name].prefix_mean), layout).numpy()
+                 for (name, _), shape, layout in zip(layers, part.shapes, part.layouts)]
+        setup = driver.share((list(part.eval_set), layers, means, cfg.metric, len(part.classes), part.layouts))
         images: list[int] = []
 
         def evaluate(items: list[np.ndarray]) -> list[np.ndarray]:
@@ -173,14 +178,15 @@ def eval_records(images: ImageSet, cfg: ShapleySettings, seed: int) -> tuple[Ima
 
 def _ablator(worker: Worker, setup: tuple) -> Ablator:
     """The evaluator on an actor: the model split before its first player layer, the evaluation set cached."""
-    records, layers, mean_maps, metric, classes = setup
-    split = split_model(worker.model(), [name for name, _ in layers])
+    records, layers, mean_maps, metric, classes, layouts = setup
+    channels_last = frozenset(name for (name, _), layout in zip(layers, layouts) if layout in CHANNELS_LAST)
+    split = split_model(worker.model(), [name for name, _ in layers], channels_last)
     size = worker.prep.batch_size
     batches = iter_batches(worker.root, [records[s:s + size] for s in range(0, len(records), size)], worker.prep, [],
                            worker.device)
     labels = {r.image_id: r.label_index for r in records}
     pairs = [(b.inputs, torch.as_tensor([labels[int(i)] for i in b.image_ids])) for b in batches]
-    return Ablator(split, layers, mean_maps, cache_eval_set(split, pairs), metric, worker.device, classes)
+    return Ablator(split, layers, mean_maps, cache_eval_set(split, pairs), metric, worker.device, classes, layouts)
 
 
 def evaluate_coalitions(worker: Worker, removed: np.ndarray, setup: Shared) -> tuple[np.ndarray, int]:
