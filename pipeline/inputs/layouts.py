@@ -14,6 +14,8 @@ token layer's patch tokens on the patch grid the patch embedding made) and its p
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -103,8 +105,20 @@ def units_first(out: torch.Tensor, layout: str, grid: tuple[int, int] = (1, 1),
     if layout == NHWC:
         return out.permute(0, 3, 1, 2), None
     if layout == TOKENS:
+        grid = _scaled(grid, out.shape[1] - prefix)
         return out[:, prefix:].unflatten(1, grid).permute(0, 3, 1, 2), (out[:, :prefix] if prefix else None)
     return (out if out.dim() == 4 else out[:, :, None, None]), None
+
+
+def _scaled(grid: tuple[int, int], positions: int) -> tuple[int, int]:
+    """The patch grid of the same aspect holding `positions` tokens: a model that takes other input sizes (featvis
+    renders at its own size) has a larger or smaller grid than the survey's."""
+    if grid[0] * grid[1] == positions:
+        return grid
+    h = round(grid[0] * math.sqrt(positions / (grid[0] * grid[1])))
+    if h < 1 or positions % h:
+        raise ValueError(f"{positions} tokens after the prefix make no grid of the {grid[0]}x{grid[1]} patch grid's aspect")
+    return h, positions // h
 
 
 def units_axis_1(out: torch.Tensor, layout: str) -> torch.Tensor:

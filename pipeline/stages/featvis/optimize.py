@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.inputs.models import LayerInfo
@@ -103,6 +104,13 @@ def lr_factor(settings: FeatvisSettings) -> Callable[[int], float]:
     return factor
 
 
+def _fitted(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The images at the model's fixed input size (`size`; 0: any size goes), resized bilinearly."""
+    if not size or x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def _objective(settings: FeatvisSettings) -> obj.Objective:
     return obj.NAMED[settings.objective]()
 
@@ -146,7 +154,7 @@ def _optimize(model: nn.Module, layer: str, layer_index: int, units: list[int], 
     image = ImageParam(settings.param, size, channels, settings.param == "fourier", settings.chroma, device)
     forward = LayerForward(model, layer, objective.needs_output, info)
     with torch.no_grad():
-        layout = fast_layout(forward, image(params))
+        layout = fast_layout(forward, _fitted(image(params), settings.input_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(settings))
     for step in range(settings.steps):
         opt.zero_grad(set_to_none=True)
@@ -155,7 +163,7 @@ def _optimize(model: nn.Module, layer: str, layer_index: int, units: list[int], 
         if transforms is not None and not polish:
             x = transforms.apply(x, [transforms.draw(r) for r in rngs])
         with relus_replaced(forward.relu_owner(), _RedirectedReLU.apply if step < settings.redirect_steps else None):
-            acts, output = forward(((x - mean) / std).contiguous(memory_format=layout))
+            acts, output = forward(((_fitted(x, settings.input_size) - mean) / std).contiguous(memory_format=layout))
         ctx = obj.Context(acts, ctx_units, groups, output)
         value = torch.where(sign < 0, objective.inhibit(ctx), objective(ctx))
         if settings.diversity > 1:
@@ -168,7 +176,8 @@ def _optimize(model: nn.Module, layer: str, layer_index: int, units: list[int], 
     with torch.no_grad():
         final = image(params)
         pixels = (final * 255).round().clamp(0, 255).to(torch.uint8)
-        acts, output = forward(((pixels.float() / 255 - mean) / std).contiguous(memory_format=layout))
+        fitted = _fitted(pixels.float() / 255, settings.input_size)
+        acts, output = forward(((fitted - mean) / std).contiguous(memory_format=layout))
         reached = objective(obj.Context(acts, ctx_units, groups, output)).reshape(len(units), len(views))[:, 0]
         own = acts[torch.arange(len(jobs)), ctx_units].reshape(len(jobs), -1).amax(dim=1)
     pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()

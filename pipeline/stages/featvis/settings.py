@@ -56,6 +56,7 @@ class FeatvisSettings(FeatvisSection):
     flat_std: float = 0.01  # a positive image whose pixels vary less than this (in [0, 1]) is flagged flat
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    input_size: int = 0  # 0: the model takes any size; else (position embeddings) every image is resized to it
 
     def views(self) -> list[tuple[str, int]]:
         """(kind, copy) of each stored image of a unit: positive, negative, then the diverse set."""

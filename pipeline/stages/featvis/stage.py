@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import nn
 
 import catalog_schema as cs
@@ -23,6 +24,7 @@ from pipeline.stages.featvis.filters import filter_images
 from pipeline.stages.featvis.relu_rules import projection_caveat
 from pipeline.stages.featvis.results import FeatvisPart, FeatvisResult, FeatvisTask
 from pipeline.stages.featvis.settings import FeatvisSection, FeatvisSettings
+from pipeline.stages.featvis.transforms import Transforms
 from pipeline.stages.featvis.write import write_featvis
 from pipeline.stages.image_chunks import ImageChunk, image_chunks, merge_by_layer
 from pipeline.stages.protocol import Context, Driver, LayerInputs, Stage, Worker
@@ -42,7 +44,9 @@ class FeatvisStage(Stage[FeatvisSection, FeatvisPart, FeatvisResult]):
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> FeatvisPart:
         job, cfg = plan.job, self.settings(plan.job)
         size = cfg.size or min(128, job.model.input_size)
-        settings = FeatvisSettings(**{**cfg.__dict__, "size": size, "mean": tuple(job.model.mean), "std": tuple(job.model.std)})
+        settings = FeatvisSettings(**{**cfg.__dict__, "size": size, "mean": tuple(job.model.mean), "std": tuple(job.model.std),
+                                      "input_size": 0 if takes_any_size(model, size + 2 * Transforms().pad, len(job.model.mean))
+                                      else job.model.input_size})
         modules = dict(model.named_modules())
         filters = {name: filter_images(modules[name]) for name in survey.input_convolutions}
         return FeatvisPart(settings, _tasks(plan.layers, _rendered_layers(model, cfg, plan.layers), settings), filters,
@@ -85,6 +89,17 @@ class FeatvisStage(Stage[FeatvisSection, FeatvisPart, FeatvisResult]):
     def write(self, draft: Draft, ctx: Context[FeatvisSection, FeatvisPart, FeatvisResult],
               result: FeatvisResult) -> ManifestPart:
         return write_featvis(draft, ctx.plan, result, ctx.part)
+
+
+def takes_any_size(model: nn.Module, size: int, channels: int) -> bool:
+    """Whether the model runs on a `size` px image as well as on its input size (a ViT's position embeddings fix
+    its input size: featvis then resizes every transformed image to it)."""
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, channels, size, size))
+    except Exception:  # noqa: BLE001 - any refusal means: feed it its own size
+        return False
+    return True
 
 
 def _rendered_layers(model: nn.Module, cfg: FeatvisSection, layers: list[LayerInfo]) -> list[str]:

@@ -144,6 +144,20 @@ def cache_eval_set(split: Split, batches: Sequence[tuple[torch.Tensor, torch.Ten
     return EvalSet(cuts, labels)
 
 
+def repeatable(split: Split, eval_set: EvalSet) -> bool:
+    """Whether the suffix takes its cut values repeated (several coalitions in one forward): a traced model whose
+    code turned a batch size into a constant (a reshape to [N, ...]) does not, and must run whole."""
+    if not split.traced or not eval_set.cuts:
+        return True
+    cut, n = eval_set.cuts[0], len(eval_set.labels[0])
+    try:
+        with torch.inference_mode():
+            out = split.suffix(*[v.repeat(2, *([1] * (v.dim() - 1))) if isinstance(v, torch.Tensor) else v for v in cut])
+    except Exception:  # noqa: BLE001 - any failure: the split cannot batch coalitions
+        return False
+    return isinstance(out, torch.Tensor) and out.shape[0] == 2 * n
+
+
 def _channels_last(v: torch.Tensor) -> torch.Tensor:
     """Image-like values in channels-last order: oneDNN's convolutions and pooling run several times faster so."""
     return v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v

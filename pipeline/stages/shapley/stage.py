@@ -24,7 +24,7 @@ from pipeline.stages.activations.stage import ActivationsStage
 from pipeline.stages.activations.stage import settings_hash as activations_hash
 from pipeline.stages.protocol import WHOLE_MODEL, Context, Driver, LayerInputs, Shared, Stage, Worker
 from pipeline.stages.shapley import estimator as est
-from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, split_model
+from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, repeatable, split_model, whole_model
 from pipeline.stages.shapley.rounds import run_estimator
 from pipeline.stages.shapley.settings import ShapleySettings, estimators
 from pipeline.stages.shapley.warm import Prior, read_prior, warm_stats
@@ -186,7 +186,11 @@ def _ablator(worker: Worker, setup: tuple) -> Ablator:
                            worker.device)
     labels = {r.image_id: r.label_index for r in records}
     pairs = [(b.inputs, torch.as_tensor([labels[int(i)] for i in b.image_ids])) for b in batches]
-    return Ablator(split, layers, mean_maps, cache_eval_set(split, pairs), metric, worker.device, classes, layouts)
+    eval_set = cache_eval_set(split, pairs)
+    if not repeatable(split, eval_set):
+        split = whole_model(worker.model())
+        eval_set = cache_eval_set(split, pairs)
+    return Ablator(split, layers, mean_maps, eval_set, metric, worker.device, classes, layouts)
 
 
 def evaluate_coalitions(worker: Worker, removed: np.ndarray, setup: Shared) -> tuple[np.ndarray, int]:
