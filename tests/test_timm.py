@@ -13,15 +13,17 @@ from pipeline.inputs.models import ModelRecipe, build_model, resolve_layers
 
 timm = pytest.importorskip("timm", reason="the timm extra: make test installs it")
 
-# (name, smallest input that runs, the layout of what the default selection leaves out)
-MODELS = [("resnet18", 32, set()), ("convnext_atto", 32, set()), ("efficientnet_b0", 32, set()),
-          ("mobilenetv3_small_050", 32, set()), ("regnetx_002", 32, set()),
-          ("vit_tiny_patch16_224", 224, {"tokens"}), ("deit_tiny_patch16_224", 224, {"tokens"}),
-          ("swin_tiny_patch4_window7_224", 224, {"tokens", "nhwc"})]
+# (name, smallest input that runs, prefix tokens of its token layers, how many modules the default selection leaves out)
+MODELS = [("resnet18", 32, None, 0), ("convnext_atto", 32, None, 0), ("efficientnet_b0", 32, None, 0),
+          ("mobilenetv3_small_050", 32, None, 0), ("regnetx_002", 32, None, 0),
+          ("vit_tiny_patch16_224", 224, 1, 0), ("deit_tiny_distilled_patch16_224", 224, 2, 0),
+          ("swin_tiny_patch4_window7_224", 224, 0, 20)]
 
 
-@pytest.mark.parametrize("name,size,left_out", MODELS, ids=[m[0] for m in MODELS])
-def test_timm_models_read_every_unit_they_select_at_the_right_count(name, size, left_out):
+@pytest.mark.parametrize("name,size,prefix,left_out", MODELS, ids=[m[0] for m in MODELS])
+def test_timm_models_read_every_unit_they_select_at_the_right_count(name, size, prefix, left_out):
+    """Every unit at its module's count; a ViT's token layers with their class (and distillation) token apart;
+    Swin's window attention (its batch axis holds the windows) left out with the reason, its MLPs read."""
     model = build_model(ModelRecipe("timm", name))
     names = resolve_layers(model, ())
     survey = survey_model(model, names, (3, size, size), explicit=False)
@@ -29,7 +31,11 @@ def test_timm_models_read_every_unit_they_select_at_the_right_count(name, size, 
     for info in survey.layers:
         assert info.units == getattr(modules[info.name], "out_channels", getattr(modules[info.name], "out_features", None))
     assert sorted([info.name for info in survey.layers] + [w["name"] for w in survey.left_out]) == sorted(names)
-    assert {w["layout"] for w in survey.left_out} == left_out
+    assert len(survey.left_out) == left_out and all("windows of the image" in w["why"] for w in survey.left_out)
+    tokens = [info for info in survey.layers if info.layout == "tokens"]
+    assert {info.prefix for info in tokens} == (set() if prefix is None else {prefix})
+    if name.startswith("swin"):
+        assert all("attn" in w["name"] for w in survey.left_out) and any("mlp" in info.name for info in tokens)
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.inputs.fingerprints import hash_tensors, json_fingerprint
-from pipeline.inputs.layouts import (DESCRIBED, NC, NCHW, RANKS, SUPPORTED, grid_shape, own_layout, produced_layout,
+from pipeline.inputs.layouts import (DESCRIBED, NC, NCHW, NHWC, RANKS, SUPPORTED, grid_shape, own_layout, produced_layout,
                                      why_not_read)
 from pipeline.inputs.models import LayerInfo
 
@@ -50,34 +50,14 @@ def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, in
         )
     modules = dict(model.named_modules())
     x = torch.zeros((2, *input_shape))
-    order: list[str] = []  # leaf modules in execution order
-    ready: dict[str, int] = {}  # layer -> leaf modules run when its output was last ready
-    shapes: dict[str, list[tuple[int, ...]]] = {name: [] for name in layers}
-    reads_input: list[str] = []
-    ran: list[tuple[tuple[int, ...], str | None]] = []  # every leaf module's output: (shape, own layout), in order
-    found: dict[str, str | None] = {}  # layer -> the layout of its last output
-    grids: list[tuple[int, int]] = []  # the (H, W) of every channels-first leaf output, in order
-    grids_seen: dict[str, int] = {}  # layer -> how many of `grids` ran before its last output
-
-    def on_leaf(m, out, name):
-        order.append(name)
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
-        ran.append((shape, own_layout(m, shape)))
-        if ran[-1][1] == NCHW:
-            grids.append(shape[2:])
-
-    def on_layer(m, _i, out, name):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
-        shapes[name].append(shape)
-        ready[name] = len(order)
-        found[name] = _layout(name, m, shape, ran, layouts or {})
-        grids_seen[name] = len(grids)
-
-    handles = [m.register_forward_hook(lambda m, _i, o, name=name: on_leaf(m, o, name))
+    trace = _Trace(layers, layouts or {}, input_shape[1:])
+    handles = [m.register_forward_hook(lambda m, _i, o, name=name: trace.on_leaf(m, o, name))
                for name, m in modules.items() if name and not any(True for _ in m.children())]
-    handles += [modules[name].register_forward_hook(lambda m, i, o, name=name: on_layer(m, i, o, name)) for name in layers]
-    handles += [modules[name].register_forward_pre_hook(lambda _m, inp, name=name: reads_input.append(name) if inp[0] is x else None)
-                for name in layers if isinstance(modules[name], nn.Conv2d) and modules[name].groups == 1]
+    handles += [modules[name].register_forward_hook(lambda m, _i, o, name=name: trace.on_layer(m, o, name))
+                for name in layers]
+    handles += [modules[name].register_forward_pre_hook(
+        lambda _m, inp, name=name: trace.reads_input.append(name) if inp[0] is x else None)
+        for name in layers if isinstance(modules[name], nn.Conv2d) and modules[name].groups == 1]
     try:
         with torch.inference_mode():
             out = model(x)
@@ -87,17 +67,51 @@ def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, in
     finally:
         for h in handles:
             h.remove()
-    placed = {name: _placed(shapes[name], found.get(name), grids[: grids_seen.get(name, 0)], input_shape[1:])
+    shapes, found = trace.shapes, trace.found
+    placed = {name: _placed(shapes[name], found.get(name), trace.grids[: trace.grids_seen.get(name, 0)], input_shape[1:])
               for name in layers}
     left_out = [_why_left_out(name, shapes[name], found.get(name), placed[name], explicit) for name in layers]
     read = [name for name, why in zip(layers, left_out) if why is None]
     infos = [LayerInfo(name, placed[name][0], len(shapes[name]), found[name], placed[name][1]) for name in read]
     digests: dict[str, bytes] = {}  # each module's own, made once: a layer's hash combines its upstream modules'
-    prints = {info.name: json_fingerprint([_upstream_hash(modules, sorted(set(order[: ready[info.name]]) | {info.name}),
-                                                          digests), info.layout, info.shape, info.prefix])
+    prints = {info.name: json_fingerprint([_upstream_hash(modules, sorted(set(trace.order[: trace.ready[info.name]])
+                                                                          | {info.name}), digests),
+                                           info.layout, info.shape, info.prefix])
               for info in infos}
+    reads_input = [name for name in read if name in trace.reads_input]
     output = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    return ModelSurvey(infos, prints, [name for name in read if name in reads_input], output, [w for w in left_out if w])
+    return ModelSurvey(infos, prints, reads_input, output, [w for w in left_out if w])
+
+
+class _Trace:
+    """What the survey's hooks record during the forward pass."""
+
+    def __init__(self, layers: list[str], layouts: dict[str, str], input_hw: tuple[int, int]) -> None:
+        self.layouts, self.input_hw = layouts, input_hw
+        self.order: list[str] = []  # leaf modules in execution order
+        self.ready: dict[str, int] = {}  # layer -> leaf modules run when its output was last ready
+        self.shapes: dict[str, list[tuple[int, ...]]] = {name: [] for name in layers}
+        self.reads_input: list[str] = []  # selected convolutions applied to the input tensor itself
+        self.ran: list[tuple[tuple[int, ...], str | None]] = []  # every leaf output: (shape, own layout), in order
+        self.found: dict[str, str | None] = {}  # layer -> the layout of its last output
+        self.grids: list[tuple[int, int]] = []  # the (H, W) of every leaf output that is a grid of the image
+        self.grids_seen: dict[str, int] = {}  # layer -> how many of `grids` ran before its last output
+
+    def on_leaf(self, m: nn.Module, out, name: str) -> None:
+        self.order.append(name)
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+        self.ran.append((shape, own_layout(m, shape)))
+        if self.ran[-1][1] == NCHW:
+            self.grids.append(shape[2:])
+        elif self.ran[-1][1] == NHWC and shape[1] * self.input_hw[1] == shape[2] * self.input_hw[0]:
+            self.grids.append(shape[1:3])  # a channels-last map of the input's aspect (a patch merging)
+
+    def on_layer(self, m: nn.Module, out, name: str) -> None:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+        self.shapes[name].append(shape)
+        self.ready[name] = len(self.order)
+        self.found[name] = _layout(name, m, shape, self.ran, self.layouts)
+        self.grids_seen[name] = len(self.grids)
 
 
 def _layout(name: str, module: nn.Module, shape: tuple[int, ...], ran: list, layouts: dict[str, str]) -> str | None:
