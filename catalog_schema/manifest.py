@@ -29,7 +29,7 @@ MANIFEST_KEYS: dict[str, str] = {
     "settings": "each stage's settings as used ({preprocess, activations, featvis, dissection, shapley, similarity})",
     "layers": "[{name, units, shape, layout, prefix_tokens, receptive_field: {size, jump, offset, exact, whole_image, "
               "around_peak}, dead_units, interpretable_units, unique_concepts}]: the cataloged layers in model order; "
-              "shape is units first, [C, H, W] or [C], whatever the layout (nchw, nhwc, tokens, nc), H x W a token "
+              "shape is units first, [C, H, W] or [C], whatever the layout (nchw, nhwc, tokens, windows, nc), H x W a token "
               "layer's patch grid, prefix_tokens its tokens before the grid; around_peak: crops are half the image's "
               "side around the peak patch, where the field could not be analysed (attention)",
     "layers_left_out": "[{name, shape, layout, why}]: modules of the default selection (every Conv2d and Linear) whose "

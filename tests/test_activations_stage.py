@@ -9,7 +9,7 @@ from torch import nn
 from pipeline.inputs.batches import Batch
 from pipeline.inputs.model_survey import survey_model
 from pipeline.stages.activations import compute as activations
-from pipeline.stages.activations.compute import PAD_ID, Ranked
+from pipeline.stages.activations.ranked import PAD_ID, Ranked
 
 
 def _model() -> nn.Module:
@@ -88,3 +88,21 @@ def test_fewer_images_than_k_leaves_padding_out_of_the_examples():
     result = activations.finalize(partial, layers[0], rf, (12, 12))
     assert len(result.examples["unit"]) == 5 * 2 * 2  # 5 units, top and bottom, 2 images each
     assert set(result.examples["image_id"].tolist()) == {0, 1}
+
+
+def test_a_channels_last_output_reduces_as_its_units_first_copy():
+    """NHWC and token layers are reduced where they lie ([N, H*W, C]) instead of copied units first: the same top and
+    bottom images, positions (first occurrence among ties: values are small integers) and statistics."""
+    rng = np.random.default_rng(0)
+    native = torch.tensor(rng.integers(-3, 4, size=(6, 5, 4, 7)), dtype=torch.float32)  # [N, H, W, C]
+    view = native.permute(0, 3, 1, 2)  # units first, channels innermost in memory
+    ids = np.arange(10, 16)
+    probe = np.array([True, False, True, False, False, True])
+    lying = activations.reduce_batch(view, ids, k=3, probe=probe, spectrum=True)
+    copied = activations.reduce_batch(view.contiguous(), ids, k=3, probe=probe, spectrum=True)
+    for ranked in ("top", "bottom"):
+        for field in ("value", "image_id", "position"):
+            assert np.array_equal(getattr(getattr(lying, ranked), field), getattr(getattr(copied, ranked), field))
+    for field in ("total", "total_sq", "positive", "vmax", "vmin", "map_sum", "probe"):
+        assert np.allclose(getattr(lying, field), getattr(copied, field)), field
+    assert np.array_equal(lying.maxima.positions[0], copied.maxima.positions[0])

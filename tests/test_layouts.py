@@ -166,8 +166,8 @@ def test_every_torchvision_classifier_reads_every_unit_it_selects_at_the_right_c
     if family_linear:  # their blocks' MLPs are read on the last axis; a ViT's with its class token apart
         assert family_linear in {info.layout for info in survey.layers}
         assert all(info.prefix == (family_linear == "tokens") for info in survey.layers if info.layout == family_linear)
-    if name == "maxvit_t":
-        assert all("windows" in w["why"] for w in survey.left_out) and len(survey.left_out) == 88
+    if name == "maxvit_t":  # its attention blocks' Linears, on windows its own partition code maps back to the grid
+        assert survey.left_out == [] and sum(info.layout == "windows" for info in survey.layers) == 88
 
 
 @pytest.mark.parametrize("name", ["alexnet", "resnet18", "densenet121", "mobilenet_v3_small", "efficientnet_b0",
@@ -180,6 +180,28 @@ def test_the_activations_stage_reads_every_layer_a_family_selects(name):
     partial = activations.compute(model, survey.layers, iter([Batch(np.zeros((0,)), images, np.arange(2))]), k=1)
     for info in survey.layers:
         assert partial.layers[info.name].vmax.shape == (info.units,), info.name
+
+
+@pytest.mark.parametrize("kind", ["window", "grid"])
+def test_windowed_positions_go_back_where_the_models_own_partition_took_them(kind):
+    """MaxViT's block (torchvision's PartitionAttentionLayer, 4x4 map, 2x2 windows or a 2x2 dilated grid): its MLP's
+    [N, G, P, C] output read units first equals what the block's own departition code puts on the grid."""
+    from torchvision.models.maxvit import PartitionAttentionLayer
+
+    torch.manual_seed(0)
+    block = PartitionAttentionLayer(8, 4, 2, kind, (4, 4), 2, nn.GELU, nn.LayerNorm, 0.0, 0.0, 0.0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), block).eval()
+    (info,) = survey_model(model, ["1.mlp_layer.3"], (3, 4, 4)).layers  # the MLP's output Linear
+    assert (info.layout, info.shape) == ("windows", (8, 4, 4))
+    seen, x = {}, torch.randn(2, 3, 4, 4)
+    with torch.inference_mode(), tapped(model, [info], lambda name, out: seen.__setitem__(name, out.clone())) as run:
+        run(x)
+        windowed = []
+        handle = block.mlp_layer[3].register_forward_hook(lambda _m, _i, out: windowed.append(out))
+        model(x)
+        handle.remove()
+        back = block.departition_op(block.departition_swap(windowed[0]), block.p, 4 // block.p, 4 // block.p)
+    assert torch.equal(seen["1.mlp_layer.3"], back)
 
 
 @pytest.mark.usefixtures("ray_local")

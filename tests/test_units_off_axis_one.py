@@ -48,12 +48,14 @@ def planted(request, tmp_path_factory):
     return request.param, *_catalog(tmp_path_factory.mktemp(request.param), request.param)
 
 
-def test_the_layout_and_the_patch_grid_are_in_the_manifest(planted):
+def test_the_layout_and_the_patch_grid_are_in_the_manifest_and_describe(planted, capsys):
     factory, catalog, _ = planted
     (layer,) = catalog.manifest["layers"]
     tokens = factory == "planted_tokens"
     assert (layer["layout"], layer["shape"], layer["prefix_tokens"]) == ("tokens" if tokens else "nhwc", [4, 16, 16],
                                                                          1 if tokens else 0)
+    assert main(["describe", str(catalog.path)]) == 0
+    assert ("tokens+1" if tokens else "nhwc") in capsys.readouterr().out  # the layout, with the prefix tokens
 
 
 def test_top_examples_and_heat_map_peaks_fall_on_the_planted_colour(planted):

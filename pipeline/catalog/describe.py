@@ -74,9 +74,12 @@ def _layer_table(m: dict, units: pd.DataFrame) -> str:
     table = []
     for layer in m["layers"]:
         rows = units[units["layer"] == layer["name"]]
+        rf = layer["receptive_field"]
+        prefix = layer.get("prefix_tokens", 0)
         row = {"layer": layer["name"], "units": layer["units"], "shape": "x".join(map(str, layer["shape"])),
+               "layout": layer.get("layout", "nchw") + (f"+{prefix}" if prefix else ""),
                "dead": int(rows["dead"].sum()), "act_max(median)": float(rows["act_max"].median()) if len(rows) else float("nan"),
-               "rf": "whole image" if layer["receptive_field"]["whole_image"] else f"{layer['receptive_field']['size'][0]}px"}
+               "rf": "whole image" if rf["whole_image"] else f"{rf['size'][0]}px" + (" around peak" if rf.get("around_peak") else "")}
         if rows["interpretable"].notna().any():
             row["interpretable"] = int(rows["interpretable"].fillna(False).sum())
             row["concepts"] = int(rows.loc[rows["interpretable"].fillna(False), "label"].nunique())

@@ -44,7 +44,7 @@ def tapped(model: nn.Module, layers: list[LayerInfo], reduce: Reducer,
             calls[name] += 1
             if calls[name] == wanted[name]:
                 info = infos[name]
-                grid, prefix = units_first(out, info.layout, info.spatial, info.prefix)
+                grid, prefix = units_first(out, info.layout, info.spatial, info.prefix, info.windows)
                 reduce(name, grid)
                 if prefix is not None and on_prefix is not None:
                     on_prefix(name, prefix)

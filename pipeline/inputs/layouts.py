@@ -15,22 +15,38 @@ token layer's patch tokens on the patch grid the patch embedding made) and its p
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-NCHW, NC, NHWC, TOKENS = "nchw", "nc", "nhwc", "tokens"
-SUPPORTED = (NCHW, NC, NHWC, TOKENS)
-CHANNELS_LAST = (NHWC, TOKENS)  # the layouts with the units on the last axis
+NCHW, NC, NHWC, TOKENS, WINDOWS = "nchw", "nc", "nhwc", "tokens", "windows"
+SUPPORTED = (NCHW, NC, NHWC, TOKENS, WINDOWS)
+CHANNELS_LAST = (NHWC, TOKENS, WINDOWS)  # the layouts with the units on the last axis
+GIVEN = (NCHW, NC, NHWC, TOKENS)  # what [model] layouts may say (windows come from the model's own partition code)
 MAX_PREFIX = 16  # tokens before the patch grid: class, registers (DINOv2 has 4), distillation
 
-RANKS = {NCHW: 4, NC: 2, NHWC: 4, TOKENS: 3}  # a layout's number of axes, the batch's included
+RANKS = {NCHW: 4, NC: 2, NHWC: 4, TOKENS: 3, WINDOWS: 4}  # a layout's number of axes, the batch's included
 DESCRIBED = {
     NCHW: "[N, C, H, W], channels first",
     NC: "[N, C]",
     NHWC: "[N, H, W, C], channels last",
     TOKENS: "[N, T, C], tokens",
+    WINDOWS: "[N, G, P, C], the grid cut into windows by the model's own partition (MaxViT)",
 }
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Where the positions of a windowed output [N, G, P, C] lie on the grid: position (g, p) is the grid's flat
+    index order[g * P + p]; as the model's own partition code puts them (windows.py)."""
+
+    shape: tuple[int, int]  # (G, P)
+    order: tuple[int, ...]
+
+    def to_grid(self) -> torch.Tensor:
+        """int64 [H*W]: for each grid position, its index among the G*P windowed positions."""
+        return torch.argsort(torch.tensor(self.order))
 
 _CHANNELS_LAST = {2: NC, 3: TOKENS, 4: NHWC}  # a Linear's output by its number of axes
 _CHANNELS_FIRST = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.MaxPool2d,
@@ -89,7 +105,8 @@ def grid_shape(layout: str, shape: tuple[int, ...], grids: list[tuple[int, int]]
         if h * input_hw[1] != w * input_hw[0] and (h, w) not in grids:
             return (f"[N, {h}, {w}, C] is not a grid of the {input_hw[0]}x{input_hw[1]} input (its sides do not keep "
                     "the input's aspect, nor did an earlier feature map have them): windows or partitions of the "
-                    "image (as MaxViT's attention blocks make), whose mapping back to the grid this version does not read")
+                    "image made by code that does not say how they map back to the grid (MaxViT's partition modules "
+                    "do, and are read)")
         return (shape[3], h, w), 0
     tokens = shape[1]
     for h, w in reversed(grids):
@@ -99,9 +116,13 @@ def grid_shape(layout: str, shape: tuple[int, ...], grids: list[tuple[int, int]]
             "its patch grid cannot be told (windowed attention, pooled or merged tokens)")
 
 
-def units_first(out: torch.Tensor, layout: str, grid: tuple[int, int] = (1, 1),
-                prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(the grid [N, C, H, W], a view ([N, C, 1, 1] for [N, C]), the prefix tokens [N, P, C] or None)."""
+def units_first(out: torch.Tensor, layout: str, grid: tuple[int, int] = (1, 1), prefix: int = 0,
+                windows: Windows | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the grid [N, C, H, W], a view but for windows ([N, C, 1, 1] for [N, C]), the prefix tokens [N, P, C] or
+    None)."""
+    if layout == WINDOWS:
+        flat = out.reshape(out.shape[0], -1, out.shape[-1])[:, windows.to_grid().to(out.device)]
+        return flat.unflatten(1, grid).permute(0, 3, 1, 2), None
     if layout == NHWC:
         return out.permute(0, 3, 1, 2), None
     if layout == TOKENS:
@@ -126,8 +147,12 @@ def units_axis_1(out: torch.Tensor, layout: str) -> torch.Tensor:
     return out.movedim(-1, 1) if layout in CHANNELS_LAST else out
 
 
-def native_map(mean_map: torch.Tensor, prefix_mean: torch.Tensor | None, layout: str) -> torch.Tensor:
+def native_map(mean_map: torch.Tensor, prefix_mean: torch.Tensor | None, layout: str,
+               windows: Windows | None = None) -> torch.Tensor:
     """One image's output in the layer's own layout from its units-first grid [C, H, W] and prefix [P, C]."""
+    if layout == WINDOWS:
+        flat = mean_map.reshape(mean_map.shape[0], -1).T  # [H*W, C]
+        return flat[torch.tensor(windows.order)].reshape(*windows.shape, -1).contiguous()
     if layout == NHWC:
         return mean_map.permute(1, 2, 0).contiguous()
     if layout == TOKENS:

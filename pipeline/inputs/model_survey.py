@@ -20,9 +20,10 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.inputs.fingerprints import hash_tensors, json_fingerprint
-from pipeline.inputs.layouts import (DESCRIBED, NC, NCHW, NHWC, RANKS, SUPPORTED, grid_shape, own_layout, produced_layout,
+from pipeline.inputs.layouts import (DESCRIBED, NC, NCHW, NHWC, RANKS, WINDOWS, SUPPORTED, grid_shape, own_layout, produced_layout,
                                      why_not_read)
 from pipeline.inputs.models import LayerInfo
+from pipeline.inputs.windows import partition_of
 
 NEVER_RUN = ("never called by the model's forward: a branch eval mode skips (an auxiliary head), or a module whose "
              "weights the forward uses directly (Swin's attention, MultiheadAttention's out_proj)")
@@ -70,9 +71,13 @@ def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, in
     shapes, found = trace.shapes, trace.found
     placed = {name: _placed(shapes[name], found.get(name), trace.grids[: trace.grids_seen.get(name, 0)], input_shape[1:])
               for name in layers}
+    for name in layers:  # a channels-last output inside a block that cuts its map into windows with its own code
+        if found.get(name) == NHWC and (windowed := partition_of(modules, name, shapes[name][-1])):
+            (h, w), windows = windowed
+            placed[name], found[name] = ((shapes[name][-1][3], h, w), 0, windows), WINDOWS
     left_out = [_why_left_out(name, shapes[name], found.get(name), placed[name], explicit) for name in layers]
     read = [name for name, why in zip(layers, left_out) if why is None]
-    infos = [LayerInfo(name, placed[name][0], len(shapes[name]), found[name], placed[name][1]) for name in read]
+    infos = [LayerInfo(name, placed[name][0], len(shapes[name]), found[name], *placed[name][1:]) for name in read]
     digests: dict[str, bytes] = {}  # each module's own, made once: a layer's hash combines its upstream modules'
     prints = {info.name: json_fingerprint([_upstream_hash(modules, sorted(set(trace.order[: trace.ready[info.name]])
                                                                           | {info.name}), digests),

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.inputs.layouts import Windows
 from pipeline.job.config import ModelConfig
 from pipeline.errors import UserError
 
@@ -57,6 +58,7 @@ class LayerInfo:
     calls: int
     layout: str = ""  # "nchw", "nc", "nhwc" or "tokens"; "" = nchw for (C, H, W), nc for (C,)
     prefix: int = 0  # tokens before the patch grid (tokens layout only)
+    windows: Windows | None = None  # where a windowed output's positions lie on the grid (windows layout only)
 
     def __post_init__(self) -> None:
         if not self.layout:

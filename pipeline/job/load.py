@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import UserError
-from pipeline.inputs.layouts import DESCRIBED
+from pipeline.inputs.layouts import DESCRIBED, GIVEN
 from pipeline.job.checks import at_least_one, check_exists
 from pipeline.job.config import JobConfig, StagesConfig
 
@@ -126,10 +126,10 @@ def _check_values(job: JobConfig, stages: Mapping[str, Stage]) -> None:
             f"job file {job.path}: [model] needs exactly one of torchvision = NAME, timm = NAME, factory = "
             f"\"module:function\" or archive = FILE; found {sources or 'none'}."
         )
-    bad = {glob: layout for glob, layout in m.layouts.items() if layout not in DESCRIBED}
+    bad = {glob: layout for glob, layout in m.layouts.items() if layout not in GIVEN}
     if bad:
-        raise UserError(f"job key 'model.layouts' gives {bad}: a layout is one of {', '.join(map(repr, DESCRIBED))} "
-                        f"({'; '.join(f'{k}: {v}' for k, v in DESCRIBED.items())}).")
+        raise UserError(f"job key 'model.layouts' gives {bad}: a layout is one of {', '.join(map(repr, GIVEN))} "
+                        f"({'; '.join(f'{k}: {DESCRIBED[k]}' for k in GIVEN)}).")
     if m.factory and ":" not in m.factory:
         raise UserError(f"job key 'model.factory' = {m.factory!r} must look like \"pkg.module:function\" or \"file.py:function\".")
     if len(m.mean) != len(m.std) or len(m.mean) not in (1, 3):

@@ -2,12 +2,13 @@
 
 Run by hand (not collected by pytest):
 
-    .venv/bin/python tests/benchmarks/bench_activations.py overhead [--images 512] [--size 128] [--batch 64]
+    .venv/bin/python tests/benchmarks/bench_activations.py overhead [--model resnet18] [--images 512] [--size 128] [--batch 64]
     .venv/bin/python tests/benchmarks/bench_activations.py memory [--small 1000] [--large 10000]
 
-`overhead` times, in one process and interleaved, (a) a bare `torch.inference_mode()` forward of
-torchvision's resnet18 (random weights) over pre-decoded images and (b) the activations stage
-(`pipeline.stages.activations.compute`) reading every Conv2d and Linear output of the same model
+`overhead` times, in one process and interleaved, (a) a bare `torch.inference_mode()` forward of a
+torchvision model (`--model`, random weights: resnet18, vit_b_16, swin_t, convnext_tiny, ...) over
+pre-decoded images and (b) the activations stage (`pipeline.stages.activations.compute`) reading every
+Conv2d and Linear output the forward runs (channels-last and token layers units first) of the same model
 over the same tensors at the same batch size; it prints the ratio of medians.
 
 `memory` runs the whole command line (`neuron-catalog run`, embedded Ray) on generated data sets of
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +41,9 @@ from pipeline.stages.activations import compute as activations
 def overhead(args: argparse.Namespace) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    model = torchvision.models.resnet18().eval()
+    model = torchvision.models.get_model(args.model, weights=None).eval()
     names = resolve_layers(model, ())
-    layers = survey_model(model, names, (3, args.size, args.size)).layers
+    layers = survey_model(model, names, (3, args.size, args.size), explicit=False).layers
     x = torch.randn(args.images, 3, args.size, args.size)
     batches = [Batch(np.zeros(0), x[s:s + args.batch], np.arange(s, min(s + args.batch, args.images)))
                for s in range(0, args.images, args.batch)]
@@ -62,7 +64,8 @@ def overhead(args: argparse.Namespace) -> None:
             fn()
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"resnet18, {len(layers)} layers ({sum(i.units for i in layers)} units), {args.images} images of "
+    layouts = ", ".join(f"{n} {lay}" for lay, n in sorted(Counter(i.layout for i in layers).items()))
+    print(f"{args.model}, {len(layers)} layers ({layouts}) ({sum(i.units for i in layers)} units), {args.images} images of "
           f"{args.size}px, batch {args.batch}, {torch.get_num_threads()} threads, {args.repeat} repeats")
     for k, v in times.items():
         print(f"  {k:6s} median {med[k]:.2f}s  min {min(v):.2f}s  max {max(v):.2f}s  ({args.images / med[k]:.0f} images/s)")
@@ -142,6 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     o = sub.add_parser("overhead")
+    o.add_argument("--model", default="resnet18", help="a torchvision classifier (random weights)")
     o.add_argument("--images", type=int, default=512)
     o.add_argument("--size", type=int, default=128)
     o.add_argument("--batch", type=int, default=64)

@@ -20,36 +20,11 @@ from torch import nn
 from pipeline.inputs.batches import Batch
 from pipeline.inputs.layer_taps import tapped
 from pipeline.inputs.models import LayerInfo
+from pipeline.stages.activations.ranked import PAD_ID, Ranked, batch_ranked
 from pipeline.stages.activations.spectrum import Maxima, select
 
 if TYPE_CHECKING:
     from pipeline.inputs.receptive_field import ReceptiveField
-
-PAD_ID = np.iinfo(np.int64).max  # empty top-k slot; sorts after every real image id
-
-
-@dataclass
-class Ranked:
-    """The k best (value, image, position) per unit, best first: [units, k] each."""
-
-    value: np.ndarray  # float32
-    image_id: np.ndarray  # int64, PAD_ID where empty
-    position: np.ndarray  # int64 flat index into the layer's H*W map
-
-    @classmethod
-    def empty(cls, units: int, k: int, largest: bool) -> Ranked:
-        fill = -np.inf if largest else np.inf
-        return cls(np.full((units, k), fill, np.float32), np.full((units, k), PAD_ID, np.int64), np.zeros((units, k), np.int64))
-
-    def merged(self, other: Ranked, largest: bool) -> Ranked:
-        """The k best of both; ties go to the smaller image id."""
-        k = self.value.shape[1]
-        value = np.concatenate([self.value, other.value], axis=1)
-        image_id = np.concatenate([self.image_id, other.image_id], axis=1)
-        position = np.concatenate([self.position, other.position], axis=1)
-        order = np.lexsort((image_id, -value if largest else value), axis=1)[:, :k]
-        return Ranked(*(np.take_along_axis(a, order, axis=1) for a in (value, image_id, position)))
-
 
 @dataclass
 class LayerPartial:
@@ -126,50 +101,49 @@ def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int, scratch: torc
     marks the rows whose per-unit mean activation is kept (the probe set `diff` correlates on).
     NaN and infinite values are counted per unit and then read as 0, so one bad unit cannot
     poison the statistics of the run. `spectrum` keeps every image's spatial max and its arg-max (first occurrence).
+    A channels-last output (units on the innermost axis: NHWC, tokens) is reduced as it lies, over positions on
+    axis 1 of [N, H*W, C]: reducing its units-first view would copy it, three times slower.
     """
     n, c = out.shape[:2]
-    flat = out.detach().reshape(n, c, -1).float()
+    last = out.dim() == 4 and out.stride(1) == 1 and c > 1 and out.shape[2] * out.shape[3] > 1
+    flat = (out.detach().permute(0, 2, 3, 1).reshape(n, -1, c) if last else out.detach().reshape(n, c, -1)).float()
+    pos = 1 if last else 2  # the positions' axis of `flat`
+    positions = flat.shape[pos]
     nonfinite = np.zeros(c, np.int64)
-    per_image = flat.sum(dim=2)
+    per_image = flat.sum(dim=pos)
     if not bool(torch.isfinite(per_image).all()):
         finite = torch.isfinite(flat)
-        nonfinite = (~finite).sum(dim=(0, 2)).cpu().numpy().astype(np.int64)
+        nonfinite = (~finite).sum(dim=(0, pos)).cpu().numpy().astype(np.int64)
         flat = torch.where(finite, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
-        per_image = flat.sum(dim=2)
+        per_image = flat.sum(dim=pos)
     rows = np.flatnonzero(probe) if probe is not None else np.zeros(0, np.int64)
-    if spectrum:
-        vmax, argmax = flat.max(dim=2)
-        maxima = Maxima.of_batch(vmax, argmax, image_ids, flat.shape[2])
+    argmax = argmin = None  # channels last: every image's arg-max (arg-min) now, not gathered strided rows later
+    if spectrum or last:
+        vmax, argmax = flat.max(dim=pos)
     else:
-        vmax, maxima = flat.amax(dim=2), Maxima.none()
-    vmin = flat.amin(dim=2)
+        vmax = flat.amax(dim=pos)
+    maxima = Maxima.of_batch(vmax, argmax, image_ids, positions) if spectrum else Maxima.none()
+    vmin, argmin = flat.min(dim=pos) if last else (flat.amin(dim=pos), None)
+    squares = (torch.mul(flat, flat, out=scratch.view(flat.shape) if scratch is not None else None).sum(dim=pos) if last
+               else torch.linalg.vector_norm(flat, dim=pos).square())
     # positives counted as a sum of clamp(x, 0, TINY) / TINY: one pass, no bool-to-int conversion
     marks = torch.clamp(flat, 0.0, _TINY, out=scratch.view(flat.shape) if scratch is not None else None)
+    map_sum = flat.sum(dim=0).double()
     return LayerPartial(
         images=n,
         total=per_image.double().sum(dim=0).cpu().numpy(),
-        total_sq=torch.linalg.vector_norm(flat, dim=2).double().square().sum(dim=0).cpu().numpy(),
-        positive=np.rint(marks.sum(dim=2).double().sum(dim=0).cpu().numpy() / _TINY).astype(np.int64),
+        total_sq=squares.double().sum(dim=0).cpu().numpy(),
+        positive=np.rint(marks.sum(dim=pos).double().sum(dim=0).cpu().numpy() / _TINY).astype(np.int64),
         vmax=vmax.amax(dim=0).cpu().numpy(),
         vmin=vmin.amin(dim=0).cpu().numpy(),
-        map_sum=flat.sum(dim=0).double().reshape(out.shape[1:]).cpu().numpy(),
-        top=_batch_ranked(flat, vmax, image_ids, k, largest=True),
-        bottom=_batch_ranked(flat, vmin, image_ids, k, largest=False),
+        map_sum=(map_sum.T if last else map_sum).reshape(out.shape[1:]).cpu().numpy(),
+        top=batch_ranked(flat, vmax, image_ids, k, largest=True, found=argmax if last else None),
+        bottom=batch_ranked(flat, vmin, image_ids, k, largest=False, found=argmin),
         nonfinite=nonfinite,
         probe_ids=image_ids[rows].astype(np.int64),
-        probe=(per_image[torch.as_tensor(rows, device=flat.device)] / flat.shape[2]).cpu().numpy().astype(np.float32),
+        probe=(per_image[torch.as_tensor(rows, device=flat.device)] / positions).cpu().numpy().astype(np.float32),
         maxima=maxima,
     )
-
-
-def _batch_ranked(flat: torch.Tensor, extreme: torch.Tensor, image_ids: np.ndarray, k: int, largest: bool) -> Ranked:
-    """The batch's k best images per unit; a stable sort keeps ties in (ascending) image-id order."""
-    n, c = extreme.shape
-    order = torch.sort(extreme.T, dim=1, descending=largest, stable=True).indices[:, :k]  # [C, k'] batch rows
-    rows = flat[order, torch.arange(c, device=flat.device)[:, None]]  # [C, k', H*W]
-    position = rows.argmax(dim=2) if largest else rows.argmin(dim=2)  # first occurrence
-    value = torch.gather(extreme.T, 1, order)
-    return Ranked(value.cpu().numpy(), image_ids[order.cpu().numpy()], position.cpu().numpy().astype(np.int64))
 
 
 def compute(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Batch], k: int,

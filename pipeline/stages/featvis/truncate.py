@@ -59,7 +59,7 @@ class LayerForward:
             acts, output = self.module(x)["out"], None
         if self.info is None or self.info.layout in (NCHW, NC):
             return acts, output
-        return units_first(acts, self.info.layout, self.info.spatial, self.info.prefix)[0], output
+        return units_first(acts, self.info.layout, self.info.spatial, self.info.prefix, self.info.windows)[0], output
 
 
 def _truncated(model: nn.Module, layer: str) -> nn.Module | None:

@@ -18,7 +18,7 @@ from pipeline.errors import UserError
 from pipeline.inputs.batches import iter_batches
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.images import ImageRecord, ImageSet
-from pipeline.inputs.layouts import CHANNELS_LAST, native_map
+from pipeline.inputs.layouts import CHANNELS_LAST, Windows, native_map
 from pipeline.inputs.models import LayerInfo, resolve_layers
 from pipeline.stages.activations.stage import ActivationsStage
 from pipeline.stages.activations.stage import settings_hash as activations_hash
@@ -43,6 +43,7 @@ class ShapleyPart:
     eval_set: tuple[ImageRecord, ...]  # the evaluation images
     shapes: tuple[tuple[int, ...], ...] = ()  # each player layer's units-first shape for one image
     layouts: tuple[str, ...] = ()  # where each player layer keeps its units (layouts.py)
+    windows: tuple[Windows | None, ...] = ()  # and, for a windowed layer, where its positions lie on the grid
     classes: tuple[str, ...] = ()  # the class names, in label-index order
 
 
@@ -59,7 +60,8 @@ class ShapleyStage(Stage[ShapleySettings, ShapleyPart, Any]):
         classes = plan.images.classes
         part = ShapleyPart(players, eval_records(plan.images, cfg, plan.job.seed),
                            shapes=tuple(tuple(infos[n].shape) for n, _ in players), classes=tuple(classes),
-                           layouts=tuple(infos[n].layout for n, _ in players))
+                           layouts=tuple(infos[n].layout for n, _ in players),
+                           windows=tuple(infos[n].windows for n, _ in players))
         if not isinstance(survey.output, tuple) or len(survey.output) != 2 or survey.output[1] < len(classes):
             raise UserError(f"stage 'shapley' scores the model's class outputs, but the model returns {survey.output} for "
                             f"{len(classes)} classes in data.images ({', '.join(classes)}): it needs "
@@ -100,8 +102,8 @@ class ShapleyStage(Stage[ShapleySettings, ShapleyPart, Any]):
         layers = list(part.players)
         maps = ctx.result_of(ActivationsStage).layers
         means = [native_map(torch.from_numpy(maps[name].mean_map.reshape(shape)),
-                            torch.from_numpy(maps[name].prefix_mean), layout).numpy()
-                 for (name, _), shape, layout in zip(layers, part.shapes, part.layouts)]
+                            torch.from_numpy(maps[name].prefix_mean), layout, windows).numpy()
+                 for (name, _), shape, layout, windows in zip(layers, part.shapes, part.layouts, part.windows)]
         setup = driver.share((list(part.eval_set), layers, means, cfg.metric, len(part.classes), part.layouts))
         images: list[int] = []
 
