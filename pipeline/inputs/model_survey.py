@@ -20,8 +20,8 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.inputs.fingerprints import hash_tensors, json_fingerprint
-from pipeline.inputs.layouts import (DESCRIBED, NC, NCHW, NHWC, RANKS, WINDOWS, SUPPORTED, grid_shape, own_layout, produced_layout,
-                                     why_not_read)
+from pipeline.inputs.layouts import (DESCRIBED, NC, NCHW, NHWC, RANKS, SUPPORTED, WINDOWS, grid_shape, own_layout,
+                                     produced_layout, why_not_read)
 from pipeline.inputs.models import LayerInfo
 from pipeline.inputs.windows import partition_of
 
@@ -133,8 +133,9 @@ def _layout(name: str, module: nn.Module, shape: tuple[int, ...], ran: list, lay
 
 
 def _placed(shapes: list[tuple[int, ...]], layout: str | None, grids: list[tuple[int, int]],
-            input_hw: tuple[int, int]) -> tuple[tuple[int, ...], int] | str | None:
-    """(units-first shape, prefix tokens) of a layer's last output, why it has none, or None (not run, no layout)."""
+            input_hw: tuple[int, int]) -> tuple | str | None:
+    """(units-first shape, prefix tokens) of a layer's last output (a windowed one gets its Windows third), why its
+    positions are no grid of the image, or None (not run, no layout)."""
     if not shapes or not shapes[-1] or layout is None:
         return None
     if shapes[-1][0] != 2:
@@ -143,7 +144,8 @@ def _placed(shapes: list[tuple[int, ...]], layout: str | None, grids: list[tuple
     return grid_shape(layout, shapes[-1], grids, input_hw)
 
 
-def _why_left_out(name: str, shapes: list[tuple[int, ...]], layout: str | None, placed, explicit: bool) -> dict | None:
+def _why_left_out(name: str, shapes: list[tuple[int, ...]], layout: str | None, placed: tuple | str | None,
+                  explicit: bool) -> dict | None:
     """None when the layer's units are read; else, of a default selection, why it is left out."""
     if not shapes:
         why = NEVER_RUN

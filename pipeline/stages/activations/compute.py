@@ -95,8 +95,8 @@ def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int, scratch: torc
     """One layer's output for a batch ([N, C, H, W]) reduced to a partial.
 
     Per-image reductions run in float32 (exact enough over one map, and cheap); sums across
-    images accumulate in float64. Arg-max positions are found only for the images that make
-    a unit's top (or bottom) k within the batch. `scratch`, a reusable tensor of the output's
+    images accumulate in float64. Each image's max and min come with their first position, from
+    which a unit's top (or bottom) k within the batch are taken. `scratch`, a reusable tensor of the output's
     shape, saves allocating (and page-faulting) a large temporary on every batch. `probe`
     marks the rows whose per-unit mean activation is kept (the probe set `diff` correlates on).
     NaN and infinite values are counted per unit and then read as 0, so one bad unit cannot
@@ -117,13 +117,12 @@ def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int, scratch: torc
         flat = torch.where(finite, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
         per_image = flat.sum(dim=pos)
     rows = np.flatnonzero(probe) if probe is not None else np.zeros(0, np.int64)
-    argmax = argmin = None  # channels last: every image's arg-max (arg-min) now, not gathered strided rows later
+    # every image's extremes with their first positions: cheaper than gathering the chosen images' maps afterwards
     if last:
         grid = flat.view(n, out.shape[2], out.shape[3], c)
         (vmax, argmax), (vmin, argmin) = _extreme_last(grid, True), _extreme_last(grid, False)
     else:
-        vmax, argmax = flat.max(dim=pos) if spectrum else (flat.amax(dim=pos), None)
-        vmin = flat.amin(dim=pos)
+        (vmax, argmax), (vmin, argmin) = flat.max(dim=pos), flat.min(dim=pos)
     maxima = Maxima.of_batch(vmax, argmax, image_ids, positions) if spectrum else Maxima.none()
     squares = (torch.mul(flat, flat, out=scratch.view(flat.shape) if scratch is not None else None).sum(dim=pos) if last
                else torch.linalg.vector_norm(flat, dim=pos).square())
@@ -138,8 +137,8 @@ def reduce_batch(out: torch.Tensor, image_ids: np.ndarray, k: int, scratch: torc
         vmax=vmax.amax(dim=0).cpu().numpy(),
         vmin=vmin.amin(dim=0).cpu().numpy(),
         map_sum=(map_sum.T if last else map_sum).reshape(out.shape[1:]).cpu().numpy(),
-        top=batch_ranked(flat, vmax, image_ids, k, largest=True, found=argmax if last else None),
-        bottom=batch_ranked(flat, vmin, image_ids, k, largest=False, found=argmin),
+        top=batch_ranked(vmax, argmax, image_ids, k, largest=True),
+        bottom=batch_ranked(vmin, argmin, image_ids, k, largest=False),
         nonfinite=nonfinite,
         probe_ids=image_ids[rows].astype(np.int64),
         probe=(per_image[torch.as_tensor(rows, device=flat.device)] / positions).cpu().numpy().astype(np.float32),

@@ -33,17 +33,11 @@ class Ranked:
         return Ranked(*(np.take_along_axis(a, order, axis=1) for a in (value, image_id, position)))
 
 
-def batch_ranked(flat: torch.Tensor, extreme: torch.Tensor, image_ids: np.ndarray, k: int, largest: bool,
-                  found: torch.Tensor | None = None) -> Ranked:
-    """The batch's k best images per unit; a stable sort keeps ties in (ascending) image-id order. `found`: every
-    image's arg-extreme [N, C] when known, else it is read from the chosen rows of `flat` [N, C, H*W]."""
+def batch_ranked(extreme: torch.Tensor, position: torch.Tensor, image_ids: np.ndarray, k: int, largest: bool) -> Ranked:
+    """The batch's k best images per unit from every image's extreme [N, C] and its position [N, C]; a stable sort
+    keeps ties in (ascending) image-id order."""
     n, c = extreme.shape
     order = torch.sort(extreme.T, dim=1, descending=largest, stable=True).indices[:, :k]  # [C, k'] batch rows
-    units = torch.arange(c, device=flat.device)[:, None]
-    if found is not None:
-        position = found[order, units]
-    else:
-        rows = flat[order, units]  # [C, k', H*W]
-        position = rows.argmax(dim=2) if largest else rows.argmin(dim=2)  # first occurrence
-    value = torch.gather(extreme.T, 1, order)
-    return Ranked(value.cpu().numpy(), image_ids[order.cpu().numpy()], position.cpu().numpy().astype(np.int64))
+    units = torch.arange(c, device=extreme.device)[:, None]
+    return Ranked(extreme[order, units].cpu().numpy(), image_ids[order.cpu().numpy()],
+                  position[order, units].cpu().numpy().astype(np.int64))
