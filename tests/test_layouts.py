@@ -172,9 +172,12 @@ def test_every_torchvision_classifier_reads_every_unit_it_selects_at_the_right_c
 
 @pytest.mark.parametrize("name", ["alexnet", "resnet18", "densenet121", "mobilenet_v3_small", "efficientnet_b0",
                                   "regnet_x_400mf", "shufflenet_v2_x0_5", "squeezenet1_1", "mnasnet0_5", "googlenet",
-                                  "convnext_tiny", "swin_t"])
+                                  "convnext_tiny", "swin_t", "swin_v2_t",
+                                  pytest.param("vit_b_16", marks=pytest.mark.slow),
+                                  pytest.param("maxvit_t", marks=pytest.mark.slow)])
 def test_the_activations_stage_reads_every_layer_a_family_selects(name):
-    """One architecture a family, two images through the activations stage's computation: one statistic per unit."""
+    """One architecture a family, two images through the activations stage's computation: one statistic per unit
+    of every layer, whatever its layout (a ViT's tokens, Swin's and ConvNeXt's channels last, MaxViT's windows)."""
     model, size, _, survey = _surveyed(name)
     images = torch.randn(2, 3, size, size)
     partial = activations.compute(model, survey.layers, iter([Batch(np.zeros((0,)), images, np.arange(2))]), k=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,3 +58,24 @@ def test_a_timm_job_with_local_weights_is_cataloged(tmp_path, capsys):
     job.write_text(job.read_text().replace('timm = "resnet18"', 'timm = "resnet_18"'))
     assert main(["run", str(job)]) == 2
     assert "model.timm = 'resnet_18' is not a timm model. Closest: resnet18" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_timm_vit_is_cataloged_with_its_class_token_apart(tmp_path):
+    """timm's vit_tiny_patch16_224 (random weights, 224 px, 4 images): each block's MLP hidden neurons, read on the
+    14 x 14 patch grid, the class token kept per image; similarity over them."""
+    make_images(tmp_path / "images", count=4, size=224)
+    text = job_toml("planted", ["blocks.*.mlp.act"], input_size=224, k=1, patch=8, norm=(0.5, 0.5),
+                    activations={"spectrum_quantiles": 0}, similarity={})
+    job = write_job(tmp_path, text.replace('factory = "tiny_models.py:planted"',
+                                           'timm = "vit_tiny_patch16_224"\nnum_classes = 2'))
+    assert main(["run", str(job)]) == 0
+    catalog = Catalog.open(tmp_path / "catalog")
+    assert len(catalog.layers) == 12 and len(catalog.units()) == 12 * 768
+    assert {(layer["layout"], tuple(layer["shape"]), layer["prefix_tokens"]) for layer in catalog.manifest["layers"]} == {
+        ("tokens", (768, 14, 14), 1)}
+    values, ids = catalog.prefix_tokens("blocks.11.mlp.act")
+    assert values.shape == (768, 4, 1) and list(ids) == [0, 1, 2, 3] and np.isfinite(values.astype(float)).all()
+    examples = catalog.examples("blocks.11.mlp.act")
+    assert examples["y"].between(0, 13).all() and examples["x"].between(0, 13).all()
+    assert len(catalog.similar("blocks.0.mlp.act")) > 0
