@@ -70,7 +70,7 @@ def whole_model(model: nn.Module) -> Split:
 def split_model(model: nn.Module, players: Sequence[str], channels_last: frozenset[str] = frozenset()) -> Split:
     """Cut the forward just after the site of the first call of any player layer (its output, past the
     per-channel operations that follow it); the later players are ablated at their sites in the suffix.
-    `channels_last`: the players whose units are on the last axis (NHWC, tokens)."""
+    `channels_last`: the players whose units are on the last axis (NHWC, tokens, windows)."""
     try:
         graph = _PlayersAsLeaves(players).trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure means: run the whole model
@@ -179,8 +179,8 @@ class Ablator:
     evaluation set and for each class's images, from the same forward.
 
     `layers` lists (module path, units); players are numbered layer after layer. `mean_maps` are shaped like one
-    image's output of each layer, in its own layout (`layouts`, default "nchw": units on axis 1; "nhwc" and
-    "tokens" keep them on the last axis, and a removed unit is replaced at every position, prefix tokens too).
+    image's output of each layer, in its own layout (`layouts`, default "nchw": units on axis 1; "nhwc", "tokens"
+    and "windows" keep them on the last axis, and a removed unit is replaced at every position, prefix tokens too).
     Several coalitions are evaluated in one forward (the cached batch repeated, each copy with its own units removed).
     """
 
