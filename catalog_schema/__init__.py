@@ -1,12 +1,12 @@
 """The on-disk contract of a neuron catalog: table schemas, Zarr layout, manifest, and the reader."""
 
-from catalog_schema.arrays import (ARRAYS, EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS, PREFIX_TOKENS, PROBES, PROJECTIONS,
-                                   SPECTRUM, STORE, WEIGHTS, ArrayKind)
+from catalog_schema.arrays import (ARRAYS, DICTIONARY_DECODER, DICTIONARY_ENCODER, EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS,
+                                   PREFIX_TOKENS, PROBES, PROJECTIONS, SPECTRUM, STORE, WEIGHTS, ArrayKind)
 from catalog_schema.manifest import LATEST, MANIFEST, SCHEMA_VERSION, CatalogError, read_manifest
 from catalog_schema.reader import Catalog
 from catalog_schema.tables import TABLES, to_table
 
 __all__ = [
-    "ARRAYS", "EXAMPLES", "FEATVIS", "HEATMAPS", "MEAN_MAPS", "PREFIX_TOKENS", "PROBES", "PROJECTIONS", "SPECTRUM", "STORE", "WEIGHTS", "ArrayKind",
+    "ARRAYS", "DICTIONARY_DECODER", "DICTIONARY_ENCODER", "EXAMPLES", "FEATVIS", "HEATMAPS", "MEAN_MAPS", "PREFIX_TOKENS", "PROBES", "PROJECTIONS", "SPECTRUM", "STORE", "WEIGHTS", "ArrayKind",
     "LATEST", "MANIFEST", "SCHEMA_VERSION", "CatalogError", "read_manifest", "Catalog", "TABLES", "to_table",
 ]

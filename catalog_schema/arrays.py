@@ -39,7 +39,12 @@ PROBES = ArrayKind("probes", "float32", "[units, m] mean activation on each prob
 PREFIX_TOKENS = ArrayKind("prefix_tokens", "float16", "[units, images, P] each image's activation at the P tokens "
                           "before the patch grid (class, registers, distillation) of a token layer, images in the "
                           "order of attr image_ids; absent for a layer without prefix tokens")
+DICTIONARY_DECODER = ArrayKind("dictionary_decoder", "float32", "[features, C] a layer's sparse dictionary: each feature's "
+                               "direction in the layer's channels (unit rows); attrs: decoder_bias [C], k, scale")
+DICTIONARY_ENCODER = ArrayKind("dictionary_encoder", "float32", "[features, C] the dictionary's encoder rows; attrs: "
+                               "encoder_bias [features]. A position's codes: TopK_k(ReLU(encoder (scale x - "
+                               "decoder_bias) + encoder_bias)); its reconstruction (codes decoder + decoder_bias) / scale")
 WEIGHTS = ArrayKind("weights", "uint8", "[units, kh, kw, 3] filters of a layer that convolves the input, 128 = 0")
 
 ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, SPECTRUM, FEATVIS, MEAN_MAPS, PROBES, PREFIX_TOKENS, PROJECTIONS,
-                                           WEIGHTS)}
+                                           WEIGHTS, DICTIONARY_DECODER, DICTIONARY_ENCODER)}

@@ -26,7 +26,7 @@ MANIFEST_KEYS: dict[str, str] = {
     "fingerprints": "hashes of what the results depend on: {scheme, model, layers: {layer: hash}, data, concepts, config, "
                     "settings, inputs: {stage: {layer or '*': {input: hash}}}}; a later run compares `inputs` to reuse results",
     "stages_done": "the stages whose results the catalog holds, in pipeline order",
-    "settings": "each stage's settings as used ({preprocess, activations, featvis, dissection, shapley, similarity})",
+    "settings": "each stage's settings as used ({preprocess, activations, featvis, dissection, shapley, similarity, dictionary})",
     "layers": "[{name, units, shape, layout, prefix_tokens, receptive_field: {size, jump, offset, exact, whole_image, "
               "around_peak}, dead_units, interpretable_units, unique_concepts}]: the cataloged layers in model order; "
               "shape is units first, [C, H, W] or [C], whatever the layout (nchw, nhwc, tokens, windows, nc), H x W a token "
@@ -45,6 +45,8 @@ MANIFEST_KEYS: dict[str, str] = {
     "shapley": "importance: the players, estimators, evaluations, rounds, v_all / v_none (the metric with every / no "
                "player) overall and by class, the bandit's progress, the warm start",
     "similarity": "similarity: {probe_images, comparisons: [{layer, other_layer, kind}], layers: units without neighbours}",
+    "dictionary": "dictionary: {layers: {layer: dictionary_quality's row and firing_histogram (features per log10 "
+                  "firing-frequency bin, dead ones in none)}, histogram_log10_edges, train_images, eval_images}",
 }
 REQUIRED_KEYS = ("schema_version", "run_id", "started", "finished", "job", "fingerprints", "stages_done", "layers", "data")
 

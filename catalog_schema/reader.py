@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from catalog_schema.arrays import (EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS, PREFIX_TOKENS, PROBES, PROJECTIONS, SPECTRUM, STORE, WEIGHTS,
-                                   ArrayKind)
+from catalog_schema.arrays import (DICTIONARY_DECODER, DICTIONARY_ENCODER, EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS,
+                                   PREFIX_TOKENS, PROBES, PROJECTIONS, SPECTRUM, STORE, WEIGHTS, ArrayKind)
 from catalog_schema.manifest import LATEST, MANIFEST, CatalogError, read_manifest
 from catalog_schema.tables import TABLES, table_file
 
@@ -176,6 +176,18 @@ class Catalog:
             return None
         arr = self._array(PREFIX_TOKENS, layer)
         return arr[...], np.asarray(arr.attrs["image_ids"], dtype=np.int64)
+
+    def dictionary_quality(self) -> pd.DataFrame:
+        """dictionary_quality.parquet as a DataFrame (empty columns when the dictionary stage did not run)."""
+        return self.table("dictionary_quality")
+
+    def dictionary(self, layer: str) -> dict[str, Any]:
+        """A layer's sparse dictionary: {encoder [F, C], encoder_bias [F], decoder [F, C], decoder_bias [C], k, scale}
+        (see the dictionary_encoder array's doc for how a position is encoded)."""
+        decoder, encoder = self._array(DICTIONARY_DECODER, layer), self._array(DICTIONARY_ENCODER, layer)
+        return {"encoder": encoder[...], "encoder_bias": np.asarray(encoder.attrs["encoder_bias"], np.float32),
+                "decoder": decoder[...], "decoder_bias": np.asarray(decoder.attrs["decoder_bias"], np.float32),
+                "k": int(decoder.attrs["k"]), "scale": float(decoder.attrs["scale"])}
 
     def mean_map(self, layer: str) -> np.ndarray:
         """Mean activation map float32 [units, H, W] of a layer."""

@@ -153,6 +153,22 @@ SIMILAR = pa.schema([  # the similarity stage: each unit's nearest units, per co
     column("rank", pa.int32(), "0 = the nearest of its (other_layer, kind)"),
 ])
 
+DICTIONARY_QUALITY = pa.schema([  # the dictionary stage: one row per layer given a sparse dictionary
+    column("layer", pa.string(), LAYER, required=True),
+    column("features", pa.int32(), "the dictionary's size (its features)", required=True),
+    column("k", pa.int32(), "active features per position (TopK)", required=True),
+    column("channels", pa.int32(), "the layer's units: each position's vector has this many values", required=True),
+    column("steps", pa.int32(), "optimizer steps it was trained for"),
+    column("vectors", pa.int64(), "training vectors it saw (steps x batch; positions of the training images)"),
+    column("eval_vectors", pa.int64(), "positions of the evaluation images the quality columns are measured on"),
+    column("explained_variance", pa.float32(), "1 - squared reconstruction error / squared deviation from the mean vector"),
+    column("mean_l0", pa.float32(), "active features per position, on average"),
+    column("dead_fraction", pa.float32(), "share of features that never fire on the evaluation vectors"),
+    column("dense_fraction", pa.float32(), "share of features firing on more than 10% of the evaluation vectors"),
+    column("stability", pa.float32(), "mean cosine of the decoder rows matched one-to-one (Hungarian) with a dictionary "
+                                      "trained with the next seed; null: not measured (stability = false)"),
+])
+
 CONCEPTS = pa.schema([  # the concept data set's labels as the dissection used them, with their Broden synonyms
     column("concept_number", pa.int32(), "as in label.csv", required=True),
     column("concept", pa.string(), "the label's name"),
@@ -223,6 +239,8 @@ TABLE_DOCS: dict[str, str] = {
     "shapley_ablation": "shapley: the metric after removing N units chosen by value, by single-unit effect or at random "
                         "(Neuron Shapley's check).",
     "similar": "similarity: each unit's nearest units, in its own layer and the layers beside it.",
+    "dictionary_quality": "dictionary: how well each layer's sparse dictionary reconstructs the layer, how sparse and "
+                          "how stable it is.",
     "diff": "Not in a catalog: `neuron-catalog diff OLD NEW --out FILE` writes it, one row per unit of NEW (and per "
             "unmatched unit of OLD).",
     "evolution": "Not in a catalog: `neuron-catalog history` writes it (evolution.parquet): every unit of every run, "
@@ -241,6 +259,7 @@ TABLES: dict[str, pa.Schema] = {
     "importance_by_class": IMPORTANCE_BY_CLASS,
     "diff": DIFF,
     "similar": SIMILAR,
+    "dictionary_quality": DICTIONARY_QUALITY,
     "concepts": CONCEPTS,
     "evolution": EVOLUTION,
 }

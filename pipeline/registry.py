@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from pipeline.errors import UserError
 from pipeline.stages.activations.stage import ActivationsStage
+from pipeline.stages.dictionary.stage import DictionaryStage
 from pipeline.stages.dissection.stage import DissectionStage
 from pipeline.stages.featvis.stage import FeatvisStage
 from pipeline.stages.protocol import Stage
@@ -23,6 +24,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     DissectionStage(),
     ShapleyStage(),
     SimilarityStage(),
+    DictionaryStage(),
 )}
 
 

@@ -136,4 +136,6 @@ def test_a_stage_reads_only_the_results_it_declares_it_needs():
     assert ctx.result_of(ActivationsStage) == "the activations' result"
     with pytest.raises(KeyError, match="dissection is not among the stages this one needs"):
         ctx.result_of(DissectionStage)
-    assert all(ActivationsStage in stage.needs for name, stage in STAGES.items() if name != "activations")
+    # every analysis of the units reads the activations' results; the dictionary reads the layers' outputs itself
+    assert all(ActivationsStage in stage.needs for name, stage in STAGES.items() if name not in ("activations", "dictionary"))
+    assert STAGES["dictionary"].needs == ()

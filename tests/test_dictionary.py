@@ -3,6 +3,8 @@ superposition (more one-concept directions than channels, two at most active at 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -54,10 +56,10 @@ def test_the_dictionary_reconstructs_and_stays_sparse(planted):
 
 def test_the_same_seed_gives_the_same_dictionary_and_another_seed_a_matching_one(planted):
     directions, dictionary, settings = planted
-    again = train(_superposed(directions, 300), TrainSettings(32, 2, 300, 3e-3, seed=0))
-    same = train(_superposed(directions, 300), TrainSettings(32, 2, 300, 3e-3, seed=0))
+    again = train(_superposed(directions, 50), TrainSettings(32, 2, 50, 3e-3, seed=0))
+    same = train(_superposed(directions, 50), TrainSettings(32, 2, 50, 3e-3, seed=0))
     assert all(np.array_equal(getattr(again, f), getattr(same, f)) for f in ("encoder", "decoder", "decoder_bias"))
-    other = train(_superposed(directions, 1500), TrainSettings(32, 2, 1500, 3e-3, seed=1))
+    other = train(_superposed(directions, 1500, size=512), TrainSettings(32, 2, 1500, 3e-3, seed=1))
     assert not np.array_equal(other.decoder, dictionary.decoder)
     matched = matched_cosine(dictionary.decoder, other.decoder)
     assert (np.sort(matched)[-PLANTED:] > 0.95).all()  # the planted features, found by both seeds
@@ -83,3 +85,68 @@ def test_quality_summary_by_hand():
 def test_top_k_keeps_the_k_largest():
     values = torch.tensor([[0.1, 3.0, 2.0, 0.0], [5.0, 0.0, 1.0, 4.0]])
     assert torch.equal(top_k(values, 2), torch.tensor([[0.0, 3.0, 2.0, 0.0], [5.0, 0.0, 0.0, 4.0]]))
+
+
+# --- the stage, through the command line on a real local Ray ---------------------------------------------------------
+
+DICTIONARY = {"layers": ["conv2"], "steps": 100, "batch": 256, "buffer": 2048, "eval_images": 4}
+
+
+def _job(folder, workers: int = 1, dictionary: dict | None = None):
+    """The planted model's conv1 and conv2 on 12 images, [stages.dictionary] over conv2 (`dictionary`: other keys)."""
+    from conftest import job_toml, make_images, write_job
+
+    if not (folder / "images").exists():
+        make_images(folder / "images", count=12, size=32)
+    section = "".join(f"{key} = {json.dumps(value)}\n" for key, value in {**DICTIONARY, **(dictionary or {})}.items())
+    return write_job(folder, job_toml("planted", ["conv1", "conv2"], k=2, patch=8, workers=workers, shard=4,
+                                      activations={"spectrum_quantiles": 0}) + "\n[stages.dictionary]\n" + section)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_stage_writes_each_dictionary_its_quality_and_describe_shows_it(tmp_path, capsys):
+    from catalog_schema import Catalog
+    from pipeline.cli import main
+
+    assert main(["run", str(_job(tmp_path))]) == 0
+    catalog = Catalog.open(tmp_path / "catalog")
+    (row,) = catalog.dictionary_quality().to_dict("records")
+    assert (row["layer"], row["features"], row["k"], row["channels"]) == ("conv2", 8 * 6, 1, 6)
+    _, h, w = next(layer["shape"] for layer in catalog.manifest["layers"] if layer["name"] == "conv2")
+    assert row["eval_vectors"] == 4 * h * w  # every position of the 4 evaluation images
+    assert 0 < row["explained_variance"] <= 1 and row["mean_l0"] <= 1
+    assert 0 < row["stability"] <= 1
+    d = catalog.dictionary("conv2")
+    assert d["decoder"].shape == (48, 6) and np.allclose(np.linalg.norm(d["decoder"], axis=1), 1, atol=1e-5)
+    histogram = catalog.manifest["dictionary"]["layers"]["conv2"]["firing_histogram"]
+    assert sum(histogram) == round(48 * (1 - row["dead_fraction"]))
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "catalog")]) == 0
+    out = capsys.readouterr().out
+    assert "dictionaries (sparse, TopK" in out and "conv2" in out.split("dictionaries")[1]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_same_dictionary_whatever_the_number_of_workers(tmp_path):
+    from catalog_schema import Catalog
+    from pipeline.cli import main
+
+    assert main(["run", str(_job(tmp_path / "one", workers=1))]) == 0
+    assert main(["run", str(_job(tmp_path / "two", workers=2))]) == 0
+    one, two = (Catalog.open(tmp_path / name / "catalog") for name in ("one", "two"))
+    for key in ("encoder", "decoder", "encoder_bias", "decoder_bias"):
+        assert np.array_equal(one.dictionary("conv2")[key], two.dictionary("conv2")[key]), key
+    assert one.dictionary_quality().equals(two.dictionary_quality())
+
+
+@pytest.mark.parametrize("keys,message", [
+    ({"layers": []}, "job key 'stages.dictionary.layers' is empty"),
+    ({"layers": ["fc"]}, "stages.dictionary.layers selects fc, which model.layers does not"),
+    ({"buffer": 8}, "job key 'stages.dictionary.buffer' (8) must hold at least one batch"),
+], ids=["no layers", "outside model.layers", "buffer"])
+def test_bad_dictionary_settings_are_refused_with_the_key(tmp_path, capsys, keys, message):
+    from pipeline.cli import main
+
+    assert main(["run", str(_job(tmp_path, dictionary=keys))]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -42,6 +42,8 @@ def describe(catalog: Catalog) -> str:
         lines += ["", *_shapley_lines(catalog, m["shapley"], m["settings"]["shapley"])]
     if "similarity" in m:
         lines += ["", _similarity_line(m)]
+    if "dictionary" in m:
+        lines += ["", *_dictionary_lines(catalog)]
     for item in data["skipped"][:5]:
         lines.append(f"skipped      {item['path']}: {item['reason']}")
     left_out = m.get("layers_left_out") or []  # catalogs written before it have no such key
@@ -52,6 +54,14 @@ def describe(catalog: Catalog) -> str:
     if len(data["skipped"]) > 5:
         lines.append(f"skipped      ... and {len(data['skipped']) - 5} more (see manifest.json)")
     return "\n".join(lines)
+
+
+def _dictionary_lines(catalog: Catalog) -> list[str]:
+    """Each layer's sparse dictionary: its size, sparsity and how well it reconstructs the layer."""
+    table = catalog.dictionary_quality()[["layer", "features", "k", "explained_variance", "mean_l0", "dead_fraction",
+                                          "dense_fraction", "stability"]]
+    return ["dictionaries (sparse, TopK; dictionary_quality.parquet, Catalog.dictionary):",
+            table.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
 
 
 def _run_lines(m: dict) -> list[str]:

@@ -1,0 +1,125 @@
+"""The dictionary stage: a sparse dictionary (TopK SAE, sae.py) per selected layer, trained on the layer's
+per-position vectors streamed from the data set on a model actor, and its quality (quality.py).
+
+One task trains one dictionary from start to end on one actor, with the images in seeded epoch orders: the
+same job and seed give the same dictionary whatever the number of workers (as every stage, for a given
+`cpus_per_worker`). The stability twin (the next seed) is another task, run beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import nn
+
+from pipeline.errors import UserError
+from pipeline.inputs.batches import Batch, iter_batches
+from pipeline.inputs.fingerprints import json_fingerprint
+from pipeline.inputs.layouts import WINDOWS
+from pipeline.inputs.models import resolve_layers
+from pipeline.stages.dictionary import quality, sae
+from pipeline.stages.dictionary.results import DictionaryPart, DictionaryResult, DictionaryTask
+from pipeline.stages.dictionary.settings import DictionarySettings
+from pipeline.stages.dictionary.vectors import layer_vectors, shuffled
+from pipeline.stages.dictionary.write import write_dictionary
+from pipeline.stages.protocol import Context, Driver, LayerInputs, Shared, Stage, Worker
+
+if TYPE_CHECKING:
+    from pipeline.catalog.draft import Draft, ManifestPart
+    from pipeline.plan import RunPlan
+
+
+class DictionaryStage(Stage[DictionarySettings, DictionaryPart, DictionaryResult]):
+    name = "dictionary"
+    Settings = DictionarySettings
+
+    def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> DictionaryPart:
+        cfg = self.settings(plan.job)
+        infos = {info.name: info for info in plan.layers}
+        chosen = resolve_layers(model, cfg.layers)
+        outside = [name for name in chosen if name not in infos]
+        if outside:
+            raise UserError(f"stages.dictionary.layers selects {', '.join(outside)}, which model.layers does not: "
+                            f"choose among {', '.join(infos)}.")
+        windowed = [name for name in chosen if infos[name].layout == WINDOWS]
+        if windowed:
+            raise UserError(f"stages.dictionary.layers: {', '.join(windowed)} outputs windows of the image; choose a "
+                            "layer whose positions are the image's grid.")
+        tasks = []
+        for index, info in enumerate(plan.layers):
+            if info.name in chosen:
+                features, k = cfg.size(info.units)
+                for replica in range(1 + cfg.stability):
+                    seed = int(np.random.SeedSequence([plan.job.seed, index, replica]).generate_state(1)[0])
+                    tasks.append(DictionaryTask(info, sae.TrainSettings(features, k, cfg.steps, cfg.lr, seed), replica))
+        records = plan.images.records
+        pick = np.random.default_rng([plan.job.seed, 34]).permutation(len(records))
+        held = max(1, min(cfg.eval_images, len(records) // 2)) if len(records) > 1 else 1
+        eval_images = tuple(records[i] for i in np.sort(pick[:held]))
+        train_images = tuple(records[i] for i in np.sort(pick[held:])) or eval_images
+        return DictionaryPart(tuple(tasks), cfg.batch, cfg.buffer, train_images, eval_images)
+
+    def inputs(self, plan: RunPlan) -> LayerInputs:
+        fp, cfg = plan.fingerprints, self.settings(plan.job)
+        settings = json_fingerprint({"dictionary": asdict(cfg), "seed": plan.job.seed})
+        chosen = {task.info.name for task in self.part(plan).tasks}
+        return {name: {"layer": fp["layers"][name], "data": fp["data"], "settings": settings} for name in chosen}
+
+    def run(self, ctx: Context[DictionarySettings, DictionaryPart, DictionaryResult], driver: Driver) -> DictionaryResult:
+        part = ctx.part
+        shared = driver.share((part.train_images, part.eval_images, part.batch, part.buffer))
+        trained = driver.map(train_dictionary, list(part.tasks), shared)
+        out = DictionaryResult({}, {}, {})
+        for task, (dictionary, measured) in zip(part.tasks, trained):
+            if task.replica == 0:
+                out.dictionaries[task.info.name], out.quality[task.info.name] = dictionary, measured
+        for task, (dictionary, _) in zip(part.tasks, trained):
+            if task.replica == 1:
+                matched = quality.matched_cosine(out.dictionaries[task.info.name].decoder, dictionary.decoder)
+                out.stability[task.info.name] = float(matched.mean())
+        for name in out.dictionaries:
+            out.stability.setdefault(name, None)
+        return out
+
+    def write(self, draft: Draft, ctx: Context[DictionarySettings, DictionaryPart, DictionaryResult],
+              result: DictionaryResult) -> ManifestPart:
+        return write_dictionary(draft, ctx.settings, ctx.part, result)
+
+
+def train_dictionary(worker: Worker, task: DictionaryTask, shared: Shared) -> tuple[sae.Dictionary, quality.QualityPartial]:
+    """On an actor: one dictionary trained on the layer's vectors, and its statistics on the evaluation images."""
+    train_images, eval_images, batch, buffer = worker.get(shared)
+    model = worker.model()
+    vectors = layer_vectors(model, task.info, _epochs(worker, train_images, task.train.seed))
+    try:
+        dictionary = sae.train(shuffled(vectors, buffer, batch, task.train.seed), task.train, worker.device)
+    finally:
+        vectors.close()  # takes its hook off the model
+    measured = layer_vectors(model, task.info, iter_batches(worker.root, _chunks(eval_images, worker.prep.batch_size),
+                                                            worker.prep, [], worker.device))
+    try:
+        return dictionary, quality.measure(dictionary, measured, worker.device)
+    finally:
+        measured.close()
+
+
+def _epochs(worker: Worker, records: tuple, seed: int) -> Iterator[Batch]:
+    """The training images as batches, epoch after epoch, each epoch in its own seeded order (endless)."""
+    epoch = 0
+    while True:
+        order = np.random.default_rng([seed, epoch]).permutation(len(records))
+        read = 0
+        for batch in iter_batches(worker.root, _chunks([records[i] for i in order], worker.prep.batch_size),
+                                  worker.prep, [], worker.device):
+            read += 1
+            yield batch
+        if not read:
+            raise UserError(f"stage 'dictionary': none of the {len(records)} training images could be read.")
+        epoch += 1
+
+
+def _chunks(records, size: int) -> list[list]:
+    return [list(records[s:s + size]) for s in range(0, len(records), size)]
