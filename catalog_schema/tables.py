@@ -167,6 +167,11 @@ DICTIONARY_QUALITY = pa.schema([  # the dictionary stage: one row per layer give
     column("dense_fraction", pa.float32(), "share of features firing on more than 10% of the evaluation vectors"),
     column("stability", pa.float32(), "mean cosine of the decoder rows matched one-to-one (Hungarian) with a dictionary "
                                       "trained with the next seed; null: not measured (stability = false)"),
+    column("loss_recovered", pa.float32(), "the model's cross-entropy on the evaluation images with the layer's output "
+                                           "replaced by its reconstruction, between the layer replaced by its mean "
+                                           "vector (0) and left as it is (1); null: no class labels"),
+    column("accuracy", pa.float32(), "the model's accuracy on the labelled evaluation images, as it is"),
+    column("accuracy_reconstructed", pa.float32(), "the same with the layer's output replaced by its reconstruction"),
 ])
 
 CONCEPTS = pa.schema([  # the concept data set's labels as the dissection used them, with their Broden synonyms

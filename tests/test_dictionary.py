@@ -124,6 +124,10 @@ def test_the_stage_writes_each_dictionary_its_quality_and_describe_shows_it(tmp_
     assert main(["describe", str(tmp_path / "catalog")]) == 0
     out = capsys.readouterr().out
     assert "dictionaries (sparse, TopK" in out and "conv2" in out.split("dictionaries")[1]
+    assert row["accuracy"] is not None and row["accuracy_reconstructed"] is not None  # class folders: labelled
+    assert main(["render", str(tmp_path / "catalog"), "--out", str(tmp_path / "site")]) == 0
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "Sparse dictionaries" in index and f"<td>conv2</td><td>48</td><td>1</td><td>{row['explained_variance']:.3f}</td>" in index
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -150,3 +154,36 @@ def test_bad_dictionary_settings_are_refused_with_the_key(tmp_path, capsys, keys
     assert main(["run", str(_job(tmp_path, dictionary=keys))]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_loss_recovered_by_hand():
+    """A perfect reconstruction recovers all of the loss (1), the mean vector none (0); on a token layer only the
+    patch grid is replaced: with every patch vector zeroed, the planted token model's logits are head(class
+    token) = (1, -1) whatever the image."""
+    import sys
+    from pathlib import Path
+
+    from pipeline.inputs.batches import Batch
+    from pipeline.inputs.model_survey import survey_model
+    from pipeline.stages.dictionary.recovery import scores
+
+    sys.path.insert(0, str(Path(__file__).parent / "assets"))
+    from tiny_models import planted_tokens
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    (info,) = survey_model(model, ["1"], (3, 8, 8)).layers
+    batch = Batch(np.zeros(0), torch.randn(6, 3, 8, 8), np.arange(6))
+    labels = {i: i % 3 for i in range(6)}
+    mean = torch.ones(4)
+    perfect = scores(model, info, [batch], labels, lambda v: v, mean).summary()
+    assert perfect["loss_recovered"] == pytest.approx(1.0) and perfect["accuracy"] == perfect["accuracy_reconstructed"]
+    assert scores(model, info, [batch], labels, lambda v: mean.expand_as(v), mean).summary()["loss_recovered"] == 0.0
+
+    tokens = planted_tokens().eval()
+    (info,) = survey_model(tokens, ["relu"], (3, 32, 32)).layers
+    batch = Batch(np.zeros(0), torch.randn(4, 3, 32, 32), np.arange(4))
+    zeroed = scores(tokens, info, [batch], {i: 0 for i in range(4)}, torch.zeros_like, torch.zeros(4))
+    assert zeroed.loss[1] == pytest.approx(4 * (np.log(np.e + 1 / np.e) - 1), abs=1e-5)  # -log softmax(1, -1)[0]
+    assert zeroed.correct[1] == 4

@@ -221,6 +221,9 @@ def _index_context(catalog: Catalog, units: pd.DataFrame, layers: list[dict], sl
         c = m["concepts"]
         context["concepts"] = f"{c['root']}: {c['labels']} labels in {', '.join(c['categories'])}, {c['used']} images"
     context.update(importance_context(catalog, units, slug))
+    context["dictionaries"] = [{key: v if isinstance(v, str) else "-" if _value(v) is None else
+                                f"{v:.3f}" if isinstance(v, float) else v for key, v in row.items()}
+                               for row in catalog.dictionary_quality().to_dict("records")]
     return context
 
 

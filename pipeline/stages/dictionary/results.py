@@ -34,3 +34,4 @@ class DictionaryResult:
     dictionaries: dict[str, Dictionary]  # layer -> the cataloged dictionary
     quality: dict[str, QualityPartial]  # layer -> its statistics on the evaluation images
     stability: dict[str, float | None]  # layer -> mean matched cosine with the twin (None: not trained)
+    recovery: dict[str, dict]  # layer -> loss_recovered, accuracy, accuracy_reconstructed (None: no labels)

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from pipeline.errors import UserError
@@ -20,7 +21,7 @@ from pipeline.inputs.batches import Batch, iter_batches
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.layouts import WINDOWS
 from pipeline.inputs.models import resolve_layers
-from pipeline.stages.dictionary import quality, sae
+from pipeline.stages.dictionary import quality, recovery, sae
 from pipeline.stages.dictionary.results import DictionaryPart, DictionaryResult, DictionaryTask
 from pipeline.stages.dictionary.settings import DictionarySettings
 from pipeline.stages.dictionary.vectors import layer_vectors, shuffled
@@ -72,11 +73,12 @@ class DictionaryStage(Stage[DictionarySettings, DictionaryPart, DictionaryResult
         part = ctx.part
         shared = driver.share((part.train_images, part.eval_images, part.batch, part.buffer))
         trained = driver.map(train_dictionary, list(part.tasks), shared)
-        out = DictionaryResult({}, {}, {})
-        for task, (dictionary, measured) in zip(part.tasks, trained):
+        out = DictionaryResult({}, {}, {}, {})
+        for task, (dictionary, measured, scores) in zip(part.tasks, trained):
             if task.replica == 0:
                 out.dictionaries[task.info.name], out.quality[task.info.name] = dictionary, measured
-        for task, (dictionary, _) in zip(part.tasks, trained):
+                out.recovery[task.info.name] = scores.summary()
+        for task, (dictionary, _, _) in zip(part.tasks, trained):
             if task.replica == 1:
                 matched = quality.matched_cosine(out.dictionaries[task.info.name].decoder, dictionary.decoder)
                 out.stability[task.info.name] = float(matched.mean())
@@ -89,8 +91,10 @@ class DictionaryStage(Stage[DictionarySettings, DictionaryPart, DictionaryResult
         return write_dictionary(draft, ctx.settings, ctx.part, result)
 
 
-def train_dictionary(worker: Worker, task: DictionaryTask, shared: Shared) -> tuple[sae.Dictionary, quality.QualityPartial]:
-    """On an actor: one dictionary trained on the layer's vectors, and its statistics on the evaluation images."""
+def train_dictionary(worker: Worker, task: DictionaryTask,
+                     shared: Shared) -> tuple[sae.Dictionary, quality.QualityPartial, recovery.Scores]:
+    """On an actor: one dictionary trained on the layer's vectors, its statistics on the evaluation images, and (for
+    the cataloged one) the model's loss with the layer reconstructed."""
     train_images, eval_images, batch, buffer = worker.get(shared)
     model = worker.model()
     vectors = layer_vectors(model, task.info, _epochs(worker, train_images, task.train.seed))
@@ -98,12 +102,19 @@ def train_dictionary(worker: Worker, task: DictionaryTask, shared: Shared) -> tu
         dictionary = sae.train(shuffled(vectors, buffer, batch, task.train.seed), task.train, worker.device)
     finally:
         vectors.close()  # takes its hook off the model
-    measured = layer_vectors(model, task.info, iter_batches(worker.root, _chunks(eval_images, worker.prep.batch_size),
-                                                            worker.prep, [], worker.device))
+    evaluation = lambda: iter_batches(worker.root, _chunks(eval_images, worker.prep.batch_size),  # noqa: E731
+                                      worker.prep, [], worker.device)
+    measured = layer_vectors(model, task.info, evaluation())
     try:
-        return dictionary, quality.measure(dictionary, measured, worker.device)
+        stats = quality.measure(dictionary, measured, worker.device)
     finally:
         measured.close()
+    if task.replica or not stats.vectors:
+        return dictionary, stats, recovery.Scores()
+    w = dictionary.tensors(worker.device)
+    mean = torch.as_tensor(stats.total / stats.vectors, dtype=torch.float32, device=worker.device)
+    labels = {r.image_id: r.label_index for r in eval_images if r.label_index >= 0}
+    return dictionary, stats, recovery.scores(model, task.info, evaluation(), labels, lambda v: w.decode(w.encode(v)), mean)
 
 
 def _epochs(worker: Worker, records: tuple, seed: int) -> Iterator[Batch]:

@@ -28,7 +28,7 @@ def write_dictionary(draft: Draft, settings: DictionarySettings, part: Dictionar
         stats = summary(measured)
         row = {"layer": name, "features": d.features, "k": d.k, "channels": d.decoder.shape[1], "steps": settings.steps,
                "vectors": settings.steps * part.batch, "eval_vectors": measured.vectors,
-               "stability": result.stability[name],
+               "stability": result.stability[name], **result.recovery[name],
                **{key: stats[key] for key in ("explained_variance", "mean_l0", "dead_fraction", "dense_fraction")}}
         for key in rows:
             rows[key].append(row[key])
