@@ -33,11 +33,16 @@ if TYPE_CHECKING:
     from pipeline.plan import RunPlan
 
 
+HELD_OUT_STREAM = 34  # a fixed number beside the job's seed: the held-out pick's own random stream
+
+
 class DictionaryStage(Stage[DictionarySettings, DictionaryPart, DictionaryResult]):
     name = "dictionary"
     Settings = DictionarySettings
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> DictionaryPart:
+        """A task per dictionary (and its stability twin); `eval_images` images (at most half the data set, seeded)
+        held out of the training to measure them."""
         cfg = self.settings(plan.job)
         infos = {info.name: info for info in plan.layers}
         chosen = resolve_layers(model, cfg.layers)
@@ -57,7 +62,7 @@ class DictionaryStage(Stage[DictionarySettings, DictionaryPart, DictionaryResult
                     seed = int(np.random.SeedSequence([plan.job.seed, index, replica]).generate_state(1)[0])
                     tasks.append(DictionaryTask(info, sae.TrainSettings(features, k, cfg.steps, cfg.lr, seed), replica))
         records = plan.images.records
-        pick = np.random.default_rng([plan.job.seed, 34]).permutation(len(records))
+        pick = np.random.default_rng([plan.job.seed, HELD_OUT_STREAM]).permutation(len(records))
         held = max(1, min(cfg.eval_images, len(records) // 2)) if len(records) > 1 else 1
         eval_images = tuple(records[i] for i in np.sort(pick[:held]))
         train_images = tuple(records[i] for i in np.sort(pick[held:])) or eval_images
