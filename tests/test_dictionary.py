@@ -187,3 +187,23 @@ def test_loss_recovered_by_hand():
     zeroed = scores(tokens, info, [batch], {i: 0 for i in range(4)}, torch.zeros_like, torch.zeros(4))
     assert zeroed.loss[1] == pytest.approx(4 * (np.log(np.e + 1 / np.e) - 1), abs=1e-5)  # -log softmax(1, -1)[0]
     assert zeroed.correct[1] == 4
+
+
+def test_a_data_set_that_fits_the_buffer_is_read_through_the_model_once():
+    """`epochs` keeps the first epoch's vectors when they fit in the buffer, and reads every epoch anew otherwise."""
+    from itertools import islice
+
+    from pipeline.stages.dictionary.vectors import epochs
+
+    reads = []
+
+    def read(epoch):
+        reads.append(epoch)
+        yield from (torch.full((10, 2), float(epoch * 3 + i)) for i in range(3))
+
+    small = list(islice(epochs(read, buffer=30), 6))
+    assert reads == [0] and [float(v[0, 0]) for v in small[:3]] == [0, 1, 2]
+    assert torch.equal(small[3], torch.cat(small[:3])) and torch.equal(small[5], small[3])
+    reads.clear()
+    large = list(islice(epochs(read, buffer=29), 7))
+    assert reads == [0, 1, 2] and [float(v[0, 0]) for v in large] == [0, 1, 2, 3, 4, 5, 6]

@@ -24,7 +24,7 @@ from pipeline.inputs.models import resolve_layers
 from pipeline.stages.dictionary import quality, recovery, sae
 from pipeline.stages.dictionary.results import DictionaryPart, DictionaryResult, DictionaryTask
 from pipeline.stages.dictionary.settings import DictionarySettings
-from pipeline.stages.dictionary.vectors import layer_vectors, shuffled
+from pipeline.stages.dictionary.vectors import epochs, layer_vectors, shuffled
 from pipeline.stages.dictionary.write import write_dictionary
 from pipeline.stages.protocol import Context, Driver, LayerInputs, Shared, Stage, Worker
 
@@ -102,11 +102,14 @@ def train_dictionary(worker: Worker, task: DictionaryTask,
     the cataloged one) the model's loss with the layer reconstructed."""
     train_images, eval_images, batch, buffer = worker.get(shared)
     model = worker.model()
-    vectors = layer_vectors(model, task.info, _epochs(worker, train_images, task.train.seed))
+    vectors = epochs(lambda epoch: layer_vectors(model, task.info, _epoch(worker, train_images, task.train.seed, epoch)),
+                     buffer)
     try:
         dictionary = sae.train(shuffled(vectors, buffer, batch, task.train.seed), task.train, worker.device)
+    except ValueError:
+        raise UserError(f"stage 'dictionary': none of the {len(train_images)} training images could be read.") from None
     finally:
-        vectors.close()  # takes its hook off the model
+        vectors.close()  # takes the reading's hook off the model
     evaluation = lambda: iter_batches(worker.root, _chunks(eval_images, worker.prep.batch_size),  # noqa: E731
                                       worker.prep, [], worker.device)
     measured = layer_vectors(model, task.info, evaluation())
@@ -122,19 +125,11 @@ def train_dictionary(worker: Worker, task: DictionaryTask,
     return dictionary, stats, recovery.scores(model, task.info, evaluation(), labels, lambda v: w.decode(w.encode(v)), mean)
 
 
-def _epochs(worker: Worker, records: tuple, seed: int) -> Iterator[Batch]:
-    """The training images as batches, epoch after epoch, each epoch in its own seeded order (endless)."""
-    epoch = 0
-    while True:
-        order = np.random.default_rng([seed, epoch]).permutation(len(records))
-        read = 0
-        for batch in iter_batches(worker.root, _chunks([records[i] for i in order], worker.prep.batch_size),
-                                  worker.prep, [], worker.device):
-            read += 1
-            yield batch
-        if not read:
-            raise UserError(f"stage 'dictionary': none of the {len(records)} training images could be read.")
-        epoch += 1
+def _epoch(worker: Worker, records: tuple, seed: int, epoch: int) -> Iterator[Batch]:
+    """The training images as batches, in the epoch's own seeded order."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(records))
+    return iter_batches(worker.root, _chunks([records[i] for i in order], worker.prep.batch_size), worker.prep, [],
+                        worker.device)
 
 
 def _chunks(records, size: int) -> list[list]:

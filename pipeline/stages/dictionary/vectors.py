@@ -1,9 +1,11 @@
 """A layer's per-position vectors, streamed: every spatial position (or patch token) of every image is one vector
-of the layer's C channels. Never all in memory: a shuffle buffer of a fixed size cuts them into training batches."""
+of the layer's C channels. Never all in memory: a shuffle buffer of a fixed size cuts them into training batches
+(a data set whose vectors fit in it is read through the model once, `epochs`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 
 import torch
 from torch import nn
@@ -43,3 +45,30 @@ def shuffled(vectors: Iterable[torch.Tensor], buffer: int, batch: int, seed: int
         for start in range(0, whole, batch):
             yield mixed[start:start + batch]
         pool, held = [mixed[whole:]], len(mixed) - whole
+
+
+def epochs(read: Callable[[int], Iterator[torch.Tensor]], buffer: int) -> Iterator[torch.Tensor]:
+    """The vectors of epoch after epoch, endless; `read(epoch)` streams one epoch through the model (a generator,
+    closed here). When the first epoch's vectors all fit in the buffer they are kept and given again as one block
+    each later epoch (the shuffle buffer mixes them), instead of running the model over the images again."""
+    kept: list[torch.Tensor] | None = []
+    held = 0
+    with closing(read(0)) as first:
+        for v in first:
+            held += len(v)
+            if kept is not None and held <= buffer:
+                kept.append(v)
+            else:
+                kept = None
+            yield v
+    if not held:
+        raise ValueError("no vector: none of the images could be read")
+    if kept is not None:
+        block = torch.cat(kept)
+        while True:
+            yield block
+    epoch = 1
+    while True:
+        with closing(read(epoch)) as vectors:
+            yield from vectors
+        epoch += 1
