@@ -60,7 +60,8 @@ def summary(q: QualityPartial) -> dict[str, float | list[int]]:
     variance = q.total_sq - float(np.square(q.total).sum()) / n
     frequency = q.fired / n
     alive = frequency[frequency > 0]
-    histogram, _ = np.histogram(np.log10(alive), bins=FREQUENCY_BINS) if len(alive) else (np.zeros(len(FREQUENCY_BINS) - 1, int), None)
+    histogram = (np.histogram(np.log10(alive), bins=FREQUENCY_BINS)[0] if len(alive)
+                 else np.zeros(len(FREQUENCY_BINS) - 1, int))
     return {"explained_variance": 1.0 - q.error / variance if variance > 0 else float("nan"),
             "mean_l0": q.active / n, "dead_fraction": float((q.fired == 0).mean()),
             "dense_fraction": float((frequency > DENSE).mean()), "firing_histogram": [int(c) for c in histogram]}
