@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -44,8 +45,9 @@ class Windows:
     shape: tuple[int, int]  # (G, P)
     order: tuple[int, ...]
 
+    @cached_property
     def to_grid(self) -> torch.Tensor:
-        """int64 [H*W]: for each grid position, its index among the G*P windowed positions."""
+        """int64 [H*W]: for each grid position, its index among the G*P windowed positions (made once per layer)."""
         return torch.argsort(torch.tensor(self.order))
 
 _CHANNELS_LAST = {2: NC, 3: TOKENS, 4: NHWC}  # a Linear's output by its number of axes
@@ -121,7 +123,7 @@ def units_first(out: torch.Tensor, layout: str, grid: tuple[int, int] = (1, 1), 
     """(the grid [N, C, H, W], a view but for windows ([N, C, 1, 1] for [N, C]), the prefix tokens [N, P, C] or
     None)."""
     if layout == WINDOWS:
-        flat = out.reshape(out.shape[0], -1, out.shape[-1])[:, windows.to_grid().to(out.device)]
+        flat = out.reshape(out.shape[0], -1, out.shape[-1])[:, windows.to_grid.to(out.device)]
         return flat.unflatten(1, grid).permute(0, 3, 1, 2), None
     if layout == NHWC:
         return out.permute(0, 3, 1, 2), None

@@ -18,7 +18,7 @@ from pipeline.errors import UserError
 from pipeline.inputs.batches import iter_batches
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.images import ImageRecord, ImageSet
-from pipeline.inputs.layouts import CHANNELS_LAST, Windows, native_map
+from pipeline.inputs.layouts import CHANNELS_LAST, native_map
 from pipeline.inputs.models import LayerInfo, resolve_layers
 from pipeline.stages.activations.stage import ActivationsStage
 from pipeline.stages.activations.stage import settings_hash as activations_hash
@@ -41,9 +41,7 @@ ROUNDS = "rounds.pkl"  # the stage's checkpoint: the state after the last finish
 class ShapleyPart:
     players: tuple[tuple[str, int], ...]  # player layers (path, units)
     eval_set: tuple[ImageRecord, ...]  # the evaluation images
-    shapes: tuple[tuple[int, ...], ...] = ()  # each player layer's units-first shape for one image
-    layouts: tuple[str, ...] = ()  # where each player layer keeps its units (layouts.py)
-    windows: tuple[Windows | None, ...] = ()  # and, for a windowed layer, where its positions lie on the grid
+    infos: tuple[LayerInfo, ...] = ()  # each player layer: its units-first shape and where it keeps its units
     classes: tuple[str, ...] = ()  # the class names, in label-index order
 
 
@@ -59,9 +57,7 @@ class ShapleyStage(Stage[ShapleySettings, ShapleyPart, Any]):
         infos = {info.name: info for info in plan.layers}
         classes = plan.images.classes
         part = ShapleyPart(players, eval_records(plan.images, cfg, plan.job.seed),
-                           shapes=tuple(tuple(infos[n].shape) for n, _ in players), classes=tuple(classes),
-                           layouts=tuple(infos[n].layout for n, _ in players),
-                           windows=tuple(infos[n].windows for n, _ in players))
+                           tuple(infos[n] for n, _ in players), tuple(classes))
         if not isinstance(survey.output, tuple) or len(survey.output) != 2 or survey.output[1] < len(classes):
             raise UserError(f"stage 'shapley' scores the model's class outputs, but the model returns {survey.output} for "
                             f"{len(classes)} classes in data.images ({', '.join(classes)}): it needs "
@@ -101,10 +97,11 @@ class ShapleyStage(Stage[ShapleySettings, ShapleyPart, Any]):
         plan, cfg, part = ctx.plan, ctx.settings, ctx.part
         layers = list(part.players)
         maps = ctx.result_of(ActivationsStage).layers
-        means = [native_map(torch.from_numpy(maps[name].mean_map.reshape(shape)),
-                            torch.from_numpy(maps[name].prefix_mean), layout, windows).numpy()
-                 for (name, _), shape, layout, windows in zip(layers, part.shapes, part.layouts, part.windows)]
-        setup = driver.share((list(part.eval_set), layers, means, cfg.metric, len(part.classes), part.layouts))
+        means = [native_map(torch.from_numpy(maps[info.name].mean_map.reshape(info.shape)),
+                            torch.from_numpy(maps[info.name].prefix_mean), info.layout, info.windows).numpy()
+                 for info in part.infos]
+        layouts = tuple(info.layout for info in part.infos)
+        setup = driver.share((list(part.eval_set), layers, means, cfg.metric, len(part.classes), layouts))
         images: list[int] = []
 
         def evaluate(items: list[np.ndarray]) -> list[np.ndarray]:
