@@ -17,7 +17,7 @@ SHARD_GLOB = "shard-*.pkl"
 # The units table's columns, by the stage that fills them.
 ACTIVATION_COLUMNS = ("layer", "unit", "act_mean", "act_std", "act_max", "act_min", "frac_active", "dead", "nonfinite")
 FEATVIS_COLUMNS = ("featvis_activation", "featvis_ratio", "featvis_flat")
-DISSECTION_COLUMNS = ("label", "category", "iou", "interpretable")
+DISSECTION_COLUMNS = ("label", "category", "iou", "interpretable", "purity")
 SHAPLEY_COLUMNS = ("shapley", "shapley_ci_low", "shapley_ci_high")
 BANZHAF_COLUMNS = ("banzhaf", "banzhaf_ci_low", "banzhaf_ci_high")
 

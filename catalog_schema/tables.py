@@ -49,6 +49,8 @@ UNITS = pa.schema([
     column("category", pa.string(), "dissection: that concept's category (color, object, part, material, scene, texture, ...)"),
     column("iou", pa.float32(), "dissection: the best concept's IoU with the unit's thresholded activation"),
     column("interpretable", pa.bool_(), "dissection: iou >= [stages.dissection] iou_threshold"),
+    column("purity", pa.float32(), "dissection: the share of the unit's 10 top images on the concept data set (by peak "
+           "activation) that carry its concept anywhere (null: no concept)"),
     column("shapley", pa.float32(), "importance: the unit's Shapley value for the metric (null: not a player)"),
     column("shapley_ci_low", pa.float32(), "importance: the lower end of the Shapley value's confidence interval"),
     column("shapley_ci_high", pa.float32(), "importance: the upper end of the Shapley value's confidence interval"),

@@ -13,7 +13,7 @@ from pipeline.inputs.batches import Preprocess
 from pipeline.inputs.fingerprints import SCHEME, json_fingerprint, model_fingerprint
 from pipeline.inputs.images import list_images
 from pipeline.inputs.model_survey import survey_model
-from pipeline.inputs.models import build_model, recipe_from_config, resolve_layers
+from pipeline.inputs.models import LayerInfo, build_model, recipe_from_config, resolve_layers
 from pipeline.inputs.receptive_field import around_peak, receptive_fields
 from pipeline.job.config import JobConfig
 from pipeline.job.load import check_inputs_exist
@@ -42,22 +42,42 @@ def make_plan(job: JobConfig, stages: Mapping[str, Stage], out: Path | None = No
     if not survey.layers:
         raise UserError(f"model.layers: none of the {len(layer_names)} Conv2d and Linear modules can be read: "
                         f"{survey.left_out[0]['why']}. List the module paths to catalog in [model] layers.")
+    layers, reads = _with_added_layers(job, stages, model, survey.layers)
     layer_names = [info.name for info in survey.layers]
     prep = Preprocess(m.input_size, m.mean, m.std, job.data.batch_size)
     per_shard = shard_size(job, prep)
     shards = [Shard(i, images.records[s:s + per_shard]) for i, s in enumerate(range(0, len(images.records), per_shard))]
     fields = receptive_fields(model, layer_names, input_shape)
-    fields = {info.name: around_peak(fields[info.name], info.spatial, input_shape[1:]) for info in survey.layers}
-    plan = RunPlan(job, catalog, names, recipe, survey.layers, fields, images, prep, shards, {}, prepared, {},
+    fields = {info.name: around_peak(fields[reads.get(info.name, (info.name,))[0]], info.spatial, input_shape[1:])
+              for info in layers}
+    plan = RunPlan(job, catalog, names, recipe, layers, fields, images, prep, shards, {}, prepared, {},
                    left_out=tuple(survey.left_out))
     parts: dict[str, Any] = {}
     for name in names:
         parts[name] = stages[name].plan(plan, model, survey)
-    settings = {"prep": prep.__dict__, "layers": [info.name for info in survey.layers], "seed": job.seed,
+    settings = {"prep": prep.__dict__, "layers": [info.name for info in layers], "seed": job.seed,
                 "limit": job.data.limit, **{name: asdict(stages[name].settings(job)) for name in names}}
-    fingerprints = {"scheme": SCHEME, "model": model_fingerprint(model), "layers": survey.fingerprints,
+    layer_fps = {**survey.fingerprints, **{name: json_fingerprint({"reads": survey.fingerprints[source], "added_by": by,
+                                                                    "settings": settings[by], "seed": job.seed,
+                                                                    "data": images.fingerprint()})
+                                           for name, (source, by) in reads.items()}}
+    fingerprints = {"scheme": SCHEME, "model": model_fingerprint(model), "layers": layer_fps,
                     "data": images.fingerprint(), "config": json_fingerprint(job.to_dict()),
                     "settings": json_fingerprint(settings)}
     for name in names:
         fingerprints.update(stages[name].fingerprints(parts[name]))
     return replace(plan, parts=parts, fingerprints=fingerprints)
+
+
+def _with_added_layers(job: JobConfig, stages: Mapping[str, Stage], model: Any,
+                       surveyed: list[LayerInfo]) -> tuple[list[LayerInfo], dict[str, tuple[str, str]]]:
+    """The surveyed layers with the layers stages add (a dictionary's features) each right after the layer it reads,
+    and added layer -> (the layer it reads, the stage that adds it)."""
+    added: dict[str, list[LayerInfo]] = {}
+    reads: dict[str, tuple[str, str]] = {}
+    for name, stage in stages.items():
+        for source, info in stage.added_layers(job, model, surveyed).items():
+            added.setdefault(source, []).append(info)
+            reads[info.name] = (source, name)
+    return [out for info in surveyed for out in (info, *added.get(info.name, ()))], reads
+

@@ -19,12 +19,12 @@ from pipeline.stages.shapley.stage import ShapleyStage
 from pipeline.stages.similarity.stage import SimilarityStage
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    DictionaryStage(),  # first: the stages after it read its features as a layer
     ActivationsStage(),
     FeatvisStage(),
     DissectionStage(),
     ShapleyStage(),
     SimilarityStage(),
-    DictionaryStage(),
 )}
 
 

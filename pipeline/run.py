@@ -124,11 +124,16 @@ def _distribute_and_write(plan: RunPlan, stages: Stages, contexts: dict[str, Con
     results: dict[str, Any] = {}
     with runner.ray_session(address), runner.model_workers(plan) as workers:
         seconds["ray start"] = round(time.perf_counter() - start, 2)  # Ray and the model actors up
+        added: dict[str, Any] = {}
         for name, stage in stages.items():
             driver = runner.Driver(plan, workers, name, seconds, progress)
-            contexts[name] = dataclasses.replace(contexts[name], upstream={need: results[need.name] for need in stage.needs})
+            contexts[name] = dataclasses.replace(contexts[name], upstream={need: results[need.name] for need in stage.needs},
+                                                 added=dict(added))
             with driver.timed(name):
                 results[name] = stage.run(contexts[name], driver)
+            parts = stage.model_parts(results[name])
+            workers.attach(list(parts.values()))
+            added.update(parts)
     times = {"started": started, "finished": _now(), "wall_seconds": [{"step": k, "seconds": v} for k, v in seconds.items()]}
     start = time.perf_counter()
     manifest = write_catalog(plan, stages, contexts, results, times, uuid.uuid4().hex, record)

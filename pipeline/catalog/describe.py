@@ -7,6 +7,7 @@ import json
 import pandas as pd
 
 from catalog_schema import Catalog
+from pipeline.catalog.comparison import neurons_and_features
 from pipeline.catalog.query import interpretable_by_category
 
 ESTIMATOR_NAMES = {"tmc": "Shapley", "msr": "Shapley", "banzhaf": "Banzhaf"}
@@ -60,8 +61,14 @@ def _dictionary_lines(catalog: Catalog) -> list[str]:
     """Each layer's sparse dictionary: its size, sparsity and how well it reconstructs the layer."""
     table = catalog.dictionary_quality()[["layer", "features", "k", "explained_variance", "mean_l0", "dead_fraction",
                                           "dense_fraction", "stability"]]
-    return ["dictionaries (sparse, TopK; dictionary_quality.parquet, Catalog.dictionary):",
-            table.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+    lines = ["dictionaries (sparse, TopK; dictionary_quality.parquet, Catalog.dictionary; features are the layers "
+             "'<layer>..features'):", table.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+    compared = neurons_and_features(catalog.units(), table["layer"].tolist())
+    if len(compared):
+        lines += ["neurons vs features (dissection: interpretable = IoU >= threshold; purity = mean share of an "
+                  "interpretable unit's 10 top concept images that carry its concept):",
+                  compared.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+    return lines
 
 
 def _run_lines(m: dict) -> list[str]:

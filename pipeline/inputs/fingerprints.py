@@ -15,7 +15,8 @@ def json_fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-SCHEME = 3  # how layer fingerprints are made (3: with the layout); a catalog of another scheme has nothing to reuse
+SCHEME = 4  # how layer fingerprints are made (3: with the layout, 4: dissection keeps purity); a catalog of another
+# scheme has nothing to reuse
 
 
 def hash_tensors(h: "hashlib._Hash", named: list[tuple[str, torch.Tensor]]) -> None:

@@ -4,7 +4,7 @@ Forward hooks hand each layer's output to a reducer *inside* the hook (a
 following in-place ReLU would overwrite it later), and the pass stops as soon
 as the last selected layer has been seen: nothing after it is computed. The
 reducer sees every layout units first, [N, C, H, W] (layouts.py); a token
-layer's prefix tokens go to `on_prefix`.
+layer's prefix tokens go to `on_prefix`. A dictionary's feature layer is read from its encoder (features.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from pipeline.inputs.features import layer_modules
 from pipeline.inputs.layouts import units_first
 from pipeline.inputs.models import LayerInfo
 
@@ -33,7 +34,7 @@ def tapped(model: nn.Module, layers: list[LayerInfo], reduce: Reducer,
 
     A module called several times per forward (a shared ReLU) is read on its last call.
     """
-    modules = dict(model.named_modules())
+    modules = layer_modules(model)
     infos = {info.name: info for info in layers}
     calls = {info.name: 0 for info in layers}
     wanted = {info.name: info.calls for info in layers}

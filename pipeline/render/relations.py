@@ -1,16 +1,18 @@
 """What the site shows of units in relation: each unit's nearest units as a strip of their thumbnails (from the
-similarity stage), and the static search index the index page's search box reads."""
+similarity stage), a dictionary's links between its features and the layer's neurons, and the static search index the index page's search box reads."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from catalog_schema import Catalog
 from pipeline.catalog.query import neighbour_order
 from pipeline.catalog.search import search_index
+from pipeline.inputs.features import feature_layer, source_of
 
 SEARCH_INDEX = "search-index.js"  # a script, not a .json file: browsers refuse to fetch() a file:// URL
 
@@ -27,6 +29,32 @@ def neighbour_strips(catalog: Catalog, layer: str, slug: dict[str, str]) -> dict
             "units": [{"layer": other, "unit": int(u), "score": f"{s:.3f}",
                        "href": f"../{slug[other]}/{int(u)}.html", "picture": f"img/{slug[other]}/{int(u)}-card.jpg"}
                       for u, s in zip(rows["other_unit"], rows["score"])]})
+    return out
+
+
+DICTIONARY_LINKS = 8  # neurons a feature reads most, features that write to a neuron most
+
+
+def dictionary_strips(catalog: Catalog, layer: str, slug: dict[str, str]) -> dict[int, list[dict]]:
+    """unit -> its dictionary links: a feature's page, the neurons it reads most (largest encoder weights); a
+    neuron's page, the features that write to it most (largest decoder weights). Empty without a dictionary."""
+    source = source_of(layer)
+    if source is None and feature_layer(layer) not in slug:
+        return {}
+    if not catalog.has_array("dictionary_decoder", source or layer):
+        return {}
+    d = catalog.dictionary(source or layer)
+    if source is not None:
+        weights, other, title = d["encoder"], source, f"reads most: the neurons of {source} with its largest encoder weights"
+    else:
+        weights, other = d["decoder"].T, feature_layer(layer)
+        title = f"written by: the features of {other} with the largest decoder weights on this neuron"
+    out = {}
+    for unit, row in enumerate(weights):
+        best = np.argsort(-row, kind="stable")[:DICTIONARY_LINKS]
+        out[unit] = [{"title": title, "units": [{"layer": other, "unit": int(u), "score": f"{row[u]:.3f}",
+                                                 "href": f"../{slug[other]}/{int(u)}.html",
+                                                 "picture": f"img/{slug[other]}/{int(u)}-card.jpg"} for u in best]}]
     return out
 
 

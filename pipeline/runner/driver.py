@@ -6,6 +6,7 @@ running the same command after an interruption skips it (see `Driver.fan_out`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import shutil
@@ -35,6 +36,13 @@ class Workers:
 
     actors: list
     setup: list
+    value: RunSetup | None = None  # what `setup` refers to
+
+    def attach(self, parts: Sequence[Any]) -> None:
+        """From now on the actors' model has `parts` attached too (an earlier stage's, for the stages after it)."""
+        if parts:
+            self.value = dataclasses.replace(self.value, parts=self.value.parts + tuple(parts))
+            self.setup = [ray.put(self.value)]
 
 
 @contextmanager
@@ -57,7 +65,7 @@ def model_workers(plan: RunPlan) -> Iterator[Workers]:
     try:
         get_all([w.ready.remote() for w in actors])  # started (a stage's time is then its own)
         setup = RunSetup(plan.recipe, str(plan.images.root), plan.prep, cfg.cpus_per_worker)
-        yield Workers(actors, [ray.put(setup)])  # a list: Ray passes a nested reference as is, unresolved
+        yield Workers(actors, [ray.put(setup)], setup)  # a list: Ray passes a nested reference as is, unresolved
     except BaseException:  # a signal or an error: the actors' running tasks end now, not when they finish
         pool.stop(actors)
         raise

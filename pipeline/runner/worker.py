@@ -25,6 +25,7 @@ class RunSetup:
     root: str
     prep: Preprocess
     threads: int = 0  # torch's threads in every actor ([ray] cpus_per_worker); 0: as the actor started
+    parts: tuple = ()  # what earlier stages attach to the model (Stage.model_parts: objects with install(model))
 
 
 class ModelWorker:
@@ -43,6 +44,7 @@ class ModelWorker:
         self.prep: Preprocess | None = None
         self._run_key: str | None = None
         self._recipe: ModelRecipe | None = None
+        self._parts: tuple = ()
         self._model: nn.Module | None = None
         self._shared: dict[str, Any] = {}  # object id -> object
         self._memos: dict[str, tuple[str, Any]] = {}  # key -> (object id it was built from, value)
@@ -63,12 +65,15 @@ class ModelWorker:
         for _, value in self._memos.values():
             _close(value)
         self._memos, self._shared, self._model = {}, {}, None
-        self._run_key, self._recipe = key, setup.recipe
+        self._run_key, self._recipe, self._parts = key, setup.recipe, setup.parts
         self.root, self.prep = Path(setup.root), setup.prep
 
     def model(self) -> nn.Module:
         if self._model is None:
-            self._model = build_model(self._recipe).to(self.device)
+            model = build_model(self._recipe)
+            for part in self._parts:
+                part.install(model)
+            self._model = model.to(self.device)
         return self._model
 
     def get(self, shared: list) -> Any:

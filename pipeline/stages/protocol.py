@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # types only
     from catalog_schema import Catalog
     from pipeline.catalog.draft import Draft, ManifestPart
     from pipeline.inputs.batches import Preprocess
+    from pipeline.inputs.models import LayerInfo
     from pipeline.job.config import JobConfig
     from pipeline.plan import RunPlan
     from torch import nn
@@ -86,6 +87,8 @@ class Context(Generic[SettingsT, PartT, ResultT]):
     reused: ResultT | None = None  # Stage.load's result: the layers a previous catalog's results still hold
     prior: Any = None  # Stage.prior's result: what computing anew may start from
     upstream: Mapping[type, Any] = field(default_factory=dict)  # stage class -> its result, for the stages in `needs`
+    added: Mapping[str, Any] = field(default_factory=dict)  # layer -> what an earlier stage attached to the model for
+    # it (Stage.model_parts: a dictionary's FeatureLayer)
 
     def result_of(self, stage: type[Stage[Any, Any, T]]) -> T:
         """The result of a stage this one declares in `needs`."""
@@ -111,6 +114,16 @@ class Stage(Generic[SettingsT, PartT, ResultT]):
     def part(self, plan: RunPlan) -> PartT:
         """The stage's part of the plan (what `plan` returned)."""
         return plan.parts[self.name]
+
+    def added_layers(self, job: JobConfig, model: nn.Module, layers: list[LayerInfo]) -> dict[str, LayerInfo]:
+        """Layers this stage adds to the model for the stages after it (a dictionary's features), by the surveyed layer
+        each reads: the run catalogs each right after that layer. Their parts come from `model_parts`."""
+        return {}
+
+    def model_parts(self, result: ResultT) -> dict[str, Any]:
+        """Per added layer, what the model actors attach to their model once this stage has run (an object with
+        `install(model)`); the later stages' contexts hold them as `added`."""
+        return {}
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> PartT:
         """The stage's part of the plan (tasks, players, data sets), made on the driver before any work."""

@@ -363,3 +363,53 @@ class Windowed(nn.Module):
 def windowed() -> nn.Module:
     torch.manual_seed(0)
     return Windowed()
+
+
+PALETTE = {"red": (1.0, -1.0, -1.0), "green": (-1.0, 1.0, -1.0), "gray": (1 / 255,) * 3, "blue": (-1.0, -1.0, 1.0)}
+
+
+class Superposed(nn.Module):
+    """A layer in superposition (Elhage et al. 2022): `colors` one-concept features stored in fewer channels, along
+    known directions. `detect` is exactly `gain` on a 2x2 patch of one mini-Broden colour (input mean 0.5 / std 0.5)
+    and 0 elsewhere, one channel per colour, the gain fixed by position: 0 at 3 positions in 7 (no feature there),
+    else 0.5 to 1.5 (a feature's strength varies);
+    `mix` (a 1x1 convolution) writes colour i along superposed_directions()[i]: each of `mix`'s channels fires on
+    several colours (polysemantic by construction). The head reads the mean of `mix`."""
+
+    def __init__(self, colors: int = 3, channels: int = 2) -> None:
+        super().__init__()
+        names = list(PALETTE)[:colors]
+        self.register_buffer("palette", torch.tensor([PALETTE[n] for n in names]))
+        y, x = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+        r = (3 * y + 5 * x) % 7
+        self.register_buffer("gain", torch.where(r < 3, 0.0, 0.5 + (r - 3) / 3))
+        self.detect = nn.Identity()
+        self.mix = nn.Conv2d(colors, channels, 1, bias=False)
+        self.head = nn.Linear(channels, 2)
+        with torch.no_grad():
+            self.mix.weight.copy_(superposed_directions(colors, channels).T[:, :, None, None])
+            self.head.weight.copy_(torch.tensor([[1.0] * channels, [-1.0] * channels]) / channels)
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patch = nn.functional.avg_pool2d(x, 2)  # [N, 3, H/2, W/2]
+        far = (patch[:, None] - self.palette[None, :, :, None, None]).abs().amax(dim=2)  # [N, colors, h, w]
+        h, w = far.shape[2:]
+        out = self.mix(self.detect(torch.relu(1 - 2 * far) * self.gain[:h, :w]))
+        return self.head(out.mean(dim=(2, 3)))
+
+
+def superposed_directions(colors: int = 3, channels: int = 2) -> torch.Tensor:
+    """[colors, channels] unit directions, each with positive components, so every channel reads several colours:
+    3 in 2 channels at 0, 45 and 90 degrees; 4 in 3 channels: the three axes and their diagonal."""
+    if (colors, channels) == (3, 2):
+        d = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    elif (colors, channels) == (4, 3):
+        d = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    else:
+        raise ValueError(f"no planted directions for {colors} colours in {channels} channels")
+    return d / d.norm(dim=1, keepdim=True)
+
+
+def superposed() -> nn.Module:
+    return Superposed()

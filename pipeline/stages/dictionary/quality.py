@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.stages.dictionary.sae import Dictionary
+from pipeline.inputs.features import Dictionary
 
 DENSE = 0.1  # a feature firing on more than this share of the vectors is dense (it explains little by itself)
 FREQUENCY_BINS = np.arange(-8, 1)  # log10 firing-frequency bin edges: 1e-8 .. 1

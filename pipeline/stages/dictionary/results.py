@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from pipeline.inputs.features import Dictionary
 from pipeline.inputs.images import ImageRecord
 from pipeline.inputs.models import LayerInfo
 from pipeline.stages.dictionary.quality import QualityPartial
-from pipeline.stages.dictionary.sae import Dictionary, TrainSettings
+from pipeline.stages.dictionary.sae import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -35,3 +36,4 @@ class DictionaryResult:
     quality: dict[str, QualityPartial]  # layer -> its statistics on the evaluation images
     stability: dict[str, float | None]  # layer -> mean matched cosine with the twin (None: not trained)
     recovery: dict[str, dict]  # layer -> loss_recovered, accuracy, accuracy_reconstructed (None: no labels)
+    layouts: dict[str, str] = field(default_factory=dict)  # layer -> where its output keeps its channels

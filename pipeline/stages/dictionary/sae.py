@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.inputs.features import Dictionary, Weights, top_k
+
 AUX_WEIGHT = 1 / 32  # Gao et al.'s alpha
 DEAD_AFTER = 20  # batches without firing that make a feature dead (for AuxK)
 
@@ -30,54 +32,6 @@ class TrainSettings:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class Dictionary:
-    """A trained dictionary, as numpy arrays (what the catalog stores and the workers receive)."""
-
-    encoder: np.ndarray  # float32 [F, C]
-    encoder_bias: np.ndarray  # float32 [F]
-    decoder: np.ndarray  # float32 [F, C], unit rows: each feature's direction
-    decoder_bias: np.ndarray  # float32 [C], in scaled units
-    k: int
-    scale: float  # s: vectors are multiplied by it before encoding
-
-    @property
-    def features(self) -> int:
-        return len(self.decoder)
-
-    def tensors(self, device: str | torch.device = "cpu") -> _Weights:
-        return _Weights(*(torch.as_tensor(a, device=device) for a in (self.encoder, self.encoder_bias, self.decoder,
-                                                                     self.decoder_bias)), self.k, self.scale)
-
-
-@dataclass
-class _Weights:
-    encoder: torch.Tensor
-    encoder_bias: torch.Tensor
-    decoder: torch.Tensor
-    decoder_bias: torch.Tensor
-    k: int
-    scale: float
-
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
-        """[M, C] vectors -> [M, F] pre-activations (Lucid's direction objective for a feature)."""
-        return (x * self.scale - self.decoder_bias) @ self.encoder.T + self.encoder_bias
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """[M, C] -> [M, F] codes: the k largest positive pre-activations of each vector, the rest 0."""
-        return top_k(torch.relu(self.pre(x)), self.k)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """[M, F] codes -> [M, C] reconstructions, in the layer's own units."""
-        return (z @ self.decoder + self.decoder_bias) / self.scale
-
-
-def top_k(values: torch.Tensor, k: int) -> torch.Tensor:
-    """`values` with all but the k largest of each row set to 0 (ties: the lower index)."""
-    kept = torch.topk(values, k, dim=-1, sorted=False)
-    return torch.zeros_like(values).scatter_(-1, kept.indices, kept.values)
-
-
 def train(batches: Iterable[torch.Tensor], settings: TrainSettings, device: str = "cpu") -> Dictionary:
     """A dictionary trained on `settings.steps` batches of vectors [B, C] (an iterable that may hold more)."""
     it = iter(batches)
@@ -87,7 +41,7 @@ def train(batches: Iterable[torch.Tensor], settings: TrainSettings, device: str 
     decoder = torch.randn(settings.features, channels, generator=gen)
     decoder = (decoder / decoder.norm(dim=1, keepdim=True)).to(device)
     scale = float(np.sqrt(channels / max(float(first.square().sum(dim=1).mean()), 1e-12)))
-    w = _Weights(decoder.clone().requires_grad_(True), torch.zeros(settings.features, device=device, requires_grad=True),
+    w = Weights(decoder.clone().requires_grad_(True), torch.zeros(settings.features, device=device, requires_grad=True),
                  decoder.requires_grad_(True), (first.mean(dim=0) * scale).requires_grad_(True), settings.k, scale)
     params = [w.encoder, w.encoder_bias, w.decoder, w.decoder_bias]
     opt = torch.optim.Adam(params, lr=settings.lr)
@@ -107,7 +61,7 @@ def train(batches: Iterable[torch.Tensor], settings: TrainSettings, device: str 
     return Dictionary(*(t.detach().cpu().numpy().astype(np.float32) for t in params), settings.k, scale)
 
 
-def _loss(w: _Weights, x: torch.Tensor, dead: torch.Tensor, k_aux: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss(w: Weights, x: torch.Tensor, dead: torch.Tensor, k_aux: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(normalized MSE + AuxK, bool [F] the features that fired on the batch)."""
     scaled = x * w.scale
     pre = (scaled - w.decoder_bias) @ w.encoder.T + w.encoder_bias

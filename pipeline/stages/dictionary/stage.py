@@ -9,7 +9,7 @@ same job and seed give the same dictionary whatever the number of workers (as ev
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,9 +18,10 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.inputs.batches import Batch, iter_batches
+from pipeline.inputs.features import Dictionary, FeatureLayer, feature_layer
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.layouts import WINDOWS
-from pipeline.inputs.models import resolve_layers
+from pipeline.inputs.models import LayerInfo, resolve_layers
 from pipeline.stages.dictionary import quality, recovery, sae
 from pipeline.stages.dictionary.results import DictionaryPart, DictionaryResult, DictionaryTask
 from pipeline.stages.dictionary.settings import DictionarySettings
@@ -30,6 +31,7 @@ from pipeline.stages.protocol import Context, Driver, LayerInputs, Shared, Stage
 
 if TYPE_CHECKING:
     from pipeline.catalog.draft import Draft, ManifestPart
+    from pipeline.job.config import JobConfig
     from pipeline.plan import RunPlan
 
 
@@ -40,22 +42,23 @@ class DictionaryStage(Stage[DictionarySettings, DictionaryPart, DictionaryResult
     name = "dictionary"
     Settings = DictionarySettings
 
+    def added_layers(self, job: JobConfig, model: nn.Module, layers: list[LayerInfo]) -> dict[str, LayerInfo]:
+        """Each dictionary's features, a layer `<layer>..features` of the source's layout and grid."""
+        cfg = self.settings(job)
+        return {info.name: replace(info, name=feature_layer(info.name), shape=(cfg.size(info.units)[0], *info.shape[1:]))
+                for info in _chosen(cfg, model, layers)}
+
+    def model_parts(self, result: DictionaryResult) -> dict[str, FeatureLayer]:
+        return {feature_layer(name): FeatureLayer(feature_layer(name), result.layouts[name], d)
+                for name, d in result.dictionaries.items()}
+
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> DictionaryPart:
         """A task per dictionary (and its stability twin); `eval_images` images (at most half the data set, seeded)
         held out of the training to measure them."""
         cfg = self.settings(plan.job)
-        infos = {info.name: info for info in plan.layers}
-        chosen = resolve_layers(model, cfg.layers)
-        outside = [name for name in chosen if name not in infos]
-        if outside:
-            raise UserError(f"stages.dictionary.layers selects {', '.join(outside)}, which model.layers does not: "
-                            f"choose among {', '.join(infos)}.")
-        windowed = [name for name in chosen if infos[name].layout == WINDOWS]
-        if windowed:
-            raise UserError(f"stages.dictionary.layers: {', '.join(windowed)} outputs windows of the image; choose a "
-                            "layer whose positions are the image's grid.")
+        chosen = {info.name for info in _chosen(cfg, model, survey.layers)}
         tasks = []
-        for index, info in enumerate(plan.layers):
+        for index, info in enumerate(survey.layers):
             if info.name in chosen:
                 features, k = cfg.size(info.units)
                 for replica in range(1 + cfg.stability):
@@ -83,6 +86,7 @@ class DictionaryStage(Stage[DictionarySettings, DictionaryPart, DictionaryResult
             if task.replica == 0:
                 out.dictionaries[task.info.name], out.quality[task.info.name] = dictionary, measured
                 out.recovery[task.info.name] = scores.summary()
+                out.layouts[task.info.name] = task.info.layout
         for task, (dictionary, _, _) in zip(part.tasks, trained):
             if task.replica == 1:
                 matched = quality.matched_cosine(out.dictionaries[task.info.name].decoder, dictionary.decoder)
@@ -96,8 +100,24 @@ class DictionaryStage(Stage[DictionarySettings, DictionaryPart, DictionaryResult
         return write_dictionary(draft, ctx.settings, ctx.part, result)
 
 
+def _chosen(cfg: DictionarySettings, model: nn.Module, layers: list[LayerInfo]) -> list[LayerInfo]:
+    """The surveyed layers [stages.dictionary] layers selects, in model order; refused: a layer model.layers does not
+    select, a windowed one."""
+    infos = {info.name: info for info in layers}
+    chosen = resolve_layers(model, cfg.layers)
+    outside = [name for name in chosen if name not in infos]
+    if outside:
+        raise UserError(f"stages.dictionary.layers selects {', '.join(outside)}, which model.layers does not: "
+                        f"choose among {', '.join(infos)}.")
+    windowed = [name for name in chosen if infos[name].layout == WINDOWS]
+    if windowed:
+        raise UserError(f"stages.dictionary.layers: {', '.join(windowed)} outputs windows of the image; choose a "
+                        "layer whose positions are the image's grid.")
+    return [info for info in layers if info.name in chosen]
+
+
 def train_dictionary(worker: Worker, task: DictionaryTask,
-                     shared: Shared) -> tuple[sae.Dictionary, quality.QualityPartial, recovery.Scores]:
+                     shared: Shared) -> tuple[Dictionary, quality.QualityPartial, recovery.Scores]:
     """On an actor: one dictionary trained on the layer's vectors, its statistics on the evaluation images, and (for
     the cataloged one) the model's loss with the layer reconstructed."""
     train_images, eval_images, batch, buffer = worker.get(shared)

@@ -22,6 +22,7 @@ from pipeline.inputs.models import LayerInfo
 from pipeline.stages.dissection import tally as d
 from pipeline.stages.dissection import thresholds as th
 from pipeline.stages.dissection import radix
+from pipeline.stages.dissection.purity import TopImages, batch_top, purity
 
 
 @dataclass
@@ -31,6 +32,7 @@ class ConceptPartial:
     layers: dict[str, object]  # layer -> ThresholdPartial, RadixPartial or TallyPartial
     images: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    tops: dict[str, TopImages] = field(default_factory=dict)  # the tally's: layer -> its units' top images (purity)
 
 
 def label_space(broden: Broden) -> d.LabelSpace:
@@ -60,7 +62,8 @@ def empty_thresholds(layers: list[LayerInfo], quantile: float, totals: dict[str,
 
 
 def empty_tally(layers: list[LayerInfo], space: d.LabelSpace) -> ConceptPartial:
-    return ConceptPartial({i.name: d.TallyPartial.empty(i.units, space) for i in layers})
+    return ConceptPartial({i.name: d.TallyPartial.empty(i.units, space) for i in layers},
+                          tops={i.name: TopImages.empty(i.units) for i in layers})
 
 
 def merge(a: ConceptPartial, b: ConceptPartial) -> ConceptPartial:
@@ -68,7 +71,8 @@ def merge(a: ConceptPartial, b: ConceptPartial) -> ConceptPartial:
     first = next(iter(a.layers.values()), None)
     combine = {d.TallyPartial: d.merge_tally, radix.RadixPartial: radix.merge}.get(type(first), th.merge_thresholds)
     return ConceptPartial({name: combine(part, b.layers[name]) for name, part in a.layers.items()},
-                          a.images + b.images, sorted(a.skipped + b.skipped))
+                          a.images + b.images, sorted(a.skipped + b.skipped),
+                          {name: top.merged(b.tops[name]) for name, top in a.tops.items() if name in b.tops})
 
 
 def floors(total: ConceptPartial) -> dict[str, np.ndarray]:
@@ -123,6 +127,7 @@ def tally_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Conc
                                        [batch.labels[r] for r in rows], space, encoded=encoded[size],
                                        union=union, resize=resize)
                 result.layers[name] = d.merge_tally(result.layers[name], part)
+            result.tops[name] = result.tops[name].merged(batch_top(out, batch.image_ids, batch.masks, batch.labels, space))
 
     with torch.inference_mode(), tapped(model, layers, reduce) as run:
         for batch in batches:
@@ -159,6 +164,11 @@ def _by_mask_size(sizes: list[tuple[int, int]]) -> dict[tuple[int, int], list[in
 
 def layer_results(layers: list[LayerInfo], thresholds: dict[str, np.ndarray], tally: ConceptPartial,
                   space: d.LabelSpace, top: int, iou_threshold: float) -> dict[str, d.DissectionResult]:
-    """IoU rankings per layer: dissection-table rows and each unit's best concept."""
-    return {info.name: d.finalize(tally.layers[info.name], thresholds[info.name], space, top, iou_threshold,
-                                  layer=info.name) for info in layers}
+    """IoU rankings per layer: dissection-table rows and each unit's best concept, with its top-example purity."""
+    out = {}
+    for info in layers:
+        part = tally.layers[info.name]
+        out[info.name] = d.finalize(part, thresholds[info.name], space, top, iou_threshold, layer=info.name)
+        best = d.best_labels(d.iou_matrix(part, space)[0], space)[0]
+        out[info.name].units["purity"] = purity(tally.tops[info.name], best, space)
+    return out

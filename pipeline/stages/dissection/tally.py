@@ -186,7 +186,7 @@ def _mask_size(masks: Sequence[Mapping[str, np.ndarray]]) -> tuple[int, int]:
 # ---------------------------------------------------------------- finalize
 
 
-def _best_labels(iou: np.ndarray, space: LabelSpace) -> tuple[np.ndarray, np.ndarray]:
+def best_labels(iou: np.ndarray, space: LabelSpace) -> tuple[np.ndarray, np.ndarray]:
     """(label index or -1, its IoU) per unit, read out as NetDissect-Lite's `tally` does."""
     units = iou.shape[0]
     best, best_iou = np.full(units, -1), np.zeros(units)
@@ -246,7 +246,7 @@ def finalize(tally: TallyPartial, thresholds: np.ndarray, label_space: LabelSpac
         "iou": iou[unit, lab].astype(np.float32), "intersection": tally.intersection[unit, lab],
         "union": union[unit, lab], "threshold": thresholds[unit],
     }
-    best, best_iou = _best_labels(iou, space)
+    best, best_iou = best_labels(iou, space)
     best_units = {
         "unit": np.arange(units, dtype=np.int32),
         "label": names[best],

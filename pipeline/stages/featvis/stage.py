@@ -15,6 +15,7 @@ from catalog_schema.layout import FEATVIS_COLUMNS
 from catalog_schema.tables import from_table, rows_of_layer
 from pipeline.errors import UserError
 from pipeline.inputs.batches import iter_batches
+from pipeline.inputs.features import source_of
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.models import LayerInfo, resolve_layers
 from pipeline.stages.activations.stage import ActivationsStage
@@ -103,7 +104,8 @@ def takes_any_size(model: nn.Module, size: int, channels: int) -> bool:
 
 
 def _rendered_layers(model: nn.Module, cfg: FeatvisSection, layers: list[LayerInfo]) -> list[str]:
-    """The layers to render: [stages.featvis] layers (among model.layers), else all of them."""
+    """The layers to render: [stages.featvis] layers (among model.layers) and their dictionaries' features, else all
+    of them."""
     names = [info.name for info in layers]
     if not cfg.layers:
         return names
@@ -112,7 +114,7 @@ def _rendered_layers(model: nn.Module, cfg: FeatvisSection, layers: list[LayerIn
     if outside:
         raise UserError(f"stages.featvis.layers selects {', '.join(outside)}, which model.layers does not: "
                         f"choose among {', '.join(names)}.")
-    return [n for n in names if n in chosen]
+    return [n for n in names if (source_of(n) or n) in chosen]
 
 
 def _tasks(layers: list[LayerInfo], names: list[str], settings: FeatvisSettings) -> tuple[FeatvisTask, ...]:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from pipeline.inputs.features import layer_modules, source_of
 from pipeline.inputs.layouts import NC, NCHW, units_first
 from pipeline.inputs.models import LayerInfo
 
@@ -42,11 +43,14 @@ def forward_to(model: nn.Module, layer: str, x: torch.Tensor, needs_output: bool
 class LayerForward:
     """Calls as `forward_to(model, layer, x, needs_output)` does, on a truncated, folded copy when the model can be
     traced (torch.fx) and the model's output is not needed; on the model itself, through a hook, otherwise. The
-    layer's output comes units first ([N, C, H, W] or [N, C]: layouts.py) as `info` says where its units are."""
+    layer's output comes units first ([N, C, H, W] or [N, C]: layouts.py) as `info` says where its units are. A
+    dictionary's feature layer gives its features' pre-activations, from the layer it reads (Lucid's direction
+    objective: the codes' top-k would give no gradient to a feature not yet among the k)."""
 
     def __init__(self, model: nn.Module, layer: str, needs_output: bool, info: LayerInfo | None = None) -> None:
-        self.model, self.layer, self.needs_output, self.info = model, layer, needs_output, info
-        self.module = None if needs_output or model.training else _truncated(model, layer)
+        self.encoder = layer_modules(model)[layer] if source_of(layer) else None
+        self.model, self.layer, self.needs_output, self.info = model, source_of(layer) or layer, needs_output, info
+        self.module = None if needs_output or model.training else _truncated(model, self.layer)
 
     def relu_owner(self) -> nn.Module:
         """The module whose nn.ReLU submodules the forward runs through (for relus_replaced)."""
@@ -57,9 +61,12 @@ class LayerForward:
             acts, output = forward_to(self.model, self.layer, x, self.needs_output)
         else:
             acts, output = self.module(x)["out"], None
-        if self.info is None or self.info.layout in (NCHW, NC):
-            return acts, output
-        return units_first(acts, self.info.layout, self.info.spatial, self.info.prefix, self.info.windows)[0], output
+        if self.info is not None and self.info.layout not in (NCHW, NC):
+            acts = units_first(acts, self.info.layout, self.info.spatial, self.info.prefix, self.info.windows)[0]
+        if self.encoder is not None:
+            pre = self.encoder.pre_units_first(acts if acts.dim() == 4 else acts[:, :, None, None])
+            acts = pre if acts.dim() == 4 else pre[:, :, 0, 0]
+        return acts, output
 
 
 def _truncated(model: nn.Module, layer: str) -> nn.Module | None:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from pipeline.inputs.features import layer_modules
 from pipeline.inputs.layouts import units_axis_1
 from pipeline.stages.shapley.sites import AblationPoint, ablate, chain, chain_module, insert_points, site_value
 
@@ -204,7 +205,7 @@ class Ablator:
         for i, point in self.points.items():
             point.fill, point.layout = self.fills[i], self.layouts[i]
         self.cached = {split.outputs[name]: i for i, (name, _) in enumerate(layers) if name in split.outputs}
-        modules = dict(self.suffix.named_modules())
+        modules = layer_modules(self.suffix)
         hooked = [i for i, (name, _) in enumerate(layers) if name not in split.outputs and name not in split.points]
         self.handles = [modules[layers[i][0]].register_forward_hook(self._hook(i)) for i in hooked]
         self.class_counts = np.bincount(np.concatenate([y.numpy() for y in eval_set.labels] or [np.zeros(0, int)]),

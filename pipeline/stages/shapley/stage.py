@@ -16,6 +16,7 @@ from catalog_schema import Catalog
 from catalog_schema.layout import BANZHAF_COLUMNS, SHAPLEY_COLUMNS
 from pipeline.errors import UserError
 from pipeline.inputs.batches import iter_batches
+from pipeline.inputs.features import source_of
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.images import ImageRecord, ImageSet
 from pipeline.inputs.layouts import CHANNELS_LAST, native_map
@@ -97,9 +98,7 @@ class ShapleyStage(Stage[ShapleySettings, ShapleyPart, Any]):
         plan, cfg, part = ctx.plan, ctx.settings, ctx.part
         layers = list(part.players)
         maps = ctx.result_of(ActivationsStage).layers
-        means = [native_map(torch.from_numpy(maps[info.name].mean_map.reshape(info.shape)),
-                            torch.from_numpy(maps[info.name].prefix_mean), info.layout, info.windows).numpy()
-                 for info in part.infos]
+        means = [_fill(info, maps[info.name]) for info in part.infos]
         layouts = tuple(info.layout for info in part.infos)
         setup = driver.share((list(part.eval_set), layers, means, cfg.metric, len(part.classes), layouts))
         images: list[int] = []
@@ -147,7 +146,8 @@ def warm_start(plan: RunPlan, prior: Prior | None, maps: dict[str, Any], layers:
 
 
 def player_layers(cfg: ShapleySettings, model: nn.Module, layers: list[LayerInfo]) -> tuple[tuple[str, int], ...]:
-    """The selected layers whose units are Shapley players (all of them unless [stages.shapley] layers)."""
+    """The selected layers whose units are Shapley players (all of them unless [stages.shapley] layers, with the
+    features of those layers' dictionaries)."""
     names = [info.name for info in layers]
     if cfg.layers:
         chosen = set(resolve_layers(model, cfg.layers))
@@ -155,8 +155,18 @@ def player_layers(cfg: ShapleySettings, model: nn.Module, layers: list[LayerInfo
         if outside:
             raise UserError(f"stages.shapley.layers selects {', '.join(outside)}, which model.layers does not: "
                             f"players must be among {', '.join(names)}.")
-        names = [n for n in names if n in chosen]
+        names = [n for n in names if (source_of(n) or n) in chosen]
     return tuple((info.name, info.units) for info in layers if info.name in names)
+
+
+def _fill(info: LayerInfo, activations: Any) -> np.ndarray:
+    """What a removed unit's output becomes, one image's in the layer's own layout: its mean activation map; a
+    feature's code becomes 0 (its decoder contribution is subtracted from the layer it reads, features.py)."""
+    grid = torch.from_numpy(activations.mean_map.reshape(info.shape))
+    prefix = torch.from_numpy(activations.prefix_mean)
+    if source_of(info.name):
+        grid, prefix = torch.zeros_like(grid), torch.zeros_like(prefix)
+    return native_map(grid, prefix, info.layout, info.windows).numpy()
 
 
 def eval_records(images: ImageSet, cfg: ShapleySettings, seed: int) -> tuple[ImageRecord, ...]:
@@ -180,6 +190,8 @@ def _ablator(worker: Worker, setup: tuple) -> Ablator:
     records, layers, mean_maps, metric, classes, layouts = setup
     channels_last = frozenset(name for (name, _), layout in zip(layers, layouts) if layout in CHANNELS_LAST)
     split = split_model(worker.model(), [name for name, _ in layers], channels_last)
+    if any(source_of(name) for name, _ in layers):  # a feature layer is read by a hook torch.fx does not trace
+        split = whole_model(worker.model())
     size = worker.prep.batch_size
     batches = iter_batches(worker.root, [records[s:s + size] for s in range(0, len(records), size)], worker.prep, [],
                            worker.device)

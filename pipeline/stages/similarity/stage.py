@@ -39,7 +39,8 @@ class SimilarityStage(Stage[SimilaritySettings, dict, SimilarityResult]):
     needs = (ActivationsStage,)  # units are compared on their activations on the probe images
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> dict[str, np.ndarray]:
-        """The weights [units, fan-in] of every selected layer that has weights of its own, one row per unit."""
+        """The weights [units, fan-in] of every selected layer that has weights of its own, one row per unit (a
+        dictionary's features have their decoder rows, known once it is trained: `run` adds them)."""
         acts = ActivationsStage().settings(plan.job)
         if acts.probe_images < 3:
             raise UserError(f"stage 'similarity' correlates units on the probe images, but stages.activations.probe_images "
@@ -47,7 +48,7 @@ class SimilarityStage(Stage[SimilaritySettings, dict, SimilarityResult]):
         modules = dict(model.named_modules())
         weights = {}
         for info in plan.layers:
-            module = modules[info.name]
+            module = modules.get(info.name)
             weight = getattr(module, "weight", None)
             transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)  # its weight is [in, out, ...]
             if isinstance(weight, torch.Tensor) and weight.ndim >= 2 and weight.shape[0] == info.units and not transposed:
@@ -63,7 +64,8 @@ class SimilarityStage(Stage[SimilaritySettings, dict, SimilarityResult]):
     def run(self, ctx: Context[SimilaritySettings, dict, SimilarityResult], driver: Driver) -> SimilarityResult:
         plan, settings = ctx.plan, ctx.settings
         names = [info.name for info in plan.layers]
-        rows, probes = unit_rows(ctx.result_of(ActivationsStage).layers, ctx.part, names)
+        decoders = {name: part.dictionary.decoder for name, part in ctx.added.items() if name in names}
+        rows, probes = unit_rows(ctx.result_of(ActivationsStage).layers, {**ctx.part, **decoders}, names)
         comparisons = comparisons_of(names, settings, rows)
         sizes = {info.name: info.units for info in plan.layers}
         blocks = [Block(c, s, min(sizes[c.layer], s + BLOCK_UNITS)) for c in comparisons

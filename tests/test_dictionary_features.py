@@ -1,0 +1,186 @@
+"""A dictionary's features cataloged as units, against ground truth built here: a layer in superposition (three
+one-colour features stored along known directions in two channels, tests/assets/tiny_models.py `Superposed`) on
+the mini Broden, whose masks say where every colour is; and the feature-ablation Shapley value by exact
+enumeration of every coalition of four planted features."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from catalog_schema import Catalog
+from conftest import job_toml, run_cli, write_job
+from mini_broden import write_mini_broden
+from pipeline.cli import main
+from pipeline.inputs.features import Dictionary, FeatureLayer, feature_layer, layer_modules
+from pipeline.stages.shapley import estimator as sh
+from pipeline.stages.shapley.ablation import Ablator, cache_eval_set, whole_model
+
+sys.path.insert(0, str(Path(__file__).parent / "assets"))
+from tiny_models import Superposed, superposed_directions  # noqa: E402
+
+FEATURES = "mix..features"
+PLANTED = {"redthing": 0, "greenland": 1, "grayland": 2}  # concept -> planted direction (red, green, gray)
+
+
+@pytest.fixture(scope="module")
+def superposed(tmp_path_factory):
+    """Every stage on `mix` of the superposed model and its dictionary's features, over 12 mini-Broden images."""
+    folder = tmp_path_factory.mktemp("superposed")
+    world = write_mini_broden(folder / "broden", images=12)
+    for i in range(12):
+        (folder / "images" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / "broden" / "images" / f"{i:03d}.png", folder / "images" / "ab"[i % 2] / f"{i:03d}.png")
+    text = job_toml("superposed", ["mix"], norm=(0.5, 0.5), batch=4, broden="broden", k=3, patch=8, shard=6,
+                    dissection={"quantile": 0.5, "resize": "bilinear"},
+                    featvis={"steps": 48, "size": 32, "batch_units": 4, "objective": "channel"},
+                    shapley={"eval_images": 12, "rounds": 2, "permutations_per_round": 2, "bandit": False},
+                    similarity={})
+    text += ('\n[stages.dictionary]\nlayers = ["mix"]\nfeatures = 8\nk = 1\nsteps = 1000\nlr = 0.003\nbatch = 256\n'
+             'buffer = 4096\neval_images = 4\n')
+    return Catalog.open(run_cli(write_job(folder, text)).catalog), world
+
+
+def _recovered(catalog: Catalog) -> dict[str, int]:
+    """concept -> the feature whose decoder lies along its planted direction (cosine > 0.95)."""
+    cos = catalog.dictionary("mix")["decoder"] @ superposed_directions().numpy().T  # [features, planted]
+    found = {concept: int(cos[:, i].argmax()) for concept, i in PLANTED.items()}
+    assert all(cos[f, PLANTED[c]] > 0.95 for c, f in found.items()), np.round(cos, 3)
+    return found
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_every_planted_feature_is_one_unit_labelled_with_its_concept(superposed):
+    """Each planted direction is one feature whose dissection label is its concept, whose top examples peak on a
+    patch of its colour, while the layer's two neurons (each reading several colours) cover fewer concepts."""
+    catalog, world = superposed
+    units = catalog.units().set_index(["layer", "unit"])
+    masks = {"redthing": world.red, "greenland": world.green, "grayland": ~world.red & ~world.blue & ~world.green}
+    top = catalog.examples(FEATURES)
+    top = top[top["sign"] == "top"]
+    paths = catalog.images().set_index("image_id")["path"]
+    for concept, feature in _recovered(catalog).items():
+        assert units.loc[(FEATURES, feature), "label"] == concept
+        assert units.loc[(FEATURES, feature), "interpretable"]
+        rows = top[top["unit"] == feature]
+        assert len(rows) == 3
+        for row in rows.itertuples():
+            image = int(Path(paths.loc[row.image_id]).stem)
+            assert row.activation > 0 and masks[concept][image][row.y, row.x], (concept, image, row.y, row.x)
+    red = _recovered(catalog)["redthing"]
+    assert units.loc[(FEATURES, red), "purity"] == 1.0  # every concept image with red holds the redthing label
+    neurons = set(units.loc["mix"]["label"][units.loc["mix"]["interpretable"]])
+    features = set(units.loc[FEATURES]["label"][units.loc[FEATURES]["interpretable"].astype(bool)])
+    assert features == set(PLANTED) and len(neurons) < len(features)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_describe_and_the_site_compare_neurons_with_features(superposed, tmp_path, capsys):
+    catalog, _ = superposed
+    assert main(["describe", str(catalog.path)]) == 0
+    out = capsys.readouterr().out.split("neurons vs features")[1]
+    neurons, features = (line.split() for line in out.splitlines()[2:4])
+    assert neurons[0] == "mix" and features[0] == FEATURES and int(features[5]) == 3 > int(neurons[5])
+    assert main(["render", str(catalog.path), "--out", str(tmp_path / "site")]) == 0
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "Neurons vs features" in index and f">{FEATURES}</a>" in index
+    feature = _recovered(catalog)["redthing"]
+    page = (tmp_path / "site" / "units").glob(f"*features*/{feature}.html")
+    text = next(page).read_text()
+    assert "reads most: the neurons of mix" in text and "mix:0" in text
+    neuron = next((tmp_path / "site" / "units").glob("mix/0.html")).read_text()
+    assert f"written by: the features of {FEATURES}" in neuron and f"{FEATURES}:{feature}" in neuron
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_every_stage_catalogs_every_feature(superposed):
+    catalog, _ = superposed
+    units = catalog.units()
+    assert (units["layer"] == FEATURES).sum() == 8
+    features = units[units["layer"] == FEATURES].set_index("unit")
+    assert features["shapley"].notna().all() and features["featvis_activation"].notna().all()
+    red = _recovered(catalog)["redthing"]
+    image = torch.tensor(catalog.featvis(FEATURES, red)[0]).permute(2, 0, 1)[None].float() / 255
+    assert features.loc[red, "featvis_activation"] == pytest.approx(_pre_activation(catalog, image, red), abs=1e-4)
+    weights = catalog.similar(FEATURES)
+    assert set(weights["kind"]) == {"activation", "weight"}  # decoder cosine beside activation correlation
+    layer = next(layer for layer in catalog.manifest["layers"] if layer["name"] == FEATURES)
+    assert layer["shape"] == [8, 16, 16]
+
+
+def _pre_activation(catalog: Catalog, image: torch.Tensor, feature: int) -> float:
+    """Lucid's direction objective by hand: the feature's encoder pre-activation W_enc (s x - b_dec) + b_enc on `mix`'s
+    output x, averaged over positions (the "channel" objective), for an image in [0, 1]."""
+    d = catalog.dictionary("mix")
+    seen = []
+    model = Superposed().eval()
+    model.mix.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        model((image - 0.5) / 0.5)
+    x = seen[0][0].permute(1, 2, 0).reshape(-1, 2).numpy()
+    return float(((x * d["scale"] - d["decoder_bias"]) @ d["encoder"][feature] + d["encoder_bias"][feature]).mean())
+
+
+def _planted_dictionary(colors: int = 4, channels: int = 3) -> Dictionary:
+    """The superposed layer's exact dictionary: decoder and encoder rows along the planted directions, k = 1."""
+    d = superposed_directions(colors, channels).numpy()
+    return Dictionary(d.copy(), np.zeros(colors, np.float32), d.copy(), np.zeros(channels, np.float32), 1, 1.0)
+
+
+def _images(n: int = 16, seed: int = 3) -> torch.Tensor:
+    """Images of 2x2 patches of the four palette colours, normalized (mean 0.5, std 0.5)."""
+    from tiny_models import PALETTE
+    palette = torch.tensor(list(PALETTE.values()))
+    which = torch.randint(0, 4, (n, 8, 8), generator=torch.Generator().manual_seed(seed))
+    return palette[which].permute(0, 3, 1, 2).repeat_interleave(2, 2).repeat_interleave(2, 3)
+
+
+def _by_hand(model: Superposed, x: torch.Tensor, y: torch.Tensor, removed: tuple[int, ...]) -> float:
+    """Mean log-probability of the label with the removed features' planted contributions subtracted from `mix`:
+    the planted code of colour i at a patch is detect's channel i, its direction superposed_directions()[i]."""
+    directions = superposed_directions(4, 3)
+    codes = []
+    hooks = [model.detect.register_forward_hook(lambda _m, _i, out: codes.append(out)),
+             model.mix.register_forward_hook(lambda _m, _i, out: out - torch.einsum(
+                 "nfhw,fc->nchw", codes[-1][:, list(removed)], directions[list(removed)]))]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(x), dim=1)[torch.arange(len(y)), y]
+    for h in hooks:
+        h.remove()
+    return float(logp.mean())
+
+
+def test_feature_shapley_matches_exact_enumeration_of_every_coalition():
+    """Four planted features in three channels; removing a feature subtracts its decoder contribution everywhere.
+    Exact Shapley values from all 16 coalitions, computed by hand, against the stage's own evaluator and walks."""
+    model = Superposed(colors=4, channels=3).eval()
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([[20.0, -10.0, 5.0], [-10.0, 15.0, -5.0]]))
+    FeatureLayer(feature_layer("mix"), "nchw", _planted_dictionary()).install(model)
+    x = _images()
+    y = torch.tensor([0, 1] * 8)
+    values = {s: _by_hand(model, x, y, s) for r in range(5) for s in itertools.combinations(range(4), r)}
+    exact = np.zeros(4)
+    for s, v in values.items():
+        for i in set(range(4)) - set(s):
+            weight = math.factorial(len(s)) * math.factorial(4 - len(s) - 1) / math.factorial(4)
+            exact[i] += weight * (v - values[tuple(sorted((*s, i)))])
+    split = whole_model(model)
+    ablator = Ablator(split, [(feature_layer("mix"), 4)], [np.zeros((4, 8, 8), np.float32)],
+                      cache_eval_set(split, [(x[:8], y[:8]), (x[8:], y[8:])]), "cross_entropy", classes=2)
+    for s, v in values.items():
+        removed = np.isin(np.arange(4), s)[None]
+        assert ablator.evaluate(removed)[0, 0] == pytest.approx(v, abs=1e-5), s
+    v_full, v_none = ablator.evaluate(np.zeros((1, 4), bool))[0], ablator.evaluate(np.ones((1, 4), bool))[0]
+    walks = [sh.walk(ablator.evaluate, np.array(order), np.ones(4, bool), v_full, v_none, sh.WalkSettings())[:, 0]
+             for order in itertools.permutations(range(4))]  # the stage's permutation walk, every permutation once
+    assert np.abs(exact).max() > 0.1 and exact.sum() == pytest.approx(v_full[0] - v_none[0], abs=1e-5)
+    np.testing.assert_allclose(np.mean(walks, axis=0), exact, atol=1e-5)
+    assert layer_modules(model)[feature_layer("mix")].layer_name == feature_layer("mix")
