@@ -34,3 +34,17 @@ def work_folder(catalog: Path, name: str, key: str) -> Path:
 
 def is_store_version(name: str) -> bool:
     return name.startswith(STORE_VERSION_PREFIX) and name.endswith(STORE_VERSION_SUFFIX)
+
+
+FEATURES_SUFFIX = "..features"  # a dictionary's features are the layer "<layer>..features" (no module path has an
+# empty segment, so no module has that name)
+
+
+def feature_layer(source: str) -> str:
+    """The name of the feature layer of a dictionary over `source`."""
+    return source + FEATURES_SUFFIX
+
+
+def source_of(layer: str) -> str | None:
+    """The layer a feature layer's dictionary reads (None for a module's own layer)."""
+    return layer[:-len(FEATURES_SUFFIX)] if layer.endswith(FEATURES_SUFFIX) else None

@@ -49,8 +49,7 @@ UNITS = pa.schema([
     column("category", pa.string(), "dissection: that concept's category (color, object, part, material, scene, texture, ...)"),
     column("iou", pa.float32(), "dissection: the best concept's IoU with the unit's thresholded activation"),
     column("interpretable", pa.bool_(), "dissection: iou >= [stages.dissection] iou_threshold"),
-    column("purity", pa.float32(), "dissection: the share of the unit's 10 top images on the concept data set (by peak "
-           "activation) that carry its concept anywhere (null: no concept)"),
+    column("purity", pa.float32(), "dissection: share of the unit's 10 top concept images (peak activation) that carry its concept"),
     column("shapley", pa.float32(), "importance: the unit's Shapley value for the metric (null: not a player)"),
     column("shapley_ci_low", pa.float32(), "importance: the lower end of the Shapley value's confidence interval"),
     column("shapley_ci_high", pa.float32(), "importance: the upper end of the Shapley value's confidence interval"),
@@ -117,7 +116,6 @@ SHAPLEY = pa.schema([
     column("sample_std", pa.float32(), "TMC: the standard deviation of the unit's marginal samples (a warm start's input)"),
     column("sample_range", pa.float32(), "TMC: their largest minus their smallest"),
 ])
-
 BANZHAF = SHAPLEY  # banzhaf.parquet: the same columns; `samples` = the coalitions evaluated (so in shapley.parquet by MSR)
 
 IMPORTANCE_BY_CLASS = pa.schema([  # each player's value for the metric on one class's evaluation images

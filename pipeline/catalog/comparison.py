@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.inputs.features import feature_layer
+from catalog_schema.layout import feature_layer
+
 
 COLUMNS = ("layer", "units", "units_alive", "interpretable", "interpretable_share", "concepts", "purity")
 

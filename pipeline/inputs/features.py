@@ -7,7 +7,8 @@ layout, so every stage that hooks a layer reads the features the same way (`laye
 changes the codes (Shapley removing features), the source's output changes by the codes' decoder contribution:
 a feature set to 0 has its decoder direction subtracted at every position.
 
-A module path can never hold an empty segment, so a name ending in "..features" is never a module's.
+A module path can never hold an empty segment, so a name ending in "..features" is never a module's (the name is
+part of the catalog's contract: catalog_schema.layout.feature_layer).
 """
 
 from __future__ import annotations
@@ -18,20 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from catalog_schema.layout import feature_layer, source_of
 from pipeline.inputs.layouts import CHANNELS_LAST
 
-SUFFIX = "..features"
-
-
-def feature_layer(source: str) -> str:
-    """The name of the feature layer of a dictionary over `source`."""
-    return source + SUFFIX
-
-
-def source_of(layer: str) -> str | None:
-    """The layer a feature layer's dictionary reads (None for a module's own layer)."""
-    return layer[:-len(SUFFIX)] if layer.endswith(SUFFIX) else None
-
+__all__ = ["Dictionary", "FeatureEncoder", "FeatureLayer", "Weights", "feature_layer", "layer_modules", "source_of",
+           "top_k"]
 
 @dataclass(frozen=True)
 class Dictionary:

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 from catalog_schema import Catalog
+from catalog_schema.layout import feature_layer, source_of
 from pipeline.catalog.query import neighbour_order
 from pipeline.catalog.search import search_index
-from pipeline.inputs.features import feature_layer, source_of
 
 SEARCH_INDEX = "search-index.js"  # a script, not a .json file: browsers refuse to fetch() a file:// URL
 
