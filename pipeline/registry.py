@@ -29,11 +29,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
 
 
 def selected_stages(requested: Iterable[str]) -> dict[str, Stage]:
-    """The requested stages and every stage they need, in pipeline order."""
+    """The requested stages and every stage they need, in pipeline order; the activations stage always (the units
+    table and the manifest's layers come from it)."""
     wanted = set(requested)
     unknown = sorted(wanted - set(STAGES))
     if unknown:
         raise UserError(f"--stages: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}.")
+    wanted.add(ActivationsStage.name)
     todo = list(wanted)
     while todo:
         for need in STAGES[todo.pop()].needs:

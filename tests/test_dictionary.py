@@ -207,3 +207,16 @@ def test_a_data_set_that_fits_the_buffer_is_read_through_the_model_once():
     reads.clear()
     large = list(islice(epochs(read, buffer=29), 7))
     assert reads == [0, 1, 2] and [float(v[0, 0]) for v in large] == [0, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_run_of_the_dictionary_stage_alone_catalogs_the_layer_and_its_features(tmp_path):
+    """--stages dictionary: the activations stage runs too (the units table comes from it)."""
+    from catalog_schema import Catalog
+    from pipeline.cli import main
+
+    assert main(["run", str(_job(tmp_path, dictionary={"stability": False})), "--stages", "dictionary"]) == 0
+    catalog = Catalog.open(tmp_path / "catalog")
+    assert catalog.manifest["stages_done"] == ["dictionary", "activations"]
+    assert catalog.layers == ["conv1", "conv2", "conv2..features"]
+    assert (catalog.units()["layer"] == "conv2..features").sum() == 48

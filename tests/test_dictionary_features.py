@@ -184,3 +184,33 @@ def test_feature_shapley_matches_exact_enumeration_of_every_coalition():
     assert np.abs(exact).max() > 0.1 and exact.sum() == pytest.approx(v_full[0] - v_none[0], abs=1e-5)
     np.testing.assert_allclose(np.mean(walks, axis=0), exact, atol=1e-5)
     assert layer_modules(model)[feature_layer("mix")].layer_name == feature_layer("mix")
+
+
+def test_a_token_layers_features_keep_its_layout_and_prefix_tokens():
+    """A dictionary over the planted token model's `relu` ([N, 257, 4], class token first): the tap reads its codes
+    on the 16x16 patch grid and at the class token, and removing a feature subtracts its decoder row at every
+    token, the class token too (the head reads both)."""
+    from pipeline.inputs.layer_taps import tapped
+    from pipeline.inputs.models import LayerInfo
+    from tiny_models import planted_tokens
+
+    model = planted_tokens().eval()
+    eye = np.eye(4, dtype=np.float32)  # features = the channels themselves: codes equal the layer's output
+    FeatureLayer(feature_layer("relu"), "tokens", Dictionary(eye, np.zeros(4, np.float32), eye.copy(),
+                                                             np.zeros(4, np.float32), 4, 1.0)).install(model)
+    info = LayerInfo(feature_layer("relu"), (4, 16, 16), 1, "tokens", prefix=1)
+    red = torch.ones(1, 3, 32, 32) * torch.tensor([1.0, -1.0, -1.0])[:, None, None]
+    seen = {}
+    with torch.no_grad(), tapped(model, [info], seen.__setitem__, lambda name, p: seen.__setitem__("prefix", p)) as run:
+        run(red)
+    assert seen[info.name].shape == (1, 4, 16, 16) and (seen[info.name][0, 0] == 1).all()  # the red unit, everywhere
+    assert seen["prefix"].tolist() == [[[0.0, 0.0, 0.0, 1.0]]]  # the class token's unit 3
+    split = whole_model(model)
+    ablator = Ablator(split, [(info.name, 4)], [np.zeros((257, 4), np.float32)],
+                      cache_eval_set(split, [(red, torch.tensor([1]))]), "cross_entropy", classes=2, layouts=["tokens"])
+    removed = {}
+    hook = model.relu.register_forward_hook(lambda _m, _i, out: out * torch.tensor([0.0, 1.0, 1.0, 0.0]))
+    with torch.no_grad():
+        removed["by hand"] = float(torch.log_softmax(model(red), 1)[0, 1])  # units 0 and 3 zeroed at every token
+    hook.remove()
+    assert ablator.evaluate(np.array([[True, False, False, True]]))[0, 0] == pytest.approx(removed["by hand"], abs=1e-6)
