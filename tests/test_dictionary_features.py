@@ -214,3 +214,21 @@ def test_a_token_layers_features_keep_its_layout_and_prefix_tokens():
         removed["by hand"] = float(torch.log_softmax(model(red), 1)[0, 1])  # units 0 and 3 zeroed at every token
     hook.remove()
     assert ablator.evaluate(np.array([[True, False, False, True]]))[0, 0] == pytest.approx(removed["by hand"], abs=1e-6)
+
+
+@pytest.mark.parametrize("patterns,selected", [
+    (("mix",), ["mix"]),
+    (("mix..features",), [FEATURES]),
+    (("*..features", "mix"), ["mix", FEATURES]),
+    (("nope..features",), "stages.featvis.layers selects nope..features, which model.layers does not"),
+    (("head",), "stages.featvis.layers selects head, which model.layers does not"),
+], ids=["module", "features", "glob", "no such features", "outside"])
+def test_a_stage_selects_features_only_by_their_name(patterns, selected):
+    from pipeline.errors import UserError
+    from pipeline.inputs.models import select_among
+
+    if isinstance(selected, str):
+        with pytest.raises(UserError, match=selected):
+            select_among(Superposed(), patterns, ["mix", FEATURES], "stages.featvis.layers")
+    else:
+        assert select_among(Superposed(), patterns, ["mix", FEATURES], "stages.featvis.layers") == selected

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from catalog_schema.layout import FEATURES_SUFFIX
 from pipeline.inputs.layouts import Windows
 from pipeline.job.config import ModelConfig
 from pipeline.errors import UserError
@@ -274,3 +275,18 @@ def resolve_layers(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
         chosen.extend(h for h in hits if h not in chosen)
     order = {n: i for i, n in enumerate(names)}
     return sorted(chosen, key=order.__getitem__)
+
+
+def select_among(model: nn.Module, patterns: tuple[str, ...], names: list[str], key: str) -> list[str]:
+    """The run's layers (`names`, a dictionary's features included) that a stage's `key` selects, in run order:
+    module paths and globs as in model.layers; a dictionary's features only by a pattern ending in "..features"
+    ("conv4..features", "*..features"). Refused: a module the run does not catalog, a pattern that selects nothing."""
+    wanted = [p for p in patterns if p.endswith(FEATURES_SUFFIX)]
+    modules = set(resolve_layers(model, tuple(p for p in patterns if p not in wanted))) if len(wanted) < len(patterns) else set()
+    outside = [n for n in modules if n not in names]
+    empty = [p for p in wanted if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if outside or empty:
+        what = ", ".join(sorted(outside) + empty)
+        raise UserError(f"{key} selects {what}, which model.layers does not (nor a dictionary's features): "
+                        f"choose among {', '.join(names)}.")
+    return [n for n in names if n in modules or any(fnmatch.fnmatchcase(n, p) for p in wanted)]

@@ -13,11 +13,9 @@ import catalog_schema as cs
 from catalog_schema import Catalog
 from catalog_schema.layout import FEATVIS_COLUMNS
 from catalog_schema.tables import from_table, rows_of_layer
-from pipeline.errors import UserError
 from pipeline.inputs.batches import iter_batches
-from pipeline.inputs.features import source_of
 from pipeline.inputs.fingerprints import json_fingerprint
-from pipeline.inputs.models import LayerInfo, resolve_layers
+from pipeline.inputs.models import LayerInfo, select_among
 from pipeline.stages.activations.stage import ActivationsStage
 from pipeline.stages.activations.stage import settings_hash as activations_hash
 from pipeline.stages.featvis import optimize, projections
@@ -104,17 +102,9 @@ def takes_any_size(model: nn.Module, size: int, channels: int) -> bool:
 
 
 def _rendered_layers(model: nn.Module, cfg: FeatvisSection, layers: list[LayerInfo]) -> list[str]:
-    """The layers to render: [stages.featvis] layers (among model.layers) and their dictionaries' features, else all
-    of them."""
+    """The layers to render: [stages.featvis] layers (among model.layers and the dictionaries' features), else all."""
     names = [info.name for info in layers]
-    if not cfg.layers:
-        return names
-    chosen = set(resolve_layers(model, cfg.layers))
-    outside = sorted(chosen - set(names))
-    if outside:
-        raise UserError(f"stages.featvis.layers selects {', '.join(outside)}, which model.layers does not: "
-                        f"choose among {', '.join(names)}.")
-    return [n for n in names if (source_of(n) or n) in chosen]
+    return select_among(model, cfg.layers, names, "stages.featvis.layers") if cfg.layers else names
 
 
 def _tasks(layers: list[LayerInfo], names: list[str], settings: FeatvisSettings) -> tuple[FeatvisTask, ...]:

@@ -20,7 +20,7 @@ from pipeline.inputs.features import source_of
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.images import ImageRecord, ImageSet
 from pipeline.inputs.layouts import CHANNELS_LAST, native_map
-from pipeline.inputs.models import LayerInfo, resolve_layers
+from pipeline.inputs.models import LayerInfo, select_among
 from pipeline.stages.activations.stage import ActivationsStage
 from pipeline.stages.activations.stage import settings_hash as activations_hash
 from pipeline.stages.protocol import WHOLE_MODEL, Context, Driver, LayerInputs, Shared, Stage, Worker
@@ -146,16 +146,11 @@ def warm_start(plan: RunPlan, prior: Prior | None, maps: dict[str, Any], layers:
 
 
 def player_layers(cfg: ShapleySettings, model: nn.Module, layers: list[LayerInfo]) -> tuple[tuple[str, int], ...]:
-    """The selected layers whose units are Shapley players (all of them unless [stages.shapley] layers, with the
-    features of those layers' dictionaries)."""
+    """The selected layers whose units are Shapley players: all of them unless [stages.shapley] layers (among
+    model.layers and the dictionaries' features)."""
     names = [info.name for info in layers]
     if cfg.layers:
-        chosen = set(resolve_layers(model, cfg.layers))
-        outside = sorted(chosen - set(names))
-        if outside:
-            raise UserError(f"stages.shapley.layers selects {', '.join(outside)}, which model.layers does not: "
-                            f"players must be among {', '.join(names)}.")
-        names = [n for n in names if (source_of(n) or n) in chosen]
+        names = select_among(model, cfg.layers, names, "stages.shapley.layers")
     return tuple((info.name, info.units) for info in layers if info.name in names)
 
 
