@@ -141,6 +141,7 @@ def test_the_same_dictionary_whatever_the_number_of_workers(tmp_path):
     for key in ("encoder", "decoder", "encoder_bias", "decoder_bias"):
         assert np.array_equal(one.dictionary("conv2")[key], two.dictionary("conv2")[key]), key
     assert one.dictionary_quality().equals(two.dictionary_quality())
+    assert one.units().equals(two.units()) and one.examples("conv2..features").equals(two.examples("conv2..features"))
 
 
 @pytest.mark.parametrize("keys,message", [
@@ -220,3 +221,29 @@ def test_a_run_of_the_dictionary_stage_alone_catalogs_the_layer_and_its_features
     assert catalog.manifest["stages_done"] == ["dictionary", "activations"]
     assert catalog.layers == ["conv1", "conv2", "conv2..features"]
     assert (catalog.units()["layer"] == "conv2..features").sum() == 48
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_re_analysis_reuses_an_unchanged_dictionary_and_its_features(tmp_path):
+    """--previous with the same model, data and settings: the dictionary is read back, not trained again, and the
+    stages after it reuse its features' results; a changed setting trains it anew."""
+    from catalog_schema import Catalog
+    from pipeline.cli import main
+
+    job = _job(tmp_path)
+    assert main(["run", str(job)]) == 0
+    assert main(["run", str(job), "--out", str(tmp_path / "again"), "--previous", str(tmp_path / "catalog")]) == 0
+    first, again = Catalog.open(tmp_path / "catalog"), Catalog.open(tmp_path / "again")
+    record = again.manifest["reuse"]["stages"]
+    assert record["dictionary"]["conv2"]["action"] == "reused"
+    assert record["activations"]["conv2..features"]["action"] == "reused"
+    for key in ("encoder", "decoder", "encoder_bias", "decoder_bias"):
+        assert np.array_equal(first.dictionary("conv2")[key], again.dictionary("conv2")[key]), key
+    assert first.dictionary_quality().equals(again.dictionary_quality())
+    assert first.manifest["dictionary"]["layers"] == again.manifest["dictionary"]["layers"]
+    assert first.units().equals(again.units())
+    assert main(["run", str(_job(tmp_path, dictionary={"steps": 90})), "--out", str(tmp_path / "tuned"),
+                 "--previous", str(tmp_path / "catalog")]) == 0
+    tuned = Catalog.open(tmp_path / "tuned").manifest["reuse"]["stages"]
+    assert tuned["dictionary"]["conv2"] == {"action": "computed", "why": "the stage's settings changed"}
+    assert tuned["activations"]["conv2..features"]["action"] == "computed"

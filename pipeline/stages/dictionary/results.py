@@ -37,3 +37,5 @@ class DictionaryResult:
     stability: dict[str, float | None]  # layer -> mean matched cosine with the twin (None: not trained)
     recovery: dict[str, dict]  # layer -> loss_recovered, accuracy, accuracy_reconstructed (None: no labels)
     layouts: dict[str, str] = field(default_factory=dict)  # layer -> where its output keeps its channels
+    measured: dict[str, dict] = field(default_factory=dict)  # layer -> its quality row and histogram as a previous
+    # catalog's manifest holds them (a dictionary reused, not trained)

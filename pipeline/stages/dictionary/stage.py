@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+import catalog_schema as cs
+
 from pipeline.errors import UserError
 from pipeline.inputs.batches import Batch, iter_batches
 from pipeline.inputs.features import Dictionary, FeatureLayer, feature_layer
@@ -30,6 +32,7 @@ from pipeline.stages.dictionary.write import write_dictionary
 from pipeline.stages.protocol import Context, Driver, LayerInputs, Shared, Stage, Worker
 
 if TYPE_CHECKING:
+    from catalog_schema import Catalog
     from pipeline.catalog.draft import Draft, ManifestPart
     from pipeline.job.config import JobConfig
     from pipeline.plan import RunPlan
@@ -41,6 +44,7 @@ HELD_OUT_STREAM = 34  # a fixed number beside the job's seed: the held-out pick'
 class DictionaryStage(Stage[DictionarySettings, DictionaryPart, DictionaryResult]):
     name = "dictionary"
     Settings = DictionarySettings
+    arrays = (cs.DICTIONARY_DECODER, cs.DICTIONARY_ENCODER)
 
     def added_layers(self, job: JobConfig, model: nn.Module, layers: list[LayerInfo]) -> dict[str, LayerInfo]:
         """Each dictionary's features, a layer `<layer>..features` of the source's layout and grid."""
@@ -77,21 +81,31 @@ class DictionaryStage(Stage[DictionarySettings, DictionaryPart, DictionaryResult
         chosen = {task.info.name for task in self.part(plan).tasks}
         return {name: {"layer": fp["layers"][name], "data": fp["data"], "settings": settings} for name in chosen}
 
+    def load(self, plan: RunPlan, previous: Catalog, layers: list[str]) -> DictionaryResult:
+        """The previous catalog's dictionaries of `layers` (the same layer, data, settings and seed) and what it
+        measured of them."""
+        measured = previous.manifest["dictionary"]["layers"]
+        infos = {info.name: info for info in plan.layers}
+        return DictionaryResult({name: Dictionary(**previous.dictionary(name)) for name in layers}, {}, {}, {},
+                                {name: infos[name].layout for name in layers}, {name: measured[name] for name in layers})
+
     def run(self, ctx: Context[DictionarySettings, DictionaryPart, DictionaryResult], driver: Driver) -> DictionaryResult:
         part = ctx.part
+        wanted = {info.name for info in ctx.plan.layers_to_compute(self.name)}
+        tasks = [task for task in part.tasks if task.info.name in wanted]
         shared = driver.share((part.train_images, part.eval_images, part.batch, part.buffer))
-        trained = driver.map(train_dictionary, list(part.tasks), shared)
-        out = DictionaryResult({}, {}, {}, {})
-        for task, (dictionary, measured, scores) in zip(part.tasks, trained):
+        trained = driver.map(train_dictionary, tasks, shared) if tasks else []
+        out = ctx.reused or DictionaryResult({}, {}, {}, {})
+        for task, (dictionary, measured, scores) in zip(tasks, trained):
             if task.replica == 0:
                 out.dictionaries[task.info.name], out.quality[task.info.name] = dictionary, measured
                 out.recovery[task.info.name] = scores.summary()
                 out.layouts[task.info.name] = task.info.layout
-        for task, (dictionary, _, _) in zip(part.tasks, trained):
+        for task, (dictionary, _, _) in zip(tasks, trained):
             if task.replica == 1:
                 matched = quality.matched_cosine(out.dictionaries[task.info.name].decoder, dictionary.decoder)
                 out.stability[task.info.name] = float(matched.mean())
-        for name in out.dictionaries:
+        for name in set(out.dictionaries) - set(out.measured):
             out.stability.setdefault(name, None)
         return out
 
