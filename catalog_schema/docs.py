@@ -48,7 +48,9 @@ Each column's description below is also in the Parquet file itself, as the field
 (`pyarrow.parquet.read_schema(path).field("act_max").metadata`).
 
 A unit is one channel of a cataloged layer's output; `layer` is the module's path in the model and `unit`
-the channel's index. Tables join on `(layer, unit)`; examples and images join on `image_id`.
+the channel's index. A sparse dictionary's features (the dictionary stage) are the layer `<path>..features`,
+`unit` the feature's index: no module path has an empty segment, so no module has such a name.
+Tables join on `(layer, unit)`; examples and images join on `image_id`.
 """
 
 

@@ -21,7 +21,7 @@ def doc(field: pa.Field) -> str:
     return (field.metadata or {}).get(b"doc", b"").decode()
 
 
-LAYER = "the cataloged module's path in the model (as in [model] layers)"
+LAYER = "the cataloged module's path in the model (as in [model] layers); '<path>..features': its dictionary's features"
 UNIT = "the unit's number: its channel index in the layer's output"
 BOX = "of the theoretical receptive field in input pixels (a half-open box clipped to the image; the whole image for [N, C] layers)"
 

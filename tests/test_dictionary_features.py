@@ -1,5 +1,5 @@
 """A dictionary's features cataloged as units, against ground truth built here: a layer in superposition (three
-one-colour features stored along known directions in two channels, tests/assets/tiny_models.py `Superposed`) on
+one-colour features stored along known directions in two channels, at strengths scattered by position, tests/assets/tiny_models.py `Superposed`) on
 the mini Broden, whose masks say where every colour is; and the feature-ablation Shapley value by exact
 enumeration of every coalition of four planted features."""
 
@@ -43,14 +43,16 @@ def superposed(tmp_path_factory):
                     featvis={"steps": 48, "size": 32, "batch_units": 4, "objective": "channel"},
                     shapley={"eval_images": 12, "rounds": 2, "permutations_per_round": 2, "bandit": False},
                     similarity={})
-    text += ('\n[stages.dictionary]\nlayers = ["mix"]\nfeatures = 8\nk = 1\nsteps = 1000\nlr = 0.003\nbatch = 256\n'
+    text += ('\n[stages.dictionary]\nlayers = ["mix"]\nfeatures = 16\nk = 1\nsteps = 3000\nlr = 0.003\nbatch = 256\n'
              'buffer = 4096\neval_images = 4\n')
     return Catalog.open(run_cli(write_job(folder, text)).catalog), world
 
 
 def _recovered(catalog: Catalog) -> dict[str, int]:
-    """concept -> the feature whose decoder lies along its planted direction (cosine > 0.95)."""
+    """concept -> the feature that fires whose decoder lies nearest its planted direction (cosine > 0.95)."""
     cos = catalog.dictionary("mix")["decoder"] @ superposed_directions().numpy().T  # [features, planted]
+    dead = catalog.units().set_index(["layer", "unit"]).loc[FEATURES, "dead"].to_numpy(bool)
+    cos[dead] = -1  # a dictionary larger than needed keeps spare copies that never fire
     found = {concept: int(cos[:, i].argmax()) for concept, i in PLANTED.items()}
     assert all(cos[f, PLANTED[c]] > 0.95 for c, f in found.items()), np.round(cos, 3)
     return found
@@ -78,7 +80,7 @@ def test_every_planted_feature_is_one_unit_labelled_with_its_concept(superposed)
     assert units.loc[(FEATURES, red), "purity"] == 1.0  # every concept image with red holds the redthing label
     neurons = set(units.loc["mix"]["label"][units.loc["mix"]["interpretable"]])
     features = set(units.loc[FEATURES]["label"][units.loc[FEATURES]["interpretable"].astype(bool)])
-    assert features == set(PLANTED) and len(neurons) < len(features)
+    assert set(PLANTED) <= features and len(neurons) < len(PLANTED)
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -87,7 +89,7 @@ def test_describe_and_the_site_compare_neurons_with_features(superposed, tmp_pat
     assert main(["describe", str(catalog.path)]) == 0
     out = capsys.readouterr().out.split("neurons vs features")[1]
     neurons, features = (line.split() for line in out.splitlines()[2:4])
-    assert neurons[0] == "mix" and features[0] == FEATURES and int(features[5]) == 3 > int(neurons[5])
+    assert neurons[0] == "mix" and features[0] == FEATURES and int(features[5]) >= 3 > int(neurons[5])
     assert main(["render", str(catalog.path), "--out", str(tmp_path / "site")]) == 0
     index = (tmp_path / "site" / "index.html").read_text()
     assert "Neurons vs features" in index and f">{FEATURES}</a>" in index
@@ -103,7 +105,7 @@ def test_describe_and_the_site_compare_neurons_with_features(superposed, tmp_pat
 def test_every_stage_catalogs_every_feature(superposed):
     catalog, _ = superposed
     units = catalog.units()
-    assert (units["layer"] == FEATURES).sum() == 8
+    assert (units["layer"] == FEATURES).sum() == 16
     features = units[units["layer"] == FEATURES].set_index("unit")
     assert features["shapley"].notna().all() and features["featvis_activation"].notna().all()
     red = _recovered(catalog)["redthing"]
@@ -112,7 +114,7 @@ def test_every_stage_catalogs_every_feature(superposed):
     weights = catalog.similar(FEATURES)
     assert set(weights["kind"]) == {"activation", "weight"}  # decoder cosine beside activation correlation
     layer = next(layer for layer in catalog.manifest["layers"] if layer["name"] == FEATURES)
-    assert layer["shape"] == [8, 16, 16]
+    assert layer["shape"] == [16, 16, 16]
 
 
 def _pre_activation(catalog: Catalog, image: torch.Tensor, feature: int) -> float:

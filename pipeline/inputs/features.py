@@ -108,9 +108,10 @@ class FeatureEncoder(nn.Module):
         if not self._forward_hooks:  # nothing reads or changes the features in this forward
             return None
         codes = self(out)
-        if codes is self.clean:
+        clean, self.clean = self.clean, None  # not held past the forward (a batch's codes can be large)
+        if codes is clean:
             return None
-        change = (self._last(codes) - self._last(self.clean)).float() @ self.decoder / self.scale
+        change = (self._last(codes) - self._last(clean)).float() @ self.decoder / self.scale
         return out + self._back(change).to(out.dtype)
 
 

@@ -372,7 +372,8 @@ class Superposed(nn.Module):
     """A layer in superposition (Elhage et al. 2022): `colors` one-concept features stored in fewer channels, along
     known directions. `detect` is exactly `gain` on a 2x2 patch of one mini-Broden colour (input mean 0.5 / std 0.5)
     and 0 elsewhere, one channel per colour, the gain fixed by position: 0 at 3 positions in 7 (no feature there),
-    else 0.5 to 1.5 (a feature's strength varies);
+    else scattered over 0.5 to 1.5 (a feature's strength varies continuously: only the planted directions through
+    the origin then reconstruct every position with one feature);
     `mix` (a 1x1 convolution) writes colour i along superposed_directions()[i]: each of `mix`'s channels fires on
     several colours (polysemantic by construction). The head reads the mean of `mix`."""
 
@@ -381,8 +382,8 @@ class Superposed(nn.Module):
         names = list(PALETTE)[:colors]
         self.register_buffer("palette", torch.tensor([PALETTE[n] for n in names]))
         y, x = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
-        r = (3 * y + 5 * x) % 7
-        self.register_buffer("gain", torch.where(r < 3, 0.0, 0.5 + (r - 3) / 3))
+        spread = torch.frac(torch.sin(y * 12.9898 + x * 78.233).abs() * 43758.5453)  # a fixed scatter in [0, 1)
+        self.register_buffer("gain", torch.where((3 * y + 5 * x) % 7 < 3, 0.0, 0.5 + spread))
         self.detect = nn.Identity()
         self.mix = nn.Conv2d(colors, channels, 1, bias=False)
         self.head = nn.Linear(channels, 2)
