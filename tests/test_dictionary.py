@@ -247,3 +247,22 @@ def test_a_re_analysis_reuses_an_unchanged_dictionary_and_its_features(tmp_path)
     tuned = Catalog.open(tmp_path / "tuned").manifest["reuse"]["stages"]
     assert tuned["dictionary"]["conv2"] == {"action": "computed", "why": "the stage's settings changed"}
     assert tuned["activations"]["conv2..features"]["action"] == "computed"
+
+
+@pytest.mark.parametrize("players", [None, ["conv2..features"]], ids=["every layer", "the features"])
+def test_shapley_over_features_is_computed_again_when_their_dictionary_changes(tmp_path, players):
+    """Shapley's result is the model's as a whole: a feature player's dictionary is one of its inputs."""
+    from pipeline.job.load import load_job
+    from pipeline.planning import make_plan
+    from pipeline.registry import STAGES, selected_stages
+    from pipeline.stages.shapley.stage import ShapleyStage
+
+    def inputs(steps: int) -> dict:
+        text = _job(tmp_path, dictionary={"steps": steps}).read_text()
+        shapley = "\n[stages.shapley]\n" + (f"layers = {json.dumps(players)}\n" if players else "")
+        (tmp_path / "job.toml").write_text(text + shapley)
+        job = load_job(tmp_path / "job.toml", STAGES)
+        return ShapleyStage().inputs(make_plan(job, selected_stages(job.stages.requested())))["*"]
+
+    before, after = inputs(100), inputs(90)
+    assert before["model"] == after["model"] and before["features"] != after["features"]

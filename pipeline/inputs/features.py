@@ -25,6 +25,7 @@ from pipeline.inputs.layouts import CHANNELS_LAST
 __all__ = ["Dictionary", "FeatureEncoder", "FeatureLayer", "Weights", "feature_layer", "layer_modules", "source_of",
            "top_k"]
 
+
 @dataclass(frozen=True)
 class Dictionary:
     """A trained dictionary, as numpy arrays (what the catalog stores and the workers receive).
@@ -119,7 +120,7 @@ class FeatureEncoder(nn.Module):
 class FeatureLayer:
     """What the model actors attach to their model for the stages after the dictionary stage: one feature layer."""
 
-    name: str  # source + SUFFIX
+    name: str  # feature_layer(the layer it reads)
     layout: str  # the source's
     dictionary: Dictionary
 

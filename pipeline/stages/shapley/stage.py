@@ -50,7 +50,8 @@ class ShapleyStage(Stage[ShapleySettings, ShapleyPart, Any]):
     name = "shapley"
     Settings = ShapleySettings
     needs = (ActivationsStage,)  # a removed unit is replaced by its mean activation map
-    reasons = {"activations": "the activations stage's settings changed", "eval_set": "the evaluation images changed"}
+    reasons = {"activations": "the activations stage's settings changed", "eval_set": "the evaluation images changed",
+               "features": "the dictionary of a feature layer among its players changed"}
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> ShapleyPart:
         cfg = self.settings(plan.job)
@@ -70,7 +71,9 @@ class ShapleyStage(Stage[ShapleySettings, ShapleyPart, Any]):
         evals = json_fingerprint([(r.image_id, r.path, r.label_index) for r in part.eval_set])
         settings = json_fingerprint({"shapley": asdict(self.settings(job)), "players": part.players,
                                      "activations": activations_hash(plan), "seed": job.seed})
-        return {WHOLE_MODEL: {"model": fp["model"], "data": fp["data"], "eval_set": evals, "settings": settings}}
+        features = json_fingerprint([fp["layers"][name] for name, _ in part.players if source_of(name)])
+        return {WHOLE_MODEL: {"model": fp["model"], "data": fp["data"], "eval_set": evals, "settings": settings,
+                              "features": features}}
 
     def load(self, plan: RunPlan, previous: Catalog, layers: list[str]) -> dict:
         """The previous run's tables, manifest sections and units columns (the model and evaluation set are unchanged)."""
