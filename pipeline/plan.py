@@ -66,7 +66,8 @@ class RunPlan:
         """Where the finished shards of the pass `name` of `stage` are checkpointed; keyed by what they depend on."""
         fp = self.fingerprints
         layers = [info.name for info in self.layers_to_compute(stage)]
-        key = json_fingerprint({"stage": name, "model": fp["model"], "data": fp["data"], "settings": fp["settings"],
+        key = json_fingerprint({"stage": name, "scheme": fp.get("scheme"), "model": fp["model"], "data": fp["data"],
+                                "settings": fp["settings"],
                                 "concepts": fp.get("concepts"), "shard": len(self.shards[0].records) if self.shards else 0,
                                 "layers": layers})
         return work_folder(self.catalog, name, key)

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 import catalog_schema as cs
-
 from pipeline.errors import UserError
 from pipeline.inputs.batches import Batch, iter_batches
 from pipeline.inputs.features import Dictionary, FeatureLayer, feature_layer
