@@ -19,10 +19,10 @@ def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
     jobs.mkdir()
     text = DEMO.read_text().replace("images = 1000", "images = 60").replace("epochs = 20", "epochs = 2")
     text = text.replace("steps = 96", "steps = 4").replace("msr_samples = 2048", "msr_samples = 16")  # every stage, briefly
-    text = text.replace("steps = 600", "steps = 20")
+    text = text.replace("steps = 600", "steps = 20").replace("features = 256", "features = 32")
     text = text.replace("k = 16", "k = 2").replace("patch_size = 48", "patch_size = 16")  # few, small crops and projections
     text = text.replace("eval_images = 256", "eval_images = 24").replace("batch_units = 32", "batch_units = 32\nsize = 16")
-    for setting in ("steps = 4", "steps = 20", "msr_samples = 16", "k = 2", "patch_size = 16", "eval_images = 24", "size = 16"):
+    for setting in ("steps = 4", "steps = 20", "features = 32", "msr_samples = 16", "k = 2", "patch_size = 16", "eval_images = 24", "size = 16"):
         assert setting in text, setting
     (jobs / "demo.toml").write_text(text)
     assert main(["run", str(jobs / "demo.toml")]) == 0
@@ -41,7 +41,7 @@ def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
     by_class = catalog.importance_by_class()
     assert len(by_class) == 144 * 6 and set(by_class["class_name"]) == set(manifest["data"]["classes"])
     features = units[units["layer"] == "conv4..features"]  # the dictionary's, dissected, not rendered (featvis layers)
-    assert len(features) == 256 and features["featvis_activation"].isna().all() and features["iou"].notna().all()
+    assert len(features) == 32 and features["featvis_activation"].isna().all() and features["iou"].notna().all()
     capsys.readouterr()
     assert main(["describe", str(tmp_path / "catalogs" / "demo")]) == 0
     assert "neurons vs features" in capsys.readouterr().out
