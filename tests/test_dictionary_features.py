@@ -76,8 +76,10 @@ def test_every_planted_feature_is_one_unit_labelled_with_its_concept(superposed)
         for row in rows.itertuples():
             image = int(Path(paths.loc[row.image_id]).stem)
             assert row.activation > 0 and masks[concept][image][row.y, row.x], (concept, image, row.y, row.x)
-    red = _recovered(catalog)["redthing"]
-    assert units.loc[(FEATURES, red), "purity"] == 1.0  # every concept image with red holds the redthing label
+    found = _recovered(catalog)
+    assert units.loc[(FEATURES, found["redthing"]), "purity"] == 1.0  # every one of the 12 images holds red
+    # green fires on the 6 greenland images only: its 10 top images are those and 4 where it is 0
+    assert units.loc[(FEATURES, found["greenland"]), "purity"] == pytest.approx(0.6)
     neurons = set(units.loc["mix"]["label"][units.loc["mix"]["interpretable"]])
     features = set(units.loc[FEATURES]["label"][units.loc[FEATURES]["interpretable"].astype(bool)])
     assert set(PLANTED) <= features and len(neurons) < len(PLANTED)

@@ -1,5 +1,6 @@
 """What the site shows of units in relation: each unit's nearest units as a strip of their thumbnails (from the
-similarity stage), a dictionary's links between its features and the layer's neurons, and the static search index the index page's search box reads."""
+similarity stage), a dictionary's links between its features and the layer's neurons, and the static search
+index the index page's search box reads."""
 
 from __future__ import annotations
 
