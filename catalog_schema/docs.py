@@ -14,7 +14,8 @@ from catalog_schema.arrays import ARRAYS, STORE, TARGET_CHUNK_BYTES
 from catalog_schema.layout import LOCK, STAGING, WORK
 from catalog_schema.manifest import LATEST, MANIFEST, MANIFEST_KEYS, SCHEMA_VERSION
 from catalog_schema.reader import Catalog
-from catalog_schema.tables import TABLE_DOCS, TABLES, doc, table_file
+from catalog_schema.columns import doc
+from catalog_schema.tables import TABLE_DOCS, TABLES, table_file
 
 IN_A_CATALOG = [name for name in TABLES if not TABLE_DOCS[name].startswith("Not in a catalog")]
 

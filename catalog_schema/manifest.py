@@ -45,6 +45,8 @@ MANIFEST_KEYS: dict[str, str] = {
     "shapley": "importance: the players, estimators, evaluations, rounds, v_all / v_none (the metric with every / no "
                "player) overall and by class, the bandit's progress, the warm start",
     "similarity": "similarity: {probe_images, comparisons: [{layer, other_layer, kind}], layers: units without neighbours}",
+    "connections": "connections: {pairs: [{earlier, later}]}: the consecutive cataloged layers connected (a later layer "
+                   "that does not read the earlier one has none)",
     "dictionary": "dictionary: {layers: {layer: dictionary_quality's row and firing_histogram (features per log10 "
                   "firing-frequency bin, dead ones in none)}, histogram_log10_edges, train_images, eval_images}",
 }

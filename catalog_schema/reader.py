@@ -108,6 +108,10 @@ class Catalog:
         """The similarity stage's neighbours (of one layer / unit), nearest first within each (other_layer, kind)."""
         return self._rows_of("similar", layer, unit)
 
+    def connections(self, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
+        """The connections stage's strongest inputs and outputs (of one layer / unit), strongest first per sign."""
+        return self._rows_of("connections", layer, unit)
+
     def _rows_of(self, name: str, layer: str | None, unit: int | None) -> pd.DataFrame:
         """A per-unit table's rows, of one layer and unit when given (read with Parquet filters)."""
         filters = [("layer", "==", layer)] if layer is not None else []

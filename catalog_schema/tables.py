@@ -10,19 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-
-def column(name: str, kind: pa.DataType, doc: str, required: bool = False) -> pa.Field:
-    """One documented column; `required` columns are never null."""
-    return pa.field(name, kind, nullable=not required, metadata={"doc": doc})
+from catalog_schema.columns import LAYER, UNIT, column
+from catalog_schema.relation_tables import CONNECTIONS, SIMILAR
 
 
-def doc(field: pa.Field) -> str:
-    """A column's description."""
-    return (field.metadata or {}).get(b"doc", b"").decode()
-
-
-LAYER = "the cataloged module's path in the model (as in [model] layers); '<path>..features': its dictionary's features"
-UNIT = "the unit's number: its channel index in the layer's output"
 BOX = "of the theoretical receptive field in input pixels (a half-open box clipped to the image; the whole image for [N, C] layers)"
 
 def position(which: str) -> list[pa.Field]:
@@ -143,16 +134,6 @@ SHAPLEY_ABLATION = pa.schema([  # the paper's check: the metric after removing N
     column("units", pa.string(), "the removed units, \"layer:unit\" in layer, unit order, joined by ';' (random: the first draw)"),
 ])
 
-SIMILAR = pa.schema([  # the similarity stage: each unit's nearest units, per compared layer and kind
-    column("layer", pa.string(), LAYER, required=True),
-    column("unit", pa.int32(), UNIT, required=True),
-    column("other_layer", pa.string(), "the same layer, or the one just before or after it", required=True),
-    column("other_unit", pa.int32(), "the neighbour's unit number in other_layer", required=True),
-    column("kind", pa.string(), "'activation' (Pearson, probe images) | 'weight' (cosine, same layer)", required=True),
-    column("score", pa.float32(), "the similarity: Pearson correlation (activation) or cosine (weight)"),
-    column("rank", pa.int32(), "0 = the nearest of its (other_layer, kind)"),
-])
-
 DICTIONARY_QUALITY = pa.schema([  # the dictionary stage: one row per layer given a sparse dictionary
     column("layer", pa.string(), LAYER, required=True),
     column("features", pa.int32(), "the dictionary's size (its features)", required=True),
@@ -244,6 +225,8 @@ TABLE_DOCS: dict[str, str] = {
     "shapley_ablation": "shapley: the metric after removing N units chosen by value, by single-unit effect or at random "
                         "(Neuron Shapley's check).",
     "similar": "similarity: each unit's nearest units, in its own layer and the layers beside it.",
+    "connections": "connections: each unit's strongest inputs in the cataloged layer before it and outputs in the one "
+                   "after, by expanded weights (signed).",
     "dictionary_quality": "dictionary: how well each layer's sparse dictionary reconstructs the layer, how sparse and "
                           "how stable it is.",
     "diff": "Not in a catalog: `neuron-catalog diff OLD NEW --out FILE` writes it, one row per unit of NEW (and per "
@@ -264,6 +247,7 @@ TABLES: dict[str, pa.Schema] = {
     "importance_by_class": IMPORTANCE_BY_CLASS,
     "diff": DIFF,
     "similar": SIMILAR,
+    "connections": CONNECTIONS,
     "dictionary_quality": DICTIONARY_QUALITY,
     "concepts": CONCEPTS,
     "evolution": EVOLUTION,

@@ -36,6 +36,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     query.add_argument("--category", help="only units whose concept is of this category (color, object, ...)")
     query.add_argument("--similar-to", metavar="LAYER:UNIT",
                        help="the unit's nearest units found by the similarity stage, instead of a list of units")
+    query.add_argument("--inputs-of", metavar="LAYER:UNIT",
+                       help="the unit's strongest inputs in the layer before (connections stage), excitatory first")
+    query.add_argument("--outputs-of", metavar="LAYER:UNIT",
+                       help="the unit's strongest outputs in the layer after (connections stage), excitatory first")
     query.add_argument("--min-iou", type=float)
     query.add_argument("--sort", help="column to sort by, largest first")
     query.add_argument("--ascending", action="store_true", help="sort smallest first")
@@ -156,9 +160,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from pipeline.catalog.query import NEIGHBOUR_COLUMNS, format_units, query_units, similar_to
+    from pipeline.catalog.query import (CONNECTION_COLUMNS, NEIGHBOUR_COLUMNS, connected_to, format_units, query_units,
+                                        similar_to)
 
     catalog = _open(args.catalog)
+    for direction, spec in (("input", args.inputs_of), ("output", args.outputs_of)):
+        if spec is not None:
+            rows = connected_to(catalog, spec, direction)
+            if rows.empty and args.format == "table":
+                print(f"{spec} has no {direction}s: no cataloged layer {'before' if direction == 'input' else 'after'} "
+                      "it, or none that it reads or feeds.")
+            else:
+                print(format_units(rows.head(args.limit) if args.limit else rows, args.format, CONNECTION_COLUMNS))
+            return 0
     if args.similar_to is not None:
         near = similar_to(catalog, args.similar_to)
         if near.empty and args.format == "table":

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 from catalog_schema import ARRAYS, MANIFEST, TABLES
 from catalog_schema.docs import catalog_markdown
 from catalog_schema.manifest import MANIFEST_KEYS
-from catalog_schema.tables import TABLE_DOCS, doc
+from catalog_schema.columns import doc
+from catalog_schema.tables import TABLE_DOCS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,7 +33,8 @@ def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
     assert not model["cached"] and 0.0 <= model["heldout_accuracy"] <= 1.0
     assert manifest["data"]["classes"] == sorted(manifest["data"]["classes"]) and len(manifest["data"]["classes"]) == 6
     assert [layer["name"] for layer in manifest["layers"]] == ["conv1", "conv2", "conv3", "conv4", "conv4..features", "fc"]
-    assert manifest["stages_done"] == ["dictionary", "activations", "featvis", "dissection", "shapley", "similarity"]
+    assert manifest["stages_done"] == ["dictionary", "activations", "featvis", "dissection", "shapley", "similarity",
+                                       "connections"]
     catalog = Catalog.open(tmp_path / "catalogs" / "demo")  # importance: every conv unit, every class
     units = catalog.units()
     assert units.loc[units["layer"] != "fc", "shapley"].notna().sum() == 144 == manifest["shapley"]["players"]

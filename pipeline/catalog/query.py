@@ -50,14 +50,7 @@ NEIGHBOUR_COLUMNS = ["other_layer", "other_unit", "kind", "rank", "score", "labe
 def similar_to(catalog: Catalog, spec: str) -> pd.DataFrame:
     """The neighbours of the unit `spec` ("layer:unit") found by the similarity stage, with what the catalog says
     of each (label, IoU, maximum activation)."""
-    layer, _, number = spec.rpartition(":")
-    if not layer or not number.strip().isdigit():
-        raise UserError(f"--similar-to {spec!r}: write the unit as LAYER:UNIT, e.g. {catalog.layers[0]}:0.")
-    unit = int(number)
-    _check_layer(catalog, layer, "--similar-to")
-    count = next(int(info["units"]) for info in catalog.manifest["layers"] if info["name"] == layer)
-    if unit >= count:
-        raise UserError(f"--similar-to {spec}: layer {layer} has units 0..{count - 1}.")
+    layer, unit = _unit(catalog, spec, "--similar-to")
     if "similarity" not in catalog.manifest["stages_done"]:
         raise UserError(f"catalog {catalog.path} has no similarity results: add a [stages.similarity] table to the job "
                         "(or run it with --stages similarity) and run it again.")
@@ -66,6 +59,38 @@ def similar_to(catalog: Catalog, spec: str) -> pd.DataFrame:
     near = near.merge(units.rename(columns={"layer": "other_layer", "unit": "other_unit"}), how="left",
                       on=["other_layer", "other_unit"])
     return near.iloc[neighbour_order(near, catalog.layers)][NEIGHBOUR_COLUMNS].reset_index(drop=True)
+
+
+CONNECTION_COLUMNS = ["other_layer", "other_unit", "weight", "rank", "label", "category", "iou", "act_max", "dead"]
+
+
+def connected_to(catalog: Catalog, spec: str, direction: str) -> pd.DataFrame:
+    """The strongest inputs (`direction` "input") or outputs ("output") of the unit `spec` ("layer:unit") found by
+    the connections stage, excitatory first (strongest first), then inhibitory, with what the catalog says of each."""
+    option = f"--{direction}s-of"
+    layer, unit = _unit(catalog, spec, option)
+    if "connections" not in catalog.manifest["stages_done"]:
+        raise UserError(f"catalog {catalog.path} has no connections: add a [stages.connections] table to the job "
+                        "(or run it with --stages connections) and run it again.")
+    rows = catalog.connections(layer, unit)
+    rows = rows[rows["direction"] == direction]
+    units = catalog.units()[["layer", "unit", "label", "category", "iou", "act_max", "dead"]]
+    rows = rows.merge(units.rename(columns={"layer": "other_layer", "unit": "other_unit"}), how="left",
+                      on=["other_layer", "other_unit"])
+    order = np.lexsort([rows["rank"].to_numpy(), (rows["weight"] < 0).to_numpy()])
+    return rows.iloc[order][CONNECTION_COLUMNS].reset_index(drop=True)
+
+
+def _unit(catalog: Catalog, spec: str, option: str) -> tuple[str, int]:
+    """(layer, unit) of "LAYER:UNIT", checked against the catalog."""
+    layer, _, number = spec.rpartition(":")
+    if not layer or not number.strip().isdigit():
+        raise UserError(f"{option} {spec!r}: write the unit as LAYER:UNIT, e.g. {catalog.layers[0]}:0.")
+    _check_layer(catalog, layer, option)
+    count = next(int(info["units"]) for info in catalog.manifest["layers"] if info["name"] == layer)
+    if int(number) >= count:
+        raise UserError(f"{option} {spec}: layer {layer} has units 0..{count - 1}.")
+    return layer, int(number)
 
 
 def neighbour_order(near: pd.DataFrame, layers: list[str]):

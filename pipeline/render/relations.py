@@ -59,6 +59,26 @@ def dictionary_strips(catalog: Catalog, layer: str, slug: dict[str, str]) -> dic
     return out
 
 
+def connection_strips(catalog: Catalog, layer: str, slug: dict[str, str]) -> dict[int, list[dict]]:
+    """unit -> its connections (the connections stage): the units that excite it and inhibit it in the layer before,
+    those it excites and inhibits in the layer after, strongest first. Empty without the stage."""
+    rows = catalog.connections(layer)
+    out: dict[int, list[dict]] = {}
+    titles = {("input", True): "excited by", ("input", False): "inhibited by", ("output", True): "excites",
+              ("output", False): "inhibits"}
+    for (unit, direction, excites), group in rows.groupby(["unit", "direction", rows["weight"] > 0], sort=True):
+        other = group["other_layer"].iloc[0]
+        group = group.sort_values("rank")
+        out.setdefault(int(unit), []).append({
+            "title": f"{titles[(direction, bool(excites))]}: units of {other} (expanded weight)",
+            "units": [{"layer": other, "unit": int(u), "score": f"{w:+.3f}", "href": f"../{slug[other]}/{int(u)}.html",
+                       "picture": f"img/{slug[other]}/{int(u)}-card.jpg"}
+                      for u, w in zip(group["other_unit"], group["weight"])]})
+    for strips in out.values():  # inputs before outputs, excitatory before inhibitory
+        strips.sort(key=lambda strip: list(titles.values()).index(strip["title"].split(":")[0]))
+    return out
+
+
 def write_search_index(catalog: Catalog, units: pd.DataFrame, slug: dict[str, str], site: Path) -> bool:
     """static/search-index.js for the index page's search box; False (nothing written) when no unit has a label."""
     index = search_index(catalog, units, slug)

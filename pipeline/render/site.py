@@ -31,7 +31,7 @@ from pipeline.render.chart import concept_chart
 from pipeline.render.diff_page import diff_context
 from pipeline.render.importance import class_bars, importance_context
 from pipeline.render.prefix_tokens import prefix_summaries
-from pipeline.render.relations import dictionary_strips, neighbour_strips, write_search_index
+from pipeline.render.relations import connection_strips, dictionary_strips, neighbour_strips, write_search_index
 from pipeline.render.spectrum import featvis_kinds, spectrum_pictures, spectrum_strips
 
 MARKER = ".neuron-catalog-site"  # tells a site this command may replace from any other folder
@@ -119,8 +119,9 @@ def _write(catalog: Catalog, site: Path, workers: int, diff: tuple[str, pd.DataF
         (site / "layers" / f"{info['slug']}.html").write_text(env.get_template("layer.html").render(
             **common, title=f"{info['name']} - {common['model_name']}", root="../", layer=info, cards=cards))
         pages += 1 + _write_unit_pages(env, common, catalog, site, info, rows, dissection, featvis,
-                                       neighbour_strips(catalog, info["name"], slug),
-                                       dictionary_strips(catalog, info["name"], slug))
+                                       [("Similar units", "similar", neighbour_strips(catalog, info["name"], slug)),
+                                        ("Connections", "connections", connection_strips(catalog, info["name"], slug)),
+                                        ("Dictionary", "dictionary", dictionary_strips(catalog, info["name"], slug))])
     if diff is not None:
         (site / "diff.html").write_text(env.get_template("diff.html").render(
             **common, title=f"changes - {common['model_name']}", root="", **diff_context(diff[1], diff[0], slug)))
@@ -163,8 +164,8 @@ STATS = ("act_mean", "act_std", "act_max", "act_min", "frac_active", "dead", "la
 
 
 def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, site: Path, info: dict,
-                      rows: pd.DataFrame, dissection: pd.DataFrame, featvis: bool, strips: dict[int, list[dict]],
-                      links: dict[int, list[dict]]) -> int:
+                      rows: pd.DataFrame, dissection: pd.DataFrame, featvis: bool,
+                      relations: list[tuple[str, str, dict[int, list[dict]]]]) -> int:
     template = env.get_template("unit.html")
     folder = site / "units" / info["slug"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -191,7 +192,7 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
             pictures={"top": f"img/{info['slug']}/{u}-top.jpg", "bottom": f"img/{info['slug']}/{u}-bottom.jpg"},
             visualizations=[(FEATVIS_VIEWS[v] if v < len(FEATVIS_VIEWS) else f"view {v}", f"img/{info['slug']}/{u}-fv{v}.png")
                             for v in range(views)] + ([("filter", f"img/{info['slug']}/{u}-filter.png")] if has_filters else []),
-            concepts=mine.to_dict("records") if mine is not None else [], stats=stats, similar=strips.get(u, []), dictionary=links.get(u, []),
+            concepts=mine.to_dict("records") if mine is not None else [], stats=stats, relations=[(heading, anchor, strips.get(u, [])) for heading, anchor, strips in relations],
             class_importance=by_class.get(u), spectrum=spectra.get(u, []),
             projections=[(method, f"img/{info['slug']}/{u}-{method}.png") for method in ("deconvnet", "guided")]
             if has_projections else [], projections_caveat=caveat, prefix_tokens=prefixes.get(u, []),
