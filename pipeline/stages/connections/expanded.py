@@ -50,10 +50,11 @@ def expanded_weights(model: nn.Module, earlier: LayerInfo, later: LayerInfo, poi
     """float64 [later units, earlier units]: the connections of a linearized model (`linearized`), read at `point`
     (one image's output of the earlier layer, in its own layout); None when the later layer does not depend on it."""
     modules = dict(model.named_modules())
+    device = next(iter(model.parameters()), torch.zeros(0)).device
     rows = []
     for start in range(0, later.units, CHUNK):
-        units = torch.arange(start, min(start + CHUNK, later.units))
-        x = point.to(torch.float32)[None].repeat(len(units), *([1] * point.dim())).requires_grad_(True)
+        units = torch.arange(start, min(start + CHUNK, later.units), device=device)
+        x = point.to(device, torch.float32)[None].repeat(len(units), *([1] * point.dim())).requires_grad_(True)
         seen: dict[str, torch.Tensor] = {}
         calls = {"earlier": 0, "later": 0}
 
@@ -70,7 +71,7 @@ def expanded_weights(model: nn.Module, earlier: LayerInfo, later: LayerInfo, poi
         handles = [modules[earlier.name].register_forward_hook(replace), modules[later.name].register_forward_hook(capture)]
         try:
             with torch.enable_grad():
-                model(torch.zeros(len(units), *input_shape))
+                model(torch.zeros(len(units), *input_shape, device=device))
         except _Seen:
             pass
         finally:
@@ -87,7 +88,7 @@ def expanded_weights(model: nn.Module, earlier: LayerInfo, later: LayerInfo, poi
             return None
         mine, prefix = units_first(grad, earlier.layout, earlier.spatial, earlier.prefix, earlier.windows)
         total = mine.double().sum(dim=(2, 3)) + (prefix.double().sum(dim=1) if prefix is not None else 0)
-        rows.append(total.numpy())
+        rows.append(total.cpu().numpy())
     return np.concatenate(rows)
 
 

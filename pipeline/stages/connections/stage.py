@@ -31,6 +31,7 @@ class ConnectionsStage(Stage[ConnectionsSettings, tuple, dict]):
     name = "connections"
     Settings = ConnectionsSettings
     needs = (ActivationsStage,)  # the connections are read at the earlier layer's mean activation map
+    reasons = {"earlier": "the weights of the layer before it changed"}
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> tuple[Pair, ...]:
         """Every two consecutive cataloged layers (a dictionary's features are left out: they read their layer
@@ -66,6 +67,6 @@ def _point(info: LayerInfo, activations: Any) -> torch.Tensor:
 def pair_weights(worker: Worker, pair: Pair, shared: Shared) -> np.ndarray | None:
     """On an actor: the expanded weights from the earlier layer of `pair` to the later one."""
     points, input_shape = worker.get(shared)
-    model = worker.memo("connections", shared, lambda _s: linearized(worker.model()).cpu())
+    model = worker.memo("connections", shared, lambda _s: linearized(worker.model()))
     earlier, later = pair
     return expanded_weights(model, earlier, later, points[earlier.name], input_shape)
