@@ -80,7 +80,7 @@ def expanded_weights(model: nn.Module, earlier: LayerInfo, later: LayerInfo, poi
         if "out" not in seen:
             return None
         grid = units_first(seen["out"], later.layout, later.spatial, later.prefix, later.windows)[0]
-        centre = grid[torch.arange(len(units)), units, grid.shape[2] // 2, grid.shape[3] // 2]
+        centre = grid[torch.arange(len(units), device=device), units, grid.shape[2] // 2, grid.shape[3] // 2]
         if not centre.requires_grad:
             return None
         (grad,) = torch.autograd.grad(centre.sum(), x, allow_unused=True)
