@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
 from pipeline.interrupts import Interrupted, stop_on_signals
+
+if TYPE_CHECKING:  # types only: pandas loads with the subcommand that needs it
+    import pandas as pd
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -166,24 +170,25 @@ def _query(args: argparse.Namespace) -> int:
     catalog = _open(args.catalog)
     for direction, spec in (("input", args.inputs_of), ("output", args.outputs_of)):
         if spec is not None:
-            rows = connected_to(catalog, spec, direction)
-            if rows.empty and args.format == "table":
-                print(f"{spec} has no {direction}s: no cataloged layer {'before' if direction == 'input' else 'after'} "
-                      "it, or none that it reads or feeds.")
-            else:
-                print(format_units(rows.head(args.limit) if args.limit else rows, args.format, CONNECTION_COLUMNS))
-            return 0
+            side = "before" if direction == "input" else "after"
+            return _related(connected_to(catalog, spec, direction), args, CONNECTION_COLUMNS,
+                            f"{spec} has no {direction}s: no cataloged layer {side} it, or none that it reads or feeds.")
     if args.similar_to is not None:
-        near = similar_to(catalog, args.similar_to)
-        if near.empty and args.format == "table":
-            print(f"{args.similar_to} has no neighbours: its activations do not vary on the probe images "
-                  "(a dead unit), and its layer has no weights of its own or its weights are all zero.")
-        else:
-            print(format_units(near.head(args.limit) if args.limit else near, args.format, NEIGHBOUR_COLUMNS))
-        return 0
+        return _related(similar_to(catalog, args.similar_to), args, NEIGHBOUR_COLUMNS,
+                        f"{args.similar_to} has no neighbours: its activations do not vary on the probe images (a dead "
+                        "unit), and its layer has no weights of its own or its weights are all zero.")
     units = query_units(catalog, args.layer, args.label, args.min_iou, args.sort, args.ascending, args.limit,
                         args.category)
     print(format_units(units, args.format))
+    return 0
+
+
+def _related(rows: pd.DataFrame, args: argparse.Namespace, columns: list[str], empty: str) -> int:
+    """Print a unit's related units (neighbours, connections), or `empty` when a table has none to show."""
+    from pipeline.catalog.query import format_units
+
+    print(empty if rows.empty and args.format == "table" else
+          format_units(rows.head(args.limit) if args.limit else rows, args.format, columns))
     return 0
 
 
