@@ -22,7 +22,7 @@ from pipeline.inputs.models import LayerInfo
 from pipeline.stages.dissection import tally as d
 from pipeline.stages.dissection import thresholds as th
 from pipeline.stages.dissection import radix
-from pipeline.stages.dissection.purity import TopImages, batch_top, purity
+from pipeline.stages.dissection.purity import TopImages, batch_top, packed_labels, purity
 
 
 @dataclass
@@ -119,7 +119,7 @@ def tally_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Conc
     current: list[ConceptBatch] = []
 
     def reduce(name: str, out: torch.Tensor) -> None:
-        batch, encoded = current
+        batch, encoded, carries = current
         with _one_thread(out.device):
             for size, rows in _by_mask_size(batch.mask_sizes).items():
                 pick = torch.as_tensor(rows, device=out.device)
@@ -127,7 +127,7 @@ def tally_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Conc
                                        [batch.labels[r] for r in rows], space, encoded=encoded[size],
                                        union=union, resize=resize)
                 result.layers[name] = d.merge_tally(result.layers[name], part)
-            result.tops[name] = result.tops[name].merged(batch_top(out, batch.image_ids, batch.masks, batch.labels, space))
+            result.tops[name] = result.tops[name].merged(batch_top(out, batch.image_ids, carries))
 
     with torch.inference_mode(), tapped(model, layers, reduce) as run:
         for batch in batches:
@@ -135,7 +135,7 @@ def tally_pass(model: nn.Module, layers: list[LayerInfo], batches: Iterable[Conc
             encoded = {size: d.encode_masks([batch.masks[r] for r in rows], [batch.labels[r] for r in rows], space, size,
                                             union)
                        for size, rows in groups.items()}  # once per batch, shared by every layer
-            current[:] = [batch, encoded]
+            current[:] = [batch, encoded, [packed_labels(m, lb, space) for m, lb in zip(batch.masks, batch.labels)]]
             run(batch.inputs)
             result.images += len(batch.image_ids)
     return result

@@ -38,14 +38,19 @@ class TopImages:
                                   if i in held})
 
 
-def batch_top(out: torch.Tensor, image_ids: np.ndarray, masks: Sequence[Mapping[str, np.ndarray]],
-              labels: Sequence[Mapping[str, Sequence[int]]], space: LabelSpace) -> TopImages:
-    """One batch's top images of each unit (`out` [N, U, H, W]) with the labels they carry."""
+def batch_top(out: torch.Tensor, image_ids: np.ndarray, carries: Sequence[np.ndarray]) -> TopImages:
+    """One batch's top images of each unit (`out` [N, U, H, W]) with the labels they carry (`carries`: per image,
+    `packed_labels`)."""
     peak = out.detach().float().amax(dim=(2, 3))
     ranked = batch_ranked(peak, torch.zeros_like(peak, dtype=torch.int64), image_ids, PURITY_TOP, largest=True)
     rows = {int(i): r for r, i in enumerate(image_ids)}
     held = set(ranked.image_id.ravel().tolist()) - {PAD_ID}
-    return TopImages(ranked, {i: np.packbits(carried(masks[rows[i]], labels[rows[i]], space)) for i in held})
+    return TopImages(ranked, {i: carries[rows[i]] for i in held})
+
+
+def packed_labels(masks: Mapping[str, np.ndarray], labels: Mapping[str, Sequence[int]], space: LabelSpace) -> np.ndarray:
+    """The labels an image carries, as packed bits (once per image, whatever the number of layers)."""
+    return np.packbits(carried(masks, labels, space))
 
 
 def carried(masks: Mapping[str, np.ndarray], labels: Mapping[str, Sequence[int]], space: LabelSpace) -> np.ndarray:
