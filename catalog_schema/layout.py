@@ -20,6 +20,7 @@ FEATVIS_COLUMNS = ("featvis_activation", "featvis_ratio", "featvis_flat")
 DISSECTION_COLUMNS = ("label", "category", "iou", "interpretable", "purity")
 SHAPLEY_COLUMNS = ("shapley", "shapley_ci_low", "shapley_ci_high")
 BANZHAF_COLUMNS = ("banzhaf", "banzhaf_ci_low", "banzhaf_ci_high")
+MAP_COLUMNS = ("map_x", "map_y")
 
 
 def shard_file(index: int) -> str:

@@ -47,6 +47,8 @@ MANIFEST_KEYS: dict[str, str] = {
     "similarity": "similarity: {probe_images, comparisons: [{layer, other_layer, kind}], layers: units without neighbours}",
     "connections": "connections: {pairs: [{earlier, later}]}: the consecutive cataloged layers connected (a later layer "
                    "that does not read the earlier one has none)",
+    "unit_map": "unit map: {layer: {method (pacmap | pca | none), vectors (probe activations | decoder directions), placed}}: "
+           "how each layer's units were laid out (units columns map_x, map_y)",
     "dictionary": "dictionary: {layers: {layer: dictionary_quality's row and firing_histogram (features per log10 "
                   "firing-frequency bin, dead ones in none)}, histogram_log10_edges, train_images, eval_images}",
 }

@@ -50,6 +50,8 @@ UNITS = pa.schema([
     column("featvis_activation", pa.float32(), "the objective on the stored visualization, no transform"),
     column("featvis_ratio", pa.float32(), "the unit's max on it / its max over the data set (act_max)"),
     column("featvis_flat", pa.bool_(), "the visualization stayed (nearly) uniform"),
+    column("map_x", pa.float32(), "unit map: the unit's place in its layer's 2-D layout, in [0, 1] (null: no vector, as a dead unit)"),
+    column("map_y", pa.float32(), "unit map: the other coordinate; both axes share one scale"),
 ])
 
 EXAMPLES = pa.schema([

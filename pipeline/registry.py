@@ -18,6 +18,7 @@ from pipeline.stages.featvis.stage import FeatvisStage
 from pipeline.stages.protocol import Stage
 from pipeline.stages.shapley.stage import ShapleyStage
 from pipeline.stages.similarity.stage import SimilarityStage
+from pipeline.stages.unit_map.stage import MapStage
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     DictionaryStage(),  # first: the stages after it read its features as a layer
@@ -27,6 +28,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     ShapleyStage(),
     SimilarityStage(),
     ConnectionsStage(),
+    MapStage(),
 )}
 
 

@@ -34,7 +34,7 @@ def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
     assert manifest["data"]["classes"] == sorted(manifest["data"]["classes"]) and len(manifest["data"]["classes"]) == 6
     assert [layer["name"] for layer in manifest["layers"]] == ["conv1", "conv2", "conv3", "conv4", "conv4..features", "fc"]
     assert manifest["stages_done"] == ["dictionary", "activations", "featvis", "dissection", "shapley", "similarity",
-                                       "connections"]
+                                       "connections", "unit_map"]
     catalog = Catalog.open(tmp_path / "catalogs" / "demo")  # importance: every conv unit, every class
     units = catalog.units()
     assert units.loc[units["layer"] != "fc", "shapley"].notna().sum() == 144 == manifest["shapley"]["players"]
@@ -43,6 +43,7 @@ def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
     assert len(by_class) == 144 * 6 and set(by_class["class_name"]) == set(manifest["data"]["classes"])
     features = units[units["layer"] == "conv4..features"]  # the dictionary's, dissected, not rendered (featvis layers)
     assert len(features) == 32 and features["featvis_activation"].isna().all() and features["iou"].notna().all()
+    assert units.loc[~units["dead"].astype(bool), "map_x"].notna().all()  # every unit with a vector is on the map
     capsys.readouterr()
     assert main(["describe", str(tmp_path / "catalogs" / "demo")]) == 0
     assert "neurons vs features" in capsys.readouterr().out

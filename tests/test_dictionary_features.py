@@ -42,7 +42,7 @@ def superposed(tmp_path_factory):
                     dissection={"quantile": 0.5, "resize": "bilinear"},
                     featvis={"steps": 48, "size": 32, "batch_units": 4, "objective": "channel"},
                     shapley={"eval_images": 12, "rounds": 2, "permutations_per_round": 2, "bandit": False},
-                    similarity={})
+                    similarity={}, maps={})
     text += ('\n[stages.dictionary]\nlayers = ["mix"]\nfeatures = 16\nk = 1\nsteps = 3000\nlr = 0.003\nbatch = 256\n'
              'buffer = 4096\neval_images = 4\n')
     return Catalog.open(run_cli(write_job(folder, text)).catalog), world
@@ -117,6 +117,19 @@ def test_every_stage_catalogs_every_feature(superposed):
     assert set(weights["kind"]) == {"activation", "weight"}  # decoder cosine beside activation correlation
     layer = next(layer for layer in catalog.manifest["layers"] if layer["name"] == FEATURES)
     assert layer["shape"] == [16, 16, 16]
+    _features_are_mapped_by_their_decoder_directions(catalog, features)
+
+
+def _features_are_mapped_by_their_decoder_directions(catalog: Catalog, features) -> None:
+    """The map places features by their decoder rows (the neurons by their probe activations)."""
+    from pipeline.stages.similarity.neighbours import cosine_rows
+    from pipeline.stages.unit_map.layout import unit_layout
+
+    assert catalog.manifest["unit_map"][FEATURES] == {"method": "pacmap", "vectors": "decoder directions", "placed": 16}
+    assert catalog.manifest["unit_map"]["mix"]["vectors"] == "probe activations"
+    rows = cosine_rows(catalog.dictionary("mix")["decoder"])
+    expected = unit_layout(rows.unit, rows.valid, "pacmap", 10, seed=0).xy
+    np.testing.assert_array_equal(features[["map_x", "map_y"]].to_numpy(np.float32), expected)
 
 
 def _pre_activation(catalog: Catalog, image: torch.Tensor, feature: int) -> float:

@@ -42,7 +42,7 @@ def full_site(tmp_path_factory) -> Path:
         target.mkdir(exist_ok=True)
         (folder / "images" / f"{i:03d}.png").rename(target / f"{i:03d}.png")
     job.write_text(job.read_text().replace("[ray]", "[stages.shapley]\nlayers = [\"relu\"]\nrounds = 2\n"
-                                                    "permutations_per_round = 2\n[stages.similarity]\n[ray]"))
+                                                    "permutations_per_round = 2\n[stages.similarity]\n[stages.unit_map]\n[ray]"))
     assert main(["run", str(job)]) == 0
     assert main(["render", str(folder / "catalog"), "--out", str(folder / "site")]) == 0
     return folder / "site"
@@ -76,6 +76,30 @@ def test_filter_and_sort_change_what_is_shown(browser, full_site):
     assert page.evaluate(cards) == expected.tolist() != ["0", "1", "2"]
     page.select_option("#sort", "shapley")
     assert len(page.evaluate(cards)) == 3
+    page.close()
+
+
+def test_the_layer_map_colours_by_category_sizes_by_importance_and_follows_the_filter(browser, full_site):
+    from pipeline.render.chart import category_color
+    from pipeline.render.unit_map import NO_CONCEPT
+
+    units = pd.read_parquet(full_site.parent / "catalog" / "units.parquet").set_index("unit")
+    page = browser.new_page()
+    page.goto((full_site / "layers" / "relu.html").as_uri())
+    dots = page.eval_on_selector_all("#unit-map .dot", """ds => ds.map(d => [d.dataset.unit,
+        d.querySelector('circle').getAttribute('fill'), parseFloat(d.querySelector('circle').getAttribute('r')),
+        getComputedStyle(d).display !== 'none'])""")
+    assert sorted(d[0] for d in dots) == ["0", "1", "2"]  # 3 units: laid out by PCA
+    for unit, fill, _, shown in dots:
+        row = units.loc[int(unit)]
+        assert fill == (category_color(row["category"]) if row["interpretable"] else NO_CONCEPT) and shown
+    assert any(fill != NO_CONCEPT for _, fill, _, _ in dots)
+    by_size = [d[0] for d in sorted(dots, key=lambda d: -d[2])]
+    assert by_size == [str(u) for u in units["shapley"].abs().sort_values(ascending=False, kind="stable").index]
+    page.fill("#filter", "REDTHING")
+    shown = page.eval_on_selector_all("#unit-map .dot", "ds => ds.filter(d => getComputedStyle(d).display !== 'none')"
+                                                       ".map(d => d.dataset.unit)")
+    assert shown == ["0"]
     page.close()
 
 

@@ -33,6 +33,7 @@ from pipeline.render.importance import class_bars, importance_context
 from pipeline.render.prefix_tokens import prefix_summaries
 from pipeline.render.relations import connection_strips, dictionary_strips, neighbour_strips, write_search_index
 from pipeline.render.spectrum import featvis_kinds, spectrum_pictures, spectrum_strips
+from pipeline.render.unit_map import unit_map
 
 MARKER = ".neuron-catalog-site"  # tells a site this command may replace from any other folder
 FEATVIS_VIEWS = ("positive", "negative", "diverse")
@@ -117,7 +118,8 @@ def _write(catalog: Catalog, site: Path, workers: int, diff: tuple[str, pd.DataF
         cards = [_card(row, info["slug"], featvis) for row in rows.to_dict("records")]
         (site / "layers").mkdir(exist_ok=True)
         (site / "layers" / f"{info['slug']}.html").write_text(env.get_template("layer.html").render(
-            **common, title=f"{info['name']} - {common['model_name']}", root="../", layer=info, cards=cards))
+            **common, title=f"{info['name']} - {common['model_name']}", root="../", layer=info, cards=cards,
+            map=unit_map(rows), map_method=m.get("unit_map", {}).get(info["name"])))
         pages += 1 + _write_unit_pages(env, common, catalog, site, info, rows, dissection, featvis,
                                        [("Similar units", "similar", neighbour_strips(catalog, info["name"], slug)),
                                         ("Connections", "connections", connection_strips(catalog, info["name"], slug)),

@@ -414,3 +414,29 @@ def superposed_directions(colors: int = 3, channels: int = 2) -> torch.Tensor:
 
 def superposed() -> nn.Module:
     return Superposed()
+
+
+class Grouped(nn.Module):
+    """`mix` has three planted groups of 8 units: unit 8g + i reads input channel g (weight 1 + i / 8) plus a small
+    fixed mix of the others (at most 0.15), so units of a group respond alike to any image and units of two groups
+    do not (the unit_map stage must place each group together). Unit 24 is constant (its weights are 0): it has no vector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.mix = nn.Conv2d(3, 25, 1)
+        self.head = nn.Linear(25, 2)
+        with torch.no_grad():
+            weight = 0.15 * (2 * torch.rand(25, 3, generator=generator) - 1)
+            for g in range(3):
+                weight[8 * g: 8 * g + 8, g] = 1 + torch.arange(8) / 8
+            weight[24] = 0
+            self.mix.weight.copy_(weight[:, :, None, None])
+            self.mix.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mix(x).mean(dim=(2, 3)))
+
+
+def grouped() -> nn.Module:
+    return Grouped()

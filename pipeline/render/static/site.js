@@ -1,4 +1,4 @@
-// Filter the unit cards of a layer page by label text and sort them, in the page itself.
+// Filter the unit cards of a layer page (and the dots of its map) by label text and sort the cards, in the page itself.
 (function () {
   "use strict";
   const grid = document.getElementById("grid");
@@ -7,6 +7,7 @@
   const shown = document.getElementById("shown");
   if (!grid || !filter || !sort) { return; }
   const cards = Array.from(grid.querySelectorAll(".card"));
+  const dots = Array.from(document.querySelectorAll("#unit-map .dot"));
 
   function number(card, key) {
     const value = parseFloat(card.dataset[key]);
@@ -21,6 +22,9 @@
       const match = text === "" || card.dataset.label.toLowerCase().includes(text);
       card.hidden = !match;
       if (match) { visible += 1; }
+    }
+    for (const dot of dots) {
+      dot.classList.toggle("off", text !== "" && !dot.dataset.label.toLowerCase().includes(text));
     }
     const ordered = cards.slice().sort(function (a, b) {
       if (key === "unit") { return number(a, "unit") - number(b, "unit"); }
