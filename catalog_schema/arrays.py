@@ -44,7 +44,14 @@ DICTIONARY_DECODER = ArrayKind("dictionary_decoder", "float32", "[features, C] a
 DICTIONARY_ENCODER = ArrayKind("dictionary_encoder", "float32", "[features, C] the dictionary's encoder rows; attrs: "
                                "encoder_bias [features]. A position's codes: TopK_k(ReLU(encoder (scale x - "
                                "decoder_bias) + encoder_bias)); its reconstruction (codes decoder + decoder_bias) / scale")
+GRADCAM = ArrayKind("gradcam", "float32", "[classes, top, h, w] Grad-CAM of each class's top images (class_examples "
+                    "order) on the classes stage's layer, signed")
+CLASS_IMAGES = ArrayKind("class_images", "uint8", "[classes, top, S, S, 3] each class's top images as the model saw them "
+                         "(resized to S px)")
+CONCEPT_VECTORS = ArrayKind("concept_vectors", "float32", "[concepts, C] IBD's concept vectors on the classes stage's "
+                            "layer (unit rows; zero for a concept without one); attrs: names")
 WEIGHTS = ArrayKind("weights", "uint8", "[units, kh, kw, 3] filters of a layer that convolves the input, 128 = 0")
 
 ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, SPECTRUM, FEATVIS, MEAN_MAPS, PROBES, PREFIX_TOKENS, PROJECTIONS,
-                                           WEIGHTS, DICTIONARY_DECODER, DICTIONARY_ENCODER)}
+                                           WEIGHTS, DICTIONARY_DECODER, DICTIONARY_ENCODER, GRADCAM, CLASS_IMAGES,
+                                           CONCEPT_VECTORS)}

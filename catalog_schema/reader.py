@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from catalog_schema.arrays import (DICTIONARY_DECODER, DICTIONARY_ENCODER, EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS,
+from catalog_schema.arrays import (CLASS_IMAGES, GRADCAM, DICTIONARY_DECODER, DICTIONARY_ENCODER, EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS,
                                    PREFIX_TOKENS, PROBES, PROJECTIONS, SPECTRUM, STORE, WEIGHTS, ArrayKind)
 from catalog_schema.manifest import LATEST, MANIFEST, CatalogError, read_manifest
 from catalog_schema.tables import TABLES, table_file
@@ -111,6 +111,25 @@ class Catalog:
     def connections(self, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
         """The connections stage's strongest inputs and outputs (of one layer / unit), strongest first per sign."""
         return self._rows_of("connections", layer, unit)
+
+    def classes(self) -> pd.DataFrame:
+        """classes.parquet: each class's accuracy and how much of its vector IBD explains."""
+        return self.table("classes")
+
+    def class_examples(self, class_index: int | None = None) -> pd.DataFrame:
+        """Each class's (or one class's) top images by its logit, in rank order."""
+        rows = self.table("class_examples")
+        return rows if class_index is None else rows[rows["class_index"] == class_index].reset_index(drop=True)
+
+    def class_concepts(self, class_index: int | None = None) -> pd.DataFrame:
+        """Each class's (or one class's) IBD decomposition, in the order the concepts were chosen."""
+        rows = self.table("class_concepts")
+        return rows if class_index is None else rows[rows["class_index"] == class_index].reset_index(drop=True)
+
+    def class_pictures(self, class_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 [top, S, S, 3] a class's top images as the model saw them, float32 [top, h, w] their Grad-CAM)."""
+        layer = self.manifest["classes"]["layer"]
+        return self._array(CLASS_IMAGES, layer)[class_index], self._array(GRADCAM, layer)[class_index]
 
     def _rows_of(self, name: str, layer: str | None, unit: int | None) -> pd.DataFrame:
         """A per-unit table's rows, of one layer and unit when given (read with Parquet filters)."""

@@ -97,3 +97,103 @@ def test_concept_vectors_are_the_mean_feature_at_the_concept_minus_the_mean():
     np.testing.assert_allclose(vectors, expected, atol=1e-6)
     merged = ConceptSums.empty(3, 3).merged(sums)
     np.testing.assert_array_equal(concept_vectors(merged)[0], vectors)
+
+
+# --- through a run: the planted colour detectors with a planted head, on the mini Broden --------------------------
+
+def _features(world, i: int) -> np.ndarray:
+    """ColorClassifier's `relu` on mini-Broden image i, by construction: channels (red, blue, green) are 1 exactly on
+    their colour's pixels; at mask resolution (each mask pixel is a 2x2 block of the 32 px image)."""
+    return np.stack([world.red[i], world.blue[i], world.green[i]]).astype(np.float64)
+
+
+def _hand_vectors(world) -> dict[str, np.ndarray]:
+    """Each concept's vector by hand: mean feature at its mask pixels minus the mean over every pixel, unit length."""
+    feats = np.stack([_features(world, i) for i in range(len(world.scene))])  # [N, 3, s, s]
+    where = {"redthing": world.red, "redpart": world.red & (np.arange(len(world.scene)) % 2 == 1)[:, None, None],
+             "wheel": np.zeros_like(world.red), "greenland": np.broadcast_to((world.scene == 4)[:, None, None], world.red.shape),
+             "grayland": np.broadcast_to((world.scene == 5)[:, None, None], world.red.shape)}
+    where["wheel"][:, :2, :2] = True
+    mean = feats.mean(axis=(0, 2, 3))
+    return {name: _unit(feats.transpose(0, 2, 3, 1)[mask].mean(axis=0) - mean) for name, mask in where.items()}
+
+
+@pytest.fixture(scope="module")
+def planted_classes(tmp_path_factory, ray_local):
+    """ColorClassifier on the mini Broden's images in class folders (grayland = 0, greenland = 1), its head planted:
+    class 0's vector is 2 x grayland's concept vector, class 1's 1.5 x greenland's."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from catalog_schema import Catalog
+    from conftest import job_toml, run_cli, write_job
+    from mini_broden import write_mini_broden
+
+    sys.path.insert(0, str(Path(__file__).parent / "assets"))
+    from tiny_models import ColorClassifier
+
+    folder = tmp_path_factory.mktemp("classes")
+    world = write_mini_broden(folder / "broden", images=12)
+    for i, scene in enumerate(world.scene):
+        target = folder / "images" / ("greenland" if scene == 4 else "grayland")
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / "broden" / "images" / f"{i:03d}.png", target / f"{i:03d}.png")
+    vectors = _hand_vectors(world)
+    model = ColorClassifier()
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor(np.stack([2 * vectors["grayland"], 1.5 * vectors["greenland"]])))
+        model.fc.bias.zero_()
+    torch.save(model.state_dict(), folder / "head.pt")
+    text = job_toml("color_classifier", ["relu"], norm=(0.5, 0.5), batch=4, broden="broden", k=2, patch=8,
+                    weights="head.pt")
+    job = write_job(folder, text.replace("[ray]", "[stages.classes]\ntop = 3\nimage_size = 32\n[ray]"))
+    return Catalog.open(run_cli(job).catalog), world, model
+
+
+def test_concept_vectors_match_the_masks_by_hand(planted_classes):
+    catalog, world, _ = planted_classes
+    import zarr
+
+    stored = zarr.open_array(catalog.store / "concept_vectors" / "relu", mode="r")
+    hand = _hand_vectors(world)
+    for name, row in zip(stored.attrs["names"], stored[...]):
+        np.testing.assert_allclose(row, hand[name], atol=1e-6, err_msg=name)
+
+
+def test_a_planted_class_vector_decomposes_back_to_its_concept(planted_classes):
+    catalog, _, _ = planted_classes
+    concepts = catalog.class_concepts()
+    for class_index, (name, scale) in enumerate([("grayland", 2.0), ("greenland", 1.5)]):
+        mine = concepts[concepts["class_index"] == class_index]
+        assert mine["concept"].tolist()[0] == name and len(mine) == 1  # nothing is left for a second concept
+        assert mine["coefficient"].iloc[0] == pytest.approx(scale, abs=1e-5)
+        assert mine["explained"].iloc[0] == pytest.approx(1.0, abs=1e-6)
+    classes = catalog.classes()
+    assert classes["class_name"].tolist() == ["grayland", "greenland"]
+    assert classes["ibd_residual"].to_numpy() == pytest.approx([0, 0], abs=1e-6)
+    assert catalog.manifest["classes"]["layer"] == "relu" and catalog.manifest["classes"]["head"] == "fc"
+
+
+def test_accuracy_top_images_and_grad_cam_by_hand(planted_classes):
+    """Logits by hand (the head on the averaged detectors); Grad-CAM = CAM / (H W) on `relu`, at 32 px."""
+    catalog, world, model = planted_classes
+    images = catalog.images().set_index("image_id")
+    index_of = {i: int(images.loc[i, "path"].split("/")[-1][:3]) for i in images.index}  # image id -> world image
+    w = model.fc.weight.detach().double().numpy()
+    logits = {i: w @ _features(world, n).mean(axis=(1, 2)) for i, n in index_of.items()}
+    label = images["label_index"].to_dict()
+    classes = catalog.classes()
+    for c in range(2):
+        mine = [i for i in logits if label[i] == c]
+        assert classes.loc[c, "images"] == len(mine)
+        assert classes.loc[c, "correct"] == sum(int(np.argmax(logits[i]) == c) for i in mine)
+        examples = catalog.class_examples(c)
+        ranked = sorted(logits, key=lambda i: (-logits[i][c], i))[:3]
+        assert examples["image_id"].tolist() == ranked
+        np.testing.assert_allclose(examples["logit"], [logits[i][c] for i in ranked], atol=1e-5)
+        pictures, cams = catalog.class_pictures(c)
+        assert pictures.shape == (3, 32, 32, 3) and cams.shape == (3, 32, 32)
+        for cam, i in zip(cams, ranked):
+            by_hand = np.einsum("c,chw->hw", w[c], _features(world, index_of[i])).repeat(2, 0).repeat(2, 1) / 1024
+            np.testing.assert_allclose(cam, by_hand, atol=1e-6)

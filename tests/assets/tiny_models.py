@@ -56,6 +56,22 @@ def color_detectors() -> nn.Module:
     return ColorDetectors()
 
 
+class ColorClassifier(ColorDetectors):
+    """ColorDetectors with a linear head on the averaged detectors: CAM is defined on `relu`, and a test plants the
+    head's class vectors (its weights file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(super().forward(x))
+
+
+def color_classifier() -> nn.Module:
+    return ColorClassifier()
+
+
 COLOR_MIXES = {"red": (1, -.5, -.5), "green": (-.5, 1, -.5), "blue": (-.5, -.5, 1), "yellow": (.5, .5, -1),
                "cyan": (-1, .5, .5), "magenta": (.5, -1, .5), "white": (1 / 3, 1 / 3, 1 / 3)}
 

@@ -1,0 +1,1 @@
+"""The classes stage: per class, its accuracy, top images with Grad-CAM, and its concept decomposition (IBD)."""
