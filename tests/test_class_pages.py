@@ -197,3 +197,30 @@ def test_accuracy_top_images_and_grad_cam_by_hand(planted_classes):
         for cam, i in zip(cams, ranked):
             by_hand = np.einsum("c,chw->hw", w[c], _features(world, index_of[i])).repeat(2, 0).repeat(2, 1) / 1024
             np.testing.assert_allclose(cam, by_hand, atol=1e-6)
+
+
+def test_class_pages_show_the_class_and_link_both_ways(planted_classes, tmp_path, browser):
+    from conftest import check_page
+    from pipeline.cli import main
+
+    catalog, _, _ = planted_classes
+    site = tmp_path / "site"
+    assert main(["render", str(catalog.path), "--out", str(site)]) == 0
+    for page in [site / "index.html", site / "classes" / "0.html", site / "classes" / "1.html"]:
+        errors, broken = check_page(browser, page.as_uri())
+        assert errors == [] and broken == [], page
+    page = browser.new_page()
+    try:
+        page.goto((site / "index.html").as_uri())
+        assert page.eval_on_selector_all("#classes + table a", "as => as.map(a => a.textContent)") == ["grayland",
+                                                                                                       "greenland"]
+        page.click("#classes + table a >> text=greenland")
+        page.wait_for_url("**/classes/1.html")
+        text = page.inner_text("main")
+        classes = catalog.classes()
+        assert f"{classes.loc[1, 'correct']} of its {classes.loc[1, 'images']} evaluation images" in text
+        assert "0% of the vector's squared norm is left unexplained" in text
+        assert page.eval_on_selector_all("table.ibd td:first-child", "ts => ts.map(t => t.textContent)") == ["greenland"]
+        assert page.locator("img.class-image").count() == 3
+    finally:
+        page.close()

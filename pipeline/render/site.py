@@ -28,6 +28,7 @@ from pipeline.catalog.comparison import neurons_and_features
 from pipeline.errors import UserError
 import pipeline.render.pictures as pictures
 from pipeline.render.chart import concept_chart
+from pipeline.render.class_pages import write_class_pages
 from pipeline.render.diff_page import diff_context
 from pipeline.render.importance import class_bars, importance_context
 from pipeline.render.prefix_tokens import prefix_summaries
@@ -111,7 +112,8 @@ def _write(catalog: Catalog, site: Path, workers: int, diff: tuple[str, pd.DataF
     images = _write_pictures(catalog, site, slug, workers)
     searchable = write_search_index(catalog, units, slug, site)
     layers = [_layer_summary(layer, units, slug) for layer in m["layers"]]
-    pages = 1
+    pages, class_rows, class_links = write_class_pages(env, common, catalog, site, slug)
+    pages += 1
     for info in layers:
         rows = units[units["layer"] == info["name"]].sort_values("unit")
         featvis = catalog.has_array("featvis", info["name"])
@@ -123,13 +125,16 @@ def _write(catalog: Catalog, site: Path, workers: int, diff: tuple[str, pd.DataF
         pages += 1 + _write_unit_pages(env, common, catalog, site, info, rows, dissection, featvis,
                                        [("Similar units", "similar", neighbour_strips(catalog, info["name"], slug)),
                                         ("Connections", "connections", connection_strips(catalog, info["name"], slug)),
-                                        ("Dictionary", "dictionary", dictionary_strips(catalog, info["name"], slug))])
+                                        ("Dictionary", "dictionary", dictionary_strips(catalog, info["name"], slug)),
+                                        ("Classes", "classes", {u: strip for (layer, u), strip in class_links.items()
+                                                                if layer == info["name"]})])
     if diff is not None:
         (site / "diff.html").write_text(env.get_template("diff.html").render(
             **common, title=f"changes - {common['model_name']}", root="", **diff_context(diff[1], diff[0], slug)))
         pages += 1
     (site / "index.html").write_text(env.get_template("index.html").render(
         **common, title=common["model_name"], root="", diff_old=diff[0] if diff else None, search=searchable,
+        class_rows=class_rows,
         **_index_context(catalog, units, layers, slug)))
     return pages, images
 
