@@ -45,10 +45,10 @@ DICTIONARY_ENCODER = ArrayKind("dictionary_encoder", "float32", "[features, C] t
                                "encoder_bias [features]. A position's codes: TopK_k(ReLU(encoder (scale x - "
                                "decoder_bias) + encoder_bias)); its reconstruction (codes decoder + decoder_bias) / scale")
 GRADCAM = ArrayKind("gradcam", "float32", "[classes, top, h, w] Grad-CAM of each class's top images (class_examples "
-                    "order) on the classes stage's layer, signed")
+                    "order) on the class_pages stage's layer, signed")
 CLASS_IMAGES = ArrayKind("class_images", "uint8", "[classes, top, S, S, 3] each class's top images as the model saw them "
                          "(resized to S px)")
-CONCEPT_VECTORS = ArrayKind("concept_vectors", "float32", "[concepts, C] IBD's concept vectors on the classes stage's "
+CONCEPT_VECTORS = ArrayKind("concept_vectors", "float32", "[concepts, C] IBD's concept vectors on the class_pages stage's "
                             "layer (unit rows; zero for a concept without one); attrs: names")
 WEIGHTS = ArrayKind("weights", "uint8", "[units, kh, kw, 3] filters of a layer that convolves the input, 128 = 0")
 

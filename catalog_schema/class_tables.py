@@ -1,4 +1,4 @@
-"""Tables of the model's classes (the classes stage): accuracy, top images, concept decomposition (IBD)."""
+"""Tables of the model's classes (the class_pages stage): accuracy, top images, concept decomposition (IBD)."""
 
 from __future__ import annotations
 

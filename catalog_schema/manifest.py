@@ -47,7 +47,7 @@ MANIFEST_KEYS: dict[str, str] = {
     "similarity": "similarity: {probe_images, comparisons: [{layer, other_layer, kind}], layers: units without neighbours}",
     "connections": "connections: {pairs: [{earlier, later}]}: the consecutive cataloged layers connected (a later layer "
                    "that does not read the earlier one has none)",
-    "classes": "classes: {layer (Grad-CAM's and IBD's), head (the final Linear), top, image_size, ibd: {steps, concepts "
+    "class_pages": "class pages: {layer (Grad-CAM's and IBD's), head (the final Linear), top, image_size, ibd: {steps, concepts "
                "(with a vector), mean_residual} or null without a concept data set}",
     "unit_map": "unit map: {layer: {method (pacmap | pca | none), vectors (probe activations | decoder directions), placed}}: "
            "how each layer's units were laid out (units columns map_x, map_y)",

@@ -128,7 +128,7 @@ class Catalog:
 
     def class_pictures(self, class_index: int) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 [top, S, S, 3] a class's top images as the model saw them, float32 [top, h, w] their Grad-CAM)."""
-        layer = self.manifest["classes"]["layer"]
+        layer = self.manifest["class_pages"]["layer"]
         return self._array(CLASS_IMAGES, layer)[class_index], self._array(GRADCAM, layer)[class_index]
 
     def _rows_of(self, name: str, layer: str | None, unit: int | None) -> pd.DataFrame:

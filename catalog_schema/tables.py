@@ -230,9 +230,9 @@ TABLE_DOCS: dict[str, str] = {
     "similar": "similarity: each unit's nearest units, in its own layer and the layers beside it.",
     "connections": "connections: each unit's strongest inputs in the cataloged layer before it and outputs in the one "
                    "after, by expanded weights (signed).",
-    "classes": "classes: each class's accuracy on the evaluation images and how much of its vector IBD explains.",
-    "class_examples": "classes: each class's top images by its logit.",
-    "class_concepts": "classes: each class's concept decomposition (IBD): the concepts chosen, in order.",
+    "classes": "class_pages: each class's accuracy on the evaluation images and how much of its vector IBD explains.",
+    "class_examples": "class_pages: each class's top images by its logit.",
+    "class_concepts": "class_pages: each class's concept decomposition (IBD): the concepts chosen, in order.",
     "dictionary_quality": "dictionary: how well each layer's sparse dictionary reconstructs the layer, how sparse and "
                           "how stable it is.",
     "diff": "Not in a catalog: `neuron-catalog diff OLD NEW --out FILE` writes it, one row per unit of NEW (and per "

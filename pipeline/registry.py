@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from pipeline.errors import UserError
 from pipeline.stages.activations.stage import ActivationsStage
-from pipeline.stages.classes.stage import ClassesStage
+from pipeline.stages.class_pages.stage import ClassPagesStage
 from pipeline.stages.connections.stage import ConnectionsStage
 from pipeline.stages.dictionary.stage import DictionaryStage
 from pipeline.stages.dissection.stage import DissectionStage
@@ -30,7 +30,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     SimilarityStage(),
     ConnectionsStage(),
     MapStage(),
-    ClassesStage(),
+    ClassPagesStage(),
 )}
 
 

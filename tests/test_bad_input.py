@@ -48,9 +48,9 @@ def _run(job, capsys) -> tuple[int, str]:
      "'stages.dissection.resize' must be 'netdissect-lite' or 'bilinear', got 'nearest'"),
     (lambda t: t.replace("[ray]", "[stages.unit_map]\nmethod = 'umap'\n[ray]"),
      "'stages.unit_map.method' must be one of pacmap, pca, got 'umap'"),
-    (lambda t: t.replace("[ray]", "[stages.classes]\ntop = 0\n[ray]"), "'stages.classes.top' must be at least 1"),
-    (lambda t: t.replace("[ray]", "[stages.classes]\nlayer = 'conv1'\n[ray]"),
-     "'stages.classes.layer' = 'conv1' must be a cataloged layer with a feature grid and 6 units (the channels fc "
+    (lambda t: t.replace("[ray]", "[stages.class_pages]\ntop = 0\n[ray]"), "'stages.class_pages.top' must be at least 1"),
+    (lambda t: t.replace("[ray]", "[stages.class_pages]\nlayer = 'conv1'\n[ray]"),
+     "'stages.class_pages.layer' = 'conv1' must be a cataloged layer with a feature grid and 6 units (the channels fc "
      "reads); candidates: conv2"),
 ])
 def test_bad_job_files_exit_2_naming_the_key(tmp_path, capsys, edit, expected):

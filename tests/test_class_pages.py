@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from pipeline.inputs.models import LayerInfo
-from pipeline.stages.classes.gradcam import grad_cam
-from pipeline.stages.classes.ibd import ConceptSums, concept_vectors, decompose
+from pipeline.stages.class_pages.gradcam import grad_cam
+from pipeline.stages.class_pages.ibd import ConceptSums, concept_vectors, decompose
 from pipeline.stages.dissection.concept_masks import LabelSpace
 
 
@@ -147,7 +147,7 @@ def planted_classes(tmp_path_factory, ray_local):
     torch.save(model.state_dict(), folder / "head.pt")
     text = job_toml("color_classifier", ["relu"], norm=(0.5, 0.5), batch=4, broden="broden", k=2, patch=8,
                     weights="head.pt")
-    job = write_job(folder, text.replace("[ray]", "[stages.classes]\ntop = 3\nimage_size = 32\n[ray]"))
+    job = write_job(folder, text.replace("[ray]", "[stages.class_pages]\ntop = 3\nimage_size = 32\n[ray]"))
     return Catalog.open(run_cli(job).catalog), world, model
 
 
@@ -172,7 +172,7 @@ def test_a_planted_class_vector_decomposes_back_to_its_concept(planted_classes):
     classes = catalog.classes()
     assert classes["class_name"].tolist() == ["grayland", "greenland"]
     assert classes["ibd_residual"].to_numpy() == pytest.approx([0, 0], abs=1e-6)
-    assert catalog.manifest["classes"]["layer"] == "relu" and catalog.manifest["classes"]["head"] == "fc"
+    assert catalog.manifest["class_pages"]["layer"] == "relu" and catalog.manifest["class_pages"]["head"] == "fc"
 
 
 def test_accuracy_top_images_and_grad_cam_by_hand(planted_classes):

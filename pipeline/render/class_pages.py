@@ -1,4 +1,4 @@
-"""The site's class pages (the classes stage): accuracy, top images with their Grad-CAM, the IBD decomposition and the
+"""The site's class pages (the class_pages stage): accuracy, top images with their Grad-CAM, the IBD decomposition and the
 units the class rests on (per-class importance); and what links to them (the index's table, the unit pages)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from PIL import Image
 
 from catalog_schema import Catalog
 from pipeline.render.importance import first_estimator
-from pipeline.render.pictures import overlay, save
+from pipeline.render.pictures import save
 
 RESTS_ON = 8  # units shown per class, by its per-class importance
 CLASS_LINKS = 3  # classes shown per unit page: those whose top units it is among
@@ -39,7 +39,7 @@ def write_class_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
             **common, title=f"{row['class_name']} - {common['model_name']}", root="../", cls=row,
             examples=[{**e, "picture": p, "predicted_name": classes.loc[int(e["predicted"]), "class_name"]}
                       for e, p in zip(mine, images)], concepts=parts, units=units,
-            info=catalog.manifest["classes"]))
+            info=catalog.manifest["class_pages"]))
         rows.append({**row, "href": f"classes/{c}.html", "first": parts[0]["concept"] if parts else None,
                      "picture": images[0] if images else ""})
         for u in units[:RESTS_ON]:
@@ -48,7 +48,7 @@ def write_class_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
                  "text": f"{row['class_name']} {u['value']:.3g}"})
     strips = {key: [{"title": f"classes whose {RESTS_ON} most important units (per-class value) include this one",
                      "units": sorted(v, key=lambda x: -x["value"])[:CLASS_LINKS]}] for key, v in links.items()}
-    head = catalog.manifest["classes"]["head"]
+    head = catalog.manifest["class_pages"]["head"]
     for row in rows:  # the classifier's units are the classes' logits
         if head in slug:
             strips.setdefault((head, int(row["class_index"])), []).insert(0, {
@@ -83,6 +83,14 @@ def _pictures(catalog: Catalog, c: int, site: Path) -> list[str]:
         top = float(heat.max())
         heat = (255 * heat / top).clip(0, 255).astype(np.uint8) if top > 0 else np.zeros_like(heat, np.uint8)
         name = f"classes/img/{c}-{rank}.jpg"
-        save(overlay(image, heat), site / name)
+        save(jet_overlay(image, heat), site / name)
         paths.append(name)
     return paths
+
+
+def jet_overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """uint8 [S, S, 3]: the image half-covered by the heat map (0-255) in the jet colours Grad-CAM is shown in (blue
+    low, red high), visible on an image of any colour."""
+    h = heat.astype(np.float32)[..., None] / 255.0
+    jet = np.concatenate([np.clip(1.5 - np.abs(4 * h - k), 0, 1) for k in (3, 2, 1)], axis=-1) * 255.0
+    return (0.5 * image.astype(np.float32) + 0.5 * jet).round().astype(np.uint8)

@@ -25,7 +25,7 @@ def final_linear(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[str, n
     for name, module, out in reversed(called):
         if isinstance(logits, torch.Tensor) and out.shape == logits.shape and torch.equal(out, logits):
             return name, module
-    raise UserError("stage 'classes' reads each class's vector from the model's final nn.Linear, but no nn.Linear's "
+    raise UserError("stage 'class_pages' reads each class's vector from the model's final nn.Linear, but no nn.Linear's "
                     "output is the model's output: the model must end with a Linear classifier (logits [N, classes]).")
 
 
@@ -36,12 +36,12 @@ def class_layer(layers: list[LayerInfo], channels: int, head: str, asked: str) -
     if asked:
         found = next((info for info in layers if info.name == asked), None)
         if found is None or found not in fits:
-            raise UserError(f"job key 'stages.classes.layer' = {asked!r} must be a cataloged layer with a feature grid "
+            raise UserError(f"job key 'stages.class_pages.layer' = {asked!r} must be a cataloged layer with a feature grid "
                             f"and {channels} units (the channels {head} reads); candidates: "
                             f"{', '.join(i.name for i in fits) or 'none'}.")
         return found
     if not fits:
-        raise UserError(f"stage 'classes' needs a cataloged layer with a feature grid and {channels} units, the channels "
+        raise UserError(f"stage 'class_pages' needs a cataloged layer with a feature grid and {channels} units, the channels "
                         f"the classifier {head} reads (pooled): add it to [model] layers, or name it in "
-                        "stages.classes.layer.")
+                        "stages.class_pages.layer.")
     return fits[-1]

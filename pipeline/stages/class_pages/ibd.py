@@ -92,31 +92,30 @@ class Decomposition:
 
 def decompose(weight: np.ndarray, vectors: np.ndarray, valid: np.ndarray, steps: int) -> Decomposition:
     """Greedy Gram-Schmidt: at each step the concept whose component orthogonal to those chosen best explains the
-    residual (positively: a concept that speaks for the class), until `steps` or none helps."""
+    residual (positively: a concept that speaks for the class), until `steps` or none helps; ties to the lower index."""
     w = np.asarray(weight, np.float64)
-    v = np.asarray(vectors, np.float64)
+    candidates = np.flatnonzero(valid)
+    v = np.asarray(vectors, np.float64)[candidates]
     norm2 = float(w @ w)
-    basis: list[np.ndarray] = []
+    basis = np.zeros((0, len(w)))
     chosen: list[int] = []
     explained: list[float] = []
     residual = w.copy()
+    open_ = np.ones(len(candidates), bool)
     for _ in range(steps):
-        best, best_score, best_q = -1, EPS * np.sqrt(norm2), None
-        for c in np.flatnonzero(valid):
-            if c in chosen:
-                continue
-            u = v[c] - sum((q @ v[c]) * q for q in basis) if basis else v[c].copy()
-            length = np.linalg.norm(u)
-            if length <= 1e-6:
-                continue
-            score = float(residual @ u) / length
-            if score > best_score:
-                best, best_score, best_q = int(c), score, u / length
-        if best < 0:
+        u = v - (v @ basis.T) @ basis
+        length = np.linalg.norm(u, axis=1)
+        usable = open_ & (length > 1e-6)
+        score = np.where(usable, u @ residual / np.where(usable, length, 1.0), -np.inf)
+        best = int(np.argmax(score)) if len(score) else -1
+        if best < 0 or score[best] <= EPS * np.sqrt(norm2):
             break
-        chosen.append(best)
-        basis.append(best_q)
-        residual = residual - (residual @ best_q) * best_q
+        q = u[best] / length[best]
+        chosen.append(int(candidates[best]))
+        open_[best] = False
+        basis = np.vstack([basis, q])
+        residual = residual - (residual @ q) * q
         explained.append(1.0 - float(residual @ residual) / norm2 if norm2 > 0 else 0.0)
-    coefficients = np.linalg.lstsq(v[chosen].T, w, rcond=None)[0].tolist() if chosen else []
+    picked = np.asarray(vectors, np.float64)[chosen]
+    coefficients = np.linalg.lstsq(picked.T, w, rcond=None)[0].tolist() if chosen else []
     return Decomposition(chosen, coefficients, explained, 1.0 - explained[-1] if explained else 1.0)

@@ -10,8 +10,8 @@ from pipeline.inputs.batches import iter_batches
 from pipeline.inputs.concept_batches import iter_concept_batches
 from pipeline.inputs.layer_taps import tapped
 from pipeline.inputs.models import LayerInfo
-from pipeline.stages.classes.gradcam import grad_cam
-from pipeline.stages.classes.ibd import ConceptSums
+from pipeline.stages.class_pages.gradcam import grad_cam
+from pipeline.stages.class_pages.ibd import ConceptSums
 from pipeline.stages.dissection.concept_masks import LabelSpace
 from pipeline.stages.protocol import Shared, Worker
 

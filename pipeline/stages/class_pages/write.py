@@ -1,32 +1,20 @@
-"""What the classes stage puts in the catalog: classes, class_examples and class_concepts tables, the top images,
+"""What the class_pages stage puts in the catalog: classes, class_examples and class_concepts tables, the top images,
 their Grad-CAM and the concept vectors (arrays on the stage's layer), and the manifest's classes section."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import catalog_schema as cs
 from pipeline.catalog.draft import ManifestPart
-from pipeline.stages.classes.evaluate import EvalPartial
-from pipeline.stages.classes.ibd import Decomposition
-from pipeline.stages.classes.settings import ClassesSettings
+from pipeline.stages.class_pages.results import ClassesPart, ClassesResult
+from pipeline.stages.class_pages.settings import ClassesSettings
 
 if TYPE_CHECKING:
     from pipeline.catalog.draft import Draft
-    from pipeline.stages.classes.stage import ClassesPart
-
-
-@dataclass
-class ClassesResult:
-    evaluated: EvalPartial
-    pictures: list[tuple[np.ndarray, np.ndarray]]  # per class: (top images, their Grad-CAM)
-    vectors: np.ndarray | None  # float32 [concepts, C] (None without a concept data set)
-    valid: np.ndarray | None
-    names: tuple[tuple[str, ...], tuple[str, ...]] | None  # (concept names, their categories)
-    decompositions: list[Decomposition]  # per class ([] without a concept data set)
 
 
 def write_classes(draft: Draft, part: ClassesPart, settings: ClassesSettings, result: ClassesResult,
@@ -50,7 +38,7 @@ def write_classes(draft: Draft, part: ClassesPart, settings: ClassesSettings, re
     ibd = _concepts(draft, part, settings, result)
     section = {"layer": part.layer.name, "head": part.head, "top": part.top, "image_size": settings.image_size,
                "ibd": ibd, "skipped": [{"image_id": i, "reason": r} for i, r in ev.skipped]}
-    return ManifestPart({"classes": section}, asdict(settings))
+    return ManifestPart({"class_pages": section}, asdict(settings))
 
 
 def _pictures(draft: Draft, part: ClassesPart, settings: ClassesSettings, result: ClassesResult) -> None:

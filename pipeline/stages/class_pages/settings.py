@@ -1,4 +1,4 @@
-"""[stages.classes]: the layer Grad-CAM and IBD read, how many top images per class, how many IBD concepts."""
+"""[stages.class_pages]: the layer Grad-CAM and IBD read, how many top images per class, how many IBD concepts."""
 
 from __future__ import annotations
 

@@ -1,1 +1,0 @@
-"""The classes stage: per class, its accuracy, top images with Grad-CAM, and its concept decomposition (IBD)."""
