@@ -50,8 +50,13 @@ CLASS_IMAGES = ArrayKind("class_images", "uint8", "[classes, top, S, S, 3] each 
                          "(resized to S px)")
 CONCEPT_VECTORS = ArrayKind("concept_vectors", "float32", "[concepts, C] IBD's concept vectors on the class_pages stage's "
                             "layer (unit rows; zero for a concept without one); attrs: names")
+ATTRIBUTION = ArrayKind("attribution", "uint8", "[units, E, 3, P, P] each unit's top E examples' maps, cut like the "
+                        "example crops: gradient saliency, Grad-CAM on the cataloged layer before (positive part; 0 for "
+                        "the first layer), occlusion (positive part of the drop); 255 = the map's maximum")
+EMPIRICAL_FIELDS = ArrayKind("empirical_fields", "uint8", "[units, P, P] the unit's empirical receptive field: its "
+                             "examples' occlusion maps averaged in its theoretical field; 255 = the largest drop")
 WEIGHTS = ArrayKind("weights", "uint8", "[units, kh, kw, 3] filters of a layer that convolves the input, 128 = 0")
 
 ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, SPECTRUM, FEATVIS, MEAN_MAPS, PROBES, PREFIX_TOKENS, PROJECTIONS,
                                            WEIGHTS, DICTIONARY_DECODER, DICTIONARY_ENCODER, GRADCAM, CLASS_IMAGES,
-                                           CONCEPT_VECTORS)}
+                                           CONCEPT_VECTORS, ATTRIBUTION, EMPIRICAL_FIELDS)}

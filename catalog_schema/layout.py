@@ -21,6 +21,7 @@ DISSECTION_COLUMNS = ("label", "category", "iou", "interpretable", "purity")
 SHAPLEY_COLUMNS = ("shapley", "shapley_ci_low", "shapley_ci_high")
 BANZHAF_COLUMNS = ("banzhaf", "banzhaf_ci_low", "banzhaf_ci_high")
 MAP_COLUMNS = ("map_x", "map_y")
+ATTRIBUTION_COLUMNS = ("erf_size", "rf_size")
 
 
 def shard_file(index: int) -> str:

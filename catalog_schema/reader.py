@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from catalog_schema.arrays import (CLASS_IMAGES, GRADCAM, DICTIONARY_DECODER, DICTIONARY_ENCODER, EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS,
+from catalog_schema.arrays import (ATTRIBUTION, EMPIRICAL_FIELDS, CLASS_IMAGES, GRADCAM, DICTIONARY_DECODER, DICTIONARY_ENCODER, EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS,
                                    PREFIX_TOKENS, PROBES, PROJECTIONS, SPECTRUM, STORE, WEIGHTS, ArrayKind)
 from catalog_schema.manifest import LATEST, MANIFEST, CatalogError, read_manifest
 from catalog_schema.tables import TABLES, table_file
@@ -125,6 +125,12 @@ class Catalog:
         """Each class's (or one class's) IBD decomposition, in the order the concepts were chosen."""
         rows = self.table("class_concepts")
         return rows if class_index is None else rows[rows["class_index"] == class_index].reset_index(drop=True)
+
+    def attribution(self, layer: str, unit: int | slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 [E, 3, P, P] the maps of a unit's top E examples: saliency, Grad-CAM, occlusion; uint8 [P, P] its
+        empirical receptive field); a slice of units or None: [units, ...]."""
+        pick = _units(unit)
+        return self._array(ATTRIBUTION, layer)[pick], self._array(EMPIRICAL_FIELDS, layer)[pick]
 
     def class_pictures(self, class_index: int) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 [top, S, S, 3] a class's top images as the model saw them, float32 [top, h, w] their Grad-CAM)."""

@@ -51,6 +51,10 @@ UNITS = pa.schema([
     column("featvis_activation", pa.float32(), "the objective on the stored visualization, no transform"),
     column("featvis_ratio", pa.float32(), "the unit's max on it / its max over the data set (act_max)"),
     column("featvis_flat", pa.bool_(), "the visualization stayed (nearly) uniform"),
+    column("erf_size", pa.float32(), "attribution: the empirical receptive field's side in input pixels (the square as "
+                                     "large as where the mean occlusion drop is at least half its largest)"),
+    column("rf_size", pa.float32(), "attribution: the theoretical receptive field's side in input pixels (the image's "
+                                    "for a layer that sees all of it)"),
     column("map_x", pa.float32(), "unit map: the unit's place in its layer's 2-D layout, in [0, 1] (null: no vector, as a dead unit)"),
     column("map_y", pa.float32(), "unit map: the other coordinate; both axes share one scale"),
 ])

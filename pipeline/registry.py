@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from pipeline.errors import UserError
 from pipeline.stages.activations.stage import ActivationsStage
+from pipeline.stages.attribution.stage import AttributionStage
 from pipeline.stages.class_pages.stage import ClassPagesStage
 from pipeline.stages.connections.stage import ConnectionsStage
 from pipeline.stages.dictionary.stage import DictionaryStage
@@ -31,6 +32,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     ConnectionsStage(),
     MapStage(),
     ClassPagesStage(),
+    AttributionStage(),
 )}
 
 

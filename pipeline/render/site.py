@@ -27,6 +27,7 @@ from catalog_schema import Catalog
 from pipeline.catalog.comparison import neurons_and_features
 from pipeline.errors import UserError
 import pipeline.render.pictures as pictures
+from pipeline.render.attribution import attribution_pictures, attribution_views
 from pipeline.render.chart import concept_chart
 from pipeline.render.class_pages import write_class_pages
 from pipeline.render.diff_page import diff_context
@@ -182,7 +183,7 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
     has_filters = catalog.has_array("weights", info["name"])
     has_projections = catalog.has_array("projections", info["name"])
     records = rows.to_dict("records")
-    by_class = class_bars(catalog, info["name"])
+    by_class, attribution = class_bars(catalog, info["name"]), attribution_views(catalog, info["name"], records, info["slug"])
     spectra = spectrum_strips(catalog, info["name"], info["slug"], rows,
                               featvis_kinds(catalog.manifest, views, FEATVIS_VIEWS) if featvis else [])
     prefixes = prefix_summaries(catalog, info["name"])
@@ -200,7 +201,7 @@ def _write_unit_pages(env: jinja2.Environment, common: dict, catalog: Catalog, s
             visualizations=[(FEATVIS_VIEWS[v] if v < len(FEATVIS_VIEWS) else f"view {v}", f"img/{info['slug']}/{u}-fv{v}.png")
                             for v in range(views)] + ([("filter", f"img/{info['slug']}/{u}-filter.png")] if has_filters else []),
             concepts=mine.to_dict("records") if mine is not None else [], stats=stats, relations=[(heading, anchor, strips.get(u, [])) for heading, anchor, strips in relations],
-            class_importance=by_class.get(u), spectrum=spectra.get(u, []),
+            class_importance=by_class.get(u), spectrum=spectra.get(u, []), attribution=attribution.get(u),
             projections=[(method, f"img/{info['slug']}/{u}-{method}.png") for method in ("deconvnet", "guided")]
             if has_projections else [], projections_caveat=caveat, prefix_tokens=prefixes.get(u, []),
             threshold=float(mine["threshold"].iloc[0]) if mine is not None and len(mine) else 0.0)
@@ -293,4 +294,4 @@ def _unit_pictures(task: tuple[str, str, int, int, str]) -> tuple[int, np.ndarra
         else:
             tiles.append(pictures.overlay(crops[i, 0], heat[i, 0]))
     written += spectrum_pictures(catalog, layer, start, stop, crops, out)
-    return written, np.stack(tiles)
+    return written + attribution_pictures(catalog, layer, start, stop, crops, out), np.stack(tiles)

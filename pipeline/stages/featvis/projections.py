@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,19 @@ class ProjectionRequest:
     y: int  # the maximum's position in the layer's map
     x: int
     box: tuple[int, int, int, int]  # y0, x0, y1, x1 in input pixels, half-open
+
+
+def top_example_requests(layers: dict[str, Any], names: list[str]) -> list[ProjectionRequest]:
+    """One request per top example of the named layers (their activations results): the unit's maximum in that
+    image, with the example's receptive-field box."""
+    requests = []
+    for name in names:
+        ex = layers[name].examples
+        for i in np.flatnonzero(ex["sign"] == "top"):
+            box = (int(ex["box_y0"][i]), int(ex["box_x0"][i]), int(ex["box_y1"][i]), int(ex["box_x1"][i]))
+            requests.append(ProjectionRequest(name, int(ex["unit"][i]), int(ex["rank"][i]), int(ex["image_id"][i]),
+                                              int(ex["y"][i]), int(ex["x"][i]), box))
+    return requests
 
 
 @dataclass

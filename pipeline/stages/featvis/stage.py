@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -76,7 +75,8 @@ class FeatvisStage(Stage[FeatvisSection, FeatvisPart, FeatvisResult]):
                                       lambda _total: (settings, seed), lambda a, b: {**a, **b}, {})
         with driver.timed("projections"):
             activations = ctx.result_of(ActivationsStage)
-            requests = projection_requests(plan, activations.layers)
+            requests = projections.top_example_requests(activations.layers,
+                                                        [info.name for info in plan.layers_to_compute("featvis")])
             asked = [info for info in plan.layers if info.name in {req.layer for req in requests}]
             patch = activations.patch
             out.projection_shape = (activations.k, patch)
@@ -118,18 +118,6 @@ def _tasks(layers: list[LayerInfo], names: list[str], settings: FeatvisSettings)
                 units = tuple(range(start, min(start + per_task, info.units)))
                 tasks.append(FeatvisTask(len(tasks), info, layer_index, units, per_task))
     return tuple(tasks)
-
-
-def projection_requests(plan: RunPlan, layers: dict[str, Any]) -> list[projections.ProjectionRequest]:
-    """One request per top example of the computed layers: project the unit's maximum in that image back to its pixels."""
-    requests = []
-    for info in plan.layers_to_compute("featvis"):
-        ex = layers[info.name].examples
-        for i in np.flatnonzero(ex["sign"] == "top"):
-            box = (int(ex["box_y0"][i]), int(ex["box_x0"][i]), int(ex["box_y1"][i]), int(ex["box_x1"][i]))
-            requests.append(projections.ProjectionRequest(info.name, int(ex["unit"][i]), int(ex["rank"][i]),
-                                                          int(ex["image_id"][i]), int(ex["y"][i]), int(ex["x"][i]), box))
-    return requests
 
 
 def render_task(worker: Worker, task: FeatvisTask, settings: FeatvisSettings, seed: int) -> dict[int, optimize.FeatvisChunk]:

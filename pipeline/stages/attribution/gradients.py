@@ -1,0 +1,74 @@
+"""Gradient maps of a unit's maximum on its top examples: saliency (Simonyan et al. 2014: the input gradient's
+largest magnitude over the colour channels) and the unit's Grad-CAM on the cataloged layer before it (Selvaraju et
+al. 2017, with the unit's activation as the score), both at input resolution.
+
+Like the projections (featvis/projections.py), each round backpropagates one request per image, so one backward
+pass serves every image of a batch; the ReLU modules run out of place so that reading several layers stays exact.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.inputs.layer_taps import tapped
+from pipeline.inputs.models import LayerInfo
+from pipeline.stages.featvis.projections import ProjectionRequest
+from pipeline.stages.featvis.relu_rules import parameters_frozen, relus_replaced
+
+
+@dataclass(frozen=True)
+class GradientMaps:
+    saliency: torch.Tensor  # float [H, W] >= 0
+    gradcam: torch.Tensor | None  # float [H, W], signed; None for a layer with no cataloged layer before it
+
+
+def gradient_maps(model: nn.Module, layers: list[LayerInfo], earlier: dict[str, LayerInfo | None],
+                  inputs: torch.Tensor, image_ids: list[int], requests: list[ProjectionRequest]) -> dict[ProjectionRequest, GradientMaps]:
+    """Both maps for every request whose image is among `image_ids` (rows of `inputs`)."""
+    by_image: dict[int, list[ProjectionRequest]] = defaultdict(list)
+    for req in requests:
+        by_image[req.image_id].append(req)
+    rows = {i: r for r, i in enumerate(image_ids)}
+    tapped_layers = {info.name: info for info in layers}
+    for info in earlier.values():
+        if info is not None:
+            tapped_layers[info.name] = info
+    out = {}
+    rounds = max((len(by_image.get(i, ())) for i in rows), default=0)
+    with parameters_frozen(model), relus_replaced(model, torch.relu):
+        for r in range(rounds):
+            picked = [(row, by_image[i][r]) for i, row in rows.items() if len(by_image.get(i, ())) > r]
+            found = _one_round(model, list(tapped_layers.values()), earlier, inputs[[row for row, _ in picked]],
+                               [req for _, req in picked])
+            out.update(zip([req for _, req in picked], found))
+    return out
+
+
+def _one_round(model: nn.Module, layers: list[LayerInfo], earlier: dict[str, LayerInfo | None], inputs: torch.Tensor,
+               picked: list[ProjectionRequest]) -> list[GradientMaps]:
+    x = inputs.detach().clone().requires_grad_(True)
+    outputs: dict[str, torch.Tensor] = {}
+    with torch.enable_grad(), tapped(model, layers, lambda name, out: outputs.__setitem__(name, out)) as run:
+        run(x)
+        target = sum(outputs[req.layer][row, req.unit, req.y, req.x] for row, req in enumerate(picked))
+        before = sorted({e.name for req in picked if (e := earlier.get(req.layer)) is not None})
+        grads = torch.autograd.grad(target, [x] + [outputs[name] for name in before], allow_unused=True)
+    by_name = dict(zip(before, grads[1:]))
+    saliency = grads[0].detach().abs().amax(dim=1)  # [N, H, W]
+    found = []
+    for row, req in enumerate(picked):
+        e = earlier.get(req.layer)
+        cam = None
+        if e is not None:
+            grad = by_name[e.name]
+            grad = torch.zeros_like(outputs[e.name]) if grad is None else grad
+            acts = outputs[e.name][row].detach()
+            cam = (grad[row].mean(dim=(1, 2), keepdim=True) * acts).sum(dim=0)
+            cam = F.interpolate(cam[None, None], size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0]
+        found.append(GradientMaps(saliency[row], cam))
+    return found
