@@ -34,7 +34,7 @@ def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
     assert manifest["data"]["classes"] == sorted(manifest["data"]["classes"]) and len(manifest["data"]["classes"]) == 6
     assert [layer["name"] for layer in manifest["layers"]] == ["conv1", "conv2", "conv3", "conv4", "conv4..features", "fc"]
     assert manifest["stages_done"] == ["dictionary", "activations", "featvis", "dissection", "shapley", "similarity",
-                                       "connections", "unit_map", "class_pages"]
+                                       "connections", "unit_map", "class_pages", "attribution"]
     catalog = Catalog.open(tmp_path / "catalogs" / "demo")  # importance: every conv unit, every class
     units = catalog.units()
     assert units.loc[units["layer"] != "fc", "shapley"].notna().sum() == 144 == manifest["shapley"]["players"]
@@ -47,6 +47,9 @@ def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
     classes = catalog.classes()  # a page per class: accuracy, IBD on conv4 (the layer fc reads)
     assert len(classes) == 6 and classes["images"].sum() == manifest["data"]["used"]
     assert manifest["class_pages"]["layer"] == "conv4" and classes["ibd_residual"].between(0, 1).all()
+    convs = units[units["layer"].isin(["conv1", "conv2", "conv3", "conv4"])]  # attribution: every conv unit's field
+    assert convs["erf_size"].notna().all() and (convs["erf_size"] <= convs["rf_size"] + 1e-6).all()
+    assert manifest["attribution"]["layers"]["conv4"]["sanity"]["gradcam"]["passes"] in (True, False)
     capsys.readouterr()
     assert main(["describe", str(tmp_path / "catalogs" / "demo")]) == 0
     assert "neurons vs features" in capsys.readouterr().out

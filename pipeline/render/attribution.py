@@ -27,10 +27,11 @@ def attribution_pictures(catalog: Catalog, layer: str, start: int, stop: int, cr
         examples = maps.shape[1]
         for m, method in enumerate(METHODS):
             if method in shown:
-                pictures.save(pictures.strip(pictures.overlay(crops[i, :examples], maps[i, :, m])),
+                pictures.save(pictures.strip(np.stack([pictures.jet_overlay(c, h) for c, h in
+                                                        zip(crops[i, :examples], maps[i, :, m])])),
                               out / f"{start + i}-{method}.jpg")
                 written += 1
-        field = pictures.overlay(np.full((*fields[i].shape, 3), 96, np.uint8), fields[i])
+        field = pictures.jet_overlay(np.full((*fields[i].shape, 3), 255, np.uint8), fields[i])
         pictures.save(pictures.enlarge(field, FIELD_SIDE), out / f"{start + i}-erf.png")
         written += 1
     return written

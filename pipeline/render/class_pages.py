@@ -11,7 +11,7 @@ from PIL import Image
 
 from catalog_schema import Catalog
 from pipeline.render.importance import first_estimator
-from pipeline.render.pictures import save
+from pipeline.render.pictures import jet_overlay, save
 
 RESTS_ON = 8  # units shown per class, by its per-class importance
 CLASS_LINKS = 3  # classes shown per unit page: those whose top units it is among
@@ -87,10 +87,3 @@ def _pictures(catalog: Catalog, c: int, site: Path) -> list[str]:
         paths.append(name)
     return paths
 
-
-def jet_overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """uint8 [S, S, 3]: the image half-covered by the heat map (0-255) in the jet colours Grad-CAM is shown in (blue
-    low, red high), visible on an image of any colour."""
-    h = heat.astype(np.float32)[..., None] / 255.0
-    jet = np.concatenate([np.clip(1.5 - np.abs(4 * h - k), 0, 1) for k in (3, 2, 1)], axis=-1) * 255.0
-    return (0.5 * image.astype(np.float32) + 0.5 * jet).round().astype(np.uint8)

@@ -19,6 +19,14 @@ def overlay(crops: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return (crops.astype(np.float32) * (1 - alpha) + warm * alpha).round().astype(np.uint8)
 
 
+def jet_overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """uint8 [S, S, 3]: the image half-covered by the heat map (0-255) in the jet colours Grad-CAM is shown in (blue
+    low, red high), visible on an image of any colour."""
+    h = heat.astype(np.float32)[..., None] / 255.0
+    jet = np.concatenate([np.clip(1.5 - np.abs(4 * h - k), 0, 1) for k in (3, 2, 1)], axis=-1) * 255.0
+    return (0.5 * image.astype(np.float32) + 0.5 * jet).round().astype(np.uint8)
+
+
 def strip(images: np.ndarray, columns: int | None = None, gap: int = 2) -> np.ndarray:
     """uint8 [n, P, P, 3] laid out in a grid of `columns` (default: one row), white gaps."""
     n, p = images.shape[0], images.shape[1]
