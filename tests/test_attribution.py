@@ -132,3 +132,13 @@ def test_the_unit_page_shows_the_maps_the_field_and_the_verdicts(attributed, tmp
     for shown in ("gradient saliency", "Grad-CAM on conv1", "occlusion", "Empirical receptive field",
                   "Model-randomization check", "guided backpropagation"):
         assert shown in text, shown
+
+
+def test_describe_states_each_methods_verdicts(attributed):
+    from pipeline.catalog.describe import describe
+
+    text = describe(attributed)
+    line, = [ln for ln in text.splitlines() if ln.startswith("attribution")]
+    verdicts = attributed.manifest["attribution"]["layers"]
+    passes = sum(layer["sanity"]["gradcam"]["passes"] for layer in verdicts.values() if "gradcam" in layer["sanity"])
+    assert line.startswith("attribution  3 layer(s)") and f"gradcam passes at {passes} of 2" in line

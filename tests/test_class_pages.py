@@ -224,3 +224,11 @@ def test_class_pages_show_the_class_and_link_both_ways(planted_classes, tmp_path
         assert page.locator("img.class-image").count() == 3
     finally:
         page.close()
+
+
+def test_describe_sums_the_class_pages_up(planted_classes):
+    from pipeline.catalog.describe import describe
+
+    text = describe(planted_classes[0])
+    assert "classes      2 pages, Grad-CAM on relu: accuracy" in text
+    assert "IBD leaves 0% of a class vector unexplained on average" in text

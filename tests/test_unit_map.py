@@ -114,6 +114,9 @@ def test_a_run_maps_the_planted_groups_together(grouped):
     assert np.isfinite(xy).all()
     assert _nearest_in_group(xy, np.repeat(np.arange(3), 8), 3) == 1.0
     assert grouped.manifest["unit_map"]["mix"] == {"method": "pacmap", "vectors": "probe activations", "placed": 24}
+    from pipeline.catalog.describe import describe
+
+    assert "map          1 layer(s) laid out (pacmap), 24 of 25 units placed" in describe(grouped)
 
 
 def test_the_map_is_the_same_with_two_workers(grouped, tmp_path):

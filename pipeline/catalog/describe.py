@@ -45,6 +45,7 @@ def describe(catalog: Catalog) -> str:
         lines += ["", _similarity_line(m)]
     if "dictionary" in m:
         lines += ["", *_dictionary_lines(catalog)]
+    lines += _context_lines(catalog, m, units)
     for item in data["skipped"][:5]:
         lines.append(f"skipped      {item['path']}: {item['reason']}")
     left_out = m.get("layers_left_out") or []  # catalogs written before it have no such key
@@ -69,6 +70,30 @@ def _dictionary_lines(catalog: Catalog) -> list[str]:
                   "interpretable unit's 10 top concept images that carry its concept):",
                   compared.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
     return lines
+
+
+def _context_lines(catalog: Catalog, m: dict, units: pd.DataFrame) -> list[str]:
+    """The map, class pages and attribution stages, a line each."""
+    lines = []
+    if "unit_map" in m:
+        methods = sorted({v["method"] for v in m["unit_map"].values()})
+        lines.append(f"map          {len(m['unit_map'])} layer(s) laid out ({', '.join(methods)}), "
+                     f"{units['map_x'].notna().sum()} of {len(units)} units placed (units map_x, map_y)")
+    if "class_pages" in m:
+        c, info = catalog.classes(), m["class_pages"]
+        ibd = (f"; IBD leaves {100 * c['ibd_residual'].mean():.0f}% of a class vector unexplained on average"
+               if info.get("ibd") else "; no concept data set: no IBD")
+        lines.append(f"classes      {len(c)} pages, Grad-CAM on {info['layer']}: accuracy "
+                     f"{100 * c['accuracy'].min():.0f}-{100 * c['accuracy'].max():.0f}%{ibd} (classes.parquet)")
+    if "attribution" in m:
+        verdicts: dict[str, list[bool]] = {}
+        for layer in m["attribution"]["layers"].values():
+            for method, v in layer["sanity"].items():
+                verdicts.setdefault(method, []).append(v["passes"])
+        checked = ", ".join(f"{method} passes at {sum(v)} of {len(v)}" for method, v in sorted(verdicts.items()))
+        lines.append(f"attribution  {len(m['attribution']['layers'])} layer(s); model-randomization check (layers): "
+                     f"{checked or 'not run'}")
+    return [""] + lines if lines else []
 
 
 def _run_lines(m: dict) -> list[str]:
