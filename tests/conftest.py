@@ -79,12 +79,12 @@ def job_toml(factory: str, layers: list[str], *, norm: tuple[float, float] = (0.
              batch: int = 4, broden: str | None = None, categories: list[str] | None = None, k: int = 4, patch: int = 16, activations: dict | None = None,
              featvis: dict | None = None, dissection: dict | None = None, shapley: dict | None = None,
              similarity: dict | None = None, connections: dict | None = None, maps: dict | None = None,
-             workers: int = 1, shard: int | None = None, catalog: str = "catalog", output: dict | None = None,
+             more: dict[str, dict] | None = None, workers: int = 1, shard: int | None = None, catalog: str = "catalog", output: dict | None = None,
              top: dict | None = None, **model) -> str:
     """A job file's text, seed 0: `factory` names a function of tests/assets/tiny_models.py, `norm` is the
     (mean, std) of every channel, `model` holds more [model] keys (weights = ...), `top` more top-level keys
-    (previous = ...), `output` more [output] keys, `maps` the [stages.unit_map] keys. A stage's table is written when its
-    settings are given (an empty dict: its defaults); data.images is "images". Keys whose value is None are left out."""
+    (previous = ...), `output` more [output] keys, `maps` the [stages.unit_map] keys, `more` other stages' sections by
+    name. A stage's table is written when its settings are given (an empty dict: its defaults); data.images is "images". Keys whose value is None are left out."""
     mean, std = norm
     top = {"seed": 0, **(top or {})}
     parts = ["\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in top.items() if value is not None),
@@ -95,7 +95,8 @@ def job_toml(factory: str, layers: list[str], *, norm: tuple[float, float] = (0.
         parts.append(_table("concepts", {"broden": broden, "categories": categories}))
     parts.append(_table("stages.activations", {"k": k, "patch_size": patch, **(activations or {})}))
     for name, settings in (("featvis", featvis), ("dissection", dissection), ("shapley", shapley),
-                           ("similarity", similarity), ("connections", connections), ("unit_map", maps)):
+                           ("similarity", similarity), ("connections", connections), ("unit_map", maps),
+                           *(more or {}).items()):
         if settings is not None:
             parts.append(_table(f"stages.{name}", settings))
     parts.append(_table("ray", {"workers": workers, "shard_images": shard}))

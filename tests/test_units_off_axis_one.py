@@ -140,8 +140,10 @@ def test_todays_architectures_go_through_every_stage(factory, tmp_path):
         (tmp_path / "images" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
         shutil.copy(world.root / "images" / f"{i:03d}.png", tmp_path / "images" / "ab"[i % 2] / f"{i:03d}.png")
     stages = dict(featvis={"steps": 2, "size": 16, "batch_units": 64, "polish": 1},
-                  dissection={"quantile": 0.2}, similarity={},
-                  shapley={"eval_images": 8, "rounds": 1, "permutations_per_round": 1, "bandit": False})
+                  dissection={"quantile": 0.2}, similarity={}, maps={},
+                  shapley={"eval_images": 8, "rounds": 1, "permutations_per_round": 1, "bandit": False},
+                  more={"class_pages": {"top": 2, "image_size": 16},
+                        "attribution": {"examples": 1, "occluder": 16, "stride": 16}})
     catalog = Catalog.open(run_cli(write_job(tmp_path, job_toml(factory, [], norm=(0.5, 0.5), batch=4, broden="broden",
                                                                 k=2, patch=8, **stages))).catalog)
     model = getattr(__import__("tiny_models"), factory)()
@@ -160,3 +162,27 @@ def test_todays_architectures_go_through_every_stage(factory, tmp_path):
     assert set(zip(catalog.shapley()["layer"], catalog.shapley()["unit"])) == everyone
     assert catalog.shapley()["value"].notna().all() and len(catalog.similar()) > 0
     assert "GELU" in catalog.manifest["featvis"]["projections_caveat"]
+    _context_stages_read_every_layout(catalog, units)
+
+
+def _context_stages_read_every_layout(catalog: Catalog, units) -> None:
+    """The map places every unit with a vector; the class pages' Grad-CAM and the units' Grad-CAM on a token or
+    channels-last layer before them are not zero (a units-first view off the forward's path would give no gradient)."""
+    assert set(catalog.manifest["unit_map"]) == set(catalog.layers)
+    assert units.loc[~units["dead"].astype(bool), "map_x"].notna().all()
+    head = dict(getattr(__import__("tiny_models"), catalog.manifest["model"]["name"].split(":")[-1])().named_modules())[
+        catalog.manifest["class_pages"]["head"]]
+    cams = np.abs(catalog.class_pictures(0)[1])
+    assert len(catalog.classes()) == 2 and (cams.max() > 0 or not head.weight.any())  # ViT's head starts at zero
+    if catalog.manifest["class_pages"]["head"] == "heads.head":  # the ViT: its last patch tokens never reach the head
+        assert catalog.manifest["class_pages"]["layer"] == "conv_proj"
+    layers = catalog.manifest["attribution"]["layers"]
+    assert set(layers) == set(catalog.layers)
+    for name, section in layers.items():
+        maps = catalog.attribution(name)[0]
+        mine = units[units["layer"] == name].sort_values("unit")
+        assert maps.shape[0] == len(mine), name
+        varying = maps[(mine["act_std"] > 0).to_numpy()]  # a constant unit (ViT's zero head) has no gradient
+        assert varying[:, :, 0].any() or not len(varying), name  # saliency
+        if section["gradcam_layer"] and len(varying):
+            assert varying[:, :, 1].any(), (name, section["gradcam_layer"])

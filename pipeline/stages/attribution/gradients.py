@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.inputs.features import layer_modules
 from pipeline.inputs.layer_taps import tapped
+from pipeline.inputs.layouts import units_first
 from pipeline.inputs.models import LayerInfo
 from pipeline.stages.featvis.projections import ProjectionRequest
 from pipeline.stages.featvis.relu_rules import parameters_frozen, relus_replaced
@@ -53,22 +55,37 @@ def _one_round(model: nn.Module, layers: list[LayerInfo], earlier: dict[str, Lay
                picked: list[ProjectionRequest]) -> list[GradientMaps]:
     x = inputs.detach().clone().requires_grad_(True)
     outputs: dict[str, torch.Tensor] = {}
-    with torch.enable_grad(), tapped(model, layers, lambda name, out: outputs.__setitem__(name, out)) as run:
-        run(x)
-        target = sum(outputs[req.layer][row, req.unit, req.y, req.x] for row, req in enumerate(picked))
-        before = sorted({e.name for req in picked if (e := earlier.get(req.layer)) is not None})
-        grads = torch.autograd.grad(target, [x] + [outputs[name] for name in before], allow_unused=True)
-    by_name = dict(zip(before, grads[1:]))
+    before = {e.name: e for req in picked if (e := earlier.get(req.layer)) is not None}
+    raw: dict[str, torch.Tensor] = {}  # the earlier layers' outputs as the model passes them on (the tap's
+    # units-first view of a token or channels-last output is not on the path to the unit: no gradient reaches it)
+    modules = layer_modules(model)
+    hooks = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: raw.__setitem__(name, out))
+             for name in before]
+    try:
+        with torch.enable_grad(), tapped(model, layers, lambda name, out: outputs.__setitem__(name, out)) as run:
+            run(x)
+            target = sum(outputs[req.layer][row, req.unit, req.y, req.x] for row, req in enumerate(picked))
+            names = sorted(before)
+            grads = torch.autograd.grad(target, [x] + [raw[name] for name in names], allow_unused=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    cams = {name: _cam(before[name], raw[name].detach(), grad) for name, grad in zip(names, grads[1:])}
     saliency = grads[0].detach().abs().amax(dim=1)  # [N, H, W]
     found = []
     for row, req in enumerate(picked):
         e = earlier.get(req.layer)
         cam = None
         if e is not None:
-            grad = by_name[e.name]
-            grad = torch.zeros_like(outputs[e.name]) if grad is None else grad
-            acts = outputs[e.name][row].detach()
-            cam = (grad[row].mean(dim=(1, 2), keepdim=True) * acts).sum(dim=0)
-            cam = F.interpolate(cam[None, None], size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0]
+            cam = F.interpolate(cams[e.name][row][None, None], size=x.shape[2:], mode="bilinear", align_corners=False)[0, 0]
         found.append(GradientMaps(saliency[row], cam))
     return found
+
+
+def _cam(info: LayerInfo, out: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+    """[N, h, w]: each image's Grad-CAM on the layer's grid (0 where the unit does not depend on the layer)."""
+    acts, _ = units_first(out, info.layout, info.spatial, info.prefix, info.windows)
+    if grad is None:
+        return torch.zeros(acts.shape[0], *acts.shape[2:], device=acts.device)
+    grads, _ = units_first(grad, info.layout, info.spatial, info.prefix, info.windows)
+    return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1)

@@ -40,11 +40,12 @@ class ClassPagesStage(Stage[ClassesSettings, ClassesPart, ClassesResult]):
         if not classes:
             raise UserError("stage 'class_pages' needs labelled images: data.images must hold one folder per class, in the "
                             "order of the model's outputs (sorted names).")
-        head, linear = final_linear(model, (len(plan.job.model.mean), plan.prep.input_size, plan.prep.input_size))
+        shape = (len(plan.job.model.mean), plan.prep.input_size, plan.prep.input_size)
+        head, linear = final_linear(model, shape)
         if linear.out_features < len(classes):
             raise UserError(f"stage 'class_pages': the model's final Linear {head} has {linear.out_features} outputs for "
                             f"{len(classes)} classes in data.images.")
-        layer = class_layer(plan.layers, linear.in_features, head, cfg.layer)
+        layer = class_layer(model, plan.layers, head, cfg.layer, shape)
         broden, shards = None, ()
         if plan.job.concepts.broden is not None:
             check_exists(plan.job, "concepts.broden", plan.job.concepts.broden)
