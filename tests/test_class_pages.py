@@ -232,3 +232,20 @@ def test_describe_sums_the_class_pages_up(planted_classes):
     text = describe(planted_classes[0])
     assert "classes      2 pages, Grad-CAM on relu: accuracy" in text
     assert "IBD leaves 0% of a class vector unexplained on average" in text
+
+
+@pytest.mark.parametrize("factory, classes, expected", [
+    ("color_detectors", ("a", "b"), "no nn.Linear's output is the model's output"),
+    ("planted", (), "stage 'class_pages' needs labelled images"),
+])
+def test_a_model_or_data_without_classes_is_refused(tmp_path, capsys, ray_local, factory, classes, expected):
+    from conftest import job_toml, make_images, write_job
+    from pipeline.cli import main
+
+    make_images(tmp_path / "images", count=4, classes=classes)
+    job = write_job(tmp_path, job_toml(factory, ["relu" if factory == "color_detectors" else "conv2"], k=1, patch=8,
+                                       more={"class_pages": {}}))
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "catalog" / "manifest.json").exists()
