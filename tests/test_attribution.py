@@ -142,3 +142,43 @@ def test_describe_states_each_methods_verdicts(attributed):
     verdicts = attributed.manifest["attribution"]["layers"]
     passes = sum(layer["sanity"]["gradcam"]["passes"] for layer in verdicts.values() if "gradcam" in layer["sanity"])
     assert line.startswith("attribution  3 layer(s)") and f"gradcam passes at {passes} of 2" in line
+
+
+def test_a_rerun_reuses_the_unchanged_layers_maps_and_recomputes_a_retrained_one(attributed, tmp_path):
+    """With --previous: the same model reuses every layer as it was; fc retrained recomputes fc alone."""
+    import shutil
+    import sys
+
+    from catalog_schema import Catalog
+    from conftest import ASSETS
+    from pipeline.cli import main
+
+    sys.path.insert(0, str(ASSETS))
+    from tiny_models import planted
+
+    folder = attributed.path.parent
+    job = folder / "job.toml"
+    assert main(["run", str(job), "--out", str(tmp_path / "same"), "--previous", str(attributed.path)]) == 0
+    same = Catalog.open(tmp_path / "same")
+    assert {layer for layer, r in same.manifest["reuse"]["stages"]["attribution"].items() if r["action"] == "reused"} == \
+        {"conv1", "conv2", "fc"}
+    assert same.manifest["attribution"] == attributed.manifest["attribution"]
+    for layer in ("conv1", "conv2", "fc"):
+        for mine, theirs in zip(same.attribution(layer), attributed.attribution(layer)):
+            np.testing.assert_array_equal(mine, theirs)
+    np.testing.assert_array_equal(same.units()["erf_size"].to_numpy(), attributed.units()["erf_size"].to_numpy())
+    model = planted()
+    with torch.no_grad():
+        model.fc.weight.mul_(-1)
+    torch.save(model.state_dict(), tmp_path / "tuned.pt")
+    shutil.copy(job, tmp_path / "job.toml")
+    shutil.copy(folder / "tiny_models.py", tmp_path / "tiny_models.py")
+    (tmp_path / "images").symlink_to(folder / "images")
+    text = (tmp_path / "job.toml").read_text().replace('factory = "tiny_models.py:planted"',
+                                                      'factory = "tiny_models.py:planted"\nweights = "tuned.pt"')
+    (tmp_path / "job.toml").write_text(text)
+    assert main(["run", str(tmp_path / "job.toml"), "--out", str(tmp_path / "tuned"), "--previous", str(attributed.path)]) == 0
+    tuned = Catalog.open(tmp_path / "tuned")
+    actions = {layer: r["action"] for layer, r in tuned.manifest["reuse"]["stages"]["attribution"].items()}
+    assert actions == {"conv1": "reused", "conv2": "reused", "fc": "computed"}
+    assert list(tuned.manifest["attribution"]["layers"]) == ["conv1", "conv2", "fc"]

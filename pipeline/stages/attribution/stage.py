@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import nn
 
+from catalog_schema import Catalog
+from catalog_schema.layout import ATTRIBUTION_COLUMNS
+from catalog_schema.tables import from_table, rows_of_layer
 from pipeline.inputs.features import source_of
 from pipeline.inputs.fingerprints import json_fingerprint
 from pipeline.inputs.models import LayerInfo, select_among
@@ -49,17 +52,27 @@ class AttributionStage(Stage[AttributionSettings, dict, dict]):
         return out
 
     def inputs(self, plan: RunPlan) -> LayerInputs:
+        """A unit's maps depend on the layers up to it (its layer's fingerprint covers them) and its top examples; the
+        randomized model's weights on the seed alone."""
         fp = plan.fingerprints
         settings = json_fingerprint({"attribution": asdict(self.settings(plan.job)), "activations": activations_hash(plan),
-                                     "seed": plan.job.seed})
-        return {name: {"model": fp["model"], "data": fp["data"], "settings": settings} for name in self.part(plan)}
+                                     "seed": plan.job.seed, "prep": asdict(plan.prep)})
+        return {name: {"layer": fp["layers"][name], "data": fp["data"], "settings": settings} for name in self.part(plan)}
+
+    def load(self, plan: RunPlan, previous: Catalog, layers: list[str]) -> dict:
+        """The previous catalog's maps (copied when written), units columns and verdicts of `layers`."""
+        units = previous.arrow("units")
+        return {"previous": previous, "layers": {
+            name: {"columns": {c: from_table(rows_of_layer(units, name).sort_by("unit"), c) for c in ATTRIBUTION_COLUMNS},
+                   "section": previous.manifest["attribution"]["layers"][name]} for name in layers}}
 
     def run(self, ctx: Context[AttributionSettings, dict, dict], driver: Driver) -> dict:
         plan, cfg = ctx.plan, ctx.settings
         activations = ctx.result_of(ActivationsStage)
-        layers = {name: activations.layers[name] for name in ctx.part}
-        requests = [r for r in top_example_requests(layers, list(ctx.part)) if r.rank < cfg.examples]
-        infos = tuple(info for info in plan.layers if info.name in ctx.part)
+        todo = [info.name for info in plan.layers_to_compute(self.name) if info.name in ctx.part]
+        layers = {name: activations.layers[name] for name in todo}
+        requests = [r for r in top_example_requests(layers, todo) if r.rank < cfg.examples]
+        infos = tuple(info for info in plan.layers if info.name in todo)
         side, stride = cfg.occlusion(plan.prep.input_size)
         shared = driver.share(ChunkSettings(infos, dict(ctx.part), {n: plan.fields[n] for n in ctx.part},
                                             activations.patch, side, stride,
@@ -67,14 +80,14 @@ class AttributionStage(Stage[AttributionSettings, dict, dict]):
         chunks = image_chunks(plan.images.records, requests, plan.prep.batch_size)
         found = driver.fan_out("attribution", "attribution maps", chunks, chunk_attribution, lambda _total: (shared,),
                                merge_by_layer, {})
-        return {"batches": found, "units": {info.name: info.units for info in infos},
-                "examples": min(cfg.examples, activations.k), "occluder": (side, stride), "fields": shared_fields(plan, ctx.part)}
+        return {"batches": found, "units": {info.name: info.units for info in infos}, "reused": ctx.reused,
+                "examples": min(cfg.examples, activations.k), "occluder": (side, stride), "fields": shared_fields(plan, todo)}
 
     def write(self, draft: Draft, ctx: Context[AttributionSettings, dict, dict], result: dict) -> ManifestPart:
         return write_attribution(draft, ctx.settings, ctx.part, result)
 
 
-def shared_fields(plan: RunPlan, layers: dict) -> dict[str, float]:
+def shared_fields(plan: RunPlan, layers: list[str]) -> dict[str, float]:
     """Each layer's theoretical field side in input pixels (the mean of its height and width; the image's when whole)."""
     out = {}
     for name in layers:

@@ -52,9 +52,28 @@ def write_attribution(draft: Draft, settings: AttributionSettings, part: dict, r
                           "sanity": _verdicts(correlations)}
     for column, values in zip(ATTRIBUTION_COLUMNS, (erf, rf)):
         units[column] = values
+    _reused(draft, result.get("reused"), section)
+    section = {layer: section[layer] for layer in part if layer in section}  # in model order, reused or not
     side, stride = result["occluder"]
     return ManifestPart({"attribution": {"layers": section, "examples": e, "occluder": side, "stride": stride,
                                          "max_correlation": MAX_CORRELATION}}, asdict(settings))
+
+
+def _reused(draft: Draft, reused: dict | None, section: dict) -> None:
+    """Layers whose inputs did not change: the previous catalog's arrays, columns and verdicts, as they were."""
+    if not reused:
+        return
+    units = draft.units
+    for layer, found in reused["layers"].items():
+        rows = np.flatnonzero(units["layer"] == layer)
+        for column, values in found["columns"].items():
+            merged = list(units[column])
+            for i, value in zip(rows, values):
+                merged[i] = value
+            units[column] = merged
+        for kind in (cs.ATTRIBUTION, cs.EMPIRICAL_FIELDS):
+            draft.copy_array(reused["previous"].path, kind, layer)
+        section[layer] = found["section"]
 
 
 def _verdicts(correlations: dict[str, list[np.ndarray]]) -> dict[str, dict]:
