@@ -49,7 +49,8 @@ MANIFEST_KEYS: dict[str, str] = {
                    "that does not read the earlier one has none)",
     "class_pages": "class pages: {layer (Grad-CAM's and IBD's), head (the final Linear), top, image_size, ibd: {steps, concepts "
                "(with a vector), mean_residual} or null without a concept data set}",
-    "attribution": "attribution: {layers: {layer: {gradcam_layer, sanity: {method: {rank_correlation, passes}}}}, "
+    "attribution": "attribution: {layers: {layer: {gradcam_layer, sanity: {method: {rank_correlation, passes, "
+                   "examples}}}}, "
                    "examples, occluder, stride, max_correlation}: the model-randomization check per layer and method",
     "unit_map": "unit map: {layer: {method (pacmap | pca | none), vectors (probe activations | decoder directions), placed}}: "
            "how each layer's units were laid out (units columns map_x, map_y)",

@@ -117,6 +117,7 @@ def test_a_run_maps_every_top_example_and_finds_the_one_pixel_field(attributed):
     for verdicts in (layer["sanity"] for layer in section["layers"].values()):
         for v in verdicts.values():
             assert -1 <= v["rank_correlation"] <= 1 and v["passes"] == (v["rank_correlation"] < section["max_correlation"])
+            assert v["examples"] >= 2
 
 
 def test_the_unit_page_shows_the_maps_the_field_and_the_verdicts(attributed, tmp_path, browser):

@@ -4,19 +4,19 @@ correlations of each method's maps with those of the randomized model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from pipeline.inputs.batches import iter_batches
+from pipeline.inputs.batches import Batch, iter_batches
 from pipeline.inputs.models import LayerInfo
 from pipeline.inputs.receptive_field import ReceptiveField
 from pipeline.stages.activations.crops import resize_region
-from pipeline.stages.attribution.gradients import gradient_maps
+from pipeline.stages.attribution.gradients import ROUND, gradient_maps
 from pipeline.stages.attribution.occlusion import field_window, occlusion_maps
 from pipeline.stages.attribution.sanity import randomized, rank_correlation
-from pipeline.stages.featvis.projections import ProjectionRequest, project
+from pipeline.stages.featvis.projections import ProjectionBatch, ProjectionRequest, project
 from pipeline.stages.image_chunks import ImageChunk
 from pipeline.stages.protocol import Shared, Worker
 
@@ -42,6 +42,7 @@ class ChunkSettings:
     side: int
     stride: int
     sanity_seed: int | None  # None: no sanity check
+    checked: frozenset = frozenset()  # (layer, unit) whose examples the sanity check maps again
 
 
 def chunk_attribution(worker: Worker, chunk: ImageChunk, shared: Shared) -> dict[str, list[AttributionBatch]]:
@@ -58,7 +59,8 @@ def chunk_attribution(worker: Worker, chunk: ImageChunk, shared: Shared) -> dict
         mine = [r for r in requests if r.image_id == image_id]
         if mine:
             occluded.update(occlusion_maps(model, layers, batch.inputs[row], mine, s.side, s.stride))
-    checks = _sanity(worker, shared, model, s, batch, ids, requests, grads) if s.sanity_seed is not None else {}
+    sampled = [r for r in requests if (r.layer, r.unit) in s.checked]
+    checks = _sanity(worker, shared, model, s, batch, ids, sampled, grads) if s.sanity_seed is not None and sampled else {}
     out: dict[str, list] = {}
     for layer in {r.layer for r in requests}:
         mine = [r for r in requests if r.layer == layer]
@@ -99,13 +101,30 @@ def _window(discrepancy: np.ndarray, r: ProjectionRequest, field: ReceptiveField
     return resize_region(window[None, None], patch)[0, 0].numpy().astype(np.float32)
 
 
+def _projected(model, layers: list[LayerInfo], batch: Batch, ids: list[int], requests: list[ProjectionRequest],
+               patch: int) -> dict:
+    """The featvis projections of every request, ROUND at a time: each request on its own copy of its image (the
+    projections take one request per image and round)."""
+    rows = {i: r for r, i in enumerate(ids)}
+    found: dict[str, list] = {}
+    for start in range(0, len(requests), ROUND):
+        chunk = requests[start:start + ROUND]
+        copies = Batch(batch.pixels[[rows[r.image_id] for r in chunk]], batch.inputs[[rows[r.image_id] for r in chunk]],
+                       np.arange(len(chunk), dtype=np.int64))
+        for layer, b in project(model, layers, [copies], [replace(r, image_id=i) for i, r in enumerate(chunk)],
+                                patch).items():
+            found.setdefault(layer, []).append(b)
+    return {layer: ProjectionBatch(np.concatenate([b.unit for b in bs]), np.concatenate([b.rank for b in bs]),
+                                   np.concatenate([b.images for b in bs])) for layer, bs in found.items()}
+
+
 def _sanity(worker: Worker, shared: Shared, model, s: ChunkSettings, batch, ids: list[int],
             requests: list[ProjectionRequest], grads: dict) -> dict[tuple[ProjectionRequest, str], float]:
     """(request, method) -> the rank correlation of its map with the randomized model's, on the example's crop."""
     layers = list(s.layers)
     random = worker.memo("attribution-randomized", shared, lambda _s: randomized(model, s.sanity_seed))
     other = gradient_maps(random, layers, s.earlier, batch.inputs, ids, requests)
-    projected = [project(m, layers, [batch], requests, s.patch) for m in (model, random)]
+    projected = [_projected(m, layers, batch, ids, requests, s.patch) for m in (model, random)]
     out = {}
     for r in requests:
         for method in ("saliency", "gradcam"):

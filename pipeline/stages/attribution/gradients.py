@@ -2,13 +2,13 @@
 largest magnitude over the colour channels) and the unit's Grad-CAM on the cataloged layer before it (Selvaraju et
 al. 2017, with the unit's activation as the score), both at input resolution.
 
-Like the projections (featvis/projections.py), each round backpropagates one request per image, so one backward
-pass serves every image of a batch; the ReLU modules run out of place so that reading several layers stays exact.
+Each round backpropagates up to ROUND requests at once, one per row: an image holding several requests (units whose
+top example it is) comes as several copies, which do not interact. The ReLU modules run out of place so that reading
+several layers stays exact.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +23,9 @@ from pipeline.stages.featvis.projections import ProjectionRequest
 from pipeline.stages.featvis.relu_rules import parameters_frozen, relus_replaced
 
 
+ROUND = 32  # requests (image copies) per forward and backward pass
+
+
 @dataclass(frozen=True)
 class GradientMaps:
     saliency: torch.Tensor  # float [H, W] >= 0
@@ -32,19 +35,16 @@ class GradientMaps:
 def gradient_maps(model: nn.Module, layers: list[LayerInfo], earlier: dict[str, LayerInfo | None],
                   inputs: torch.Tensor, image_ids: list[int], requests: list[ProjectionRequest]) -> dict[ProjectionRequest, GradientMaps]:
     """Both maps for every request whose image is among `image_ids` (rows of `inputs`)."""
-    by_image: dict[int, list[ProjectionRequest]] = defaultdict(list)
-    for req in requests:
-        by_image[req.image_id].append(req)
     rows = {i: r for r, i in enumerate(image_ids)}
+    pairs = [(rows[req.image_id], req) for req in requests if req.image_id in rows]
     tapped_layers = {info.name: info for info in layers}
     for info in earlier.values():
         if info is not None:
             tapped_layers[info.name] = info
     out = {}
-    rounds = max((len(by_image.get(i, ())) for i in rows), default=0)
     with parameters_frozen(model), relus_replaced(model, torch.relu):
-        for r in range(rounds):
-            picked = [(row, by_image[i][r]) for i, row in rows.items() if len(by_image.get(i, ())) > r]
+        for start in range(0, len(pairs), ROUND):
+            picked = pairs[start:start + ROUND]
             found = _one_round(model, list(tapped_layers.values()), earlier, inputs[[row for row, _ in picked]],
                                [req for _, req in picked])
             out.update(zip([req for _, req in picked], found))

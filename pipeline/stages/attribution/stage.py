@@ -74,9 +74,11 @@ class AttributionStage(Stage[AttributionSettings, dict, dict]):
         requests = [r for r in top_example_requests(layers, todo) if r.rank < cfg.examples]
         infos = tuple(info for info in plan.layers if info.name in todo)
         side, stride = cfg.occlusion(plan.prep.input_size)
+        checked = frozenset((info.name, int(u)) for info in infos
+                            for u in np.unique(np.linspace(0, info.units - 1, min(info.units, cfg.sanity_units)).round()))
         shared = driver.share(ChunkSettings(infos, dict(ctx.part), {n: plan.fields[n] for n in ctx.part},
                                             activations.patch, side, stride,
-                                            plan.job.seed * 1000 + SANITY_SEED_STREAM if cfg.sanity else None))
+                                            plan.job.seed * 1000 + SANITY_SEED_STREAM if cfg.sanity else None, checked))
         chunks = image_chunks(plan.images.records, requests, plan.prep.batch_size)
         found = driver.fan_out("attribution", "attribution maps", chunks, chunk_attribution, lambda _total: (shared,),
                                merge_by_layer, {})

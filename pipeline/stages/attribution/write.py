@@ -77,12 +77,13 @@ def _reused(draft: Draft, reused: dict | None, section: dict) -> None:
 
 
 def _verdicts(correlations: dict[str, list[np.ndarray]]) -> dict[str, dict]:
-    """method -> {rank_correlation (mean over the examples), passes}; absent where it was not computed."""
+    """method -> {rank_correlation (mean over the checked examples), passes, examples}; absent where not computed."""
     out = {}
     for method, parts in correlations.items():
         values = np.concatenate(parts) if parts else np.zeros(0)
         values = values[np.isfinite(values)]
         if len(values):
             mean = float(values.mean())
-            out[method] = {"rank_correlation": round(mean, 6), "passes": bool(mean < MAX_CORRELATION)}
+            out[method] = {"rank_correlation": round(mean, 6), "passes": bool(mean < MAX_CORRELATION),
+                           "examples": int(len(values))}
     return out
