@@ -49,7 +49,8 @@ def test_demo_job_prepares_its_inputs_then_reuses_them(tmp_path, capsys):
     assert manifest["class_pages"]["layer"] == "conv4" and classes["ibd_residual"].between(0, 1).all()
     convs = units[units["layer"].isin(["conv1", "conv2", "conv3", "conv4"])]  # attribution: every conv unit's field
     assert convs["erf_size"].notna().all() and (convs["erf_size"] <= convs["rf_size"] + 1e-6).all()
-    assert manifest["attribution"]["layers"]["conv4"]["sanity"]["gradcam"]["passes"] in (True, False)
+    checked = manifest["attribution"]["layers"]["conv4"]["sanity"]  # every method on conv4's checked examples
+    assert set(checked) == {"saliency", "gradcam", "deconvnet", "guided"} and all(v["examples"] > 0 for v in checked.values())
     capsys.readouterr()
     assert main(["describe", str(tmp_path / "catalogs" / "demo")]) == 0
     assert "neurons vs features" in capsys.readouterr().out

@@ -131,12 +131,18 @@ def _sanity(worker: Worker, shared: Shared, model, s: ChunkSettings, batch, ids:
             a, b = getattr(grads[r], method), getattr(other[r], method)
             if a is not None:
                 out[(r, method)] = rank_correlation(_crop(a, r.box, s.patch).numpy(), _crop(b, r.box, s.patch).numpy())
+    asked = {(r.layer, r.unit, r.rank): r for r in requests}
     for v, method in enumerate(("deconvnet", "guided")):
-        for layer in projected[0]:
-            mine, theirs = projected[0][layer], projected[1][layer]
+        for layer, mine in projected[0].items():
+            theirs = projected[1][layer]
+            where = {(int(u), int(k)): j for j, (u, k) in enumerate(zip(theirs.unit, theirs.rank))}
             for i, (unit, rank) in enumerate(zip(mine.unit, mine.rank)):
-                r = next(q for q in requests if q.layer == layer and q.unit == unit and q.rank == rank)
-                j = int(np.flatnonzero((theirs.unit == unit) & (theirs.rank == rank))[0])
-                magnitude = lambda img: np.abs(img.astype(np.float32) - 128).sum(axis=-1)  # noqa: E731
-                out[(r, method)] = rank_correlation(magnitude(mine.images[i, v]), magnitude(theirs.images[j, v]))
+                j = where[(int(unit), int(rank))]
+                out[(asked[(layer, int(unit), int(rank))], method)] = rank_correlation(
+                    _magnitude(mine.images[i, v]), _magnitude(theirs.images[j, v]))
     return out
+
+
+def _magnitude(image: np.ndarray) -> np.ndarray:
+    """A projection's strength per pixel: its distance from 128 (no influence), summed over the colours."""
+    return np.abs(image.astype(np.float32) - 128).sum(axis=-1)

@@ -19,6 +19,7 @@ from pipeline.inputs.features import layer_modules
 from pipeline.inputs.layer_taps import tapped
 from pipeline.inputs.layouts import units_first
 from pipeline.inputs.models import LayerInfo
+from pipeline.stages.class_pages.gradcam import channels_weighted
 from pipeline.stages.featvis.projections import ProjectionRequest
 from pipeline.stages.featvis.relu_rules import parameters_frozen, relus_replaced
 
@@ -84,8 +85,7 @@ def _one_round(model: nn.Module, layers: list[LayerInfo], earlier: dict[str, Lay
 
 def _cam(info: LayerInfo, out: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
     """[N, h, w]: each image's Grad-CAM on the layer's grid (0 where the unit does not depend on the layer)."""
-    acts, _ = units_first(out, info.layout, info.spatial, info.prefix, info.windows)
     if grad is None:
+        acts, _ = units_first(out, info.layout, info.spatial, info.prefix, info.windows)
         return torch.zeros(acts.shape[0], *acts.shape[2:], device=acts.device)
-    grads, _ = units_first(grad, info.layout, info.spatial, info.prefix, info.windows)
-    return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1)
+    return channels_weighted(info, out, grad)

@@ -83,13 +83,13 @@ class AttributionStage(Stage[AttributionSettings, dict, dict]):
         found = driver.fan_out("attribution", "attribution maps", chunks, chunk_attribution, lambda _total: (shared,),
                                merge_by_layer, {})
         return {"batches": found, "units": {info.name: info.units for info in infos}, "reused": ctx.reused,
-                "examples": min(cfg.examples, activations.k), "occluder": (side, stride), "fields": shared_fields(plan, todo)}
+                "examples": min(cfg.examples, activations.k), "occluder": (side, stride), "fields": field_sides(plan, todo)}
 
     def write(self, draft: Draft, ctx: Context[AttributionSettings, dict, dict], result: dict) -> ManifestPart:
         return write_attribution(draft, ctx.settings, ctx.part, result)
 
 
-def shared_fields(plan: RunPlan, layers: list[str]) -> dict[str, float]:
+def field_sides(plan: RunPlan, layers: list[str]) -> dict[str, float]:
     """Each layer's theoretical field side in input pixels (the mean of its height and width; the image's when whole)."""
     out = {}
     for name in layers:

@@ -29,7 +29,12 @@ def grad_cam(model: nn.Module, layer: LayerInfo, inputs: torch.Tensor, classes: 
             grad = torch.autograd.grad(score, seen[-1])[0]
     finally:
         handle.remove()
-    acts, _ = units_first(seen[-1].detach(), layer.layout, layer.spatial, layer.prefix, layer.windows)
+    return channels_weighted(layer, seen[-1].detach(), grad).float().cpu().numpy()
+
+
+def channels_weighted(layer: LayerInfo, out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """[N, h, w]: Grad-CAM from a layer's output and the score's gradient, both as the model passes them on (any
+    layout): each channel weighted by its gradient's mean over the grid, summed."""
+    acts, _ = units_first(out, layer.layout, layer.spatial, layer.prefix, layer.windows)
     grads, _ = units_first(grad, layer.layout, layer.spatial, layer.prefix, layer.windows)
-    weights = grads.mean(dim=(2, 3), keepdim=True)  # [N, C, 1, 1]
-    return (weights * acts).sum(dim=1).float().cpu().numpy()
+    return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1)
