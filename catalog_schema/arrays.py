@@ -55,8 +55,11 @@ ATTRIBUTION = ArrayKind("attribution", "uint8", "[units, E, 3, P, P] each unit's
                         "the first layer), occlusion (positive part of the drop); 255 = the map's maximum")
 EMPIRICAL_FIELDS = ArrayKind("empirical_fields", "uint8", "[units, P, P] the unit's empirical receptive field: its "
                              "examples' occlusion maps averaged in its theoretical field; 255 = the largest drop")
+INTERVENTIONS = ArrayKind("interventions", "uint8", "[concepts, E, 4, S, S, 3] per concept (attrs: concepts, in this "
+                          "order) E generated images: one where the concept is present, it with its top units ablated, "
+                          "one where it is absent, it with them inserted (attrs: strip_units, each concept's two n)")
 WEIGHTS = ArrayKind("weights", "uint8", "[units, kh, kw, 3] filters of a layer that convolves the input, 128 = 0")
 
 ARRAYS = {kind.group: kind for kind in (EXAMPLES, HEATMAPS, SPECTRUM, FEATVIS, MEAN_MAPS, PROBES, PREFIX_TOKENS, PROJECTIONS,
                                            WEIGHTS, DICTIONARY_DECODER, DICTIONARY_ENCODER, GRADCAM, CLASS_IMAGES,
-                                           CONCEPT_VECTORS, ATTRIBUTION, EMPIRICAL_FIELDS)}
+                                           CONCEPT_VECTORS, ATTRIBUTION, EMPIRICAL_FIELDS, INTERVENTIONS)}

@@ -54,6 +54,8 @@ MANIFEST_KEYS: dict[str, str] = {
                    "examples, occluder, stride, max_correlation}: the model-randomization check per layer and method",
     "unit_map": "unit map: {layer: {method (pacmap | pca | none), vectors (probe activations | decoder directions), placed}}: "
            "how each layer's units were laid out (units columns map_x, map_y)",
+    "interventions": "interventions (a generator): {layers: {layer: {region (y0, x0, y1, x1 on the grid), concepts: "
+                     "[{concept, present, absent, strip_units}]}}, examples}",
     "dictionary": "dictionary: {layers: {layer: dictionary_quality's row and firing_histogram (features per log10 "
                   "firing-frequency bin, dead ones in none)}, histogram_log10_edges, train_images, eval_images}",
 }

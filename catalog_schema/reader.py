@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from catalog_schema.arrays import (ATTRIBUTION, EMPIRICAL_FIELDS, CLASS_IMAGES, GRADCAM, DICTIONARY_DECODER, DICTIONARY_ENCODER, EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS,
+from catalog_schema.arrays import (ATTRIBUTION, INTERVENTIONS, EMPIRICAL_FIELDS, CLASS_IMAGES, GRADCAM, DICTIONARY_DECODER, DICTIONARY_ENCODER, EXAMPLES, FEATVIS, HEATMAPS, MEAN_MAPS,
                                    PREFIX_TOKENS, PROBES, PROJECTIONS, SPECTRUM, STORE, WEIGHTS, ArrayKind)
 from catalog_schema.manifest import LATEST, MANIFEST, CatalogError, read_manifest
 from catalog_schema.tables import TABLES, table_file
@@ -136,6 +136,19 @@ class Catalog:
         """(uint8 [top, S, S, 3] a class's top images as the model saw them, float32 [top, h, w] their Grad-CAM)."""
         layer = self.manifest["class_pages"]["layer"]
         return self._array(CLASS_IMAGES, layer)[class_index], self._array(GRADCAM, layer)[class_index]
+
+    def interventions(self, layer: str | None = None) -> pd.DataFrame:
+        """The generator_interventions rows (of one layer)."""
+        rows = self.table("generator_interventions")
+        return rows if layer is None else rows[rows["layer"] == layer].reset_index(drop=True)
+
+    def intervention_strip(self, layer: str, concept: str) -> np.ndarray:
+        """uint8 [E, 4, S, S, 3]: the concept's before/after images at the layer (present, ablated, absent, inserted)."""
+        array = self._array(INTERVENTIONS, layer)
+        concepts = list(array.attrs["concepts"])
+        if concept not in concepts:
+            raise CatalogError(f"no intervention strip for concept {concept!r} at layer {layer!r}; it has {concepts}.")
+        return array[concepts.index(concept)]
 
     def _rows_of(self, name: str, layer: str | None, unit: int | None) -> pd.DataFrame:
         """A per-unit table's rows, of one layer and unit when given (read with Parquet filters)."""

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 
 from catalog_schema.columns import LAYER, UNIT, column
 from catalog_schema.class_tables import CLASS_CONCEPTS, CLASS_EXAMPLES, CLASSES
+from catalog_schema.generator_tables import GENERATOR_INTERVENTIONS, GENERATOR_INTERVENTIONS_DOC
 from catalog_schema.relation_tables import CONNECTIONS, SIMILAR
 
 
@@ -237,6 +238,7 @@ TABLE_DOCS: dict[str, str] = {
     "classes": "class_pages: each class's accuracy on the evaluation images and how much of its vector IBD explains.",
     "class_examples": "class_pages: each class's top images by its logit.",
     "class_concepts": "class_pages: each class's concept decomposition (IBD): the concepts chosen, in order.",
+    "generator_interventions": GENERATOR_INTERVENTIONS_DOC,
     "dictionary_quality": "dictionary: how well each layer's sparse dictionary reconstructs the layer, how sparse and "
                           "how stable it is.",
     "diff": "Not in a catalog: `neuron-catalog diff OLD NEW --out FILE` writes it, one row per unit of NEW (and per "
@@ -261,6 +263,7 @@ TABLES: dict[str, pa.Schema] = {
     "classes": CLASSES,
     "class_examples": CLASS_EXAMPLES,
     "class_concepts": CLASS_CONCEPTS,
+    "generator_interventions": GENERATOR_INTERVENTIONS,
     "dictionary_quality": DICTIONARY_QUALITY,
     "concepts": CONCEPTS,
     "evolution": EVOLUTION,

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.generators.job import generated_inputs, latents_file
 from pipeline.inputs.batches import Preprocess
 from pipeline.inputs.fingerprints import SCHEME, json_fingerprint, model_fingerprint
 from pipeline.inputs.images import list_images
 from pipeline.inputs.model_survey import survey_model
 from pipeline.inputs.models import LayerInfo, build_model, recipe_from_config, resolve_layers
-from pipeline.inputs.receptive_field import around_peak, receptive_fields
+from pipeline.inputs.receptive_field import around_peak, grid_cell, receptive_fields
 from pipeline.job.config import JobConfig
 from pipeline.job.load import check_inputs_exist
 from pipeline.job.prepare import prepare_inputs
@@ -30,26 +31,37 @@ def make_plan(job: JobConfig, stages: Mapping[str, Stage], out: Path | None = No
     check_catalog_target(catalog)
     prepared = prepare_inputs(job)
     check_inputs_exist(job)
-    images = list_images(job.data.images, job.data.limit, job.seed)
     recipe = recipe_from_config(job.model)
     model = build_model(recipe)
+    sample = None
+    if job.latents is not None:
+        _refuse_for_generators(stages)
+        job, sample = generated_inputs(job, model, catalog)
+        prepared["generated_sample"] = {"path": str(sample.root), "images": sample.count, "size": sample.size,
+                                        "reused": sample.reused, "fingerprint": sample.fingerprint}
+    images = list_images(job.data.images, job.data.limit, job.seed)
     layer_names = resolve_layers(model, job.model.layers)
     if not layer_names:
         raise UserError("model.layers selects no layer: the model has no Conv2d or Linear module; list module paths in [model] layers.")
     m = job.model
-    input_shape = (len(m.mean), m.input_size, m.input_size)
-    survey = survey_model(model, layer_names, input_shape, explicit=bool(m.layers), layouts=m.layouts)
+    size = sample.size if sample else m.input_size
+    input_shape = tuple(job.latents.shape) if sample else (len(m.mean), size, size)
+    survey = survey_model(model, layer_names, input_shape, explicit=bool(m.layers), layouts=m.layouts,
+                          image_hw=(size, size))
     if not survey.layers:
         raise UserError(f"model.layers: none of the {len(layer_names)} Conv2d and Linear modules can be read: "
                         f"{survey.left_out[0]['why']}. List the module paths to catalog in [model] layers.")
     layers, reads = _with_added_layers(job, stages, model, survey.layers)
     layer_names = [info.name for info in survey.layers]
-    prep = Preprocess(m.input_size, m.mean, m.std, job.data.batch_size)
+    prep = Preprocess(size, m.mean, m.std, job.data.batch_size, latents_file(sample) if sample else "")
     per_shard = shard_size(job, prep)
     shards = [Shard(i, images.records[s:s + per_shard]) for i, s in enumerate(range(0, len(images.records), per_shard))]
-    fields = receptive_fields(model, layer_names, input_shape)
-    fields = {info.name: around_peak(fields[reads.get(info.name, (info.name,))[0]], info.spatial, input_shape[1:])
-              for info in layers}
+    if sample:  # a generator's unit draws its grid cell of the image
+        fields = {info.name: grid_cell(info.spatial, (size, size)) for info in layers}
+    else:
+        fields = receptive_fields(model, layer_names, input_shape)
+        fields = {info.name: around_peak(fields[reads.get(info.name, (info.name,))[0]], info.spatial, input_shape[1:])
+                  for info in layers}
     plan = RunPlan(job, catalog, names, recipe, layers, fields, images, prep, shards, {}, prepared, {},
                    left_out=tuple(survey.left_out))
     parts: dict[str, Any] = {}
@@ -67,6 +79,15 @@ def make_plan(job: JobConfig, stages: Mapping[str, Stage], out: Path | None = No
     for name in names:
         fingerprints.update(stages[name].fingerprints(parts[name]))
     return replace(plan, parts=parts, fingerprints=fingerprints)
+
+
+def _refuse_for_generators(stages: Mapping[str, Stage]) -> None:
+    """A generator job runs the stages that read units off generated images; the others are refused by name."""
+    refused = [name for name, stage in stages.items() if not stage.generators]
+    if refused:
+        raise UserError(f"stage(s) {', '.join(map(repr, refused))} cannot run on a generator ([latents]): "
+                        f"{'; '.join(f'{n}: {stages[n].not_for_generators}' for n in refused)}. Remove their "
+                        "[stages.*] tables or leave them out of --stages.")
 
 
 def _with_added_layers(job: JobConfig, stages: Mapping[str, Stage], model: Any,

@@ -17,6 +17,7 @@ from pipeline.stages.connections.stage import ConnectionsStage
 from pipeline.stages.dictionary.stage import DictionaryStage
 from pipeline.stages.dissection.stage import DissectionStage
 from pipeline.stages.featvis.stage import FeatvisStage
+from pipeline.stages.interventions.stage import InterventionsStage
 from pipeline.stages.protocol import Stage
 from pipeline.stages.shapley.stage import ShapleyStage
 from pipeline.stages.similarity.stage import SimilarityStage
@@ -33,6 +34,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     MapStage(),
     ClassPagesStage(),
     AttributionStage(),
+    InterventionsStage(),
 )}
 
 

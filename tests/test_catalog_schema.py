@@ -73,6 +73,8 @@ def _value(field, i: int):
         return i % 2 == 0
     if pa.types.is_floating(field.type):
         return float("nan") if i == 2 else i + 0.25
+    if pa.types.is_list(field.type):
+        return list(range(i))
     return i
 
 

@@ -127,7 +127,7 @@ def _mask_fractions(planes: list[np.ndarray]) -> dict[int, float]:
     return found
 
 
-def _save_mask(path: Path, labels: np.ndarray) -> None:
+def save_mask(path: Path, labels: np.ndarray) -> None:
     """A label map as RGB PNG: R = n % 256, G = n // 256, B = 0."""
     rgb = np.zeros(labels.shape + (3,), np.uint8)
     rgb[..., 0] = labels % 256
@@ -151,7 +151,7 @@ def _write_image(images_dir: Path, index: int, drawing: Drawing, vocab: _Vocabul
             plane = vocab.lut(cat)[drawing.maps[map_name][0:2 * sh:2, 0:2 * sh:2]]
             if plane.any():
                 file = f"{name}_{map_name}.png"
-                _save_mask(images_dir / file, plane)
+                save_mask(images_dir / file, plane)
                 files.append(file)
                 planes.append(plane)
         row[cat] = ";".join(files)
@@ -166,7 +166,7 @@ def _write_image(images_dir: Path, index: int, drawing: Drawing, vocab: _Vocabul
     return row
 
 
-def _write_csv(path: Path, header: tuple[str, ...], rows: list[dict[str, str]] | list[tuple]) -> None:
+def write_csv(path: Path, header: tuple[str, ...], rows: list[dict[str, str]] | list[tuple]) -> None:
     """A CSV with '\\n' line ends (byte-identical on every platform)."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -184,7 +184,7 @@ def _write_tables(root: Path, vocab: _Vocabulary, stats: _Stats) -> None:
         freq = stats.label_images[number]
         labels.append((number, name, category, freq, f"{stats.label_cover[number] / max(freq, 1):.6f}",
                        ";".join(SYNONYMS.get(name, ()))))
-    _write_csv(root / "label.csv", ("number", "name", "category", "frequency", "coverage", "syns"), labels)
+    write_csv(root / "label.csv", ("number", "name", "category", "frequency", "coverage", "syns"), labels)
     categories = []
     for cat in CATEGORIES:
         numbers = vocab.numbers[cat]
@@ -193,8 +193,8 @@ def _write_tables(root: Path, vocab: _Vocabulary, stats: _Stats) -> None:
         for code, number in enumerate(numbers, start=1):
             freq = stats.images[cat, number]
             rows.append((code, number, vocab.names[number - 1], freq, f"{stats.cover[cat, number] / max(freq, 1):.6f}"))
-        _write_csv(root / f"c_{cat}.csv", ("code", "number", "name", "frequency", "coverage"), rows)
-    _write_csv(root / "category.csv", ("name", "first", "last", "count", "frequency"), categories)
+        write_csv(root / f"c_{cat}.csv", ("code", "number", "name", "frequency", "coverage"), rows)
+    write_csv(root / "category.csv", ("name", "first", "last", "count", "frequency"), categories)
 
 
 def _link_scene_view(root: Path, rows: list[dict[str, str]], scenes: list[str]) -> None:
@@ -217,7 +217,7 @@ def _write_world(root: Path, params: dict) -> dict:
         drawing = draw_image(index, params["size"], params["seed"])
         rows.append(_write_image(root / "images", index, drawing, vocab, stats))
         scenes.append(drawing.scene)
-    _write_csv(root / "index.csv", INDEX_HEADER, rows)
+    write_csv(root / "index.csv", INDEX_HEADER, rows)
     _write_tables(root, vocab, stats)
     _link_scene_view(root, rows, scenes)
     summary = {"labels_per_category": {c: len(CATEGORY_LABELS[c]) for c in CATEGORIES},

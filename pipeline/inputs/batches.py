@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.generators.latents import latent_inputs
 from pipeline.inputs.images import ImageRecord, SkippedImage, load_image, to_model_input
 
 
@@ -27,6 +28,7 @@ class Preprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     batch_size: int
+    latents: str = ""  # a generator's: the sample's latents file, its inputs (the images are its outputs)
 
     @property
     def channels(self) -> int:
@@ -49,24 +51,31 @@ def iter_batches(root: Path, groups: Sequence[Sequence[ImageRecord]], prep: Prep
                  skipped: list[tuple[int, str]], device: str = "cpu") -> Iterator[Batch]:
     """One decoded batch per group; files that cannot be decoded are appended to `skipped` as (image_id, reason)."""
 
-    def decode(group: Sequence[ImageRecord]) -> tuple[list[int], list[np.ndarray], list[tuple[int, str]]]:
-        ids, arrays, bad = [], [], []
+    def decode(group: Sequence[ImageRecord]) -> tuple[list[int], list[np.ndarray], list[tuple[int, str]], list[str]]:
+        ids, arrays, bad, names = [], [], [], []
         for rec in group:
             try:
                 arrays.append(load_image(root / rec.path, prep.input_size, prep.channels))
                 ids.append(rec.image_id)
+                names.append(rec.path)
             except SkippedImage as exc:
                 bad.append((rec.image_id, str(exc)))
-        return ids, arrays, bad
+        return ids, arrays, bad, names
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(decode, groups[0]) if groups else None
         for i in range(len(groups)):
-            ids, arrays, bad = pending.result()
+            ids, arrays, bad, names = pending.result()
             pending = pool.submit(decode, groups[i + 1]) if i + 1 < len(groups) else None
             skipped.extend(bad)
             if not ids:
                 continue
             pixels = np.stack(arrays)
-            inputs = to_model_input(pixels, prep.mean, prep.std).to(device)
-            yield Batch(pixels, inputs, np.asarray(ids, dtype=np.int64))
+            yield Batch(pixels, model_inputs(pixels, names, prep, device), np.asarray(ids, dtype=np.int64))
+
+
+def model_inputs(pixels: np.ndarray, names: list[str], prep: Preprocess, device: str) -> torch.Tensor:
+    """What the model reads for these images: the normalized pixels, or a generator's latents that made them."""
+    if prep.latents:
+        return latent_inputs(prep.latents, names, device)
+    return to_model_input(pixels, prep.mean, prep.std).to(device)

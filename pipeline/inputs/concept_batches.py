@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.inputs.batches import Preprocess
+from pipeline.inputs.batches import Preprocess, model_inputs
 from pipeline.inputs.broden import Broden, ConceptImage, load_masks
-from pipeline.inputs.images import SkippedImage, load_image, to_model_input
+from pipeline.inputs.images import SkippedImage, load_image
 
 
 @dataclass
@@ -40,7 +40,7 @@ def iter_concept_batches(broden: Broden, ids: Sequence[int], prep: Preprocess,
     groups = [list(ids[s:s + prep.batch_size]) for s in range(0, len(ids), prep.batch_size)]
 
     def decode(group: list[int]):
-        kept, pixels, masks, labels, sizes, bad = [], [], [], [], [], []
+        kept, pixels, masks, labels, sizes, bad, names = [], [], [], [], [], [], []
         for i in group:
             image: ConceptImage = broden.images[i]
             try:
@@ -52,16 +52,17 @@ def iter_concept_batches(broden: Broden, ids: Sequence[int], prep: Preprocess,
                 bad.append((i, f"{image.image} (index.csv row {image.row}): {exc}"))
                 continue
             kept.append(i)
+            names.append(image.image)
             labels.append(image.labels)
             sizes.append(image.mask_size)
-        return kept, pixels, masks, labels, sizes, bad
+        return kept, pixels, masks, labels, sizes, bad, names
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(decode, groups[0]) if groups else None
         for n in range(len(groups)):
-            kept, pixels, masks, labels, sizes, bad = pending.result()
+            kept, pixels, masks, labels, sizes, bad, names = pending.result()
             pending = pool.submit(decode, groups[n + 1]) if n + 1 < len(groups) else None
             skipped.extend(bad)
             if kept:
-                inputs = to_model_input(np.stack(pixels), prep.mean, prep.std).to(device)
+                inputs = model_inputs(np.stack(pixels), names, prep, device)
                 yield ConceptBatch(inputs, np.asarray(kept, dtype=np.int64), masks, labels, sizes)

@@ -15,7 +15,8 @@ def json_fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-SCHEME = 4  # how layer fingerprints are made (3: with the layout, 4: dissection keeps purity); a catalog of another
+SCHEME = 5  # how layer fingerprints are made (3: with the layout, 4: dissection keeps purity, 5: the preprocessing
+# names a generator's latents); a catalog of another
 # scheme has nothing to reuse
 
 

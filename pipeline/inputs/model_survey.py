@@ -38,8 +38,8 @@ class ModelSurvey:
     left_out: list[dict] = field(default_factory=list)  # {name, shape, layout, why} of a default selection's modules not read
 
 
-def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, int, int], explicit: bool = True,
-                 layouts: dict[str, str] | None = None) -> ModelSurvey:
+def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, ...], explicit: bool = True,
+                 layouts: dict[str, str] | None = None, image_hw: tuple[int, int] | None = None) -> ModelSurvey:
     """The survey of `layers` (module paths) from one forward pass on a batch of 2 zero images. `explicit`: the
     job named them (a module that cannot be read is an error), else they are the default selection (it is left
     out); `layouts`: [model] layouts, module path or glob -> layout, for outputs whose layout cannot be told."""
@@ -51,7 +51,8 @@ def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, in
         )
     modules = dict(model.named_modules())
     x = torch.zeros((2, *input_shape))
-    trace = _Trace(layers, layouts or {}, input_shape[1:])
+    hw = image_hw or input_shape[1:]  # a generator's input is a latent: its images' side is given
+    trace = _Trace(layers, layouts or {}, hw)
     handles = [m.register_forward_hook(lambda m, _i, o, name=name: trace.on_leaf(m, o, name))
                for name, m in modules.items() if name and not any(True for _ in m.children())]
     handles += [modules[name].register_forward_hook(lambda m, _i, o, name=name: trace.on_layer(m, o, name))
@@ -69,7 +70,7 @@ def survey_model(model: nn.Module, layers: list[str], input_shape: tuple[int, in
         for h in handles:
             h.remove()
     shapes, found = trace.shapes, trace.found
-    placed = {name: _placed(shapes[name], found.get(name), trace.grids[: trace.grids_seen.get(name, 0)], input_shape[1:])
+    placed = {name: _placed(shapes[name], found.get(name), trace.grids[: trace.grids_seen.get(name, 0)], hw)
               for name in layers}
     for name in layers:  # a channels-last output inside a block that cuts its map into windows with its own code
         if found.get(name) == NHWC and (windowed := partition_of(modules, name, shapes[name][-1])):

@@ -60,6 +60,17 @@ def around_peak(field: ReceptiveField, grid: tuple[int, int], input_hw: tuple[in
     return ReceptiveField(jump, offset, size, whole_image=False, exact=False, around_peak=True)
 
 
+def grid_cell(grid: tuple[int, int], image_hw: tuple[int, int]) -> ReceptiveField:
+    """A generator's unit region: a position's cell of the layer's grid scaled to the generated image (GAN
+    Dissection's), widened around the cell to a quarter of the image's side at least, so that a fine layer's crop
+    still shows what is drawn around it. A layer without a grid draws on the whole image."""
+    if grid == (1, 1):
+        return WHOLE
+    jump = (max(1, image_hw[0] // grid[0]), max(1, image_hw[1] // grid[1]))
+    size = (max(jump[0], image_hw[0] // 4), max(jump[1], image_hw[1] // 4))
+    return ReceptiveField(jump, (jump[0] // 2 - size[0] // 2, jump[1] // 2 - size[1] // 2), size)
+
+
 WHOLE = ReceptiveField(whole_image=True)
 UNKNOWN = ReceptiveField(whole_image=True, exact=False)
 

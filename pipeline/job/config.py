@@ -40,9 +40,24 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LatentsConfig:
+    """[latents]: the model is a generator; its inputs are latents drawn with `seed` (row i from its own generator,
+    so a larger count keeps the first rows), and its outputs, mapped to pixels by [model] mean and std, are the
+    images every stage reads (written once to `folder`)."""
+
+    count: int = 512
+    shape: tuple[int, ...] = ()  # one latent's shape (no batch axis)
+    distribution: str = "normal"  # "normal": N(0, 1); "uniform": U(-1, 1)
+    seed: int = 0
+    folder: Path | None = None  # where the generated sample is written; default: beside the catalog, <catalog>.sample
+
+
+@dataclass(frozen=True)
 class ConceptsConfig:
     broden: Path | None = None
     categories: tuple[str, ...] | None = None  # None: every category column of index.csv
+    segmenter: str = ""  # a generator job's segmenter: "file.py:function" or "pkg.module:function" (README)
+    segmenter_weights: Path | None = None  # its state_dict
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,7 @@ class JobConfig:
     seed: int = 0
     previous: str = ""  # a catalog to reuse unchanged results from (relative to the job file), or "latest"
     model: ModelConfig = field(default_factory=ModelConfig)
+    latents: LatentsConfig | None = None
     data: DataConfig = field(default_factory=DataConfig)
     concepts: ConceptsConfig = field(default_factory=ConceptsConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)

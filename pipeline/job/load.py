@@ -36,6 +36,10 @@ def load_job(path: str | Path, stages: Mapping[str, Stage]) -> JobConfig:
     target, _, fn = job.model.factory.rpartition(":")
     if target.endswith(".py"):  # a factory file is relative to the job file, like every other path
         job = dataclasses.replace(job, model=dataclasses.replace(job.model, factory=f"{(job.path.parent / target).resolve()}:{fn}"))
+    target, _, fn = job.concepts.segmenter.rpartition(":")
+    if target.endswith(".py"):
+        job = dataclasses.replace(job, concepts=dataclasses.replace(
+            job.concepts, segmenter=f"{(job.path.parent / target).resolve()}:{fn}"))
     return job
 
 
@@ -148,11 +152,36 @@ def _check_values(job: JobConfig, stages: Mapping[str, Stage]) -> None:
             raise UserError(f"job key '{key}' must be 0 or more, got {value}.")
     if job.ray.gpus_per_worker < 0:
         raise UserError(f"job key 'ray.gpus_per_worker' must be 0 or more, got {job.ray.gpus_per_worker}.")
-    if job.data.images is None:
-        raise UserError(f"job file {job.path}: [data] images is missing: set it to an image folder.")
+    if job.latents is not None:
+        _check_generator(job)
+    elif job.data.images is None:
+        raise UserError(f"job file {job.path}: [data] images is missing: set it to an image folder (or, for a "
+                        "generator, add [latents]).")
+    elif job.concepts.segmenter:
+        raise UserError("job key 'concepts.segmenter' segments generated images: it needs [latents] (a generator "
+                        "job). For a classifier, point [concepts] broden at a Broden-format directory instead.")
     if job.output.catalog is None:
         raise UserError(f"job file {job.path}: [output] catalog is missing: set it to the catalog directory to write.")
     check_output_location(job, job.output.catalog, "[output] catalog")
+
+
+def _check_generator(job: JobConfig) -> None:
+    """A generator job's [latents], and the tables it replaces."""
+    z = job.latents
+    if job.data.images is not None:
+        raise UserError(f"job file {job.path}: [latents] makes the model a generator whose images are generated, so "
+                        "[data] images has no use; remove one of them.")
+    if z.count < 1 or not z.shape or any(n < 1 for n in z.shape):
+        raise UserError(f"job keys 'latents.count' and 'latents.shape' must be positive, got count {z.count} and shape "
+                        f"{list(z.shape)}: write e.g. count = 512, shape = [128] (one latent's shape, no batch axis).")
+    if z.distribution not in ("normal", "uniform"):
+        raise UserError(f"job key 'latents.distribution' must be 'normal' or 'uniform', got {z.distribution!r}.")
+    if job.concepts.broden is not None:
+        raise UserError("job key 'concepts.broden' of a generator job: its concepts come from segmenting the generated "
+                        "images; set [concepts] segmenter instead.")
+    if job.concepts.segmenter and ":" not in job.concepts.segmenter:
+        raise UserError(f"job key 'concepts.segmenter' = {job.concepts.segmenter!r} must look like "
+                        "\"pkg.module:function\" or \"file.py:function\".")
 
 
 def check_output_location(job: JobConfig, catalog: Path, key: str = "--out") -> None:
@@ -180,9 +209,11 @@ def check_output_location(job: JobConfig, catalog: Path, key: str = "--out") -> 
 def check_inputs_exist(job: JobConfig) -> None:
     """The model's and the data's files must exist; called after [prepare] had its chance to make them."""
     m = job.model
-    needed = {"model.weights": m.weights, "model.archive": m.archive, "data.images": job.data.images}
-    if m.factory.rpartition(":")[0].endswith(".py"):
-        needed["model.factory"] = Path(m.factory.rpartition(":")[0])
+    needed = {"model.weights": m.weights, "model.archive": m.archive, "data.images": job.data.images,
+              "concepts.segmenter_weights": job.concepts.segmenter_weights}
+    for key, spec in (("model.factory", m.factory), ("concepts.segmenter", job.concepts.segmenter)):
+        if spec.rpartition(":")[0].endswith(".py"):
+            needed[key] = Path(spec.rpartition(":")[0])
     for key, p in needed.items():
         check_exists(job, key, p)
 

@@ -32,6 +32,7 @@ from pipeline.render.chart import concept_chart
 from pipeline.render.class_pages import write_class_pages
 from pipeline.render.diff_page import diff_context
 from pipeline.render.importance import class_bars, importance_context
+from pipeline.render.interventions import write_intervention_pages
 from pipeline.render.prefix_tokens import prefix_summaries
 from pipeline.render.relations import connection_strips, dictionary_strips, neighbour_strips, write_search_index
 from pipeline.render.spectrum import featvis_kinds, spectrum_pictures, spectrum_strips
@@ -114,7 +115,8 @@ def _write(catalog: Catalog, site: Path, workers: int, diff: tuple[str, pd.DataF
     searchable = write_search_index(catalog, units, slug, site)
     layers = [_layer_summary(layer, units, slug) for layer in m["layers"]]
     pages, class_rows, class_links = write_class_pages(env, common, catalog, site, slug)
-    pages += 1
+    edits, edit_rows, edit_strips = write_intervention_pages(env, common, catalog, site, slug)
+    pages += 1 + edits
     for info in layers:
         rows = units[units["layer"] == info["name"]].sort_values("unit")
         featvis = catalog.has_array("featvis", info["name"])
@@ -127,15 +129,16 @@ def _write(catalog: Catalog, site: Path, workers: int, diff: tuple[str, pd.DataF
                                        [("Similar units", "similar", neighbour_strips(catalog, info["name"], slug)),
                                         ("Connections", "connections", connection_strips(catalog, info["name"], slug)),
                                         ("Dictionary", "dictionary", dictionary_strips(catalog, info["name"], slug)),
-                                        ("Classes", "classes", {u: strip for (layer, u), strip in class_links.items()
-                                                                if layer == info["name"]})])
+                                        *[(heading, anchor, {u: s for (layer, u), s in links.items() if layer == info["name"]})
+                                          for heading, anchor, links in (("Classes", "classes", class_links),
+                                                                         ("Interventions", "interventions", edit_strips))]])
     if diff is not None:
         (site / "diff.html").write_text(env.get_template("diff.html").render(
             **common, title=f"changes - {common['model_name']}", root="", **diff_context(diff[1], diff[0], slug)))
         pages += 1
     (site / "index.html").write_text(env.get_template("index.html").render(
         **common, title=common["model_name"], root="", diff_old=diff[0] if diff else None, search=searchable,
-        class_rows=class_rows,
+        class_rows=class_rows, intervention_rows=edit_rows,
         **_index_context(catalog, units, layers, slug)))
     return pages, images
 

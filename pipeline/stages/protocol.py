@@ -106,6 +106,8 @@ class Stage(Generic[SettingsT, PartT, ResultT]):
     needs: ClassVar[tuple[type[Stage], ...]] = ()  # stages that run first; `run` reads their results (Context.result_of)
     arrays: ClassVar[tuple[ArrayKind, ...]] = ()  # arrays a previous catalog must hold for a layer to be reused
     reasons: ClassVar[dict[str, str]] = {}  # input name -> why a change of it means computing again (see inputs)
+    generators: ClassVar[bool] = False  # runs on a generator job ([latents]); else refused with `not_for_generators`
+    not_for_generators: ClassVar[str] = "it reads a classifier"
 
     def settings(self, job: JobConfig) -> SettingsT:
         """The section as the job gives it, defaults when it is absent."""

@@ -45,6 +45,7 @@ class ActivationsPart:
 
 class ActivationsStage(Stage[ActivationsSettings, ActivationsPart, ActivationsResult]):
     name = "activations"
+    generators = True
     Settings = ActivationsSettings
     needs = ()
     arrays = (cs.EXAMPLES, cs.HEATMAPS, cs.MEAN_MAPS, cs.PROBES)  # not SPECTRUM: absent where spectrum_quantiles = 0

@@ -35,6 +35,7 @@ SANITY_SEED_STREAM = 35  # beside the job's seed: the randomized model's own str
 
 class AttributionStage(Stage[AttributionSettings, dict, dict]):
     name = "attribution"
+    not_for_generators = "its maps explain a classifier's input pixels, and a generator's input is a latent"
     Settings = AttributionSettings
     needs = (ActivationsStage,)  # the maps explain the units' top examples
 

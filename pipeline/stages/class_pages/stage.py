@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 class ClassPagesStage(Stage[ClassesSettings, ClassesPart, ClassesResult]):
     name = "class_pages"
+    not_for_generators = "class pages need a classifier's head and labelled images"
     Settings = ClassesSettings
     needs = (ActivationsStage,)  # every catalog has the activations' units table
 

@@ -29,6 +29,7 @@ Pair = tuple[LayerInfo, LayerInfo]  # (earlier, later)
 
 class ConnectionsStage(Stage[ConnectionsSettings, tuple, dict]):
     name = "connections"
+    not_for_generators = "its expanded weights start from an input image; not built for a latent input yet"
     Settings = ConnectionsSettings
     needs = (ActivationsStage,)  # the connections are read at the earlier layer's mean activation map
     reasons = {"earlier": "the weights of the layer before it changed"}

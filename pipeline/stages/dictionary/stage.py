@@ -42,6 +42,7 @@ HELD_OUT_STREAM = 34  # a fixed number beside the job's seed: the held-out pick'
 
 class DictionaryStage(Stage[DictionarySettings, DictionaryPart, DictionaryResult]):
     name = "dictionary"
+    not_for_generators = "dictionaries over a generator's layers are not built or tested yet"
     Settings = DictionarySettings
     arrays = (cs.DICTIONARY_DECODER, cs.DICTIONARY_ENCODER)
 

@@ -52,6 +52,7 @@ class DissectionPart:
 
 class DissectionStage(Stage[DissectionSettings, DissectionPart, DissectionOutput]):
     name = "dissection"
+    generators = True  # on the generated images and the segmenter's masks
     Settings = DissectionSettings
     needs = (ActivationsStage,)  # every catalog has the activations' units table
     reasons = {"concepts": "the concept data set changed"}

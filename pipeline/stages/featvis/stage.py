@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 class FeatvisStage(Stage[FeatvisSection, FeatvisPart, FeatvisResult]):
     name = "featvis"
+    not_for_generators = ("it optimizes an input image, and a generator's input is a latent (optimizing the latent "
+                          "for a unit is not built yet)")
     Settings = FeatvisSection
     needs = (ActivationsStage,)  # the projections start from the top examples
     reasons = {"activations": "the activations stage's settings changed"}

@@ -48,6 +48,7 @@ class ShapleyPart:
 
 class ShapleyStage(Stage[ShapleySettings, ShapleyPart, Any]):
     name = "shapley"
+    not_for_generators = "its metric is a classifier's accuracy on labelled images"
     Settings = ShapleySettings
     needs = (ActivationsStage,)  # a removed unit is replaced by its mean activation map
     reasons = {"activations": "the activations stage's settings changed", "eval_set": "the evaluation images changed",

@@ -35,6 +35,7 @@ BLOCK_UNITS = 2048  # query units per task
 
 class SimilarityStage(Stage[SimilaritySettings, dict, SimilarityResult]):
     name = "similarity"
+    generators = True
     Settings = SimilaritySettings
     needs = (ActivationsStage,)  # units are compared on their activations on the probe images
 

@@ -27,6 +27,7 @@ PROBES, DECODER = "probe activations", "decoder directions"
 
 class MapStage(Stage[MapSettings, tuple, dict]):
     name = "unit_map"
+    generators = True
     Settings = MapSettings
     needs = (ActivationsStage,)  # neurons are placed by their activations on the probe images
 
