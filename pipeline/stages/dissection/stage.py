@@ -22,7 +22,7 @@ from pipeline.inputs.concept_batches import iter_concept_batches
 from pipeline.inputs.fingerprints import concepts_fingerprint, json_fingerprint
 from pipeline.inputs.models import LayerInfo
 from pipeline.job.checks import check_exists
-from pipeline.stages.dissection import passes, radix
+from pipeline.stages.dissection import iqr, passes, radix
 from pipeline.stages.dissection.tally import DissectionResult, LabelSpace
 from pipeline.stages.dissection.thresholds import finalize_thresholds
 from pipeline.stages.dissection.results import DissectionOutput
@@ -98,7 +98,9 @@ class DissectionStage(Stage[DissectionSettings, DissectionPart, DissectionOutput
         cfg, part = ctx.settings, ctx.part
         space, broden = passes.label_space(part.broden), driver.share(part.broden)
         route = passes.threshold_passes(layers, len(part.broden.images), cfg.quantile, cfg.threshold_memory_mb)
-        if route[0] == "dissection-thresholds":
+        if cfg.threshold == "iqr":
+            thresholds = _iqr_thresholds(driver, part, broden, layers, space)
+        elif route[0] == "dissection-thresholds":
             thresholds = _thresholds(driver, part, broden, layers, cfg.quantile)
         else:
             thresholds = _radix_thresholds(driver, part, broden, layers, cfg.quantile)
@@ -138,7 +140,19 @@ def _radix_thresholds(driver: Driver, part: DissectionPart, broden: Shared, laye
     return {name: radix.thresholds(state) for name, state in states.items()}
 
 
-def _check_concepts_read(partial: passes.ConceptPartial, broden: Broden) -> None:
+def _iqr_thresholds(driver: Driver, part: DissectionPart, broden: Shared, layers: list[LayerInfo],
+                    space: LabelSpace) -> dict[str, np.ndarray]:
+    """GAN Dissection's rule: each unit's level of best information quality ratio with a concept (iqr.py)."""
+    sample = driver.fan_out("dissection-iqr-levels", "dissection IQR levels", part.shards, iqr.sample_shard,
+                            lambda _total: (broden, layers), iqr.merge, iqr.empty_sample(layers))
+    _check_concepts_read(sample, part.broden)
+    levels = {name: iqr.levels_of(values) for name, values in sample.layers.items()}
+    counts = driver.fan_out("dissection-iqr-counts", "dissection IQR counts", part.shards, iqr.count_shard,
+                            lambda _total: (broden, layers, levels, space), iqr.merge, iqr.empty_counts(layers, space))
+    return {name: iqr.thresholds_of(c, counts.labels, counts.pixels, levels[name]) for name, c in counts.layers.items()}
+
+
+def _check_concepts_read(partial: passes.ConceptPartial | iqr.IqrPartial, broden: Broden) -> None:
     if partial.images == 0:
         raise UserError(f"concepts.broden {broden.root}: none of its {len(broden.images)} images could be read "
                         f"(first: {partial.skipped[0][1] if partial.skipped else '?'}). Fix the images or their masks.")
