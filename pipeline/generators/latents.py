@@ -3,6 +3,7 @@ first rows are the same whatever the count, and a worker can draw any row it nee
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,8 +23,14 @@ def sample_latents(cfg: LatentsConfig, start: int = 0, stop: int | None = None) 
 
 
 @lru_cache(maxsize=4)
-def _latents(path: str) -> np.ndarray:
+def _opened(path: str, version: tuple[int, int]) -> np.ndarray:
     return np.load(path, mmap_mode="r")
+
+
+def _latents(path: str) -> np.ndarray:
+    """The file mapped once per process, and again when a new sample replaced it (actors outlive runs)."""
+    stat = os.stat(path)
+    return _opened(path, (stat.st_ino, stat.st_mtime_ns))
 
 
 def latent_inputs(path: str, names: list[str], device: str = "cpu") -> torch.Tensor:

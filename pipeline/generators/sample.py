@@ -96,8 +96,12 @@ def _existing(folder: Path, fingerprint: str) -> Sample | None:
 
 def generate(model: nn.Module, latents: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """uint8 [N, H, W, C]: the generator's images of `latents`, mapped to pixels by mean and std."""
-    with torch.inference_mode():
-        out = model(torch.from_numpy(latents))
+    try:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(latents))
+    except Exception as exc:
+        raise UserError(f"the generator failed on latents of shape {tuple(latents.shape)}: {type(exc).__name__}: {exc}. "
+                        "Check [latents] shape (one latent's shape, without the batch axis).") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[1] != len(mean) or out.shape[2] != out.shape[3]:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"the generator returned {got} for latents of shape {tuple(latents.shape)}: a generator must "
