@@ -1,6 +1,7 @@
 """Dissecting a generator (GAN Dissection) on a planted layout generator whose answers are known without training
-(tests/assets/generators.py): every object is drawn by known units, one unit is dead, one object is drawn by either
-of a twin pair, and 58 filler units draw nothing."""
+(tests/assets/generators.py): every object is drawn by known units in a palette colour of the concept world (read
+by the exact palette segmenter), one unit is dead, one object is drawn by either of a twin pair, and 58 filler units
+draw nothing."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ std = [0.5, 0.5, 0.5]
 count = {count}
 shape = [12]
 [concepts]
-segmenter = "generators.py:four_colours"
+segmenter = "pipeline.generators.palette:palette_segmenter"
 [stages.activations]
 k = 4
 patch_size = 16
@@ -219,7 +220,7 @@ def test_the_palette_segmenter_gives_the_concept_world_s_colour_masks_exactly(tm
      "'latents.distribution' must be 'normal' or 'uniform', got 'cauchy'"),
     (lambda t: t.replace("[ray]", "[stages.shapley]\n[ray]"),
      "stage(s) 'shapley' cannot run on a generator ([latents]): shapley: its metric is a classifier's accuracy"),
-    (lambda t: t.replace("generators.py:four_colours", "generators.py:planted_layout"),
+    (lambda t: t.replace("pipeline.generators.palette:palette_segmenter", "generators.py:planted_layout"),
      "generators.py:planted_layout: the module needs `labels`, a list of (concept name, category)"),
     (lambda t: t.replace("shape = [12]", "shape = [7]"), "the generator failed on latents of shape (8, 7): IndexError"),
     (lambda t: t.replace('layers = ["layout"]', 'layers = ["nowhere"]'),

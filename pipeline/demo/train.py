@@ -55,7 +55,7 @@ def recipe_fingerprint(world_json: dict, epochs: int, seed: int, batch_size: int
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _read_world(world: Path) -> dict:
+def read_world(world: Path) -> dict:
     """The world's world.json; UserError when `world` is not a concept world."""
     try:
         return json.loads((world / "world.json").read_text(encoding="utf-8"))
@@ -64,19 +64,19 @@ def _read_world(world: Path) -> dict:
                         f"`neuron-catalog make-concepts {world}`.") from None
 
 
-def _sidecar(weights: Path) -> Path:
+def sidecar(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _cached(weights: Path, fingerprint: str) -> TrainResult | None:
     """The recorded result when the sidecar's fingerprint matches and the weights are the ones it recorded."""
     try:
-        record = json.loads(_sidecar(weights).read_text(encoding="utf-8"))
-        if record.get("fingerprint") != fingerprint or record.get("weights_sha256") != _sha256(weights):
+        record = json.loads(sidecar(weights).read_text(encoding="utf-8"))
+        if record.get("fingerprint") != fingerprint or record.get("weights_sha256") != sha256_of(weights):
             return None
         return TrainResult(record["train_accuracy"], record["heldout_accuracy"], record["chance"],
                            record["seconds"], True, fingerprint)
@@ -144,7 +144,7 @@ def train_demo_model(world: Path, weights_out: Path, *, epochs: int, seed: int, 
     world, weights_out = Path(world), Path(weights_out)
     if epochs < 1 or batch_size < 1:
         raise UserError(f"demo model training needs epochs >= 1 and batch_size >= 1, got {epochs} and {batch_size}.")
-    fingerprint = recipe_fingerprint(_read_world(world), epochs, seed, batch_size, lr)
+    fingerprint = recipe_fingerprint(read_world(world), epochs, seed, batch_size, lr)
     cached = _cached(weights_out, fingerprint)
     if cached is not None:
         return cached
@@ -157,9 +157,9 @@ def train_demo_model(world: Path, weights_out: Path, *, epochs: int, seed: int, 
     seconds = time.perf_counter() - start
     weights_out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(weights_out, lambda p: torch.save(model.state_dict(), p))
-    record = {"fingerprint": fingerprint, "weights_sha256": _sha256(weights_out), "architecture": ARCHITECTURE,
+    record = {"fingerprint": fingerprint, "weights_sha256": sha256_of(weights_out), "architecture": ARCHITECTURE,
               "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr, "mean": list(MEAN), "std": list(STD),
               "classes": list(SCENE_NAMES), "train_images": int((~held).sum()), "heldout_images": int(held.sum()),
               "train_accuracy": train_acc, "heldout_accuracy": held_acc, "chance": chance, "seconds": seconds}
-    write_atomically(_sidecar(weights_out), lambda p: p.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n"))
+    write_atomically(sidecar(weights_out), lambda p: p.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n"))
     return TrainResult(train_acc, held_acc, chance, seconds, False, fingerprint)

@@ -94,8 +94,9 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class ConceptWorldRecipe:
-    """Generate the concept world at [concepts] broden when it is missing."""
+    """Generate the concept world at `path` ([concepts] broden when not given) when it is missing."""
 
+    path: Path | None = None
     images: int = 800
     size: int = 64
     seed: int = 0
@@ -110,9 +111,20 @@ class DemoModelRecipe:
 
 
 @dataclass(frozen=True)
+class DemoGeneratorRecipe:
+    """Train the demo generator into [model] weights and its segmenter into [concepts] segmenter_weights, on the
+    concept world at [prepare.concept_world] path, when missing or trained from another recipe."""
+
+    epochs: int = 40
+    segmenter_epochs: int = 12
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class PrepareConfig:
     concept_world: ConceptWorldRecipe | None = None
     demo_model: DemoModelRecipe | None = None
+    demo_generator: DemoGeneratorRecipe | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-OBJECTS = {"red": (210, 40, 40), "green": (50, 160, 60), "blue": (40, 80, 210), "yellow": (240, 215, 50)}
+OBJECTS = {"red": (210, 40, 40), "green": (50, 160, 60), "blue": (40, 80, 210), "yellow": (240, 215, 50)}  # palette
 DRAWN_BY = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (3, 4)}
 DEAD, FILLERS, GRID, SIZE, CELL = 5, 58, 8, 32, 4
 BACKGROUND = (90, 90, 90)
@@ -69,22 +69,3 @@ class PlantedLayout(nn.Module):
 
 def planted_layout() -> nn.Module:
     return PlantedLayout()
-
-
-class FourColours(nn.Module):
-    """A segmenter for the planted generator: the four object colours exactly (any pixel within 8 of one)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.labels = [(name, "color") for name in OBJECTS]
-        self.register_buffer("colours", torch.tensor(list(OBJECTS.values()), dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rgb = (x * 255).round().permute(0, 2, 3, 1)
-        distance = (rgb[..., None, :] - self.colours).abs().amax(dim=-1)
-        nearest, index = distance.min(dim=-1)
-        return torch.where(nearest <= 8, index + 1, torch.zeros_like(index))
-
-
-def four_colours() -> nn.Module:
-    return FourColours()

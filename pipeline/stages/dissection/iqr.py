@@ -100,7 +100,8 @@ def count_shard(worker: Worker, shard, broden: Shared, layers: list[LayerInfo], 
         up = F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)  # [N, U, sh, sw]
         n, units = up.shape[:2]
         values = up.permute(1, 0, 2, 3).reshape(units, -1)
-        k = torch.searchsorted(torch.from_numpy(levels[name]).to(values.device), values.contiguous())  # [U, N*S]
+        bounds = torch.tensor(np.ascontiguousarray(levels[name]), device=values.device)
+        k = torch.searchsorted(bounds, values.contiguous())  # [U, N*S]
         bins = (space.size + 1) * (LEVELS + 1)
         base = torch.arange(units, device=values.device)[:, None] * bins + k
         keys = [base.reshape(-1)]  # column 0: every pixel, once

@@ -20,6 +20,9 @@ from pipeline.stages.interventions.choose import Task
 from pipeline.stages.protocol import Shared, Worker
 
 
+BATCH_IMAGES = 64  # generated images per forward when unit sets are edited together (measured best on a CPU)
+
+
 @dataclass
 class Outcome:
     """One task's measures. Curves hold, per n = 1..len(top), concept pixels over the images after the edit."""
@@ -69,55 +72,61 @@ def _editor(model: nn.Module, layer: str):
 
 
 def intervene(worker: Worker, task: Task, segmenter: Shared, labels: int) -> Outcome:
+    """On an actor: the task's curves (every unit set of every n in batched forwards) and its strips."""
     seg = worker.memo("segmenter", segmenter, lambda recipe: build_segmenter(recipe).to(worker.device))
-    prep, device = worker.prep, worker.device
+    prep, device, units, n = worker.prep, worker.device, task.layer.units, len(task.top)
 
-    def pixels_of(out: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        images = to_pixels(out, prep.mean, prep.std).numpy()
-        return images, (segment(seg, images, labels, device) == task.number).any(axis=1)
+    def concept_of(out: torch.Tensor) -> np.ndarray:
+        return (segment(seg, to_pixels(out, prep.mean, prep.std).numpy(), labels, device) == task.number).any(axis=1)
 
     present = latent_inputs(prep.latents, list(task.present), device)
     absent = latent_inputs(prep.latents, list(task.absent), device)
+    sets = [task.top[:k] for k in range(1, n + 1)] + [d[:k] for d in task.random for k in range(1, n + 1)]
     with _editor(worker.model(), task.layer.name) as g:
-        images, masks = pixels_of(g.run(present)) if len(present) else (None, None)
-        acts = g.seen  # the layer on the present images: the units' concept-present means
-        mean_of = lambda units: _present_means(acts, masks, units)  # noqa: E731
-        count = lambda z, edit: int(pixels_of(g.run(z, edit))[1].sum()) if len(z) else 0  # noqa: E731
-        off = _ablation
-        on = lambda units: _insertion(units, mean_of(units), task.region)  # noqa: E731
-        values, n = mean_of(task.top), len(task.top)
-        ablate_top = np.array([count(present, off(task.top[:k])) for k in range(1, n + 1)], np.int64)
-        ablate_random = np.array([[count(present, off(d[:k])) for k in range(1, n + 1)] for d in task.random], np.int64)
-        insert_before = count(absent, None)
-        insert_top = np.array([count(absent, on(task.top[:k])) for k in range(1, n + 1)], np.int64)
-        insert_random = np.array([[count(absent, on(d[:k])) for k in range(1, n + 1)] for d in task.random], np.int64)
-        before = int(masks.sum()) if masks is not None else 0
-        a = int(np.argmin(ablate_top)) + 1 if len(present) else n
-        i = int(np.argmax(insert_top)) + 1 if len(absent) else n
-        strip = _strip(g, present, absent, images, off(task.top[:a]), on(task.top[:i]), task.examples, prep)
+        masks = concept_of(g.run(present)) if len(present) else None
+        means = _present_means(g.seen, masks, range(units)) if masks is not None else np.zeros(units, np.float32)
+        ablated = _counts(g, present, sets, lambda m: _edit("ablate", m, means, task.region), units, concept_of)
+        inserted = _counts(g, absent, sets, lambda m: _edit("insert", m, means, task.region), units, concept_of)
+        insert_before = int(concept_of(g.run(absent)).sum()) if len(absent) else 0
+        a = int(np.argmin(ablated[:n])) + 1 if len(present) else n
+        i = int(np.argmax(inserted[:n])) + 1 if len(absent) else n
+        strip = _strip(g, present, absent, (task.top[:a], task.top[:i]), means, task, prep)
     h, w = task.layer.spatial
     mh, mw = masks.shape[1:] if masks is not None else (0, 0)
     y0, x0, y1, x1 = task.region
     region = round((y1 - y0) * mh / h) * round((x1 - x0) * mw / w) if mh else 0
-    return Outcome(task, before, ablate_top, ablate_random, insert_before, insert_top, insert_random, region, values,
-                   strip, (a, i))
+    return Outcome(task, int(masks.sum()) if masks is not None else 0, ablated[:n], ablated[n:].reshape(-1, n),
+                   insert_before, inserted[:n], inserted[n:].reshape(-1, n), region, means[list(task.top)], strip,
+                   (a, i))
 
 
-def _ablation(units: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
-    index = list(units)
+def _counts(g: _Editor, z: torch.Tensor, sets: list[tuple[int, ...]], edit_of, units: int, concept_of) -> np.ndarray:
+    """int64 [sets]: the concept's pixels over the images `z` with each unit set edited, BATCH_IMAGES at a time."""
+    if not len(z):
+        return np.zeros(len(sets), np.int64)
+    found = []
+    per = max(1, BATCH_IMAGES // len(z))
+    for start in range(0, len(sets), per):
+        chunk = sets[start:start + per]
+        mask = torch.zeros(len(chunk), units, dtype=torch.bool)
+        for j, chosen in enumerate(chunk):
+            mask[j, list(chosen)] = True
+        hits = concept_of(g.run(z.repeat(len(chunk), *[1] * (z.dim() - 1)), edit_of(mask.repeat_interleave(len(z), 0))))
+        found += hits.reshape(len(chunk), -1).sum(axis=1).tolist()
+    return np.asarray(found, np.int64)
+
+
+def _edit(kind: str, mask: torch.Tensor, means: np.ndarray, region: tuple[int, int, int, int]):
+    """An edit of the layer's output [B, U, h, w]: per image, the units of mask [B, U] set to 0 everywhere (ablate) or
+    to their concept-present mean in the region (insert)."""
+    y0, x0, y1, x1 = region
 
     def edit(out: torch.Tensor) -> torch.Tensor:
-        out[:, index] = 0
-        return out
-    return edit
-
-
-def _insertion(units: Sequence[int], values: np.ndarray, region: tuple[int, int, int, int]):
-    index, (y0, x0, y1, x1) = list(units), region
-
-    def edit(out: torch.Tensor) -> torch.Tensor:
-        v = torch.as_tensor(np.asarray(values), dtype=out.dtype, device=out.device).view(1, -1, 1, 1)
-        out[:, index, y0:y1, x0:x1] = v
+        m = mask.to(out.device)[:, :, None, None]
+        if kind == "ablate":
+            return out.masked_fill(m, 0)
+        v = torch.as_tensor(means, dtype=out.dtype, device=out.device).view(1, -1, 1, 1)
+        out[:, :, y0:y1, x0:x1] = torch.where(m, v, out[:, :, y0:y1, x0:x1])
         return out
     return edit
 
@@ -133,15 +142,17 @@ def _present_means(acts: torch.Tensor, masks: np.ndarray | None, units: Sequence
     return (picked * cover[:, None]).sum(dim=(0, 2, 3)).div(cover.sum()).numpy().astype(np.float32)
 
 
-def _strip(g: _Editor, present: torch.Tensor, absent: torch.Tensor, images: np.ndarray | None, off, on, examples: int,
-           prep) -> np.ndarray:
+def _strip(g: _Editor, present: torch.Tensor, absent: torch.Tensor, chosen: tuple[tuple[int, ...], tuple[int, ...]],
+           means: np.ndarray, task: Task, prep) -> np.ndarray:
     """[examples, 4, S, S, 3]: a present image and it ablated; an absent image and it with the units inserted."""
-    s = prep.input_size
-    strip = np.zeros((examples, 4, s, s, 3), np.uint8)
-    draw = lambda out: to_pixels(out, prep.mean, prep.std).numpy()  # noqa: E731
-    p, a = present[:examples], absent[:examples]
-    for column, (z, edit) in enumerate(((p, None), (p, off), (a, None), (a, on))):
+    s, units = prep.input_size, task.layer.units
+    strip = np.zeros((task.examples, 4, s, s, 3), np.uint8)
+    p, a = present[: task.examples], absent[: task.examples]
+    for column, (z, kind, edited) in enumerate(((p, None, ()), (p, "ablate", chosen[0]), (a, None, ()),
+                                                (a, "insert", chosen[1]))):
         if len(z):
-            pics = images[: len(z)] if column == 0 else draw(g.run(z, edit))
-            strip[: len(z), column] = pics if pics.shape[-1] == 3 else np.repeat(pics, 3, axis=-1)
+            mask = torch.zeros(len(z), units, dtype=torch.bool)
+            mask[:, list(edited)] = True
+            pics = to_pixels(g.run(z, _edit(kind, mask, means, task.region) if kind else None), prep.mean, prep.std)
+            strip[: len(z), column] = pics.numpy() if pics.shape[-1] == 3 else np.repeat(pics.numpy(), 3, axis=-1)
     return strip
