@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo demo-generator test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/neuron-catalog run jobs/demo.toml
 	$(VENV)/bin/neuron-catalog query catalogs/demo --layer conv3 --sort act_max --limit 10
+
+# the generator demo (GAN Dissection): trains a small decoder and a segmenter on the concept world, then catalogs it
+demo-generator: $(STAMP)
+	$(VENV)/bin/neuron-catalog run jobs/demo_generator.toml
+	$(VENV)/bin/neuron-catalog query catalogs/demo_generator --layer conv2 --sort iou --limit 10
 
 test: $(STAMP)
 	$(PY) -m pytest -q

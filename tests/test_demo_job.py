@@ -9,6 +9,7 @@ import pytest
 
 from catalog_schema import Catalog
 from pipeline.cli import main
+from pipeline.demo.world_tensors import segmenter_labels
 
 DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo.toml"
 
@@ -65,3 +66,36 @@ def test_make_concepts_command(tmp_path, capsys):
     assert rows[0].startswith("image,split,ih,iw,sh,sw,color,object,part,material,scene,texture") and len(rows) == 7
     assert main(["make-concepts", str(tmp_path / "other"), "--images", "0"]) == 2
     assert "--images must be at least 1" in capsys.readouterr().err
+
+
+GENERATOR_DEMO = DEMO.parent / "demo_generator.toml"
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_generator_demo_trains_its_decoder_and_segmenter_then_dissects_and_intervenes(tmp_path, capsys):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    text = GENERATOR_DEMO.read_text().replace("images = 1000", "images = 40").replace("epochs = 60", "epochs = 2")
+    text = text.replace("segmenter_epochs = 30", "segmenter_epochs = 2").replace("count = 1024", "count = 48")
+    text = text.replace("max_units = 20", "max_units = 3").replace("images = 16", "images = 4")
+    for setting in ("images = 40", "epochs = 2", "segmenter_epochs = 2", "count = 48", "max_units = 3", "images = 4"):
+        assert setting in text, setting
+    (jobs / "demo_generator.toml").write_text(text)
+    assert main(["run", str(jobs / "demo_generator.toml")]) == 0
+    first = capsys.readouterr().out
+    assert "demo generator: trained in" in first and "demo segmenter: trained in" in first
+    manifest = json.loads((tmp_path / "catalogs" / "demo_generator" / "manifest.json").read_text())
+    made = manifest["prepared"]
+    assert made["generated_sample"]["images"] == 48 and made["generated_sample"]["size"] == 32
+    labels = {name for name, _ in segmenter_labels()}
+    assert made["demo_generator"]["segmenter"]["heldout_iou"] and set(made["demo_generator"]["segmenter"]["heldout_iou"]) <= labels
+    assert manifest["stages_done"] == ["activations", "dissection", "similarity", "unit_map", "interventions"]
+    catalog = Catalog.open(tmp_path / "catalogs" / "demo_generator")
+    assert len(catalog.units()) == 64 + 32 + 16
+    table = catalog.interventions()
+    assert set(table["intervention"]) == {"ablate", "insert"} and set(table["n"]) == {1, 2, 3}
+    assert set(table["concept"]) <= labels and catalog.intervention_strip("conv1", table["concept"].iloc[0]).shape[2:] == (
+        32, 32, 3)
+    assert main(["run", str(jobs / "demo_generator.toml")]) == 0
+    again = capsys.readouterr().out
+    assert "demo generator: cached" in again and "demo segmenter: cached" in again

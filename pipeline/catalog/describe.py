@@ -93,7 +93,30 @@ def _context_lines(catalog: Catalog, m: dict, units: pd.DataFrame) -> list[str]:
         checked = ", ".join(f"{method} passes at {sum(v)} of {len(v)}" for method, v in sorted(verdicts.items()))
         lines.append(f"attribution  {len(m['attribution']['layers'])} layer(s); model-randomization check (layers): "
                      f"{checked or 'not run'}")
+    lines += _generator_lines(catalog, m)
     return [""] + lines if lines else []
+
+
+def _generator_lines(catalog: Catalog, m: dict) -> list[str]:
+    """A generator's sample, and what its interventions removed and drew, per layer."""
+    sample = (m.get("prepared") or {}).get("generated_sample")
+    if not sample:
+        return []
+    z = m["job"]["latents"]
+    lines = [f"generator    {sample['images']} images of {sample['size']} px from {z['distribution']} latents "
+             f"{list(z['shape'])} (seed {z['seed']}), at {sample['path']}; concepts by {m['job']['concepts']['segmenter']}"]
+    table = catalog.interventions()
+    for layer, rows in table.groupby("layer", sort=False):
+        top, n = rows[rows["units_from"] == "top"], 0
+        cells = []
+        for kind, word in (("ablate", "removes"), ("insert", "draws")):
+            mine = rows[rows["intervention"] == kind]
+            n = int(mine["n"].max())
+            at = lambda source: mine[(mine["units_from"] == source) & (mine["n"] == min(5, n))]["fraction"].mean()  # noqa: E731
+            cells.append(f"top {min(5, n)} units {word} {100 * at('top'):.0f}% (random {100 * at('random'):.0f}%)")
+        lines.append(f"intervene    {layer}: {top['concept'].nunique()} concepts; " + ", ".join(cells)
+                     + " on average (generator_interventions.parquet)")
+    return lines
 
 
 def _run_lines(m: dict) -> list[str]:
@@ -149,7 +172,8 @@ def _unit_lines(m: dict, units: pd.DataFrame) -> list[str]:
 def _concept_lines(m: dict) -> list[str]:
     c, settings = m["concepts"], m["settings"]["dissection"]
     lines = [f"concepts     {c['root']}: {c['labels']} labels in {', '.join(c['categories'])}; "
-             f"{c['used']} of {c['images']} images used; quantile {settings['quantile']}, "
+             f"{c['used']} of {c['images']} images used; "
+             + ("IQR threshold rule" if settings.get("threshold") == "iqr" else f"quantile {settings['quantile']}") + ", "
              f"interpretable at IoU >= {settings['iou_threshold']}"]
     for column, why in c.get("ignored_columns", {}).items():
         lines.append(f"ignored      index.csv column {column!r}: {why}")
