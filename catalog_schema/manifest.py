@@ -22,7 +22,8 @@ MANIFEST_KEYS: dict[str, str] = {
     "job": "the validated job file, every key with its value (defaults filled in)",
     "job_file": "the job file's path",
     "model": "{kind, name, input_size, channels}: how the model was built",
-    "prepared": "what the job's [prepare] section made before the run (the demo's concept world and model), else {}",
+    "prepared": "what the job's [prepare] section made before the run (the demo's concept world, model, generator and "
+                "segmenter), and a generator job's generated_sample {path, images, size, reused, fingerprint}; else {}",
     "fingerprints": "hashes of what the results depend on: {scheme, model, layers: {layer: hash}, data, concepts, config, "
                     "settings, inputs: {stage: {layer or '*': {input: hash}}}}; a later run compares `inputs` to reuse results",
     "stages_done": "the stages whose results the catalog holds, in pipeline order",

@@ -225,6 +225,9 @@ def test_the_palette_segmenter_gives_the_concept_world_s_colour_masks_exactly(tm
     (lambda t: t.replace("shape = [12]", "shape = [7]"), "the generator failed on latents of shape (8, 7): IndexError"),
     (lambda t: t.replace('layers = ["layout"]', 'layers = ["nowhere"]'),
      "'stages.interventions.layers' names ['nowhere'], which are not cataloged layers"),
+    (lambda t: t.replace("shape = [12]", "shape = [12]\nfolder = 'catalog/sample'"), "holds the data set data.images"),
+    (lambda t: t.replace("shape = [12]", "shape = [12]\nfolder = '.'"),
+     "exists and holds no generated sample (no readable sample.json)"),
 ])
 def test_bad_generator_jobs_exit_2_naming_the_key(tmp_path, capsys, edit, expected, ray_local):
     job = generator_job(tmp_path, edit(generator_toml(count=8)))
