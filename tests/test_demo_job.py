@@ -78,7 +78,9 @@ def test_generator_demo_trains_its_decoder_and_segmenter_then_dissects_and_inter
     text = GENERATOR_DEMO.read_text().replace("images = 1000", "images = 40").replace("epochs = 60", "epochs = 2")
     text = text.replace("segmenter_epochs = 30", "segmenter_epochs = 2").replace("count = 1024", "count = 48")
     text = text.replace("max_units = 20", "max_units = 3").replace("images = 16", "images = 4")
-    for setting in ("images = 40", "epochs = 2", "segmenter_epochs = 2", "count = 48", "max_units = 3", "images = 4"):
+    text = text.replace("steps = 128", "steps = 4")
+    for setting in ("images = 40", "epochs = 2", "segmenter_epochs = 2", "count = 48", "max_units = 3", "images = 4",
+                    "steps = 4"):
         assert setting in text, setting
     (jobs / "demo_generator.toml").write_text(text)
     assert main(["run", str(jobs / "demo_generator.toml")]) == 0
@@ -89,9 +91,9 @@ def test_generator_demo_trains_its_decoder_and_segmenter_then_dissects_and_inter
     assert made["generated_sample"]["images"] == 48 and made["generated_sample"]["size"] == 32
     labels = {name for name, _ in segmenter_labels()}
     assert made["demo_generator"]["segmenter"]["heldout_iou"] and set(made["demo_generator"]["segmenter"]["heldout_iou"]) <= labels
-    assert manifest["stages_done"] == ["activations", "dissection", "similarity", "unit_map", "interventions"]
+    assert manifest["stages_done"] == ["activations", "featvis", "dissection", "similarity", "unit_map", "interventions"]
     catalog = Catalog.open(tmp_path / "catalogs" / "demo_generator")
-    assert len(catalog.units()) == 64 + 32 + 16
+    assert len(catalog.units()) == 64 + 32 + 16 and catalog.units()["featvis_activation"].notna().all()
     table = catalog.interventions()
     assert set(table["intervention"]) == {"ablate", "insert"} and set(table["n"]) == {1, 2, 3}
     assert set(table["concept"]) <= labels and catalog.intervention_strip("conv1", table["concept"].iloc[0]).shape[2:] == (

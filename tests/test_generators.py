@@ -31,7 +31,7 @@ LAYERS = ["coarse", "layout"]
 
 
 def generator_toml(count: int = 64, threshold: str = "quantile", interventions: bool = True, shard: int = 256,
-                   workers: int = 1, extra: str = "") -> str:
+                   workers: int = 1, extra: str = "", featvis: bool = False) -> str:
     text = f"""seed = 0
 [model]
 factory = "generators.py:planted_layout"
@@ -57,6 +57,8 @@ shard_images = {shard}
 [output]
 catalog = "catalog"
 """
+    if featvis:
+        text += '[stages.featvis]\nlayers = ["coarse"]\nsteps = 128\nsize = 16\nbatch_units = 64\n'
     if interventions:
         text += '[stages.interventions]\nlayers = ["layout"]\nmax_units = 6\nimages = 8\nexamples = 2\n'
     return text
@@ -200,6 +202,26 @@ def test_the_same_job_gives_the_same_catalog_whatever_the_shards_and_workers(tmp
     assert np.array_equal(a.intervention_strip("layout", "red"), b.intervention_strip("layout", "red"))
 
 
+def test_featvis_optimizes_the_latent_past_every_sampled_one(tmp_path, ray_local):
+    """The coarse layer's 58 filler units are rectified linear functions of the latent: on the featvis objective
+    (mean rectified activation + 0.1 x mean activation), the optimized latent beats every sampled latent at the
+    sampler's scale (mean square <= 1, the region its prior keeps to). The images are the generator's drawings."""
+    run = run_cli(generator_job(tmp_path, generator_toml(interventions=False, featvis=True)))
+    catalog = Catalog.open(run.catalog)
+    units = catalog.units().set_index(["layer", "unit"]).loc["coarse"]
+    z = torch.from_numpy(np.load(Path(catalog.manifest["prepared"]["generated_sample"]["path"]) / "latents.npy"))
+    z = z[z.pow(2).mean(dim=1) <= 1]
+    with torch.no_grad():
+        acts = PlantedLayout().coarse(z).flatten(2)  # [N, 64, 64 positions]
+    sampled = (acts.clamp(min=0).mean(dim=2) + 0.1 * acts.mean(dim=2)).amax(dim=0).numpy()
+    reached = units["featvis_activation"].to_numpy()
+    assert len(z) >= 20 and (reached[6:] >= sampled[6:] - 1e-6).mean() >= 0.95
+    assert np.median(reached[6:] / sampled[6:]) > 1.2
+    views = catalog.featvis("coarse", 0)
+    assert views.shape == (2, 16, 16, 3)
+    assert not catalog.has_array("projections", "coarse") and catalog.manifest["featvis"]["views"] == ["positive", "negative"]
+
+
 def test_the_palette_segmenter_gives_the_concept_world_s_colour_masks_exactly(tmp_path):
     from pipeline.concepts.vocabulary import CATEGORY_LABELS
     from pipeline.concepts.world import draw_image
@@ -226,15 +248,18 @@ def test_the_palette_segmenter_gives_the_concept_world_s_colour_masks_exactly(tm
     (lambda t: t.replace('layers = ["layout"]', 'layers = ["nowhere"]'),
      "'stages.interventions.layers' names ['nowhere'], which are not cataloged layers"),
     (lambda t: t.replace("shape = [12]", "shape = [12]\nfolder = 'catalog/sample'"), "holds the data set data.images"),
-    (lambda t: t.replace("shape = [12]", "shape = [12]\nfolder = '.'"),
+    (lambda t: t.replace("shape = [12]", "shape = [12]\nfolder = 'notes'"),
      "exists and holds no generated sample (no readable sample.json)"),
 ])
 def test_bad_generator_jobs_exit_2_naming_the_key(tmp_path, capsys, edit, expected, ray_local):
     job = generator_job(tmp_path, edit(generator_toml(count=8)))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("a folder of the user's, not a sample")
     code = main(["run", str(job)])
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err, err
     assert not (tmp_path / "catalog" / "manifest.json").exists()
+    assert (tmp_path / "notes" / "todo.txt").exists()
 
 
 def test_a_segmenter_breaking_the_contract_is_refused_not_read():

@@ -57,6 +57,8 @@ class FeatvisSettings(FeatvisSection):
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     input_size: int = 0  # 0: the model takes any size; else (position embeddings) every image is resized to it
+    latent: tuple[int, ...] = ()  # a generator's latent shape: the latent is optimized, not an image (latent.py)
+    distribution: str = ""  # its sampler's distribution ([latents])
 
     def views(self) -> list[tuple[str, int]]:
         """(kind, copy) of each stored image of a unit: positive, negative, then the diverse set."""

@@ -19,6 +19,7 @@ from pipeline.stages.activations.stage import ActivationsStage
 from pipeline.stages.activations.stage import settings_hash as activations_hash
 from pipeline.stages.featvis import optimize, projections
 from pipeline.stages.featvis.filters import filter_images
+from pipeline.stages.featvis.latent import visualize_latent
 from pipeline.stages.featvis.relu_rules import projection_caveat
 from pipeline.stages.featvis.results import FeatvisPart, FeatvisResult, FeatvisTask
 from pipeline.stages.featvis.settings import FeatvisSection, FeatvisSettings
@@ -34,8 +35,7 @@ if TYPE_CHECKING:
 
 class FeatvisStage(Stage[FeatvisSection, FeatvisPart, FeatvisResult]):
     name = "featvis"
-    not_for_generators = ("it optimizes an input image, and a generator's input is a latent (optimizing the latent "
-                          "for a unit is not built yet)")
+    generators = True  # a generator's latent is optimized for the unit (latent.py); no projections
     Settings = FeatvisSection
     needs = (ActivationsStage,)  # the projections start from the top examples
     reasons = {"activations": "the activations stage's settings changed"}
@@ -43,6 +43,11 @@ class FeatvisStage(Stage[FeatvisSection, FeatvisPart, FeatvisResult]):
 
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> FeatvisPart:
         job, cfg = plan.job, self.settings(plan.job)
+        if job.latents is not None:
+            settings = FeatvisSettings(**{**cfg.__dict__, "size": cfg.size or min(128, plan.prep.input_size),
+                                          "mean": tuple(job.model.mean), "std": tuple(job.model.std),
+                                          "latent": tuple(job.latents.shape), "distribution": job.latents.distribution})
+            return FeatvisPart(settings, _tasks(plan.layers, _rendered_layers(model, cfg, plan.layers), settings), {})
         size = cfg.size or min(128, job.model.input_size)
         settings = FeatvisSettings(**{**cfg.__dict__, "size": size, "mean": tuple(job.model.mean), "std": tuple(job.model.std),
                                       "input_size": 0 if takes_any_size(model, size + 2 * Transforms().pad, len(job.model.mean))
@@ -75,6 +80,8 @@ class FeatvisStage(Stage[FeatvisSection, FeatvisPart, FeatvisResult]):
         tasks = [t for t in ctx.part.tasks if t.layer in wanted]
         out.rendered = driver.fan_out("featvis", "feature visualization", tasks, render_task,
                                       lambda _total: (settings, seed), lambda a, b: {**a, **b}, {})
+        if settings.latent:  # a generator: no image to project its top examples back to
+            return out
         with driver.timed("projections"):
             activations = ctx.result_of(ActivationsStage)
             requests = projections.top_example_requests(activations.layers,
@@ -124,6 +131,11 @@ def _tasks(layers: list[LayerInfo], names: list[str], settings: FeatvisSettings)
 
 def render_task(worker: Worker, task: FeatvisTask, settings: FeatvisSettings, seed: int) -> dict[int, optimize.FeatvisChunk]:
     """On an actor: one task's units rendered, keyed by the task's index."""
+    if settings.latent:
+        n, padded = len(task.units), list(task.units) + [task.units[-1]] * (task.batch - len(task.units))
+        c = visualize_latent(worker.model(), task.info, task.layer_index, padded, settings, seed, worker.device)
+        return {task.index: optimize.FeatvisChunk(c.layer, c.units[:n], c.images[:n], c.objective[:n], c.peak[:n],
+                                                  c.flat[:n])}
     chunk = optimize.visualize(worker.model(), task.layer, task.layer_index, list(task.units), settings, seed, worker.device,
                                task.batch, task.info)
     return {task.index: chunk}

@@ -25,7 +25,7 @@ def write_featvis(draft: Draft, plan: RunPlan, result: FeatvisResult, part: Feat
     for name, images in part.filters.items():
         draft.array(cs.WEIGHTS, name, images)
     k, patch = result.projection_shape
-    for info in plan.layers_to_compute("featvis"):
+    for info in plan.layers_to_compute("featvis") if k else ():  # k = 0: a generator's, without projections
         views = np.full((info.units, k, 2, patch, patch, 3), 128, np.uint8)
         for batch in result.projected.get(info.name, []):
             views[batch.unit, batch.rank] = batch.images

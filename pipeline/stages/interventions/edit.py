@@ -48,7 +48,7 @@ class _Editor:
         self.handle = dict(model.named_modules())[layer].register_forward_hook(self._hook)
 
     def _hook(self, _m: nn.Module, _i: tuple, out: torch.Tensor) -> torch.Tensor | None:
-        self.seen = out.detach()
+        self.seen = out.detach().clone()  # an in-place ReLU after the layer would overwrite it
         if self.edit is None:
             return None
         return self.edit(out.clone())

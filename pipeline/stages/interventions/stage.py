@@ -56,6 +56,10 @@ class InterventionsStage(Stage[InterventionsSettings, InterventionsPart, list]):
         if flat:
             raise UserError(f"stage 'interventions': layer(s) {flat} have no [N, C, H, W] grid to insert into; list "
                             "convolutional layers in [stages.interventions] layers.")
+        shared = [info.name for info in chosen if info.calls != 1]
+        if shared:
+            raise UserError(f"stage 'interventions': module(s) {shared} run more than once per forward, so an edit "
+                            "would change every call; list modules the generator calls once.")
         return InterventionsPart(segmenter_spec(job)[0], tuple(chosen))
 
     def inputs(self, plan: RunPlan) -> LayerInputs:
