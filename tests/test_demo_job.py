@@ -76,10 +76,10 @@ def test_generator_demo_trains_its_decoder_and_segmenter_then_dissects_and_inter
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     text = GENERATOR_DEMO.read_text().replace("images = 1000", "images = 40").replace("epochs = 60", "epochs = 2")
-    text = text.replace("segmenter_epochs = 30", "segmenter_epochs = 2").replace("count = 1024", "count = 48")
+    text = text.replace("segmenter_epochs = 30", "segmenter_epochs = 2").replace("count = 1024", "count = 32")
     text = text.replace("max_units = 20", "max_units = 3").replace("images = 16", "images = 4")
     text = text.replace("steps = 128", "steps = 4")
-    for setting in ("images = 40", "epochs = 2", "segmenter_epochs = 2", "count = 48", "max_units = 3", "images = 4",
+    for setting in ("images = 40", "epochs = 2", "segmenter_epochs = 2", "count = 32", "max_units = 3", "images = 4",
                     "steps = 4"):
         assert setting in text, setting
     (jobs / "demo_generator.toml").write_text(text)
@@ -88,7 +88,7 @@ def test_generator_demo_trains_its_decoder_and_segmenter_then_dissects_and_inter
     assert "demo generator: trained in" in first and "demo segmenter: trained in" in first
     manifest = json.loads((tmp_path / "catalogs" / "demo_generator" / "manifest.json").read_text())
     made = manifest["prepared"]
-    assert made["generated_sample"]["images"] == 48 and made["generated_sample"]["size"] == 32
+    assert made["generated_sample"]["images"] == 32 and made["generated_sample"]["size"] == 32
     labels = {name for name, _ in segmenter_labels()}
     assert made["demo_generator"]["segmenter"]["heldout_iou"] and set(made["demo_generator"]["segmenter"]["heldout_iou"]) <= labels
     assert manifest["stages_done"] == ["activations", "featvis", "dissection", "similarity", "unit_map", "interventions"]

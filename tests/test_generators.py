@@ -73,7 +73,7 @@ def generator_job(folder: Path, text: str) -> Path:
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, ray_local) -> Run:
-    return run_cli(generator_job(tmp_path_factory.mktemp("generator"), generator_toml()))
+    return run_cli(generator_job(tmp_path_factory.mktemp("generator"), generator_toml(featvis=True)))
 
 
 def _rows(catalog: Catalog, concept: str, intervention: str, source: str):
@@ -193,21 +193,21 @@ def test_a_second_run_reuses_the_sample_and_another_sampler_makes_a_new_one(tmp_
 
 
 def test_the_same_job_gives_the_same_catalog_whatever_the_shards_and_workers(tmp_path, planted, ray_local):
-    run = run_cli(generator_job(tmp_path, generator_toml(shard=8, workers=2)))
+    run = run_cli(generator_job(tmp_path, generator_toml(shard=8, workers=2, featvis=True)))
     a, b = Catalog.open(planted.catalog), Catalog.open(run.catalog)
     for table in ("units", "examples", "dissection", "generator_interventions"):
         left, right = a.table(table), b.table(table)
         assert left.drop(columns=[c for c in left.columns if "time" in c]).equals(
             right.drop(columns=[c for c in right.columns if "time" in c])), table
     assert np.array_equal(a.intervention_strip("layout", "red"), b.intervention_strip("layout", "red"))
+    assert np.array_equal(a.featvis("coarse", None), b.featvis("coarse", None))
 
 
-def test_featvis_optimizes_the_latent_past_every_sampled_one(tmp_path, ray_local):
+def test_featvis_optimizes_the_latent_past_every_sampled_one(planted):
     """The coarse layer's 58 filler units are rectified linear functions of the latent: on the featvis objective
     (mean rectified activation + 0.1 x mean activation), the optimized latent beats every sampled latent at the
     sampler's scale (mean square <= 1, the region its prior keeps to). The images are the generator's drawings."""
-    run = run_cli(generator_job(tmp_path, generator_toml(interventions=False, featvis=True)))
-    catalog = Catalog.open(run.catalog)
+    catalog = Catalog.open(planted.catalog)
     units = catalog.units().set_index(["layer", "unit"]).loc["coarse"]
     z = torch.from_numpy(np.load(Path(catalog.manifest["prepared"]["generated_sample"]["path"]) / "latents.npy"))
     z = z[z.pow(2).mean(dim=1) <= 1]
@@ -248,6 +248,9 @@ def test_the_palette_segmenter_gives_the_concept_world_s_colour_masks_exactly(tm
     (lambda t: t.replace('layers = ["layout"]', 'layers = ["nowhere"]'),
      "'stages.interventions.layers' names ['nowhere'], which are not cataloged layers"),
     (lambda t: t.replace("shape = [12]", "shape = [12]\nfolder = 'catalog/sample'"), "holds the data set data.images"),
+    (lambda t: t.replace('segmenter = "pipeline.generators.palette:palette_segmenter"', ""),
+     "stage 'dissection' needs [concepts] segmenter = a segmenter of the generated images"),
+    (lambda t: t.replace("shape = [12]", "shape = [12]\nfolder = 'notes/todo.txt'"), "is a file; point it at a folder"),
     (lambda t: t.replace("shape = [12]", "shape = [12]\nfolder = 'notes'"),
      "exists and holds no generated sample (no readable sample.json)"),
 ])

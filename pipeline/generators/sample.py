@@ -82,6 +82,8 @@ def make_sample(job: JobConfig, model: nn.Module, folder: Path, segmenter: tuple
 
 
 def _existing(folder: Path, fingerprint: str) -> Sample | None:
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"latents.folder {folder} is a file; point it at a folder for the generated sample.")
     if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
         return None
     try:

@@ -60,7 +60,9 @@ class DissectionStage(Stage[DissectionSettings, DissectionPart, DissectionOutput
     def plan(self, plan: RunPlan, model: nn.Module, survey: Any) -> DissectionPart:
         job = plan.job
         if job.concepts.broden is None:
-            raise UserError("stage 'dissection' needs [concepts] broden = a Broden-format directory.")
+            raise UserError("stage 'dissection' needs [concepts] segmenter = a segmenter of the generated images "
+                            "(README, \"Dissecting a generator\")." if job.latents is not None else
+                            "stage 'dissection' needs [concepts] broden = a Broden-format directory.")
         check_exists(job, "concepts.broden", job.concepts.broden)
         broden = open_broden(job.concepts.broden, job.concepts.categories)
         ids, size = list(range(len(broden.images))), plan.shard_images

@@ -4,6 +4,7 @@ concept is present and where it is absent (the segmenter's masks in the sample).
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 
@@ -68,7 +69,7 @@ def tasks_of_layer(info: LayerInfo, result: DissectionResult, names: list[str], 
         number = numbers[concept]
         present = [m for m in names if pixels.get(m, Counter())[number] >= settings.present * area][: settings.images]
         absent = [m for m in names if pixels.get(m, Counter())[number] == 0][: settings.images]
-        rng = np.random.default_rng([seed, sum(map(ord, info.name)), number])
+        rng = np.random.default_rng([seed, zlib.crc32(info.name.encode()), number])
         draws = tuple(tuple(int(u) for u in rng.permutation(info.units)[:n]) for _ in range(settings.draws))
         tasks.append(Task(info, concept, str(rows["category"][mine][0]) if mine.any() else "", number, tuple(top),
                           draws, tuple(present), tuple(absent), region, settings.examples))
