@@ -20,7 +20,8 @@ from pipeline.stages.interventions.choose import Task
 from pipeline.stages.protocol import Shared, Worker
 
 
-BATCH_IMAGES = 64  # generated images per forward when unit sets are edited together (measured best on a CPU)
+BATCH_IMAGES = 64  # generated images per forward when unit sets are edited together (64 did better than 16 and 256
+# on a CPU: tests/benchmarks/bench_interventions.py)
 
 
 @dataclass
@@ -41,15 +42,15 @@ class Outcome:
 
 
 class _Editor:
-    """Runs the generator with the layer's output edited by `edit` (None: unedited), keeping the layer's output."""
+    """Runs the generator with the layer's output edited by `edit` (None: unedited, and the output kept as `seen`)."""
 
     def __init__(self, model: nn.Module, layer: str) -> None:
         self.model, self.edit, self.seen = model, None, None
         self.handle = dict(model.named_modules())[layer].register_forward_hook(self._hook)
 
     def _hook(self, _m: nn.Module, _i: tuple, out: torch.Tensor) -> torch.Tensor | None:
-        self.seen = out.detach().clone()  # an in-place ReLU after the layer would overwrite it
         if self.edit is None:
+            self.seen = out.detach().clone()  # an in-place ReLU after the layer would overwrite it
             return None
         return self.edit(out.clone())
 
