@@ -300,3 +300,12 @@ def test_the_site_shows_the_curves_and_strips_on_concept_and_unit_pages(planted,
     assert 'id="interventions"' in unit and "concepts/layout/red-0-ablated.png" in unit
     errors, broken = check_page(browser, (site / "units" / "layout" / "0.html").as_uri())
     assert not errors and not broken
+
+
+def test_the_iqr_rule_refuses_a_concept_set_of_several_mask_sizes(tmp_path):
+    from pipeline.errors import UserError
+    from pipeline.inputs.broden import Broden, ConceptImage
+
+    images = tuple(ConceptImage(i + 1, f"{i}.png", "train", (16, 16), (8 * (1 + i % 2), 8), {}, {}) for i in range(4))
+    with pytest.raises(UserError, match=r"needs one mask size .* has 2: \[\(8, 8\), \(16, 8\)\]"):
+        iqr.check_mask_sizes(Broden(tmp_path, ("color",), {}, images))

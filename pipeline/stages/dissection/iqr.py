@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.errors import UserError
+from pipeline.inputs.broden import Broden
 from pipeline.inputs.concept_batches import iter_concept_batches
 from pipeline.inputs.layer_taps import tapped
 from pipeline.inputs.models import LayerInfo
@@ -55,6 +57,14 @@ def empty_sample(layers: list[LayerInfo]) -> IqrPartial:
 def empty_counts(layers: list[LayerInfo], space: LabelSpace) -> IqrPartial:
     return IqrPartial({info.name: np.zeros((info.units, space.size + 1, LEVELS + 1), np.int64) for info in layers},
                       np.zeros(space.size, np.int64))
+
+
+def check_mask_sizes(broden: Broden) -> None:
+    """The IQR counts read a batch's masks at one size: refuse a concept data set of several (on the driver)."""
+    sizes = sorted({tuple(image.mask_size) for image in broden.images})
+    if len(sizes) > 1:
+        raise UserError(f"[stages.dissection] threshold = \"iqr\" needs one mask size (index.csv sh, sw) for every "
+                        f"concept image; {broden.root} has {len(sizes)}: {sizes[:4]}. Use threshold = \"quantile\" with it.")
 
 
 def sample_shard(worker: Worker, shard, broden: Shared, layers: list[LayerInfo]) -> IqrPartial:
@@ -113,7 +123,7 @@ def count_shard(worker: Worker, shard, broden: Shared, layers: list[LayerInfo], 
 
     with torch.inference_mode(), tapped(worker.model(), layers, count) as run:
         for batch in iter_concept_batches(worker.get(broden), shard.ids, worker.prep, skipped, worker.device, True):
-            size = tuple(batch.mask_sizes[0])
+            size = tuple(batch.mask_sizes[0])  # one size for every image: checked on the driver (check_mask_sizes)
             encoded = encode_masks(batch.masks, batch.labels, space, size, "image")
             pixel = torch.from_numpy(encoded.pixel).to(batch.inputs.device)  # [N, S, P], label index + 1
             pixel = pixel.reshape(-1, pixel.shape[-1])

@@ -145,6 +145,7 @@ def _radix_thresholds(driver: Driver, part: DissectionPart, broden: Shared, laye
 def _iqr_thresholds(driver: Driver, part: DissectionPart, broden: Shared, layers: list[LayerInfo],
                     space: LabelSpace) -> dict[str, np.ndarray]:
     """GAN Dissection's rule: each unit's level of best information quality ratio with a concept (iqr.py)."""
+    iqr.check_mask_sizes(part.broden)
     sample = driver.fan_out("dissection-iqr-levels", "dissection IQR levels", part.shards, iqr.sample_shard,
                             lambda _total: (broden, layers), iqr.merge, iqr.empty_sample(layers))
     _check_concepts_read(sample, part.broden)
