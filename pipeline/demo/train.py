@@ -16,7 +16,6 @@ weights' sha256, accuracies and seconds; when both match, training is skipped.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from torchvision import datasets, transforms
 
 from pipeline.concepts.vocabulary import SCENE_NAMES
 from pipeline.demo.model import ARCHITECTURE, ConceptCNN
-from catalog_schema.storage import write_atomically
+from pipeline.demo.training_cache import fingerprint, train_cached
 from pipeline.errors import UserError
 
 MEAN = (0.5, 0.5, 0.5)
@@ -48,11 +47,15 @@ class TrainResult:
     fingerprint: str
 
 
+def _recipe(world_json: dict, epochs: int, seed: int, batch_size: int, lr: float) -> dict:
+    """Everything that determines the trained weights."""
+    return {"world": world_json, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
+            "architecture": ARCHITECTURE, "mean": list(MEAN), "std": list(STD)}
+
+
 def recipe_fingerprint(world_json: dict, epochs: int, seed: int, batch_size: int, lr: float) -> str:
     """sha256 of the canonical JSON of everything that determines the trained weights."""
-    recipe = {"world": world_json, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
-              "architecture": ARCHITECTURE, "mean": list(MEAN), "std": list(STD)}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return fingerprint(_recipe(world_json, epochs, seed, batch_size, lr))
 
 
 def read_world(world: Path) -> dict:
@@ -62,26 +65,6 @@ def read_world(world: Path) -> dict:
     except (OSError, ValueError):
         raise UserError(f"{world} is not a concept world (no readable world.json): make it with "
                         f"`neuron-catalog make-concepts {world}`.") from None
-
-
-def sidecar(weights: Path) -> Path:
-    return weights.with_suffix(".json")
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _cached(weights: Path, fingerprint: str) -> TrainResult | None:
-    """The recorded result when the sidecar's fingerprint matches and the weights are the ones it recorded."""
-    try:
-        record = json.loads(sidecar(weights).read_text(encoding="utf-8"))
-        if record.get("fingerprint") != fingerprint or record.get("weights_sha256") != sha256_of(weights):
-            return None
-        return TrainResult(record["train_accuracy"], record["heldout_accuracy"], record["chance"],
-                           record["seconds"], True, fingerprint)
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _load(world: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -144,22 +127,16 @@ def train_demo_model(world: Path, weights_out: Path, *, epochs: int, seed: int, 
     world, weights_out = Path(world), Path(weights_out)
     if epochs < 1 or batch_size < 1:
         raise UserError(f"demo model training needs epochs >= 1 and batch_size >= 1, got {epochs} and {batch_size}.")
-    fingerprint = recipe_fingerprint(read_world(world), epochs, seed, batch_size, lr)
-    cached = _cached(weights_out, fingerprint)
-    if cached is not None:
-        return cached
-    start = time.perf_counter()
-    x, y, held = _load(world)
-    model = _fit(x[~held], y[~held], epochs, seed, batch_size, lr)
-    train_acc, held_acc = _accuracy(model, x[~held], y[~held]), _accuracy(model, x[held], y[held])
-    scored = y[held] if held.any() else y  # a world under 5 images has no held-out image
-    chance = float(torch.bincount(scored).max()) / len(scored)
-    seconds = time.perf_counter() - start
-    weights_out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(weights_out, lambda p: torch.save(model.state_dict(), p))
-    record = {"fingerprint": fingerprint, "weights_sha256": sha256_of(weights_out), "architecture": ARCHITECTURE,
-              "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr, "mean": list(MEAN), "std": list(STD),
-              "classes": list(SCENE_NAMES), "train_images": int((~held).sum()), "heldout_images": int(held.sum()),
-              "train_accuracy": train_acc, "heldout_accuracy": held_acc, "chance": chance, "seconds": seconds}
-    write_atomically(sidecar(weights_out), lambda p: p.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n"))
-    return TrainResult(train_acc, held_acc, chance, seconds, False, fingerprint)
+
+    def train() -> tuple[nn.Module, dict]:
+        start = time.perf_counter()
+        x, y, held = _load(world)
+        model = _fit(x[~held], y[~held], epochs, seed, batch_size, lr)
+        scored = y[held] if held.any() else y  # a world under 5 images has no held-out image
+        return model, {"classes": list(SCENE_NAMES), "train_images": int((~held).sum()), "heldout_images": int(held.sum()),
+                       "train_accuracy": _accuracy(model, x[~held], y[~held]),
+                       "heldout_accuracy": _accuracy(model, x[held], y[held]),
+                       "chance": float(torch.bincount(scored).max()) / len(scored), "seconds": time.perf_counter() - start}
+
+    r = train_cached(weights_out, _recipe(read_world(world), epochs, seed, batch_size, lr), train)
+    return TrainResult(r["train_accuracy"], r["heldout_accuracy"], r["chance"], r["seconds"], r["cached"], r["fingerprint"])

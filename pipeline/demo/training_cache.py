@@ -12,7 +12,15 @@ import torch
 from torch import nn
 
 from catalog_schema.storage import write_atomically
-from pipeline.demo.train import sha256_of, sidecar
+
+
+def sidecar(weights: Path) -> Path:
+    """The JSON record beside the weights."""
+    return weights.with_suffix(".json")
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def fingerprint(recipe: dict) -> str:
@@ -20,6 +28,7 @@ def fingerprint(recipe: dict) -> str:
 
 
 def cached_record(weights: Path, key: str) -> dict | None:
+    """The record when its fingerprint is `key` and the weights are the ones it recorded; else None."""
     try:
         record = json.loads(sidecar(weights).read_text(encoding="utf-8"))
     except (OSError, ValueError):
